@@ -1,0 +1,80 @@
+"""The mesh as both halves see it: services, their ports, and the endpoints behind them.
+
+Plain frozen values, no I/O. The control plane builds them from Kubernetes objects;
+`meshlet.xds` turns them into xDS resources.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+
+
+class Health(enum.Enum):
+    HEALTHY = "HEALTHY"
+    # Serving but terminating: used only when nothing healthy is left.
+    DRAINING = "DRAINING"
+
+
+class LbPolicy(enum.Enum):
+    ROUND_ROBIN = "round-robin"
+    LEAST_REQUEST = "least-request"
+    RANDOM = "random"
+    RING_HASH = "ring-hash"
+    MAGLEV = "maglev"
+
+
+class ServiceKind(enum.Enum):
+    CLUSTER_IP = "ClusterIP"  # also NodePort and LoadBalancer: they all have a ClusterIP
+    HEADLESS = "Headless"
+    EXTERNAL_NAME = "ExternalName"
+
+
+@dataclass(frozen=True, order=True)
+class Endpoint:
+    address: str
+    port: int
+    health: Health = Health.HEALTHY
+    zone: str = ""
+    hostname: str = ""
+    weight: int = 1
+
+
+@dataclass(frozen=True)
+class ServicePort:
+    name: str
+    port: int
+    protocol: str = "TCP"
+    endpoints: tuple[Endpoint, ...] = ()
+
+
+@dataclass(frozen=True)
+class Service:
+    name: str
+    namespace: str
+    kind: ServiceKind = ServiceKind.CLUSTER_IP
+    cluster_ips: tuple[str, ...] = ()
+    ports: tuple[ServicePort, ...] = ()
+    external_name: str = ""
+    lb_policy: LbPolicy = LbPolicy.ROUND_ROBIN
+    # sessionAffinity: ClientIP; the balancer hashes the client's source IP.
+    client_ip_affinity: bool = False
+    # trafficDistribution: PreferClose; sidecars prefer endpoints in their own zone.
+    prefer_same_zone: bool = False
+    # Every endpoint of the service once per address (port 0), whatever its ports:
+    # what DNS answers for a headless service, and the hostnames of its pods.
+    pod_addresses: tuple[Endpoint, ...] = field(default=())
+
+    @property
+    def key(self) -> str:
+        return f"{self.namespace}/{self.name}"
+
+    def fqdn(self, domain: str) -> str:
+        return f"{self.name}.{self.namespace}.svc.{domain}"
+
+
+@dataclass(frozen=True)
+class Mesh:
+    """Every service of the mesh, sorted by namespace and name."""
+
+    services: tuple[Service, ...] = ()
