@@ -1,0 +1,5 @@
+import sys
+
+from meshlet.cli import main
+
+sys.exit(main())

@@ -1,0 +1,55 @@
+"""The control plane's admin endpoints: health, readiness, metrics, and what it serves."""
+
+from __future__ import annotations
+
+from google.protobuf import any_pb2, json_format
+
+from meshlet.admin_http import AdminServer, Response
+from meshlet.controlplane.cache import SnapshotCache
+from meshlet.controlplane.server import AdsServer
+from meshlet.telemetry import Telemetry
+from meshlet.xds import types
+
+
+def _config(cache: SnapshotCache) -> Response:
+    snapshot = cache.snapshot
+    if snapshot is None:
+        return Response.json({"error": "no snapshot yet"}, 503)
+    out: dict[str, object] = {"generation": snapshot.generation}
+    for type_url, by_name in snapshot.resources.items():
+        out[types.short_name(type_url)] = {
+            "version": snapshot.type_versions[type_url],
+            "resources": {
+                name: {
+                    "version": r.version,
+                    "on_demand": r.on_demand,
+                    "resource": json_format.MessageToDict(any_pb2.Any.FromString(r.any_bytes)),
+                }
+                for name, r in by_name.items()
+            },
+        }
+    return Response.json(out)
+
+
+def build_admin(
+    cache: SnapshotCache, ads: AdsServer, telemetry: Telemetry, problems: list[str]
+) -> AdminServer:
+    """`problems` is the live list of source errors (empty when the last load was clean)."""
+
+    def ready(_: object) -> Response:
+        if cache.snapshot is None:
+            return Response.text("no snapshot yet\n", 503)
+        return Response.text("ready\n")
+
+    return AdminServer(
+        {
+            "/healthz": lambda _: Response.text("ok\n"),
+            "/readyz": ready,
+            "/metrics": lambda _: Response(
+                200, telemetry.prometheus_text(), "text/plain; version=0.0.4; charset=utf-8"
+            ),
+            "/debug/config": lambda _: _config(cache),
+            "/debug/clients": lambda _: Response.json(ads.clients()),
+            "/debug/problems": lambda _: Response.json(problems),
+        }
+    )

@@ -1,0 +1,60 @@
+"""The control plane's metrics (OpenTelemetry instruments, exported as Prometheus text)."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterable
+
+from opentelemetry.metrics import CallbackOptions, Observation
+
+from meshlet.controlplane.cache import Snapshot
+from meshlet.controlplane.stream_state import Push
+from meshlet.telemetry import LATENCY_BUCKETS, Telemetry
+from meshlet.xds import types
+
+
+class ControlPlaneMetrics:
+    def __init__(self, telemetry: Telemetry, snapshot: Callable[[], Snapshot | None]) -> None:
+        meter = telemetry.meter
+        self._snapshot = snapshot
+        self._clients = meter.create_up_down_counter(
+            "meshlet.xds.clients", description="Connected ADS streams"
+        )
+        self._pushes = meter.create_counter(
+            "meshlet.xds.pushes", description="Responses sent, by resource type"
+        )
+        self._latency = meter.create_histogram(
+            "meshlet.xds.push.latency",
+            unit="s",
+            description="From a source change being seen to its response being written",
+            explicit_bucket_boundaries_advisory=list(LATENCY_BUCKETS),
+        )
+        self._nacks = meter.create_counter(
+            "meshlet.xds.nacks", description="Responses rejected by clients, by resource type"
+        )
+        meter.create_observable_gauge(
+            "meshlet.xds.resources",
+            callbacks=[self._observe_resources],
+            description="Resources in the current snapshot, by type",
+        )
+
+    def connected(self, protocol: str, delta: int) -> None:
+        self._clients.add(delta, {"protocol": protocol})
+
+    def pushed(self, push: Push, triggered_by_change: bool) -> None:
+        attrs = {"type": types.short_name(push.type_url)}
+        self._pushes.add(1, attrs)
+        if triggered_by_change:
+            self._latency.record(time.monotonic() - push.built_at, attrs)
+
+    def nacked(self, type_url: str) -> None:
+        self._nacks.add(1, {"type": types.short_name(type_url)})
+
+    def _observe_resources(self, _options: CallbackOptions) -> Iterable[Observation]:
+        snapshot = self._snapshot()
+        if snapshot is None:
+            return []
+        return [
+            Observation(count, {"type": types.short_name(t)})
+            for t, count in snapshot.counts().items()
+        ]

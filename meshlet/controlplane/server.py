@@ -1,0 +1,154 @@
+"""The ADS gRPC servicer: a thin loop around the pure SotW and delta stream cores."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator
+from typing import Any
+
+import grpc
+from envoy.service.discovery.v3.discovery_pb2 import DeltaDiscoveryRequest, DiscoveryRequest
+
+from meshlet.controlplane.cache import SnapshotCache
+from meshlet.controlplane.delta import DeltaStream
+from meshlet.controlplane.metrics import ControlPlaneMetrics
+from meshlet.controlplane.sotw import SotwStream
+from meshlet.controlplane.stream_state import Push
+
+log = logging.getLogger(__name__)
+
+SERVICE = "envoy.service.discovery.v3.AggregatedDiscoveryService"
+_SNAPSHOT = object()  # "the cache has a new snapshot"
+_END = object()  # "the client closed its side"
+
+
+def _passthrough(payload: bytes) -> bytes:
+    # Responses are assembled from pre-serialized resources (see xds/wire.py).
+    return payload
+
+
+class AdsServer:
+    def __init__(self, cache: SnapshotCache, metrics: ControlPlaneMetrics) -> None:
+        self._cache = cache
+        self._metrics = metrics
+        self.streams: dict[int, SotwStream | DeltaStream] = {}
+
+    def handler(self) -> grpc.GenericRpcHandler:
+        return grpc.method_handlers_generic_handler(
+            SERVICE,
+            {
+                "StreamAggregatedResources": grpc.stream_stream_rpc_method_handler(
+                    self._stream_sotw,
+                    request_deserializer=DiscoveryRequest.FromString,
+                    response_serializer=_passthrough,
+                ),
+                "DeltaAggregatedResources": grpc.stream_stream_rpc_method_handler(
+                    self._stream_delta,
+                    request_deserializer=DeltaDiscoveryRequest.FromString,
+                    response_serializer=_passthrough,
+                ),
+            },
+        )
+
+    async def _stream_sotw(
+        self, requests: AsyncIterator[DiscoveryRequest], context: grpc.aio.ServicerContext[Any, Any]
+    ) -> None:
+        await self._serve(SotwStream(), "sotw", requests, context)
+
+    async def _stream_delta(
+        self,
+        requests: AsyncIterator[DeltaDiscoveryRequest],
+        context: grpc.aio.ServicerContext[Any, Any],
+    ) -> None:
+        await self._serve(DeltaStream(), "delta", requests, context)
+
+    async def _serve(
+        self,
+        stream: SotwStream | DeltaStream,
+        protocol: str,
+        requests: AsyncIterator[Any],
+        context: grpc.aio.ServicerContext[Any, Any],
+    ) -> None:
+        events: asyncio.Queue[object] = asyncio.Queue()
+        snapshot_queued = False
+
+        def on_snapshot() -> None:
+            nonlocal snapshot_queued
+            if not snapshot_queued:  # one pending wake-up is enough: we read the latest
+                snapshot_queued = True
+                events.put_nowait(_SNAPSHOT)
+
+        async def read() -> None:
+            try:
+                async for request in requests:
+                    events.put_nowait(request)
+            except (grpc.aio.AioRpcError, asyncio.CancelledError):
+                pass
+            finally:
+                events.put_nowait(_END)
+
+        current = self._cache.snapshot
+        stream.generation = current.generation if current else 0
+        unwatch = self._cache.watch(on_snapshot)
+        reader = asyncio.create_task(read())
+        self.streams[id(stream)] = stream
+        self._metrics.connected(protocol, 1)
+        try:
+            while (event := await events.get()) is not _END:
+                if event is _SNAPSHOT:
+                    snapshot_queued = False
+                    snapshot = self._cache.snapshot
+                    pushes = stream.on_snapshot(snapshot) if snapshot else []
+                    from_change = True
+                else:
+                    pushes = self._on_request(stream, event)
+                    from_change = False
+                for push in pushes:
+                    await context.write(push.payload)
+                    self._metrics.pushed(push, from_change)
+        finally:
+            unwatch()
+            reader.cancel()
+            del self.streams[id(stream)]
+            self._metrics.connected(protocol, -1)
+
+    def _on_request(self, stream: SotwStream | DeltaStream, request: Any) -> list[Push]:
+        pushes, nacked = stream.on_request(request, self._cache.snapshot)
+        if nacked:
+            self._metrics.nacked(request.type_url)
+            log.warning(
+                "node %r rejected %s: %s",
+                stream.node_id,
+                request.type_url,
+                stream.watches[request.type_url].last_nack,
+            )
+        return pushes
+
+    def clients(self) -> list[dict[str, object]]:
+        return [s.status() | {"protocol": _protocol(s)} for s in self.streams.values()]
+
+
+def _protocol(stream: SotwStream | DeltaStream) -> str:
+    return "delta" if isinstance(stream, DeltaStream) else "sotw"
+
+
+async def start_server(
+    ads: AdsServer, address: str, max_streams: int = 100_000
+) -> tuple[grpc.aio.Server, int]:
+    """Starts the gRPC server; returns it and the port it bound (for address ...:0)."""
+    server = grpc.aio.server(
+        options=[
+            ("grpc.max_concurrent_streams", max_streams),
+            # Sidecars keep their stream open for days; let them keep it alive.
+            ("grpc.http2.min_ping_interval_without_data_ms", 5_000),
+            ("grpc.keepalive_permit_without_calls", 1),
+            ("grpc.so_reuseport", 0),
+        ]
+    )
+    server.add_generic_rpc_handlers([ads.handler()])
+    port = server.add_insecure_port(address)
+    if port == 0:
+        raise OSError(f"cannot listen for xDS on {address}")
+    await server.start()
+    return server, port

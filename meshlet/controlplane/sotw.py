@@ -1,0 +1,134 @@
+"""State-of-the-world ADS for one stream (pure).
+
+LDS and CDS responses carry every subscribed resource (one left out is deleted);
+other types carry only what changed. A request whose nonce is not the latest
+is stale and ignored, as the protocol says.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+
+from envoy.service.discovery.v3.discovery_pb2 import DiscoveryRequest
+
+from meshlet.controlplane.cache import Resource, Snapshot
+from meshlet.controlplane.stream_state import (
+    WILDCARD,
+    Push,
+    StreamState,
+    TypeWatch,
+    error_message,
+    push_order,
+)
+from meshlet.xds import types, wire
+
+
+class SotwStream(StreamState):
+    def on_request(
+        self, request: DiscoveryRequest, snapshot: Snapshot | None
+    ) -> tuple[list[Push], bool]:
+        """Handles one request; returns the responses to write and whether it was a NACK."""
+        self.note_node(request.node.id, request.node.cluster)
+        type_url = request.type_url
+        watch, _ = self.watch_for(type_url)
+        nack = False
+        if request.response_nonce:
+            if request.response_nonce != watch.nonce:
+                return [], False
+            error = error_message(
+                request.error_detail.code,
+                request.error_detail.message,
+                request.HasField("error_detail"),
+            )
+            nack = self.record_ack(watch, request.version_info, error)
+        self._subscribe(watch, request.resource_names)
+        if snapshot is None:
+            return [], nack
+        push = self._compute(type_url, watch, snapshot, None)
+        return ([push] if push else []), nack
+
+    def on_snapshot(self, snapshot: Snapshot) -> list[Push]:
+        if snapshot.generation <= self.generation:
+            return []
+        pushes = []
+        for type_url in push_order(self.watches):
+            changed = self.changed_names(snapshot, type_url)
+            push = self._compute(type_url, self.watches[type_url], snapshot, changed)
+            if push:
+                pushes.append(push)
+        self.generation = snapshot.generation
+        return pushes
+
+    @staticmethod
+    def _subscribe(watch: TypeWatch, resource_names: Iterable[str]) -> None:
+        names = set(resource_names)
+        explicit = names - {WILDCARD}
+        if explicit:
+            watch.legacy_wildcard = False
+        watch.wildcard = WILDCARD in names or (not names and watch.legacy_wildcard)
+        if not watch.wildcard:
+            # Forget what the client dropped, so asking again sends it again.
+            for dropped in watch.known.keys() - explicit:
+                del watch.known[dropped]
+        watch.names = explicit
+
+    def _compute(
+        self,
+        type_url: str,
+        watch: TypeWatch,
+        snapshot: Snapshot,
+        changed: frozenset[str] | None,
+    ) -> Push | None:
+        resources = snapshot.of_type(type_url)
+        if type_url in types.FULL_STATE_TYPES:
+            chosen = self._full_state(watch, resources, changed)
+        else:
+            chosen = self._changed_only(watch, resources, changed)
+        if chosen is None:
+            return None
+        version = snapshot.type_versions.get(type_url, "")
+        watch.nonce = self.next_nonce()
+        watch.version_sent = version
+        watch.responded = True
+        payload = wire.sotw_response(
+            version, type_url, watch.nonce, [r.sotw_field for r in chosen]
+        )
+        return Push(type_url, payload, len(chosen), 0, version, snapshot.built_at)
+
+    @staticmethod
+    def _full_state(
+        watch: TypeWatch, resources: Mapping[str, Resource], changed: frozenset[str] | None
+    ) -> list[Resource] | None:
+        if changed is not None and watch.responded:
+            touched = any(
+                n in watch.known or (n in resources and watch.wants(resources[n]))
+                for n in changed
+            )
+            if not touched:
+                return None
+        chosen = [r for r in resources.values() if watch.wants(r)]
+        versions = {r.name: r.version for r in chosen}
+        # The first answer is always sent, empty or not: it tells the client what exists.
+        if watch.responded and versions == watch.known:
+            return None
+        watch.known = versions
+        return chosen
+
+    @staticmethod
+    def _changed_only(
+        watch: TypeWatch, resources: Mapping[str, Resource], changed: frozenset[str] | None
+    ) -> list[Resource] | None:
+        if changed is None:
+            candidates: Iterable[str] = resources.keys() if watch.wildcard else watch.names
+        else:
+            candidates = changed
+        chosen = []
+        for name in sorted(candidates):
+            resource = resources.get(name)
+            if resource is None:
+                watch.known.pop(name, None)
+            elif watch.wants(resource) and watch.known.get(name) != resource.version:
+                watch.known[name] = resource.version
+                chosen.append(resource)
+        return chosen or None
+

@@ -1,0 +1,124 @@
+"""What one ADS stream has asked for and been sent, per type: shared by SotW and delta.
+
+Pure: requests and snapshots in, response bytes out. The gRPC servicer is a thin
+loop around these (see server.py).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+
+from meshlet.controlplane.cache import Resource, Snapshot
+from meshlet.xds import types
+
+WILDCARD = "*"
+
+
+@dataclass(frozen=True)
+class Push:
+    """One response to write, and what it carries (for metrics and status)."""
+
+    type_url: str
+    payload: bytes
+    resources: int
+    removed: int
+    version: str
+    built_at: float
+
+
+@dataclass
+class TypeWatch:
+    wildcard: bool = False
+    # The client never named a resource: an empty list still means "everything"
+    # (the legacy wildcard of the xDS protocol).
+    legacy_wildcard: bool = True
+    names: set[str] = field(default_factory=set)
+    # Name -> version the client has (or was last sent, if it NACKed).
+    known: dict[str, str] = field(default_factory=dict)
+    responded: bool = False
+    nonce: str = ""
+    version_sent: str = ""
+    version_acked: str = ""
+    version_nacked: str = ""
+    last_nack: str = ""
+    nacks: int = 0
+
+    def wants(self, resource: Resource) -> bool:
+        return (self.wildcard and not resource.on_demand) or resource.name in self.names
+
+    def status(self) -> dict[str, object]:
+        return {
+            "wildcard": self.wildcard,
+            "subscribed": sorted(self.names),
+            "resources": len(self.known),
+            "version_sent": self.version_sent,
+            "version_acked": self.version_acked,
+            "version_nacked": self.version_nacked,
+            "last_nack": self.last_nack,
+            "nacks": self.nacks,
+        }
+
+
+class StreamState:
+    """Per-stream bookkeeping common to both protocol variants."""
+
+    def __init__(self) -> None:
+        self.node_id = ""
+        self.node_cluster = ""
+        self.watches: dict[str, TypeWatch] = {}
+        self.generation = 0  # the snapshot generation this stream has caught up with
+        self._nonce = 0
+
+    def note_node(self, node_id: str, cluster: str) -> None:
+        # Only the first request must carry the node; later ones may leave it out.
+        if node_id:
+            self.node_id, self.node_cluster = node_id, cluster
+
+    def next_nonce(self) -> str:
+        self._nonce += 1
+        return str(self._nonce)
+
+    def watch_for(self, type_url: str) -> tuple[TypeWatch, bool]:
+        """The type's watch, and whether this request is the type's first."""
+        watch = self.watches.get(type_url)
+        if watch is None:
+            watch = self.watches[type_url] = TypeWatch()
+            return watch, True
+        return watch, False
+
+    def record_ack(self, watch: TypeWatch, version: str, error: str | None) -> bool:
+        """Records an ACK or NACK; returns True for a NACK."""
+        if error is not None:
+            watch.version_nacked = watch.version_sent
+            watch.last_nack = error
+            watch.nacks += 1
+            return True
+        watch.version_acked = version or watch.version_sent
+        return False
+
+    def changed_names(self, snapshot: Snapshot, type_url: str) -> frozenset[str] | None:
+        """Names that changed since this stream caught up, or None when it must look at all."""
+        if snapshot.generation == self.generation + 1:
+            return snapshot.changed.get(type_url, frozenset())
+        return None
+
+    def status(self) -> dict[str, object]:
+        return {
+            "node": self.node_id,
+            "cluster": self.node_cluster,
+            "types": {types.short_name(t): w.status() for t, w in sorted(self.watches.items())},
+        }
+
+
+def error_message(code: int, message: str, present: bool) -> str | None:
+    """The NACK text of a request's error_detail, or None when it is an ACK."""
+    if not present:
+        return None
+    return message or f"rejected with code {code} and no message"
+
+
+def push_order(type_urls: Iterable[str]) -> list[str]:
+    """Make before break: clusters and endpoints, then listeners, then names."""
+    rank = {t: i for i, t in enumerate(types.PUSH_ORDER)}
+    return sorted(type_urls, key=lambda t: (rank.get(t, len(rank)), t))

@@ -1,0 +1,74 @@
+"""Command-line flags that also read MESHLET_<FLAG> environment variables."""
+
+from __future__ import annotations
+
+import argparse
+import ipaddress
+import os
+from typing import Any
+
+
+def env_name(flag: str) -> str:
+    return "MESHLET_" + flag.lstrip("-").replace("-", "_").upper()
+
+
+def add_flag(parser: argparse.ArgumentParser, flag: str, **kwargs: Any) -> None:
+    """Like add_argument, with the default taken from MESHLET_<FLAG> when set.
+
+    argparse runs `type` on string defaults too, so a bad environment value is
+    reported exactly like a bad flag.
+    """
+    env = env_name(flag)
+    value = os.environ.get(env)
+    if value is not None:
+        if kwargs.get("action") == "append":
+            kwargs["default"] = [_convert(kwargs, v) for v in value.replace(",", " ").split()]
+        elif kwargs.get("action") == "store_true":
+            kwargs["default"] = value.lower() in ("1", "true", "yes", "on")
+        else:
+            kwargs["default"] = value
+    help_text = kwargs.get("help", "")
+    kwargs["help"] = f"{help_text} [env {env}]".strip()
+    parser.add_argument(flag, **kwargs)
+
+
+def _convert(kwargs: dict[str, Any], value: str) -> Any:
+    convert = kwargs.get("type")
+    return convert(value) if convert else value
+
+
+def host_port(text: str) -> tuple[str, int]:
+    """'HOST:PORT' or '[V6]:PORT' -> (host, port)."""
+    host, sep, port_text = text.rpartition(":")
+    if not sep or not port_text.isdigit():
+        raise argparse.ArgumentTypeError(f"{text!r} is not HOST:PORT")
+    port = int(port_text)
+    if not 0 <= port <= 65535:
+        raise argparse.ArgumentTypeError(f"port {port} in {text!r} is out of range 0-65535")
+    host = host[1:-1] if host.startswith("[") and host.endswith("]") else host
+    if not host:
+        raise argparse.ArgumentTypeError(f"{text!r} has no host")
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        if host != "localhost":
+            raise argparse.ArgumentTypeError(f"{host!r} in {text!r} is not an IP address") from None
+    return host, port
+
+
+def port_number(text: str) -> int:
+    if not text.isdigit() or not 1 <= int(text) <= 65535:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a port number 1-65535")
+    return int(text)
+
+
+def domain_name(text: str) -> str:
+    name = text.strip(".").lower()
+    labels = name.split(".")
+    if not name or any(not label or len(label) > 63 for label in labels):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a DNS domain")
+    return name
+
+
+def grpc_address(host: str, port: int) -> str:
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"

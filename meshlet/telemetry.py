@@ -1,0 +1,52 @@
+"""OpenTelemetry metrics for a meshlet process: Prometheus text always, OTLP when asked.
+
+OTLP export switches on with the standard OTEL_EXPORTER_OTLP_ENDPOINT (or
+OTEL_EXPORTER_OTLP_METRICS_ENDPOINT) and reads the other OTEL_* variables itself.
+"""
+
+from __future__ import annotations
+
+import os
+
+from opentelemetry.exporter.prometheus import PrometheusMetricReader
+from opentelemetry.metrics import Meter
+from opentelemetry.sdk.metrics import MeterProvider
+from opentelemetry.sdk.metrics.export import MetricReader, PeriodicExportingMetricReader
+from opentelemetry.sdk.resources import Resource
+from prometheus_client import CollectorRegistry, generate_latest
+
+# Seconds: from sub-millisecond DNS answers to multi-second pushes.
+LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
+
+
+def _otlp_enabled() -> bool:
+    return bool(
+        os.environ.get("OTEL_EXPORTER_OTLP_ENDPOINT")
+        or os.environ.get("OTEL_EXPORTER_OTLP_METRICS_ENDPOINT")
+    )
+
+
+class Telemetry:
+    """One meter provider per process, with its own Prometheus registry."""
+
+    def __init__(self, service_name: str) -> None:
+        # A registry of our own, not prometheus_client's global one, so several
+        # providers (tests, embedded use) never collide.
+        self.registry = CollectorRegistry(auto_describe=True)
+        readers: list[MetricReader] = [PrometheusMetricReader(registry=self.registry)]
+        if _otlp_enabled():
+            from opentelemetry.exporter.otlp.proto.grpc.metric_exporter import (
+                OTLPMetricExporter,
+            )
+
+            readers.append(PeriodicExportingMetricReader(OTLPMetricExporter()))
+        self.provider = MeterProvider(
+            resource=Resource.create({"service.name": service_name}), metric_readers=readers
+        )
+        self.meter: Meter = self.provider.get_meter("meshlet")
+
+    def prometheus_text(self) -> bytes:
+        return generate_latest(self.registry)
+
+    def shutdown(self) -> None:
+        self.provider.shutdown()

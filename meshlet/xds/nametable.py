@@ -1,0 +1,43 @@
+"""Mesh -> the NameTable the sidecars answer DNS from (pure)."""
+
+from __future__ import annotations
+
+from meshlet._proto.meshlet.v1 import nametable_pb2
+from meshlet.model import Health, Mesh, Service, ServiceKind
+
+
+def _service_entry(service: Service) -> nametable_pb2.NameInfo:
+    info = nametable_pb2.NameInfo(
+        namespace=service.namespace,
+        service=service.name,
+        headless=service.kind is ServiceKind.HEADLESS,
+        ports=[
+            nametable_pb2.Port(name=p.name, port=p.port, protocol=p.protocol.lower())
+            for p in service.ports
+        ],
+    )
+    if service.kind is ServiceKind.EXTERNAL_NAME:
+        info.cname = service.external_name.rstrip(".").lower()
+    elif service.kind is ServiceKind.HEADLESS:
+        # Ready pods only; publishNotReadyAddresses already made the rest HEALTHY.
+        info.ips.extend(a.address for a in service.pod_addresses if a.health is Health.HEALTHY)
+    else:
+        info.ips.extend(service.cluster_ips)
+    return info
+
+
+def build_name_table(mesh: Mesh, domain: str) -> nametable_pb2.NameTable:
+    table = nametable_pb2.NameTable()
+    for service in mesh.services:
+        fqdn = service.fqdn(domain).lower()
+        table.table[fqdn].CopyFrom(_service_entry(service))
+        if service.kind is not ServiceKind.HEADLESS:
+            continue
+        # Pods of a headless service with a hostname get <hostname>.<service fqdn>.
+        for pod in service.pod_addresses:
+            if pod.hostname and pod.health is Health.HEALTHY:
+                entry = table.table[f"{pod.hostname}.{fqdn}".lower()]
+                entry.namespace = service.namespace
+                entry.service = service.name
+                entry.ips.append(pod.address)
+    return table
