@@ -67,8 +67,7 @@ async def serve(config: ControlPlaneConfig, stop: asyncio.Event) -> int:
     if first.errors:
         for problem in first.errors:
             print(f"meshlet control-plane: {problem}", file=sys.stderr)
-        print("meshlet control-plane: fix the manifests above; nothing was served",
-              file=sys.stderr)
+        print("meshlet control-plane: fix the manifests above; nothing was served", file=sys.stderr)
         return 2
     plane = ControlPlane(config)
     plane.apply(first, time.monotonic())
@@ -77,8 +76,13 @@ async def serve(config: ControlPlaneConfig, stop: asyncio.Event) -> int:
     grpc_server, xds_port = await start_server(ads, grpc_address(*config.xds_address))
     admin = build_admin(plane.cache, ads, telemetry, plane.problems)
     admin_port = await admin.start(*config.admin_address)
-    log.info("serving xDS on %s:%d, admin on %s:%d",
-             config.xds_address[0], xds_port, config.admin_address[0], admin_port)
+    log.info(
+        "serving xDS on %s:%d, admin on %s:%d",
+        config.xds_address[0],
+        xds_port,
+        config.admin_address[0],
+        admin_port,
+    )
 
     def reload() -> None:
         plane.apply(source.load(), time.monotonic())

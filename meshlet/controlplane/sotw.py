@@ -90,9 +90,7 @@ class SotwStream(StreamState):
         watch.nonce = self.next_nonce()
         watch.version_sent = version
         watch.responded = True
-        payload = wire.sotw_response(
-            version, type_url, watch.nonce, [r.sotw_field for r in chosen]
-        )
+        payload = wire.sotw_response(version, type_url, watch.nonce, [r.sotw_field for r in chosen])
         return Push(type_url, payload, len(chosen), 0, version, snapshot.built_at)
 
     @staticmethod
@@ -101,8 +99,7 @@ class SotwStream(StreamState):
     ) -> list[Resource] | None:
         if changed is not None and watch.responded:
             touched = any(
-                n in watch.known or (n in resources and watch.wants(resources[n]))
-                for n in changed
+                n in watch.known or (n in resources and watch.wants(resources[n])) for n in changed
             )
             if not touched:
                 return None
@@ -131,4 +128,3 @@ class SotwStream(StreamState):
                 watch.known[name] = resource.version
                 chosen.append(resource)
         return chosen or None
-

@@ -83,10 +83,11 @@ def build_api_listener(service: Service, name: str, cluster: str) -> listener_pb
             ],
         ),
         http_filters=[
-            hcm_pb2.HttpFilter(name="envoy.filters.http.router", typed_config=pack(router_pb2.Router()))
+            hcm_pb2.HttpFilter(
+                name="envoy.filters.http.router", typed_config=pack(router_pb2.Router())
+            )
         ],
     )
     listener = listener_pb2.Listener(name=name)
     listener.api_listener.api_listener.CopyFrom(pack(manager))
     return listener
-

@@ -30,9 +30,7 @@ def translate(
     out = [
         Generated(types.CLUSTER, types.PASSTHROUGH_CLUSTER, build_passthrough_cluster()),
         Generated(types.LISTENER, types.OUTBOUND_LISTENER, build_outbound_listener(outbound_port)),
-        Generated(
-            types.NAME_TABLE, types.NAME_TABLE_RESOURCE, build_name_table(mesh, domain)
-        ),
+        Generated(types.NAME_TABLE, types.NAME_TABLE_RESOURCE, build_name_table(mesh, domain)),
     ]
     for service in mesh.services:
         if service.kind is ServiceKind.EXTERNAL_NAME:

@@ -1,0 +1,247 @@
+"""Model -> xDS resources, table-driven: what Envoy, gRPC and the sidecar will read."""
+
+from __future__ import annotations
+
+import pytest
+from envoy.config.cluster.v3.cluster_pb2 import Cluster
+from envoy.config.core.v3.health_check_pb2 import DRAINING, HEALTHY
+from envoy.config.endpoint.v3.endpoint_pb2 import ClusterLoadAssignment
+from envoy.config.listener.v3.listener_pb2 import Listener
+from envoy.extensions.filters.network.http_connection_manager.v3.http_connection_manager_pb2 import (  # noqa: E501
+    HttpConnectionManager,
+)
+from envoy.extensions.filters.network.tcp_proxy.v3.tcp_proxy_pb2 import TcpProxy
+
+from meshlet._proto.meshlet.v1.nametable_pb2 import NameTable
+from meshlet.model import Endpoint, Health, LbPolicy, Mesh, Service, ServiceKind, ServicePort
+from meshlet.xds import types
+from meshlet.xds.translate import Generated, translate
+
+DOMAIN = "cluster.local"
+
+
+def by_name(generated: list[Generated], type_url: str) -> dict[str, object]:
+    return {g.name: g.message for g in generated if g.type_url == type_url}
+
+
+def service(**overrides: object) -> Service:
+    fields: dict[str, object] = {
+        "name": "web",
+        "namespace": "default",
+        "cluster_ips": ("10.96.0.10",),
+        "ports": (
+            ServicePort(
+                "http",
+                80,
+                endpoints=(
+                    Endpoint("10.1.0.1", 8080, zone="zone-a"),
+                    Endpoint("10.1.0.2", 8080, Health.DRAINING, zone="zone-b"),
+                ),
+            ),
+        ),
+    }
+    fields.update(overrides)
+    return Service(**fields)  # type: ignore[arg-type]
+
+
+def test_cluster_per_tcp_port_named_like_istio() -> None:
+    svc = service(
+        ports=(
+            ServicePort("http", 80),
+            ServicePort("metrics", 9100),
+            ServicePort("dns", 53, "UDP"),
+        )
+    )
+    clusters = by_name(translate(Mesh((svc,)), DOMAIN), types.CLUSTER)
+    assert sorted(clusters) == [
+        types.PASSTHROUGH_CLUSTER,
+        "outbound|80||web.default.svc.cluster.local",
+        "outbound|9100||web.default.svc.cluster.local",
+    ]
+    cluster = clusters["outbound|80||web.default.svc.cluster.local"]
+    assert isinstance(cluster, Cluster)
+    assert cluster.type == Cluster.EDS
+    assert cluster.eds_cluster_config.eds_config.HasField("ads")
+    assert cluster.connect_timeout.seconds > 0
+    assert cluster.circuit_breakers.thresholds[0].max_connections.value > 0
+    assert cluster.outlier_detection.consecutive_5xx.value > 0
+    meta = cluster.metadata.filter_metadata["meshlet"]
+    assert meta["service"] == "web" and meta["namespace"] == "default"
+
+
+@pytest.mark.parametrize(
+    ("policy", "expected"),
+    [
+        (LbPolicy.ROUND_ROBIN, ["round_robin.v3.RoundRobin"]),
+        (LbPolicy.LEAST_REQUEST, ["least_request.v3.LeastRequest", "round_robin.v3.RoundRobin"]),
+        (LbPolicy.RANDOM, ["random.v3.Random", "round_robin.v3.RoundRobin"]),
+        (LbPolicy.RING_HASH, ["ring_hash.v3.RingHash", "round_robin.v3.RoundRobin"]),
+        (LbPolicy.MAGLEV, ["maglev.v3.Maglev", "round_robin.v3.RoundRobin"]),
+    ],
+)
+def test_lb_policy_list_ends_in_round_robin(policy: LbPolicy, expected: list[str]) -> None:
+    clusters = by_name(translate(Mesh((service(lb_policy=policy),)), DOMAIN), types.CLUSTER)
+    cluster = clusters["outbound|80||web.default.svc.cluster.local"]
+    assert isinstance(cluster, Cluster)
+    assert cluster.lb_policy == Cluster.ROUND_ROBIN  # the enum left at its default
+    urls = [
+        p.typed_extension_config.typed_config.type_url
+        for p in cluster.load_balancing_policy.policies
+    ]
+    prefix = "type.googleapis.com/envoy.extensions.load_balancing_policies."
+    assert urls == [prefix + e for e in expected]
+
+
+def test_load_assignment_localities_health_and_weights() -> None:
+    cla = by_name(translate(Mesh((service(),)), DOMAIN), types.ENDPOINT)[
+        "outbound|80||web.default.svc.cluster.local"
+    ]
+    assert isinstance(cla, ClusterLoadAssignment)
+    got = [
+        (
+            loc.locality.zone,
+            loc.load_balancing_weight.value,
+            [
+                (
+                    e.endpoint.address.socket_address.address,
+                    e.endpoint.address.socket_address.port_value,
+                    e.health_status,
+                )
+                for e in loc.lb_endpoints
+            ],
+        )
+        for loc in cla.endpoints
+    ]
+    assert got == [
+        ("zone-a", 1, [("10.1.0.1", 8080, HEALTHY)]),
+        ("zone-b", 1, [("10.1.0.2", 8080, DRAINING)]),
+    ]
+
+
+def test_endpoints_without_zone_still_have_a_locality() -> None:
+    svc = service(ports=(ServicePort("http", 80, endpoints=(Endpoint("10.1.0.1", 80),)),))
+    cla = by_name(translate(Mesh((svc,)), DOMAIN), types.ENDPOINT)[
+        "outbound|80||web.default.svc.cluster.local"
+    ]
+    assert isinstance(cla, ClusterLoadAssignment)
+    # gRPC rejects a locality entry whose `locality` field is absent.
+    assert cla.endpoints[0].HasField("locality")
+    assert cla.endpoints[0].load_balancing_weight.value == 1
+
+
+def test_socket_listener_per_cluster_ip_and_port_dual_stack() -> None:
+    svc = service(cluster_ips=("10.96.0.10", "fd00::10"))
+    listeners = by_name(translate(Mesh((svc,)), DOMAIN), types.LISTENER)
+    for name, ip in (("10.96.0.10_80", "10.96.0.10"), ("fd00::10_80", "fd00::10")):
+        listener = listeners[name]
+        assert isinstance(listener, Listener)
+        assert listener.address.socket_address.address == ip
+        assert listener.address.socket_address.port_value == 80
+        assert listener.bind_to_port.value is False
+        proxy = TcpProxy()
+        assert listener.filter_chains[0].filters[0].typed_config.Unpack(proxy)
+        assert proxy.cluster == "outbound|80||web.default.svc.cluster.local"
+        assert not proxy.hash_policy
+
+
+def test_client_ip_affinity_hashes_the_source_ip() -> None:
+    svc = service(client_ip_affinity=True, lb_policy=LbPolicy.RING_HASH)
+    generated = translate(Mesh((svc,)), DOMAIN)
+    listener = by_name(generated, types.LISTENER)["10.96.0.10_80"]
+    assert isinstance(listener, Listener)
+    proxy = TcpProxy()
+    listener.filter_chains[0].filters[0].typed_config.Unpack(proxy)
+    assert proxy.hash_policy[0].HasField("source_ip")
+    api = by_name(generated, types.LISTENER)["web.default.svc.cluster.local:80"]
+    assert isinstance(api, Listener)
+    manager = HttpConnectionManager()
+    api.api_listener.api_listener.Unpack(manager)
+    route = manager.route_config.virtual_hosts[0].routes[0].route
+    assert route.hash_policy[0].filter_state.key == "io.grpc.channel_id"
+
+
+def test_virtual_outbound_listener_and_passthrough() -> None:
+    generated = translate(Mesh(()), DOMAIN, outbound_port=15999)
+    listener = by_name(generated, types.LISTENER)[types.OUTBOUND_LISTENER]
+    assert isinstance(listener, Listener)
+    assert listener.use_original_dst.value is True
+    assert listener.address.socket_address.port_value == 15999
+    passthrough = by_name(generated, types.CLUSTER)[types.PASSTHROUGH_CLUSTER]
+    assert isinstance(passthrough, Cluster)
+    assert passthrough.type == Cluster.ORIGINAL_DST
+
+
+def test_api_listener_is_on_demand_and_routes_to_the_cluster() -> None:
+    generated = translate(Mesh((service(),)), DOMAIN)
+    [api] = [g for g in generated if g.name == "web.default.svc.cluster.local:80"]
+    assert api.on_demand
+    assert not any(g.on_demand for g in generated if g is not api)
+    manager = HttpConnectionManager()
+    assert isinstance(api.message, Listener)
+    assert api.message.api_listener.api_listener.Unpack(manager)
+    assert manager.route_config.virtual_hosts[0].domains == ["*"]
+    route = manager.route_config.virtual_hosts[0].routes[0]
+    assert route.match.prefix == ""
+    assert route.route.cluster == "outbound|80||web.default.svc.cluster.local"
+    assert manager.http_filters[-1].name == "envoy.filters.http.router"
+
+
+def test_headless_has_cluster_but_no_vip_listener() -> None:
+    svc = service(kind=ServiceKind.HEADLESS, cluster_ips=())
+    generated = translate(Mesh((svc,)), DOMAIN)
+    assert "outbound|80||web.default.svc.cluster.local" in by_name(generated, types.CLUSTER)
+    listeners = by_name(generated, types.LISTENER)
+    assert not [n for n in listeners if n.endswith("_80")]
+
+
+def test_external_name_has_no_cluster() -> None:
+    svc = Service("db", "default", ServiceKind.EXTERNAL_NAME, external_name="db.example.com.")
+    generated = translate(Mesh((svc,)), DOMAIN)
+    assert list(by_name(generated, types.CLUSTER)) == [types.PASSTHROUGH_CLUSTER]
+
+
+def name_table(*services: Service) -> NameTable:
+    table = by_name(translate(Mesh(services), DOMAIN), types.NAME_TABLE)[types.NAME_TABLE_RESOURCE]
+    assert isinstance(table, NameTable)
+    return table
+
+
+def test_name_table_cluster_ip_service() -> None:
+    svc = service(
+        cluster_ips=("10.96.0.10", "fd00::10"),
+        ports=(ServicePort("http", 80), ServicePort("dns", 53, "UDP")),
+    )
+    info = name_table(svc).table["web.default.svc.cluster.local"]
+    assert list(info.ips) == ["10.96.0.10", "fd00::10"]
+    assert [(p.name, p.port, p.protocol) for p in info.ports] == [
+        ("http", 80, "tcp"),
+        ("dns", 53, "udp"),
+    ]
+    assert (info.namespace, info.service, info.headless, info.cname) == (
+        "default",
+        "web",
+        False,
+        "",
+    )
+
+
+def test_name_table_headless_ready_pods_and_hostnames() -> None:
+    pods = (
+        Endpoint("10.1.0.1", 0, hostname="web-0"),
+        Endpoint("10.1.0.2", 0, Health.DRAINING, hostname="web-1"),
+        Endpoint("10.1.0.3", 0),
+    )
+    svc = service(kind=ServiceKind.HEADLESS, cluster_ips=(), pod_addresses=pods)
+    table = name_table(svc).table
+    info = table["web.default.svc.cluster.local"]
+    assert info.headless
+    assert list(info.ips) == ["10.1.0.1", "10.1.0.3"]
+    assert list(table["web-0.web.default.svc.cluster.local"].ips) == ["10.1.0.1"]
+    assert "web-1.web.default.svc.cluster.local" not in table
+
+
+def test_name_table_external_name_is_a_cname() -> None:
+    svc = Service("DB", "Prod", ServiceKind.EXTERNAL_NAME, external_name="DB.Example.com.")
+    info = name_table(svc).table["db.prod.svc.cluster.local"]
+    assert info.cname == "db.example.com"
+    assert not info.ips
