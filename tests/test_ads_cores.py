@@ -42,10 +42,16 @@ def sotw_names(push: Push, message_type: type = Cluster) -> list[str]:
     return out
 
 
-def request(type_url: str, names: list[str] | None = None, nonce: str = "", version: str = "",
-            error: str | None = None) -> DiscoveryRequest:
-    req = DiscoveryRequest(type_url=type_url, resource_names=names or [],
-                           response_nonce=nonce, version_info=version)
+def request(
+    type_url: str,
+    names: list[str] | None = None,
+    nonce: str = "",
+    version: str = "",
+    error: str | None = None,
+) -> DiscoveryRequest:
+    req = DiscoveryRequest(
+        type_url=type_url, resource_names=names or [], response_nonce=nonce, version_info=version
+    )
     req.node.id = "node-1"
     if error is not None:
         req.error_detail.CopyFrom(Status(code=3, message=error))
@@ -53,6 +59,7 @@ def request(type_url: str, names: list[str] | None = None, nonce: str = "", vers
 
 
 # --- state of the world ---------------------------------------------------------------
+
 
 def test_sotw_wildcard_cds_gets_everything_but_on_demand_listeners() -> None:
     snap = snapshot_of(web("10.0.0.1"), api("10.0.0.2"))
@@ -79,7 +86,8 @@ def test_sotw_ack_sends_nothing_and_is_recorded() -> None:
     [push], _ = stream.on_request(request(types.CLUSTER), snap)
     response = sotw(push)
     pushes, nack = stream.on_request(
-        request(types.CLUSTER, nonce=response.nonce, version=response.version_info), snap)
+        request(types.CLUSTER, nonce=response.nonce, version=response.version_info), snap
+    )
     assert pushes == [] and not nack
     assert stream.watches[types.CLUSTER].version_acked == response.version_info
 
@@ -89,7 +97,8 @@ def test_sotw_nack_is_recorded_and_not_resent() -> None:
     stream = SotwStream()
     [push], _ = stream.on_request(request(types.CLUSTER), snap)
     pushes, nack = stream.on_request(
-        request(types.CLUSTER, nonce=sotw(push).nonce, error="bad cluster"), snap)
+        request(types.CLUSTER, nonce=sotw(push).nonce, error="bad cluster"), snap
+    )
     assert nack and pushes == []
     watch = stream.watches[types.CLUSTER]
     assert watch.last_nack == "bad cluster" and watch.nacks == 1
@@ -101,7 +110,8 @@ def test_sotw_stale_nonce_is_ignored() -> None:
     stream = SotwStream()
     stream.on_request(request(types.ENDPOINT, [WEB_CLUSTER]), snap)
     pushes, nack = stream.on_request(
-        request(types.ENDPOINT, [WEB_CLUSTER, API_CLUSTER], nonce="999", error="x"), snap)
+        request(types.ENDPOINT, [WEB_CLUSTER, API_CLUSTER], nonce="999", error="x"), snap
+    )
     assert pushes == [] and not nack
     assert stream.watches[types.ENDPOINT].names == {WEB_CLUSTER}
 
@@ -156,14 +166,22 @@ def test_sotw_lagging_stream_compares_everything() -> None:
 
 # --- delta ------------------------------------------------------------------------------
 
-def delta_request(type_url: str, subscribe: list[str] | None = None,
-                  unsubscribe: list[str] | None = None, nonce: str = "",
-                  initial: dict[str, str] | None = None,
-                  error: str | None = None) -> DeltaDiscoveryRequest:
+
+def delta_request(
+    type_url: str,
+    subscribe: list[str] | None = None,
+    unsubscribe: list[str] | None = None,
+    nonce: str = "",
+    initial: dict[str, str] | None = None,
+    error: str | None = None,
+) -> DeltaDiscoveryRequest:
     req = DeltaDiscoveryRequest(
-        type_url=type_url, resource_names_subscribe=subscribe or [],
-        resource_names_unsubscribe=unsubscribe or [], response_nonce=nonce,
-        initial_resource_versions=initial or {})
+        type_url=type_url,
+        resource_names_subscribe=subscribe or [],
+        resource_names_unsubscribe=unsubscribe or [],
+        response_nonce=nonce,
+        initial_resource_versions=initial or {},
+    )
     req.node.id = "node-1"
     if error is not None:
         req.error_detail.CopyFrom(Status(code=3, message=error))
@@ -175,7 +193,8 @@ def test_delta_wildcard_then_only_changes() -> None:
     stream = DeltaStream()
     [push], _ = stream.on_request(delta_request(types.CLUSTER), first)
     assert sorted(r.name for r in delta(push).resources) == sorted(
-        [types.PASSTHROUGH_CLUSTER, WEB_CLUSTER])
+        [types.PASSTHROUGH_CLUSTER, WEB_CLUSTER]
+    )
     stream.generation = first.generation
     second = snapshot_of(web("10.0.0.1"), api("10.0.0.2"), previous=first)
     [update] = stream.on_snapshot(second)
@@ -208,13 +227,13 @@ def test_delta_reconnect_with_everything_current_still_answers_wildcard() -> Non
 def test_delta_named_subscribe_unsubscribe_and_missing() -> None:
     snap = snapshot_of(web("10.0.0.1"))
     stream = DeltaStream()
-    [push], _ = stream.on_request(
-        delta_request(types.ENDPOINT, [WEB_CLUSTER, API_CLUSTER]), snap)
+    [push], _ = stream.on_request(delta_request(types.ENDPOINT, [WEB_CLUSTER, API_CLUSTER]), snap)
     response = delta(push)
     assert [r.name for r in response.resources] == [WEB_CLUSTER]
     assert list(response.removed_resources) == [API_CLUSTER]  # asked for, does not exist
     pushes, _ = stream.on_request(
-        delta_request(types.ENDPOINT, unsubscribe=[WEB_CLUSTER], nonce=response.nonce), snap)
+        delta_request(types.ENDPOINT, unsubscribe=[WEB_CLUSTER], nonce=response.nonce), snap
+    )
     assert pushes == []
     assert stream.watches[types.ENDPOINT].names == {API_CLUSTER}
     # Asking again sends it again, even though nothing changed.
@@ -227,7 +246,8 @@ def test_delta_nack_recorded_and_not_resent() -> None:
     stream = DeltaStream()
     [push], _ = stream.on_request(delta_request(types.CLUSTER), snap)
     pushes, nack = stream.on_request(
-        delta_request(types.CLUSTER, nonce=delta(push).nonce, error="no"), snap)
+        delta_request(types.CLUSTER, nonce=delta(push).nonce, error="no"), snap
+    )
     assert nack and pushes == []
     assert stream.watches[types.CLUSTER].last_nack == "no"
     status = stream.status()

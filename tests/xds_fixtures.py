@@ -23,7 +23,9 @@ def web(*addresses: str, port: int = 80, ip: str = "10.96.0.10") -> Service:
 def api(*addresses: str) -> Service:
     endpoints = tuple(Endpoint(a, 9090) for a in addresses)
     return Service(
-        "api", "shop", cluster_ips=("10.96.0.20",),
+        "api",
+        "shop",
+        cluster_ips=("10.96.0.20",),
         ports=(ServicePort("grpc", 9090, endpoints=endpoints),),
     )
 
