@@ -30,7 +30,7 @@ class ServiceKind(enum.Enum):
     EXTERNAL_NAME = "ExternalName"
 
 
-@dataclass(frozen=True, order=True)
+@dataclass(frozen=True)
 class Endpoint:
     address: str
     port: int

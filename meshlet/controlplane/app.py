@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import signal
 import sys
@@ -92,6 +93,8 @@ async def serve(config: ControlPlaneConfig, stop: asyncio.Event) -> int:
         await stop.wait()
     finally:
         watcher.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await watcher
         await grpc_server.stop(grace=1)
         await admin.close()
         telemetry.shutdown()
