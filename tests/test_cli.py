@@ -1,0 +1,101 @@
+"""The command line: flags, their MESHLET_* variables, and refusing bad input at start-up."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from meshlet.cli import build_parser
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def run_meshlet(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "meshlet", *args],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=ROOT,
+        env={**os.environ, **(env or {})},
+    )
+
+
+def test_flags_default_from_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("MESHLET_XDS_ADDRESS", "[::1]:16010")
+    monkeypatch.setenv("MESHLET_CLUSTER_DOMAIN", "Example.Org.")
+    args = build_parser().parse_args(["control-plane", "--manifests", "x"])
+    assert args.xds_address == ("::1", 16010)
+    assert args.cluster_domain == "example.org"
+    # A flag on the command line wins over the environment.
+    args = build_parser().parse_args(
+        ["control-plane", "--manifests", "x", "--xds-address", "127.0.0.1:1"]
+    )
+    assert args.xds_address == ("127.0.0.1", 1)
+
+
+@pytest.mark.parametrize(
+    ("args", "env", "message"),
+    [
+        (["--xds-address", "nonsense"], {}, "'nonsense' is not HOST:PORT"),
+        (
+            ["--admin-address", "127.0.0.1:99999"],
+            {},
+            "port 99999 in '127.0.0.1:99999' is out of range",
+        ),
+        ([], {"MESHLET_OUTBOUND_PORT": "0"}, "'0' is not a port number 1-65535"),
+        (["--cluster-domain", "a..b"], {}, "'a..b' is not a DNS domain"),
+    ],
+)
+def test_bad_flags_exit_2_with_a_clear_message(
+    args: list[str], env: dict[str, str], message: str
+) -> None:
+    result = run_meshlet("control-plane", "--manifests", "examples/manifests", *args, env=env)
+    assert result.returncode == 2
+    assert message in result.stderr
+
+
+def test_missing_manifests_flag() -> None:
+    result = run_meshlet("control-plane")
+    assert result.returncode == 2
+    assert "--manifests PATH is required" in result.stderr
+
+
+def test_bad_manifest_at_start_up_exits_2_naming_file_and_document(tmp_path: Path) -> None:
+    (tmp_path / "good.yaml").write_text((ROOT / "examples/manifests/services.yaml").read_text())
+    (tmp_path / "bad.yaml").write_text(
+        "apiVersion: v1\nkind: Service\nmetadata: {name: ok}\nspec: {clusterIP: 10.96.9.9, "
+        "ports: [{port: 80}]}\n---\napiVersion: v1\nkind: Service\nmetadata: {name: broken}\n"
+        "spec:\n  clusterIP: 10.96.9.10\n  ports: [{port: 70000}]\n"
+    )
+    result = run_meshlet(
+        "control-plane",
+        "--manifests",
+        str(tmp_path),
+        "--xds-address",
+        "127.0.0.1:0",
+        "--admin-address",
+        "127.0.0.1:0",
+    )
+    assert result.returncode == 2
+    assert "bad.yaml" in result.stderr
+    assert "document 2" in result.stderr
+    assert "70000" in result.stderr
+
+
+def test_manifests_path_that_does_not_exist(tmp_path: Path) -> None:
+    result = run_meshlet(
+        "control-plane",
+        "--manifests",
+        str(tmp_path / "nope"),
+        "--xds-address",
+        "127.0.0.1:0",
+        "--admin-address",
+        "127.0.0.1:0",
+    )
+    assert result.returncode == 2
+    assert "nope" in result.stderr
