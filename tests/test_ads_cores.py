@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 from envoy.config.cluster.v3.cluster_pb2 import Cluster
 from envoy.config.endpoint.v3.endpoint_pb2 import ClusterLoadAssignment
 from envoy.config.listener.v3.listener_pb2 import Listener
@@ -16,6 +18,7 @@ from google.rpc.status_pb2 import Status
 from meshlet.controlplane.delta import DeltaStream
 from meshlet.controlplane.sotw import SotwStream
 from meshlet.controlplane.stream_state import Push
+from meshlet.model import LbPolicy
 from meshlet.xds import types
 from tests.xds_fixtures import api, snapshot_of, web
 
@@ -252,3 +255,38 @@ def test_delta_nack_recorded_and_not_resent() -> None:
     assert stream.watches[types.CLUSTER].last_nack == "no"
     status = stream.status()
     assert status["node"] == "node-1"
+
+
+# --- both -------------------------------------------------------------------------------
+
+
+def test_changed_cluster_gets_its_endpoints_again_sotw() -> None:
+    first = snapshot_of(web("10.0.0.1"))
+    stream = SotwStream()
+    stream.on_request(request(types.CLUSTER), first)
+    stream.on_request(request(types.ENDPOINT, [WEB_CLUSTER]), first)
+    stream.generation = first.generation
+    # Same endpoints, new load-balancing policy: only the Cluster changed.
+    second = snapshot_of(replace(web("10.0.0.1"), lb_policy=LbPolicy.MAGLEV), previous=first)
+    assert second.changed[types.ENDPOINT] == frozenset()
+    pushes = stream.on_snapshot(second)
+    assert [p.type_url for p in pushes] == [types.CLUSTER, types.ENDPOINT]
+    assert sotw_names(pushes[1], ClusterLoadAssignment) == [WEB_CLUSTER]
+
+
+def test_changed_cluster_gets_its_endpoints_again_delta() -> None:
+    first = snapshot_of(web("10.0.0.1"))
+    stream = DeltaStream()
+    stream.on_request(delta_request(types.CLUSTER), first)
+    stream.on_request(delta_request(types.ENDPOINT, [WEB_CLUSTER]), first)
+    stream.generation = first.generation
+    second = snapshot_of(replace(web("10.0.0.1"), lb_policy=LbPolicy.MAGLEV), previous=first)
+    pushes = stream.on_snapshot(second)
+    assert [p.type_url for p in pushes] == [types.CLUSTER, types.ENDPOINT]
+    assert [r.name for r in delta(pushes[1]).resources] == [WEB_CLUSTER]
+    # A change that adds a cluster sends no endpoints for the ones that stayed.
+    third = snapshot_of(
+        replace(web("10.0.0.1"), lb_policy=LbPolicy.MAGLEV), api("10.0.0.5"), previous=second
+    )
+    [cds] = stream.on_snapshot(third)
+    assert [r.name for r in delta(cds).resources] == [API_CLUSTER]

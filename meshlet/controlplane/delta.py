@@ -18,7 +18,6 @@ from meshlet.controlplane.stream_state import (
     StreamState,
     TypeWatch,
     error_message,
-    push_order,
 )
 from meshlet.xds import wire
 
@@ -48,20 +47,8 @@ class DeltaStream(StreamState):
         )
         if snapshot is None:
             return [], nack
-        push = self._compute(type_url, watch, snapshot, None, asked)
+        push = self.compute(type_url, watch, snapshot, None, asked)
         return ([push] if push else []), nack
-
-    def on_snapshot(self, snapshot: Snapshot) -> list[Push]:
-        if snapshot.generation <= self.generation:
-            return []
-        pushes = []
-        for type_url in push_order(self.watches):
-            changed = self.changed_names(snapshot, type_url)
-            push = self._compute(type_url, self.watches[type_url], snapshot, changed, set())
-            if push:
-                pushes.append(push)
-        self.generation = snapshot.generation
-        return pushes
 
     @staticmethod
     def _subscribe(
@@ -86,13 +73,13 @@ class DeltaStream(StreamState):
             watch.known.pop(name, None)
         return added
 
-    def _compute(
+    def compute(
         self,
         type_url: str,
         watch: TypeWatch,
         snapshot: Snapshot,
         changed: frozenset[str] | None,
-        asked: set[str],
+        asked: frozenset[str] | set[str] = frozenset(),
     ) -> Push | None:
         resources = snapshot.of_type(type_url)
         if changed is None:
@@ -122,4 +109,12 @@ class DeltaStream(StreamState):
         payload = wire.delta_response(
             version, type_url, watch.nonce, [r.delta_field for r in chosen], removed
         )
-        return Push(type_url, payload, len(chosen), len(removed), version, snapshot.built_at)
+        return Push(
+            type_url,
+            payload,
+            len(chosen),
+            len(removed),
+            version,
+            snapshot.built_at,
+            tuple(r.name for r in chosen),
+        )

@@ -18,7 +18,6 @@ from meshlet.controlplane.stream_state import (
     StreamState,
     TypeWatch,
     error_message,
-    push_order,
 )
 from meshlet.xds import types, wire
 
@@ -44,20 +43,8 @@ class SotwStream(StreamState):
         self._subscribe(watch, request.resource_names)
         if snapshot is None:
             return [], nack
-        push = self._compute(type_url, watch, snapshot, None)
+        push = self.compute(type_url, watch, snapshot, None)
         return ([push] if push else []), nack
-
-    def on_snapshot(self, snapshot: Snapshot) -> list[Push]:
-        if snapshot.generation <= self.generation:
-            return []
-        pushes = []
-        for type_url in push_order(self.watches):
-            changed = self.changed_names(snapshot, type_url)
-            push = self._compute(type_url, self.watches[type_url], snapshot, changed)
-            if push:
-                pushes.append(push)
-        self.generation = snapshot.generation
-        return pushes
 
     @staticmethod
     def _subscribe(watch: TypeWatch, resource_names: Iterable[str]) -> None:
@@ -72,7 +59,7 @@ class SotwStream(StreamState):
                 del watch.known[dropped]
         watch.names = explicit
 
-    def _compute(
+    def compute(
         self,
         type_url: str,
         watch: TypeWatch,
@@ -81,22 +68,24 @@ class SotwStream(StreamState):
     ) -> Push | None:
         resources = snapshot.of_type(type_url)
         if type_url in types.FULL_STATE_TYPES:
-            chosen = self._full_state(watch, resources, changed)
+            picked = self._full_state(watch, resources, changed)
         else:
-            chosen = self._changed_only(watch, resources, changed)
-        if chosen is None:
+            picked = self._changed_only(watch, resources, changed)
+        if picked is None:
             return None
+        chosen, updated = picked
         version = snapshot.type_versions.get(type_url, "")
         watch.nonce = self.next_nonce()
         watch.version_sent = version
         watch.responded = True
         payload = wire.sotw_response(version, type_url, watch.nonce, [r.sotw_field for r in chosen])
-        return Push(type_url, payload, len(chosen), 0, version, snapshot.built_at)
+        return Push(type_url, payload, len(chosen), 0, version, snapshot.built_at, updated)
 
     @staticmethod
     def _full_state(
         watch: TypeWatch, resources: Mapping[str, Resource], changed: frozenset[str] | None
-    ) -> list[Resource] | None:
+    ) -> tuple[list[Resource], tuple[str, ...]] | None:
+        """Every subscribed resource, and which of them the client lacks."""
         if changed is not None and watch.responded:
             touched = any(
                 n in watch.known or (n in resources and watch.wants(resources[n])) for n in changed
@@ -108,13 +97,15 @@ class SotwStream(StreamState):
         # The first answer is always sent, empty or not: it tells the client what exists.
         if watch.responded and versions == watch.known:
             return None
+        updated = tuple(r.name for r in chosen if watch.known.get(r.name) != r.version)
         watch.known = versions
-        return chosen
+        return chosen, updated
 
     @staticmethod
     def _changed_only(
         watch: TypeWatch, resources: Mapping[str, Resource], changed: frozenset[str] | None
-    ) -> list[Resource] | None:
+    ) -> tuple[list[Resource], tuple[str, ...]] | None:
+        """The subscribed resources the client lacks (twice: sent and updated are one)."""
         if changed is None:
             candidates: Iterable[str] = resources.keys() if watch.wildcard else watch.names
         else:
@@ -127,4 +118,4 @@ class SotwStream(StreamState):
             elif watch.wants(resource) and watch.known.get(name) != resource.version:
                 watch.known[name] = resource.version
                 chosen.append(resource)
-        return chosen or None
+        return (chosen, tuple(r.name for r in chosen)) if chosen else None

@@ -25,6 +25,8 @@ class Push:
     removed: int
     version: str
     built_at: float
+    # Names of the resources this response added or changed.
+    updated: tuple[str, ...] = ()
 
 
 @dataclass
@@ -96,6 +98,40 @@ class StreamState:
             return True
         watch.version_acked = version or watch.version_sent
         return False
+
+    def on_snapshot(self, snapshot: Snapshot) -> list[Push]:
+        """Everything a new snapshot means for this client, in make-before-break order."""
+        if snapshot.generation <= self.generation:
+            return []
+        pushes = []
+        rewarm: tuple[str, ...] = ()
+        for type_url in push_order(self.watches):
+            watch = self.watches[type_url]
+            changed = self.changed_names(snapshot, type_url)
+            if type_url == types.ENDPOINT and rewarm:
+                # Envoy replaces a changed cluster and holds it warming until its
+                # endpoints arrive again, even when they did not change.
+                for name in rewarm:
+                    watch.known.pop(name, None)
+                if changed is not None:
+                    changed = changed | frozenset(rewarm)
+            push = self.compute(type_url, watch, snapshot, changed)
+            if push:
+                pushes.append(push)
+                if type_url == types.CLUSTER:
+                    rewarm = push.updated
+        self.generation = snapshot.generation
+        return pushes
+
+    def compute(
+        self,
+        type_url: str,
+        watch: TypeWatch,
+        snapshot: Snapshot,
+        changed: frozenset[str] | None,
+    ) -> Push | None:
+        """The response that brings the client up to date for one type, if any."""
+        raise NotImplementedError
 
     def changed_names(self, snapshot: Snapshot, type_url: str) -> frozenset[str] | None:
         """Names that changed since this stream caught up, or None when it must look at all."""
