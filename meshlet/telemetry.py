@@ -6,6 +6,7 @@ OTEL_EXPORTER_OTLP_METRICS_ENDPOINT) and reads the other OTEL_* variables itself
 
 from __future__ import annotations
 
+import logging
 import os
 
 from opentelemetry.exporter.prometheus import PrometheusMetricReader
@@ -14,6 +15,8 @@ from opentelemetry.sdk.metrics import MeterProvider
 from opentelemetry.sdk.metrics.export import MetricReader, PeriodicExportingMetricReader
 from opentelemetry.sdk.resources import Resource
 from prometheus_client import CollectorRegistry, generate_latest
+
+log = logging.getLogger(__name__)
 
 # Seconds: from sub-millisecond DNS answers to multi-second pushes.
 LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
@@ -26,6 +29,24 @@ def _otlp_enabled() -> bool:
     )
 
 
+def _otlp_reader() -> MetricReader | None:
+    try:
+        from opentelemetry.exporter.otlp.proto.grpc.metric_exporter import (
+            OTLPMetricExporter,
+        )
+    except ImportError as exc:
+        # xds-protos ships an old copy of opentelemetry/proto that, installed after
+        # opentelemetry-proto, replaces its files. Serve on without OTLP and say why.
+        log.error(
+            "OTLP export is off: %s. The opentelemetry-proto files were overwritten "
+            "(by xds-protos); reinstall them: pip install --force-reinstall --no-deps "
+            "opentelemetry-proto",
+            exc,
+        )
+        return None
+    return PeriodicExportingMetricReader(OTLPMetricExporter())
+
+
 class Telemetry:
     """One meter provider per process, with its own Prometheus registry."""
 
@@ -35,11 +56,9 @@ class Telemetry:
         self.registry = CollectorRegistry(auto_describe=True)
         readers: list[MetricReader] = [PrometheusMetricReader(registry=self.registry)]
         if _otlp_enabled():
-            from opentelemetry.exporter.otlp.proto.grpc.metric_exporter import (
-                OTLPMetricExporter,
-            )
-
-            readers.append(PeriodicExportingMetricReader(OTLPMetricExporter()))
+            otlp = _otlp_reader()
+            if otlp is not None:
+                readers.append(otlp)
         self.provider = MeterProvider(
             resource=Resource.create({"service.name": service_name}), metric_readers=readers
         )

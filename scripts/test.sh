@@ -27,6 +27,10 @@ fi
 echo "== pip install -e .[dev]"
 .venv/bin/python -m pip install -q --upgrade pip
 .venv/bin/python -m pip install -q -e '.[dev]'
+# xds-protos carries an old copy of opentelemetry/proto that may overwrite
+# opentelemetry-proto's files (the OTLP exporter then fails to import): put them back.
+otel_proto=$(.venv/bin/python -c 'import importlib.metadata as m; print(m.version("opentelemetry-proto"))')
+.venv/bin/python -m pip install -q --force-reinstall --no-deps "opentelemetry-proto==$otel_proto"
 
 echo "== ruff"
 .venv/bin/ruff check meshlet tests bench tools
