@@ -848,7 +848,7 @@ def report(rounds: list[Round], args: argparse.Namespace, rss_start_kb: int) -> 
         snapshot = f"+{r.snapshot_ms:.0f} ms" if r.snapshot_ms is not None else "n/a"
         server = f"{r.server_mean_ms:.0f} ms" if r.server_mean_ms is not None else "n/a"
         print(
-            f"  push: snapshot logged {snapshot} after the change (50 ms debounce included); "
+            f"  push: snapshot logged {snapshot} after the change (20 ms debounce included); "
             f"the control plane's own mean EDS push latency (snapshot -> write done) {server}"
         )
         print(

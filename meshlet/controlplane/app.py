@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import logging
 import signal
 import sys
 import time
 from dataclasses import dataclass
+
+import uvloop
 
 from meshlet.controlplane.admin import build_admin
 from meshlet.controlplane.cache import SnapshotCache, build_snapshot
@@ -72,6 +75,9 @@ async def serve(config: ControlPlaneConfig, stop: asyncio.Event) -> int:
         return 2
     plane = ControlPlane(config)
     plane.apply(first, time.monotonic())
+    # The snapshot and the parsed objects live for the whole run: keep the
+    # collector from re-scanning them on every full collection.
+    gc.freeze()
     telemetry = Telemetry("meshlet-control-plane")
     ads = AdsServer(plane.cache, ControlPlaneMetrics(telemetry, lambda: plane.cache.snapshot))
     grpc_server, xds_port = await start_server(ads, grpc_address(*config.xds_address))
@@ -110,7 +116,7 @@ def run(config: ControlPlaneConfig) -> int:
         return await serve(config, stop)
 
     try:
-        return asyncio.run(main())
+        return uvloop.run(main())
     except OSError as exc:
         print(f"meshlet control-plane: {exc}", file=sys.stderr)
         return 1

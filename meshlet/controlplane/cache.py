@@ -7,6 +7,7 @@ the streams then work out, per client, what to send.
 from __future__ import annotations
 
 import hashlib
+import sys
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 
@@ -78,10 +79,12 @@ def build_snapshot(
     for item in generated:
         body = item.message.SerializeToString(deterministic=True)
         old = previous.of_type(item.type_url).get(item.name) if previous else None
-        fresh = Resource.make(item.type_url, item.name, body, item.on_demand)
+        # Interned: every stream's bookkeeping then shares this one string per name.
+        name = sys.intern(item.name)
+        fresh = Resource.make(item.type_url, name, body, item.on_demand)
         # Keep the object we already hold when nothing changed: streams compare by identity.
         resource = old if old is not None and old == fresh else fresh
-        resources.setdefault(item.type_url, {})[item.name] = resource
+        resources.setdefault(item.type_url, {})[name] = resource
     _check_consistent(resources)
     changed: dict[str, frozenset[str]] = {}
     type_versions: dict[str, str] = {}

@@ -7,6 +7,7 @@ resources, and the names of those that went away or never existed.
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Iterable
 
 from envoy.service.discovery.v3.discovery_pb2 import DeltaDiscoveryRequest
@@ -31,7 +32,7 @@ class DeltaStream(StreamState):
         type_url = request.type_url
         watch, first = self.watch_for(type_url)
         if first:
-            watch.known = dict(request.initial_resource_versions)
+            watch.known = {sys.intern(n): v for n, v in request.initial_resource_versions.items()}
         nack = False
         # An ACK of an older response still moves subscriptions; only the
         # latest one says what the client holds now.
@@ -45,8 +46,8 @@ class DeltaStream(StreamState):
         asked = self._subscribe(
             watch, request.resource_names_subscribe, request.resource_names_unsubscribe, first
         )
-        if snapshot is None:
-            return [], nack
+        if snapshot is None or not (first or asked or request.resource_names_unsubscribe):
+            return [], nack  # a plain ACK: the snapshot watch covers what comes next
         push = self.compute(type_url, watch, snapshot, None, asked)
         return ([push] if push else []), nack
 
@@ -55,7 +56,7 @@ class DeltaStream(StreamState):
         watch: TypeWatch, subscribe: Iterable[str], unsubscribe: Iterable[str], first: bool
     ) -> set[str]:
         """Applies a subscription change; returns the names newly asked for."""
-        added = set(subscribe)
+        added = {sys.intern(n) for n in subscribe}
         removed = set(unsubscribe)
         if (first and not added) or WILDCARD in added:
             watch.wildcard = True

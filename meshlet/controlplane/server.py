@@ -19,8 +19,6 @@ from meshlet.controlplane.stream_state import Push
 log = logging.getLogger(__name__)
 
 SERVICE = "envoy.service.discovery.v3.AggregatedDiscoveryService"
-_SNAPSHOT = object()  # "the cache has a new snapshot"
-_END = object()  # "the client closed its side"
 
 
 def _passthrough(payload: bytes) -> bytes:
@@ -70,43 +68,48 @@ class AdsServer:
         requests: AsyncIterator[Any],
         context: grpc.aio.ServicerContext[Any, Any],
     ) -> None:
-        events: asyncio.Queue[object] = asyncio.Queue()
-        snapshot_queued = False
+        # Requests are handled in the task that reads them; snapshots in this one.
+        # The lock keeps each stream's responses in the order they were computed.
+        wake = asyncio.Event()
+        write_lock = asyncio.Lock()
+        closed = False
 
-        def on_snapshot() -> None:
-            nonlocal snapshot_queued
-            if not snapshot_queued:  # one pending wake-up is enough: we read the latest
-                snapshot_queued = True
-                events.put_nowait(_SNAPSHOT)
+        async def write(pushes: list[Push], from_change: bool) -> None:
+            async with write_lock:
+                for push in pushes:
+                    await context.write(push.payload)
+                    self._metrics.pushed(push, from_change)
 
         async def read() -> None:
+            nonlocal closed
             try:
                 async for request in requests:
-                    events.put_nowait(request)
-            except (grpc.aio.AioRpcError, asyncio.CancelledError):
-                pass
+                    pushes = self._on_request(stream, request)
+                    if pushes:
+                        await write(pushes, False)
+            except grpc.aio.AioRpcError:
+                pass  # the client went away; the stream ends below
             finally:
-                events.put_nowait(_END)
+                closed = True
+                wake.set()
 
         current = self._cache.snapshot
         stream.generation = current.generation if current else 0
-        unwatch = self._cache.watch(on_snapshot)
+        unwatch = self._cache.watch(wake.set)
         reader = asyncio.create_task(read())
         self.streams[id(stream)] = stream
         self._metrics.connected(protocol, 1)
         try:
-            while (event := await events.get()) is not _END:
-                if event is _SNAPSHOT:
-                    snapshot_queued = False
-                    snapshot = self._cache.snapshot
-                    pushes = stream.on_snapshot(snapshot) if snapshot else []
-                    from_change = True
-                else:
-                    pushes = self._on_request(stream, event)
-                    from_change = False
-                for push in pushes:
-                    await context.write(push.payload)
-                    self._metrics.pushed(push, from_change)
+            while True:
+                await wake.wait()
+                wake.clear()
+                if closed:
+                    break
+                snapshot = self._cache.snapshot
+                pushes = stream.on_snapshot(snapshot) if snapshot else []
+                if pushes:
+                    await write(pushes, True)
+            await reader  # surfaces a failure in request handling as this RPC's error
         finally:
             unwatch()
             reader.cancel()

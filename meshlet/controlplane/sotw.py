@@ -7,6 +7,7 @@ is stale and ignored, as the protocol says.
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Iterable, Mapping
 
 from envoy.service.discovery.v3.discovery_pb2 import DiscoveryRequest
@@ -29,7 +30,7 @@ class SotwStream(StreamState):
         """Handles one request; returns the responses to write and whether it was a NACK."""
         self.note_node(request.node.id, request.node.cluster)
         type_url = request.type_url
-        watch, _ = self.watch_for(type_url)
+        watch, first = self.watch_for(type_url)
         nack = False
         if request.response_nonce:
             if request.response_nonce != watch.nonce:
@@ -40,24 +41,29 @@ class SotwStream(StreamState):
                 request.HasField("error_detail"),
             )
             nack = self.record_ack(watch, request.version_info, error)
-        self._subscribe(watch, request.resource_names)
-        if snapshot is None:
-            return [], nack
+        moved = self._subscribe(watch, request.resource_names)
+        if snapshot is None or not (first or moved):
+            return [], nack  # a plain ACK: the snapshot watch covers what comes next
         push = self.compute(type_url, watch, snapshot, None)
         return ([push] if push else []), nack
 
     @staticmethod
-    def _subscribe(watch: TypeWatch, resource_names: Iterable[str]) -> None:
-        names = set(resource_names)
+    def _subscribe(watch: TypeWatch, resource_names: Iterable[str]) -> bool:
+        """Applies the request's subscription; returns whether it changed anything."""
+        names = {sys.intern(n) for n in resource_names}
         explicit = names - {WILDCARD}
+        wildcard = WILDCARD in names or (not names and watch.legacy_wildcard)
+        if wildcard == watch.wildcard and explicit == watch.names:
+            return False
         if explicit:
             watch.legacy_wildcard = False
-        watch.wildcard = WILDCARD in names or (not names and watch.legacy_wildcard)
+        watch.wildcard = wildcard
         if not watch.wildcard:
             # Forget what the client dropped, so asking again sends it again.
             for dropped in watch.known.keys() - explicit:
                 del watch.known[dropped]
         watch.names = explicit
+        return True
 
     def compute(
         self,

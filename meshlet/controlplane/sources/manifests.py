@@ -213,7 +213,7 @@ class ManifestSource:
         self,
         on_change: Callable[[], None],
         *,
-        quiet: float = 0.05,
+        quiet: float = 0.02,
         max_delay: float = 0.5,
         use_inotify: bool = True,
         poll_interval: float = 0.5,
