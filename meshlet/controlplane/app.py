@@ -92,7 +92,8 @@ async def serve(config: ControlPlaneConfig, stop: asyncio.Event) -> int:
     )
 
     def reload() -> None:
-        plane.apply(source.load(), time.monotonic())
+        seen_at = time.monotonic()  # push latency counts parsing and translating too
+        plane.apply(source.load(), seen_at)
 
     watcher = asyncio.create_task(source.watch(reload))
     try:
