@@ -60,29 +60,33 @@ class AdminServer:
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
-            response = await self._respond(reader)
+            response, head_only = await self._respond(reader)
             head = (
                 f"HTTP/1.1 {response.status} {_REASONS.get(response.status, '')}\r\n"
                 f"Content-Type: {response.content_type}\r\n"
                 f"Content-Length: {len(response.body)}\r\nConnection: close\r\n\r\n"
             )
-            writer.write(head.encode() + response.body)
+            writer.write(head.encode() + (b"" if head_only else response.body))
             await writer.drain()
-        except (ConnectionError, asyncio.IncompleteReadError, asyncio.LimitOverrunError):
-            pass
+        except (ConnectionError, TimeoutError, ValueError, asyncio.IncompleteReadError):
+            pass  # a client that hung up, stalled, or sent a line too long to read
         finally:
             writer.close()
 
-    async def _respond(self, reader: asyncio.StreamReader) -> Response:
+    async def _respond(self, reader: asyncio.StreamReader) -> tuple[Response, bool]:
+        """The response, and whether only its head is wanted (HEAD)."""
         request_line = await asyncio.wait_for(reader.readline(), timeout=10)
         while (await asyncio.wait_for(reader.readline(), timeout=10)) not in (b"\r\n", b"\n", b""):
             pass  # headers: nothing here needs them
         parts = request_line.decode("latin-1").split()
         if len(parts) != 3:
-            return Response.text("bad request line\n", 400)
+            return Response.text("bad request line\n", 400), False
         method, target, _ = parts
         if method not in ("GET", "HEAD"):
-            return Response.text("only GET\n", 405)
+            return Response.text("only GET\n", 405), False
+        return await self._route(target), method == "HEAD"
+
+    async def _route(self, target: str) -> Response:
         url = urlsplit(target)
         handler = self._routes.get(url.path)
         if handler is None:

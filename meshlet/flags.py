@@ -27,6 +27,10 @@ def add_flag(parser: argparse.ArgumentParser, flag: str, **kwargs: Any) -> None:
             kwargs["default"] = value.lower() in ("1", "true", "yes", "on")
         else:
             kwargs["default"] = value
+        # argparse checks `choices` only on the command line, not on defaults.
+        choices = kwargs.get("choices")
+        if choices is not None and value not in choices:
+            parser.error(f"{env}={value!r}: choose from {', '.join(map(str, choices))}")
     help_text = kwargs.get("help", "")
     kwargs["help"] = f"{help_text} [env {env}]".strip()
     parser.add_argument(flag, **kwargs)

@@ -290,3 +290,20 @@ def test_changed_cluster_gets_its_endpoints_again_delta() -> None:
     )
     [cds] = stream.on_snapshot(third)
     assert [r.name for r in delta(cds).resources] == [API_CLUSTER]
+
+
+def test_sotw_first_request_with_a_leftover_nonce_is_answered() -> None:
+    # A client that reconnects may keep the nonce of its previous stream.
+    snap = snapshot_of(web("10.0.0.1"))
+    [push], _ = SotwStream().on_request(request(types.CLUSTER, nonce="41"), snap)
+    assert WEB_CLUSTER in sotw_names(push)
+
+
+def test_sotw_explicit_star_then_empty_unsubscribes() -> None:
+    snap = snapshot_of(web("10.0.0.1"))
+    stream = SotwStream()
+    [push], _ = stream.on_request(request(types.CLUSTER, ["*"]), snap)
+    assert stream.watches[types.CLUSTER].wildcard
+    [empty], _ = stream.on_request(request(types.CLUSTER, [], nonce=sotw(push).nonce), snap)
+    assert not stream.watches[types.CLUSTER].wildcard
+    assert sotw_names(empty) == []

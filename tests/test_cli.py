@@ -49,6 +49,7 @@ def test_flags_default_from_environment(monkeypatch: pytest.MonkeyPatch) -> None
         ),
         ([], {"MESHLET_OUTBOUND_PORT": "0"}, "'0' is not a port number 1-65535"),
         (["--cluster-domain", "a..b"], {}, "'a..b' is not a DNS domain"),
+        ([], {"MESHLET_LOG_LEVEL": "verbose"}, "MESHLET_LOG_LEVEL='verbose': choose from"),
     ],
 )
 def test_bad_flags_exit_2_with_a_clear_message(
@@ -57,6 +58,27 @@ def test_bad_flags_exit_2_with_a_clear_message(
     result = run_meshlet("control-plane", "--manifests", "examples/manifests", *args, env=env)
     assert result.returncode == 2
     assert message in result.stderr
+
+
+def test_busy_xds_port_is_a_clear_error(tmp_path: Path) -> None:
+    import socket
+
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        result = run_meshlet(
+            "control-plane",
+            "--manifests",
+            "examples/manifests",
+            "--xds-address",
+            f"127.0.0.1:{port}",
+            "--admin-address",
+            "127.0.0.1:0",
+        )
+    assert result.returncode == 1
+    assert f"cannot listen for xDS on 127.0.0.1:{port}" in result.stderr
+    assert "Traceback" not in result.stderr
 
 
 def test_missing_manifests_flag() -> None:

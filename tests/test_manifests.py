@@ -413,7 +413,7 @@ async def test_watch_single_file_replaced_by_rename(tmp_path: Path, use_inotify:
 async def test_watch_coalesces_a_burst(tmp_path: Path, use_inotify: bool) -> None:
     path = tmp_path / "web.yaml"
     source = ManifestSource(tmp_path)
-    async with watching(tmp_path, use_inotify) as changes:
+    async with watching(tmp_path, use_inotify, quiet=0.05) as changes:
         for port in range(8001, 8021):  # 20 writes, 5 ms apart: well inside 50 ms of quiet
             path.write_text(service_yaml("web", "10.96.0.1", port=port))
             await asyncio.sleep(0.005)
@@ -429,7 +429,7 @@ async def test_watch_coalesces_a_burst(tmp_path: Path, use_inotify: bool) -> Non
 async def test_watch_calls_back_during_an_endless_burst(tmp_path: Path) -> None:
     # Writes every 20 ms never leave 50 ms of quiet; the 500 ms cap must still fire.
     path = tmp_path / "web.yaml"
-    async with watching(tmp_path, use_inotify=True) as changes:
+    async with watching(tmp_path, use_inotify=True, quiet=0.05, max_delay=0.5) as changes:
         loop = asyncio.get_running_loop()
         end = loop.time() + 2.0
         port = 8000
@@ -468,3 +468,34 @@ def test_inotify_reports_events_by_name(tmp_path: Path) -> None:
 def test_inotify_add_watch_error(tmp_path: Path) -> None:
     with inotify.Inotify() as watcher, pytest.raises(FileNotFoundError):
         watcher.add_watch(str(tmp_path / "missing"))
+
+
+def test_deeply_nested_json_is_a_reported_problem(tmp_path: Path) -> None:
+    (tmp_path / "deep.json").write_text("[" * 50_000 + "]" * 50_000)
+    result = ManifestSource(tmp_path).load()
+    assert any("deep.json" in e and "nested too deeply" in e for e in result.errors)
+
+
+async def test_a_failing_callback_does_not_end_the_watch(tmp_path: Path) -> None:
+    calls = 0
+    first, second = asyncio.Event(), asyncio.Event()
+
+    def on_change() -> None:
+        nonlocal calls
+        calls += 1
+        if calls == 1:
+            first.set()
+            raise RuntimeError("a reload that went wrong")
+        second.set()
+
+    task = asyncio.create_task(ManifestSource(tmp_path).watch(on_change, quiet=0.01))
+    await asyncio.sleep(0)
+    try:
+        (tmp_path / "a.yaml").write_text(service_yaml("web", "10.96.0.1"))
+        await asyncio.wait_for(first.wait(), 10)
+        (tmp_path / "a.yaml").write_text(service_yaml("web", "10.96.0.2"))
+        await asyncio.wait_for(second.wait(), 10)
+    finally:
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task

@@ -93,7 +93,12 @@ async def serve(config: ControlPlaneConfig, stop: asyncio.Event) -> int:
 
     def reload() -> None:
         seen_at = time.monotonic()  # push latency counts parsing and translating too
-        plane.apply(source.load(), seen_at)
+        result = source.load()
+        try:
+            plane.apply(result, seen_at)
+        except Exception as exc:
+            log.exception("building a snapshot failed; the last good one keeps being served")
+            plane.problems[:] = [*result.errors, f"internal error building the snapshot: {exc}"]
 
     watcher = asyncio.create_task(source.watch(reload))
     try:
@@ -118,6 +123,6 @@ def run(config: ControlPlaneConfig) -> int:
 
     try:
         return uvloop.run(main())
-    except OSError as exc:
+    except (OSError, RuntimeError) as exc:  # grpcio reports a busy port as RuntimeError
         print(f"meshlet control-plane: {exc}", file=sys.stderr)
         return 1

@@ -75,7 +75,7 @@ def _check_consistent(resources: Mapping[str, Mapping[str, Resource]]) -> None:
 def build_snapshot(
     generated: Iterable[Generated], previous: Snapshot | None, built_at: float
 ) -> Snapshot:
-    resources: dict[str, dict[str, Resource]] = {t: {} for t in types.PUSH_ORDER}
+    resources: dict[str, dict[str, Resource]] = {t: {} for t in types.SERVED}
     for item in generated:
         body = item.message.SerializeToString(deterministic=True)
         old = previous.of_type(item.type_url).get(item.name) if previous else None

@@ -150,7 +150,10 @@ async def start_server(
         ]
     )
     server.add_generic_rpc_handlers([ads.handler()])
-    port = server.add_insecure_port(address)
+    try:
+        port = server.add_insecure_port(address)
+    except RuntimeError as exc:
+        raise OSError(f"cannot listen for xDS on {address}: {exc}") from None
     if port == 0:
         raise OSError(f"cannot listen for xDS on {address}")
     await server.start()

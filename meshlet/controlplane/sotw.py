@@ -32,7 +32,9 @@ class SotwStream(StreamState):
         type_url = request.type_url
         watch, first = self.watch_for(type_url)
         nack = False
-        if request.response_nonce:
+        if request.response_nonce and watch.nonce:
+            # Stale: a newer response is on its way. (A nonce before we sent any is
+            # left over from an earlier stream and ignored.)
             if request.response_nonce != watch.nonce:
                 return [], False
             error = error_message(
@@ -41,25 +43,26 @@ class SotwStream(StreamState):
                 request.HasField("error_detail"),
             )
             nack = self.record_ack(watch, request.version_info, error)
-        moved = self._subscribe(watch, request.resource_names)
+        moved = self._subscribe(watch, request.resource_names, type_url)
         if snapshot is None or not (first or moved):
             return [], nack  # a plain ACK: the snapshot watch covers what comes next
         push = self.compute(type_url, watch, snapshot, None)
         return ([push] if push else []), nack
 
     @staticmethod
-    def _subscribe(watch: TypeWatch, resource_names: Iterable[str]) -> bool:
+    def _subscribe(watch: TypeWatch, resource_names: Iterable[str], type_url: str) -> bool:
         """Applies the request's subscription; returns whether it changed anything."""
         names = {sys.intern(n) for n in resource_names}
         explicit = names - {WILDCARD}
         wildcard = WILDCARD in names or (not names and watch.legacy_wildcard)
         if wildcard == watch.wildcard and explicit == watch.names:
             return False
-        if explicit:
+        if names:  # once the client names anything, even "*", [] no longer means all
             watch.legacy_wildcard = False
         watch.wildcard = wildcard
-        if not watch.wildcard:
-            # Forget what the client dropped, so asking again sends it again.
+        if not watch.wildcard and type_url not in types.FULL_STATE_TYPES:
+            # Forget what the client dropped, so asking again sends it again. (A
+            # full-state type compares the whole set instead, removals included.)
             for dropped in watch.known.keys() - explicit:
                 del watch.known[dropped]
         watch.names = explicit

@@ -154,7 +154,9 @@ def error_message(code: int, message: str, present: bool) -> str | None:
     return message or f"rejected with code {code} and no message"
 
 
+_RANK = {t: i for i, t in enumerate(types.PUSH_ORDER)}
+
+
 def push_order(type_urls: Iterable[str]) -> list[str]:
     """Make before break: clusters and endpoints, then listeners, then names."""
-    rank = {t: i for i, t in enumerate(types.PUSH_ORDER)}
-    return sorted(type_urls, key=lambda t: (rank.get(t, len(rank)), t))
+    return sorted(type_urls, key=lambda t: (_RANK.get(t, len(_RANK)), t))

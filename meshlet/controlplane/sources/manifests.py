@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import hashlib
 import json
+import logging
 import os
 import time
 from collections.abc import Callable, Iterator, Mapping
@@ -29,6 +30,8 @@ from meshlet.controlplane.sources.kube_objects import (
     parse_service,
 )
 from meshlet.model import Mesh
+
+log = logging.getLogger(__name__)
 
 _Loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 _SUFFIXES = (".yaml", ".yml", ".json")
@@ -81,6 +84,8 @@ def parse_manifest(data: bytes, filename: str) -> Parsed:
     except json.JSONDecodeError as exc:
         message = f"invalid JSON: {exc.msg} at line {exc.lineno}, column {exc.colno}"
         errors.append(ManifestError(message, filename))
+    except RecursionError:
+        errors.append(ManifestError("nested too deeply to be a Kubernetes object", filename))
     return Parsed(tuple(services), tuple(slices), tuple(errors))
 
 
@@ -243,7 +248,11 @@ class ManifestSource:
                 if watcher is not None:
                     watcher.sync()
                 seen = _fingerprint(self.path)
-                on_change()
+                try:
+                    on_change()
+                except Exception:
+                    # One bad reload must not end the watch: later edits still count.
+                    log.exception("handling a manifest change failed")
         finally:
             if watcher is not None:
                 loop.remove_reader(watcher.fileno())
