@@ -228,11 +228,14 @@ def control_plane(
     tmp_path: Path,
     *,
     outbound_port: int | None = None,
+    xds_port: int | None = None,
     extra_args: Sequence[str] = (),
     ready_timeout: float = 30.0,
 ) -> Iterator[ControlPlane]:
     """Run `meshlet control-plane` on `manifests` until the block ends; ready when yielded."""
-    xds_port, admin_port = free_port(), free_port()
+    # A fixed xds_port lets a test restart the control plane where clients expect it.
+    xds_port = xds_port or free_port()
+    admin_port = free_port()
     if outbound_port is None:
         outbound_port = free_port("0.0.0.0")
     argv = [

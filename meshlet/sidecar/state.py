@@ -9,19 +9,23 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
+from google.protobuf import any_pb2, json_format
+
 from meshlet._proto.meshlet.v1.nametable_pb2 import NameTable
 from meshlet.model import Endpoint, LbPolicy
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class OutlierConfig:
+    # False when the cluster has no outlier_detection: never eject.
+    enabled: bool = True
     consecutive_failures: int = 5
     interval_seconds: float = 5.0
     base_ejection_seconds: float = 30.0
     max_ejection_percent: int = 50
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class ClusterConfig:
     name: str
     lb_policy: LbPolicy = LbPolicy.ROUND_ROBIN
@@ -33,9 +37,11 @@ class ClusterConfig:
     original_destination: bool = False
     service: str = ""
     namespace: str = ""
+    # sessionAffinity: ClientIP (the listener's hash_source_ip is what the proxy keys on).
+    client_ip_affinity: bool = False
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class ListenerConfig:
     name: str
     address: str
@@ -43,24 +49,41 @@ class ListenerConfig:
     cluster: str
     # tcp_proxy hash_policy source_ip: ring hash / maglev keyed on the client IP.
     hash_source_ip: bool = False
+    # The virtual outbound listener: hands each connection to the listener of its
+    # original destination, or to `cluster` (the passthrough) when there is none.
+    use_original_dst: bool = False
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class AcceptedResource:
     """One resource as accepted, for /config_dump."""
 
     name: str
     version: str
-    json: Mapping[str, object]
+    type_url: str
+    # The serialized resource as received (Any.value): kept as bytes, turned into
+    # JSON only when asked, so holding it costs no more than the wire size.
+    body: bytes
+
+    @property
+    def json(self) -> dict[str, object]:
+        packed = any_pb2.Any(type_url=self.type_url, value=self.body)
+        try:
+            result: dict[str, object] = json_format.MessageToDict(packed)
+        except (TypeError, KeyError, json_format.Error):  # a type this process cannot print
+            return {"@type": self.type_url, "bytes": len(self.body)}
+        return result
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class SidecarState:
     clusters: Mapping[str, ClusterConfig] = field(default_factory=dict)
     # Cluster name -> endpoints (from ClusterLoadAssignments).
     endpoints: Mapping[str, tuple[Endpoint, ...]] = field(default_factory=dict)
     # (VIP, port) -> the listener for connections to it.
     listeners: Mapping[tuple[str, int], ListenerConfig] = field(default_factory=dict)
+    # The capture target (use_original_dst), kept apart from the per-VIP listeners.
+    outbound_listener: ListenerConfig | None = None
     name_table: NameTable | None = None
     # type URL -> name -> what was accepted, for /config_dump.
     accepted: Mapping[str, Mapping[str, AcceptedResource]] = field(default_factory=dict)
