@@ -76,3 +76,19 @@ def domain_name(text: str) -> str:
 
 def grpc_address(host: str, port: int) -> str:
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+def dns_upstream(text: str) -> tuple[str, int]:
+    """IP[:PORT] (IPv6 with a port as [IP]:PORT) -> (ip, port), port 53 by default."""
+    from meshlet.sidecar.dns.resolv import parse_address
+
+    try:
+        return parse_address(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def ttl_seconds(text: str) -> int:
+    if not text.isdigit() or int(text) > 86400:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a TTL in seconds (0-86400)")
+    return int(text)

@@ -6,7 +6,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 PYTHON=${PYTHON:-python3}
-APT_PACKAGES=(python3-venv)
+# dig and unbound: the real DNS client and upstream the DNS tests use.
+APT_PACKAGES=(python3-venv dnsutils unbound)
 
 if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
   missing=()

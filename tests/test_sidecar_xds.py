@@ -298,8 +298,15 @@ async def test_a_name_table_of_another_domain_is_nacked(
         async with sidecar(plane.xds_address, protocol, node_id, "cluster.local") as car:
             seen = await until_served(
                 lambda: plane.client(node_id),
-                lambda c: c is not None and c["types"].get("nds", {}).get("nacks", 0) >= 1,
-                "the control plane to see the NameTable NACK",
+                # EDS is asked for after CDS arrives, so its ACK may follow the NACK.
+                lambda c: (
+                    c is not None
+                    and c["types"].get("nds", {}).get("nacks", 0) >= 1
+                    and all(
+                        c["types"].get(t, {}).get("version_acked") for t in ("cds", "eds", "lds")
+                    )
+                ),
+                "the control plane to see the NameTable NACK and the other types ACKed",
             )
             assert seen is not None
             client = seen

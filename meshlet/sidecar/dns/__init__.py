@@ -1,0 +1,34 @@
+"""The sidecar's DNS: mesh names answered from precomputed bytes, the rest forwarded.
+
+table.py      NameTable -> DnsTable: every local answer as wire bytes (pure)
+answer.py     the hot path: query bytes -> response bytes | Forward | None (pure)
+cache.py      upstream queries, reading their answers, the answer cache (pure)
+forwarder.py  UDP then TCP to the upstreams, retries, timeout, coalescing
+resolv.py     the pod's resolv.conf: nameservers, search, ndots (pure parse)
+server.py     UDP + TCP listeners on one address
+"""
+
+from meshlet.sidecar.dns.answer import Forward, answer
+from meshlet.sidecar.dns.forwarder import Forwarder
+from meshlet.sidecar.dns.resolv import (
+    ResolvConf,
+    parse_address,
+    parse_resolv_conf,
+    read_resolv_conf,
+)
+from meshlet.sidecar.dns.server import DnsServer, OnQuery
+from meshlet.sidecar.dns.table import DnsTable, build_dns_table
+
+__all__ = [
+    "DnsServer",
+    "DnsTable",
+    "Forward",
+    "Forwarder",
+    "OnQuery",
+    "ResolvConf",
+    "answer",
+    "build_dns_table",
+    "parse_address",
+    "parse_resolv_conf",
+    "read_resolv_conf",
+]

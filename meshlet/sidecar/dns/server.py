@@ -1,0 +1,339 @@
+"""The DNS server: UDP and TCP on one address, answers from the table, the rest forwarded.
+
+The table comes through a callable the sidecar app points at its latest
+accepted snapshot: the server reads it once per query and never holds on to
+it, so a new table takes effect with the next query and is never seen half
+built (tables are immutable, swapped whole).
+
+UDP runs on asyncio's DatagramProtocol (uvloop in the sidecar): each datagram
+is answered synchronously in `datagram_received` when the answer is local or
+cached; only upstream queries become tasks. TCP (RFC 7766): several
+length-prefixed queries per connection, answered as they complete (local ones
+in order, forwarded ones when they come back), an idle timeout, reading paused
+while the client does not read or too many of its queries are upstream.
+
+No input may stop the server: every query is handled inside a try, failures are
+counted in `errors` and logged (rate-limited), and the next query goes on.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import socket
+import struct
+from collections.abc import Callable
+from typing import Literal, Protocol, cast
+
+from meshlet.sidecar.dns import udp, wire
+from meshlet.sidecar.dns.answer import Forward, answer, query_type, servfail
+from meshlet.sidecar.dns.forwarder import Forwarder
+from meshlet.sidecar.dns.table import DnsTable
+
+log = logging.getLogger(__name__)
+
+Source = Literal["local", "forwarded"]
+
+
+class OnQuery(Protocol):
+    """Called once per answered query; keep it cheap (it runs on the hot path)."""
+
+    def __call__(
+        self, qtype: str, rcode: str, source: Source, upstream_seconds: float | None
+    ) -> None: ...
+
+
+_LENGTH = struct.Struct("!H")
+_UDP_RECEIVE_BUFFER = 1 << 20
+_LOG_FIRST_ERRORS = 10
+_LOG_EVERY_ERRORS = 1000
+
+
+class DnsServer:
+    def __init__(
+        self,
+        table: Callable[[], DnsTable | None],
+        forwarder: Forwarder,
+        *,
+        max_udp: int = wire.EDNS_SIZE,
+        tcp_idle_timeout: float = 10.0,
+        max_tcp_connections: int = 1024,
+        max_tcp_pending_per_connection: int = 32,
+        max_pending: int = 2048,
+        on_query: OnQuery | None = None,
+    ) -> None:
+        self.table = table
+        self.forwarder = forwarder
+        self.max_udp = max_udp
+        self.tcp_idle_timeout = tcp_idle_timeout
+        self.max_tcp_connections = max_tcp_connections
+        self.max_tcp_pending_per_connection = max_tcp_pending_per_connection
+        self.max_pending = max_pending
+        self.on_query = on_query
+        # Queries that raised (a bug: no input should); the fuzz test expects 0.
+        self.errors = 0
+        self.address: tuple[str, int] = ("", 0)
+        self._udp: socket.socket | None = None
+        self._tcp: asyncio.Server | None = None
+        self._connections: set[_TcpConnection] = set()
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    # --- lifecycle -------------------------------------------------------------
+
+    async def start(self, host: str = "127.0.0.1", port: int = 15053) -> tuple[str, int]:
+        """Listen on UDP and TCP `host:port` (0: a free port, the same for both)."""
+        loop = asyncio.get_running_loop()
+        family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        for _ in range(50 if port == 0 else 1):
+            sock = socket.socket(family, socket.SOCK_DGRAM)
+            try:
+                with contextlib.suppress(OSError):
+                    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, _UDP_RECEIVE_BUFFER)
+                sock.bind((host, port))
+                sock.setblocking(False)
+                bound = sock.getsockname()[1]
+                self._tcp = await loop.create_server(
+                    lambda: _TcpConnection(self), host, bound, reuse_address=True
+                )
+            except OSError:
+                sock.close()
+                if port != 0:
+                    raise
+                continue
+            self._udp = sock
+            loop.add_reader(sock.fileno(), udp.receiver(sock, self).on_readable)
+            self.address = (host, bound)
+            return self.address
+        raise OSError(f"no port free for both UDP and TCP on {host}")
+
+    async def close(self) -> None:
+        if self._tcp is not None:
+            self._tcp.close()
+        for connection in list(self._connections):
+            connection.close()
+        if self._udp is not None:
+            with contextlib.suppress(ValueError, OSError):
+                asyncio.get_running_loop().remove_reader(self._udp.fileno())
+            self._udp.close()
+            self._udp = None
+        for task in list(self._tasks):
+            task.cancel()
+        for task in list(self._tasks):
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        if self._tcp is not None:
+            await self._tcp.wait_closed()
+            self._tcp = None
+
+    async def __aenter__(self) -> DnsServer:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.close()
+
+    # --- queries ---------------------------------------------------------------
+
+    def handle(self, query: bytes, reply: Callable[[bytes], None], max_udp: int | None) -> bool:
+        """Answer one query (`max_udp` None: it came over TCP); `reply` sends a response.
+
+        True when `reply` was called or will be (forwarding), False when the query
+        was dropped or failed before an answer.
+        """
+        try:
+            result = answer(query, self.table(), max_udp)
+        except Exception:
+            self.failed(query)
+            return False
+        if result is None:
+            return False
+        if isinstance(result, bytes):
+            return self._reply(query, result, reply, "local")
+        return self.dispatch_forward(query, result, reply, max_udp)
+
+    def dispatch_forward(
+        self, query: bytes, forward: Forward, reply: Callable[[bytes], None], max_udp: int | None
+    ) -> bool:
+        """Answer from the cache now, or start a task that asks upstream and replies."""
+        try:
+            cached = self.forwarder.cached(query, forward, max_udp)
+            if cached is None and len(self._tasks) < self.max_pending:
+                task = asyncio.get_running_loop().create_task(
+                    self._resolve(query, forward, reply, max_udp)
+                )
+                self._tasks.add(task)
+                task.add_done_callback(self._tasks.discard)
+                return True
+            if cached is None:  # too many queries upstream already: fail fast, queue nothing
+                cached = servfail(query, forward.question, forward.edns_size, forward.dnssec_ok)
+        except Exception:
+            self.failed(query)
+            return False
+        return self._reply(query, cached, reply, "forwarded")
+
+    def _reply(
+        self, query: bytes, response: bytes, reply: Callable[[bytes], None], source: Source
+    ) -> bool:
+        try:
+            reply(response)
+        except Exception:
+            self.failed(query)
+            return False
+        if self.on_query is not None:
+            self.report(query, response, source, None)
+        return True
+
+    async def _resolve(
+        self, query: bytes, forward: Forward, reply: Callable[[bytes], None], max_udp: int | None
+    ) -> None:
+        seconds: float | None = None
+        try:
+            response, seconds = await self.forwarder.resolve(query, forward, max_udp)
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            self.failed(query)
+            response = servfail(query, forward.question, forward.edns_size, forward.dnssec_ok)
+        try:
+            reply(response)
+        except Exception:
+            self.failed(query)
+            return
+        if self.on_query is not None:
+            self.report(query, response, "forwarded", seconds)
+
+    def report_local(self, query: bytes, response: bytes) -> None:
+        self.report(query, response, "local", None)
+
+    def report(self, query: bytes, response: bytes, source: Source, seconds: float | None) -> None:
+        on_query = self.on_query
+        if on_query is None:
+            return
+        try:
+            on_query(
+                wire.qtype_name(query_type(query)),
+                wire.RCODE_NAMES[response[3] & 0xF],
+                source,
+                seconds,
+            )
+        except Exception:
+            self.failed(query)
+
+    def failed(self, query: bytes) -> None:
+        self.errors += 1
+        if self.errors <= _LOG_FIRST_ERRORS or self.errors % _LOG_EVERY_ERRORS == 0:
+            log.exception("DNS query failed (%d so far): %s", self.errors, query[:64].hex())
+
+
+class _TcpConnection(asyncio.Protocol):
+    def __init__(self, server: DnsServer) -> None:
+        self.server = server
+        self.transport: asyncio.Transport | None = None
+        self.buffer = bytearray()
+        self.pending = 0
+        self.paused_writing = False
+        self.paused_pending = False
+        self.last_active = 0.0
+        self.timer: asyncio.TimerHandle | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = cast(asyncio.Transport, transport)
+        server = self.server
+        if len(server._connections) >= server.max_tcp_connections:
+            self.transport.abort()
+            return
+        server._connections.add(self)
+        loop = asyncio.get_running_loop()
+        self.last_active = loop.time()
+        self.timer = loop.call_later(server.tcp_idle_timeout, self._check_idle)
+
+    def data_received(self, data: bytes) -> None:
+        self.last_active = asyncio.get_running_loop().time()
+        buffer = self.buffer
+        buffer += data
+        offset = 0
+        while len(buffer) - offset >= 2:
+            length = buffer[offset] << 8 | buffer[offset + 1]
+            end = offset + 2 + length
+            if end > len(buffer):
+                break
+            reply = _TcpReply(self)
+            if not self.server.handle(bytes(buffer[offset + 2 : end]), reply, None):
+                reply.release()
+            offset = end
+        del buffer[:offset]
+        self._update_reading()
+
+    def write(self, response: bytes) -> None:
+        transport = self.transport
+        if transport is not None and not transport.is_closing():
+            transport.write(_LENGTH.pack(len(response)) + response)
+            self.last_active = asyncio.get_running_loop().time()
+
+    def _update_reading(self) -> None:
+        transport = self.transport
+        if transport is None or transport.is_closing():
+            return
+        over = self.pending > self.server.max_tcp_pending_per_connection
+        if over != self.paused_pending:
+            self.paused_pending = over
+            if over and not self.paused_writing:
+                transport.pause_reading()
+            elif not over and not self.paused_writing:
+                transport.resume_reading()
+
+    def pause_writing(self) -> None:
+        self.paused_writing = True
+        if self.transport is not None and not self.paused_pending:
+            self.transport.pause_reading()
+
+    def resume_writing(self) -> None:
+        self.paused_writing = False
+        if (
+            self.transport is not None
+            and not self.paused_pending
+            and not self.transport.is_closing()
+        ):
+            self.transport.resume_reading()
+
+    def _check_idle(self) -> None:
+        loop = asyncio.get_running_loop()
+        idle = loop.time() - self.last_active
+        timeout = self.server.tcp_idle_timeout
+        if idle >= timeout and self.pending <= 0:
+            self.close()
+        else:
+            self.timer = loop.call_later(max(timeout - idle, 0.05), self._check_idle)
+
+    def close(self) -> None:
+        if self.transport is not None:
+            self.transport.close()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self.timer is not None:
+            self.timer.cancel()
+        self.server._connections.discard(self)
+        self.transport = None
+
+
+class _TcpReply:
+    """Sends one response on a connection; counts as pending there until it has."""
+
+    __slots__ = ("connection", "done")
+
+    def __init__(self, connection: _TcpConnection) -> None:
+        self.connection = connection
+        self.done = False
+        connection.pending += 1
+
+    def __call__(self, response: bytes) -> None:
+        if not self.done:
+            self.release()
+            self.connection.write(response)
+
+    def release(self) -> None:
+        if not self.done:
+            self.done = True
+            connection = self.connection
+            connection.pending -= 1
+            connection._update_reading()

@@ -1,0 +1,63 @@
+"""The sidecar's metrics (OpenTelemetry instruments, exported as Prometheus text)."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterable
+
+from opentelemetry.metrics import CallbackOptions, Observation
+
+from meshlet.sidecar.xds_client import XdsStatus
+from meshlet.telemetry import LATENCY_BUCKETS, Telemetry
+from meshlet.xds import types
+
+
+class SidecarMetrics:
+    def __init__(self, telemetry: Telemetry, xds_status: Callable[[], XdsStatus]) -> None:
+        meter = telemetry.meter
+        self._xds_status = xds_status
+        self._queries = meter.create_counter(
+            "meshlet.dns.queries",
+            description="DNS queries, by type, rcode and whether answered locally or forwarded",
+        )
+        self._upstream = meter.create_histogram(
+            "meshlet.dns.upstream.latency",
+            unit="s",
+            description="Time the upstream resolvers took to answer forwarded queries",
+            explicit_bucket_boundaries_advisory=list(LATENCY_BUCKETS),
+        )
+        meter.create_observable_counter(
+            "meshlet.xds.updates",
+            callbacks=[self._observe_updates],
+            description="xDS responses accepted or rejected, by resource type",
+        )
+        meter.create_observable_gauge(
+            "meshlet.xds.config.age",
+            callbacks=[self._observe_age],
+            unit="s",
+            description="Seconds since the last accepted xDS update",
+        )
+        self._attrs: dict[tuple[str, str, str], dict[str, str]] = {}
+
+    def dns_query(
+        self, qtype: str, rcode: str, source: str, upstream_seconds: float | None
+    ) -> None:
+        key = (qtype, rcode, source)
+        attrs = self._attrs.get(key)
+        if attrs is None:  # one dict per combination, not per query
+            attrs = self._attrs[key] = {"type": qtype, "rcode": rcode, "source": source}
+        self._queries.add(1, attrs)
+        if upstream_seconds is not None:
+            self._upstream.record(upstream_seconds)
+
+    def _observe_updates(self, _options: CallbackOptions) -> Iterable[Observation]:
+        out = []
+        for type_url, status in self._xds_status().types.items():
+            name = types.short_name(type_url)
+            out.append(Observation(status.accepted, {"type": name, "result": "accepted"}))
+            out.append(Observation(status.rejected, {"type": name, "result": "rejected"}))
+        return out
+
+    def _observe_age(self, _options: CallbackOptions) -> Iterable[Observation]:
+        age = self._xds_status().config_age(time.time())
+        return [] if age is None else [Observation(age)]
