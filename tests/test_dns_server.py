@@ -28,7 +28,7 @@ import dns.rdatatype
 import pytest
 import uvloop
 
-from meshlet.sidecar.dns import DnsServer, DnsTable, Forwarder, build_dns_table
+from meshlet.sidecar.dns import DnsServer, DnsTable, Forwarder, QueryCounts, build_dns_table
 from tests.procs import Process, free_port, running, stop_process, wait_until
 from tests.test_dns_table import mesh_table
 
@@ -463,4 +463,33 @@ async def test_listens_on_ipv6(unbound: Unbound) -> None:
     finally:
         await server.close()
         await forwarder.close()
+    assert server.errors == 0
+
+
+# --- Metrics ------------------------------------------------------------------------------
+
+
+async def test_query_counts_for_metrics(unbound: Unbound) -> None:
+    upstream_seconds: list[float] = []
+    counts = QueryCounts(upstream_seconds.append)
+    forwarder = Forwarder([("127.0.0.1", unbound.port)], timeout=UPSTREAM_TIMEOUT)
+    server = DnsServer(lambda: TABLE, forwarder, on_query=counts)
+    _, port = await server.start("127.0.0.1", 0)
+    try:
+        for ask in (dns.asyncquery.udp, dns.asyncquery.udp, dns.asyncquery.tcp):
+            await ask(dns.message.make_query("web", "A"), "127.0.0.1", port=port, timeout=5)
+        query = dns.message.make_query("nope.default.svc.cluster.local", "AAAA", use_edns=0)
+        await dns.asyncquery.udp(query, "127.0.0.1", port=port, timeout=5)
+        for _ in range(2):  # upstream once, then from the cache
+            query = dns.message.make_query("www.example.test", "A")
+            await dns.asyncquery.udp(query, "127.0.0.1", port=port, timeout=5)
+    finally:
+        await server.close()
+        await forwarder.close()
+    assert counts.snapshot() == {
+        ("A", "NOERROR", "local"): 3,
+        ("AAAA", "NXDOMAIN", "local"): 1,
+        ("A", "NOERROR", "forwarded"): 2,
+    }
+    assert len(upstream_seconds) == 1 and 0 < upstream_seconds[0] < UPSTREAM_TIMEOUT
     assert server.errors == 0

@@ -17,6 +17,7 @@ from meshlet.sidecar.dns.resolv import (
     read_resolv_conf,
 )
 from meshlet.sidecar.dns.server import DnsServer, OnQuery
+from meshlet.sidecar.dns.stats import QueryCounts
 from meshlet.sidecar.dns.table import DnsTable, build_dns_table
 
 __all__ = [
@@ -25,6 +26,7 @@ __all__ = [
     "Forward",
     "Forwarder",
     "OnQuery",
+    "QueryCounts",
     "ResolvConf",
     "answer",
     "build_dns_table",

@@ -8,8 +8,10 @@ assembled from precomputed pieces (see table.py):
 The common query (one question, no other records, or just an OPT record without
 options) is recognised by comparing fixed bytes and answered with one slice,
 one `bytes.lower()` and one dict hit; the dict hit itself proves the question
-is well formed, since every key is. Everything else takes `_parse`, which reads
-the header, question and additional records properly.
+is well formed, since every key is. On a miss the name is checked and `lookup`
+decides (NODATA, NXDOMAIN, a short name, or forward). Everything else takes
+`_answer_parsed`, which reads the header, question and additional records
+properly (FORMERR, NOTIMP, BADVERS, EDNS0 options, records in odd sections).
 """
 
 from __future__ import annotations

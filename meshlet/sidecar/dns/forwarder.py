@@ -44,24 +44,30 @@ class _BadResponse(Exception):
 
 
 class _UpstreamUdp(asyncio.DatagramProtocol):
-    """One query on a connected UDP socket: the first response that matches it."""
+    """One query on a connected UDP socket: the first response that matches it, or the
+    error that ended it (a value, not a future's exception: when the attempt has
+    timed out nobody awaits it any more, and that is fine)."""
 
     def __init__(self, parse: Callable[[bytes], UpstreamAnswer | None]) -> None:
         self.parse = parse
-        self.result: asyncio.Future[UpstreamAnswer] = asyncio.get_running_loop().create_future()
+        self.result: asyncio.Future[UpstreamAnswer | Exception] = (
+            asyncio.get_running_loop().create_future()
+        )
+
+    def _settle(self, outcome: UpstreamAnswer | Exception) -> None:
+        if not self.result.done():
+            self.result.set_result(outcome)
 
     def datagram_received(self, data: bytes, addr: object) -> None:
         answer = self.parse(data)  # anything else (spoofed, stale, malformed) is ignored
-        if answer is not None and not self.result.done():
-            self.result.set_result(answer)
+        if answer is not None:
+            self._settle(answer)
 
     def error_received(self, exc: Exception) -> None:
-        if not self.result.done():
-            self.result.set_exception(exc)
+        self._settle(exc)
 
     def connection_lost(self, exc: Exception | None) -> None:
-        if not self.result.done():
-            self.result.set_exception(exc or ConnectionError("upstream socket closed"))
+        self._settle(exc or ConnectionError("upstream socket closed"))
 
 
 class Forwarder:
@@ -194,9 +200,12 @@ class Forwarder:
         )
         try:
             transport.sendto(message)
-            return await protocol.result
+            outcome = await protocol.result
         finally:
             transport.close()
+        if isinstance(outcome, Exception):
+            raise outcome
+        return outcome
 
     async def _tcp(
         self,

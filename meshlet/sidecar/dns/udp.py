@@ -7,9 +7,11 @@ the sidecar), a readable socket is drained with `recvmmsg` (up to 64 datagrams
 per call) and the answers go out with one `sendmmsg`, through ctypes into
 buffers allocated once. The client addresses stay raw `sockaddr` bytes in
 those buffers; they become Python tuples only for queries that go upstream.
-Measured with dnsperf on 2 vCPUs (bench/dns.py): about 6.3 us of server CPU per
-query this way, 7.9 us with a `recvfrom`/`sendto` loop, 9.3 us with asyncio's
-DatagramProtocol on uvloop (unbound, one thread: 6.5 us).
+Measured with dnsperf on 2 vCPUs (bench/dns.py, server CPU per query): 6.25 us
+this way, 8.3 us with a non-blocking `recvfrom`/`sendto` loop, 8.6 us with
+asyncio's DatagramProtocol on uvloop, 7.7 us with a blocking loop in a thread
+(which would also contend for the GIL with the proxy); unbound, one thread:
+6.3 us. Most of what is left is the kernel's (py-spy: ~60% inside sendmmsg).
 
 Where recvmmsg is missing (not Linux, no glibc/musl symbol), the same loop runs
 on `recvfrom`/`sendto`.
@@ -32,6 +34,7 @@ Address = tuple[str, int] | tuple[str, int, int, int]
 Reply = Callable[[bytes], None]
 
 _BATCH = 64
+_BATCHES_PER_WAKEUP = 4
 _SLOT = 4096  # bytes per datagram buffer: a query larger than this is cut (then FORMERR)
 _NAME = 128  # sizeof(struct sockaddr_storage)
 _MSG_DONTWAIT = 0x40
@@ -176,17 +179,22 @@ class MmsgReceiver:
         send_words, send_quads, send_view = self._send_words, self._send_quads, self._send_view
         send_iov_quads, names = self._send_iov_quads, self._name_addresses
         max_udp = server.max_udp
-        table = server.table()
         report = server.report_local if server.on_query is not None else None
-        while True:
+        # A few batches, then back to the loop (the socket stays readable), so that a
+        # flood cannot starve upstream answers, TCP clients or a new table.
+        for _ in range(_BATCHES_PER_WAKEUP):
             count = self._recvmmsg(fd, receive_msgs, _BATCH, _MSG_DONTWAIT, None)
             if count <= 0:
                 return  # EAGAIN: drained (other errors: the next readable event retries)
+            table = server.table()
             sending = 0
             for i in range(count):
                 words = i * _I_PER_MSG
                 start = i * _SLOT
-                query = bytes(receive_view[start : start + receive_words[words + _I_LEN]])
+                length = receive_words[words + _I_LEN]
+                if length > _SLOT:
+                    length = _SLOT
+                query = bytes(receive_view[start : start + length])
                 try:
                     result = answer(query, table, max_udp)
                     if isinstance(result, bytes):
@@ -248,7 +256,7 @@ class RecvfromReceiver:
         max_udp = server.max_udp
         table = server.table()
         report = server.report_local if server.on_query is not None else None
-        for _ in range(_BATCH):
+        for _ in range(_BATCH * _BATCHES_PER_WAKEUP):
             try:
                 query, addr = recvfrom(_SLOT)
             except (BlockingIOError, InterruptedError):
@@ -269,8 +277,11 @@ class RecvfromReceiver:
                 server.failed(query)
 
 
-def receiver(sock: socket.socket, server: UdpServer) -> MmsgReceiver | RecvfromReceiver:
-    """The fastest receive loop this platform has, for a non-blocking UDP socket."""
-    if _MMSG is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
+def receiver(
+    sock: socket.socket, server: UdpServer, batching: bool = True
+) -> MmsgReceiver | RecvfromReceiver:
+    """The fastest receive loop this platform has (or the portable one), for a
+    non-blocking UDP socket."""
+    if batching and _MMSG is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
         return MmsgReceiver(sock, server)
     return RecvfromReceiver(sock, server)
