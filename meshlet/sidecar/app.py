@@ -67,17 +67,17 @@ class DnsView:
 
 
 def upstreams_of(config: SidecarConfig) -> tuple[tuple[str, int], ...]:
-    if config.upstream_dns:
-        return config.upstream_dns
-    return read_resolv_conf(config.resolv_conf).nameservers
+    configured = config.upstream_dns or read_resolv_conf(config.resolv_conf).nameservers
+    # Forwarding to ourselves would loop every unknown name until it times out.
+    return tuple(u for u in configured if u != config.dns_address)
 
 
 async def serve(config: SidecarConfig, stop: asyncio.Event) -> int:
     upstreams = upstreams_of(config)
     if not upstreams:
         print(
-            f"meshlet sidecar: no upstream DNS: {config.resolv_conf} names no nameserver "
-            "and no --upstream-dns was given",
+            "meshlet sidecar: no upstream DNS: neither --upstream-dns nor "
+            f"{config.resolv_conf} names a nameserver other than this sidecar",
             file=sys.stderr,
         )
         return 2
@@ -93,7 +93,7 @@ async def serve(config: SidecarConfig, stop: asyncio.Event) -> int:
     )
     telemetry = Telemetry("meshlet-sidecar")
     metrics = SidecarMetrics(telemetry, client.status)
-    dns = DnsServer(lambda: dns_view.table, Forwarder(upstreams), on_query=metrics.dns_query)
+    dns = DnsServer(lambda: dns_view.table, Forwarder(upstreams), on_query=metrics.dns_queries)
     dns_host, dns_port = await dns.start(*config.dns_address)
     admin = build_admin(lambda: client.state, client.status, telemetry)
     admin_port = await admin.start(*config.admin_address)

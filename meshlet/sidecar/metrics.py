@@ -7,6 +7,7 @@ from collections.abc import Callable, Iterable
 
 from opentelemetry.metrics import CallbackOptions, Observation
 
+from meshlet.sidecar.dns.stats import QueryCounts
 from meshlet.sidecar.xds_client import XdsStatus
 from meshlet.telemetry import LATENCY_BUCKETS, Telemetry
 from meshlet.xds import types
@@ -16,15 +17,19 @@ class SidecarMetrics:
     def __init__(self, telemetry: Telemetry, xds_status: Callable[[], XdsStatus]) -> None:
         meter = telemetry.meter
         self._xds_status = xds_status
-        self._queries = meter.create_counter(
-            "meshlet.dns.queries",
-            description="DNS queries, by type, rcode and whether answered locally or forwarded",
-        )
         self._upstream = meter.create_histogram(
             "meshlet.dns.upstream.latency",
             unit="s",
             description="Time the upstream resolvers took to answer forwarded queries",
             explicit_bucket_boundaries_advisory=list(LATENCY_BUCKETS),
+        )
+        # Counted in a dict on the hot path, read when metrics are collected:
+        # a Counter.add per query would cost more than answering it.
+        self.dns_queries = QueryCounts(on_upstream=self._upstream.record)
+        meter.create_observable_counter(
+            "meshlet.dns.queries",
+            callbacks=[self._observe_queries],
+            description="DNS queries, by type, rcode and whether answered locally or forwarded",
         )
         meter.create_observable_counter(
             "meshlet.xds.updates",
@@ -37,18 +42,12 @@ class SidecarMetrics:
             unit="s",
             description="Seconds since the last accepted xDS update",
         )
-        self._attrs: dict[tuple[str, str, str], dict[str, str]] = {}
 
-    def dns_query(
-        self, qtype: str, rcode: str, source: str, upstream_seconds: float | None
-    ) -> None:
-        key = (qtype, rcode, source)
-        attrs = self._attrs.get(key)
-        if attrs is None:  # one dict per combination, not per query
-            attrs = self._attrs[key] = {"type": qtype, "rcode": rcode, "source": source}
-        self._queries.add(1, attrs)
-        if upstream_seconds is not None:
-            self._upstream.record(upstream_seconds)
+    def _observe_queries(self, _options: CallbackOptions) -> Iterable[Observation]:
+        return [
+            Observation(count, {"type": qtype, "rcode": rcode, "source": source})
+            for (qtype, rcode, source), count in self.dns_queries.snapshot().items()
+        ]
 
     def _observe_updates(self, _options: CallbackOptions) -> Iterable[Observation]:
         out = []
