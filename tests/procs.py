@@ -249,7 +249,7 @@ def control_plane(
         f"--outbound-port={outbound_port}",
         *extra_args,
     ]
-    log = tmp_path / f"control-plane-{xds_port}.log"
+    log = tmp_path / f"control-plane-{admin_port}.log"
     with running(argv, "meshlet control-plane", log) as process:
         plane = ControlPlane(process, manifests, xds_port, admin_port, outbound_port)
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -23,15 +23,11 @@ from meshlet.sidecar.state import SidecarState
 from meshlet.sidecar.xds_client import XdsClient, XdsProtocol
 from meshlet.xds import types
 from tests.procs import (
-    PYTHON,
-    ControlPlane,
+    control_plane,
     endpoint_slice_manifest,
     free_port,
-    http_get,
-    running,
     service_manifest,
     stop_process,
-    wait_until,
     write_manifests,
 )
 
@@ -79,39 +75,6 @@ async def until_served(
 ) -> T:
     """Poll the control plane (blocking HTTP) from a thread, so the client keeps running."""
     return await _poll(lambda: asyncio.to_thread(observe), ok, what, within)
-
-
-@contextlib.contextmanager
-def control_plane_on(
-    manifests: Path,
-    tmp_path: Path,
-    xds_port: int,
-    outbound_port: int,
-    extra_args: Sequence[str] = (),
-) -> Iterator[ControlPlane]:
-    """`meshlet control-plane` on a given xDS port, so a second one can take the first's place."""
-    admin_port = free_port()
-    argv = [
-        PYTHON,
-        "-m",
-        "meshlet",
-        "control-plane",
-        f"--manifests={manifests}",
-        f"--xds-address=127.0.0.1:{xds_port}",
-        f"--admin-address=127.0.0.1:{admin_port}",
-        f"--outbound-port={outbound_port}",
-        *extra_args,
-    ]
-    log = tmp_path / f"control-plane-{admin_port}.log"
-    with running(argv, "meshlet control-plane", log) as process:
-        plane = ControlPlane(process, manifests, xds_port, admin_port, outbound_port)
-
-        def ready() -> int:
-            process.check_alive()
-            return http_get(plane.url("/readyz"), timeout=2)[0]
-
-        wait_until(lambda status: status == 200, CONVERGE, "/readyz to be 200", observe=ready)
-        yield plane
 
 
 class Sidecar:
@@ -172,7 +135,9 @@ async def test_follows_the_control_plane_and_resyncs_after_it_restarts(
     xds_port, outbound_port = free_port(), free_port("0.0.0.0")
     node_id = f"sidecar-{protocol}"
 
-    with control_plane_on(manifests, tmp_path, xds_port, outbound_port) as plane:
+    with control_plane(
+        manifests, tmp_path, xds_port=xds_port, outbound_port=outbound_port
+    ) as plane:
         async with sidecar(plane.xds_address, protocol, node_id) as car:
             # 1. The first config arrives whole.
             await until(lambda: car.client.ready, bool, "the client to be ready")
@@ -246,7 +211,9 @@ async def test_follows_the_control_plane_and_resyncs_after_it_restarts(
             write_manifests(
                 manifests / "db.yaml", *service("db", "10.96.0.30", 5432, 5432, ["10.3.0.1"])
             )
-            with control_plane_on(manifests, tmp_path, xds_port, outbound_port) as again:
+            with control_plane(
+                manifests, tmp_path, xds_port=xds_port, outbound_port=outbound_port
+            ) as again:
                 resynced = await until(
                     lambda: car.state,
                     lambda s: (
@@ -292,9 +259,7 @@ async def test_a_name_table_of_another_domain_is_nacked(
         'NameTable "meshlet": name web.default.svc.example.org is outside the cluster domain '
         "cluster.local"
     )
-    with control_plane_on(
-        manifests, tmp_path, free_port(), free_port("0.0.0.0"), ["--cluster-domain=example.org"]
-    ) as plane:
+    with control_plane(manifests, tmp_path, extra_args=["--cluster-domain=example.org"]) as plane:
         async with sidecar(plane.xds_address, protocol, node_id, "cluster.local") as car:
             seen = await until_served(
                 lambda: plane.client(node_id),

@@ -6,12 +6,9 @@ import asyncio
 import contextlib
 import gc
 import logging
-import signal
 import sys
 import time
 from dataclasses import dataclass
-
-import uvloop
 
 from meshlet.controlplane.admin import build_admin
 from meshlet.controlplane.cache import SnapshotCache, build_snapshot
@@ -20,6 +17,7 @@ from meshlet.controlplane.server import AdsServer, start_server
 from meshlet.controlplane.sources.manifests import LoadResult, ManifestSource
 from meshlet.flags import grpc_address
 from meshlet.model import Mesh
+from meshlet.process import run_until_signal
 from meshlet.telemetry import Telemetry
 from meshlet.xds.translate import translate
 
@@ -114,15 +112,4 @@ async def serve(config: ControlPlaneConfig, stop: asyncio.Event) -> int:
 
 
 def run(config: ControlPlaneConfig) -> int:
-    async def main() -> int:
-        stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, stop.set)
-        return await serve(config, stop)
-
-    try:
-        return uvloop.run(main())
-    except (OSError, RuntimeError) as exc:  # grpcio reports a busy port as RuntimeError
-        print(f"meshlet control-plane: {exc}", file=sys.stderr)
-        return 1
+    return run_until_signal("control-plane", lambda stop: serve(config, stop))

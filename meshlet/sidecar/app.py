@@ -5,14 +5,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import signal
 import sys
 from dataclasses import dataclass
 
-import uvloop
-
 from meshlet._proto.meshlet.v1.nametable_pb2 import NameTable
 from meshlet.flags import grpc_address
+from meshlet.process import run_until_signal
 from meshlet.sidecar.admin import build_admin
 from meshlet.sidecar.dns.forwarder import Forwarder
 from meshlet.sidecar.dns.resolv import read_resolv_conf
@@ -121,15 +119,4 @@ async def serve(config: SidecarConfig, stop: asyncio.Event) -> int:
 
 
 def run(config: SidecarConfig) -> int:
-    async def main() -> int:
-        stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, stop.set)
-        return await serve(config, stop)
-
-    try:
-        return uvloop.run(main())
-    except OSError as exc:
-        print(f"meshlet sidecar: {exc}", file=sys.stderr)
-        return 1
+    return run_until_signal("sidecar", lambda stop: serve(config, stop))
