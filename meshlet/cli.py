@@ -9,7 +9,15 @@ import sys
 from collections.abc import Sequence
 
 from meshlet import __version__
-from meshlet.flags import add_flag, dns_upstream, domain_name, host_port, port_number, ttl_seconds
+from meshlet.flags import (
+    add_flag,
+    dns_upstream,
+    domain_name,
+    env_name,
+    host_port,
+    port_number,
+    ttl_seconds,
+)
 
 
 def _control_plane(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -58,15 +66,18 @@ def _control_plane(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> 
     p.set_defaults(run=_run_control_plane)
 
 
+def _missing(command: str, flag: str) -> int:
+    # Not argparse's `required`: the flag may come from its MESHLET_* variable.
+    name = flag.split()[0]
+    print(f"meshlet {command}: {flag} is required (or {env_name(name)})", file=sys.stderr)
+    return 2
+
+
 def _run_control_plane(args: argparse.Namespace) -> int:
     from meshlet.controlplane.app import ControlPlaneConfig, run
 
     if not args.manifests:
-        print(
-            "meshlet control-plane: --manifests PATH is required (or MESHLET_MANIFESTS)",
-            file=sys.stderr,
-        )
-        return 2
+        return _missing("control-plane", "--manifests PATH")
     return run(
         ControlPlaneConfig(
             manifests=args.manifests,
@@ -150,11 +161,7 @@ def _run_sidecar(args: argparse.Namespace) -> int:
     from meshlet.sidecar.app import SidecarConfig, run
 
     if not args.xds_address:
-        print(
-            "meshlet sidecar: --xds-address HOST:PORT is required (or MESHLET_XDS_ADDRESS)",
-            file=sys.stderr,
-        )
-        return 2
+        return _missing("sidecar", "--xds-address HOST:PORT")
     return run(
         SidecarConfig(
             xds_address=args.xds_address,

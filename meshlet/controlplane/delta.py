@@ -37,12 +37,7 @@ class DeltaStream(StreamState):
         # An ACK of an older response still moves subscriptions; only the
         # latest one says what the client holds now.
         if request.response_nonce and request.response_nonce == watch.nonce:
-            error = error_message(
-                request.error_detail.code,
-                request.error_detail.message,
-                request.HasField("error_detail"),
-            )
-            nack = self.record_ack(watch, "", error)
+            nack = self.record_ack(watch, "", error_message(request))
         asked = self._subscribe(
             watch, request.resource_names_subscribe, request.resource_names_unsubscribe, first
         )
@@ -106,16 +101,7 @@ class DeltaStream(StreamState):
         version = snapshot.type_versions.get(type_url, "")
         watch.nonce = self.next_nonce()
         watch.version_sent = version
-        watch.responded = True
         payload = wire.delta_response(
             version, type_url, watch.nonce, [r.delta_field for r in chosen], removed
         )
-        return Push(
-            type_url,
-            payload,
-            len(chosen),
-            len(removed),
-            version,
-            snapshot.built_at,
-            tuple(r.name for r in chosen),
-        )
+        return Push(type_url, payload, snapshot.built_at, tuple(r.name for r in chosen))

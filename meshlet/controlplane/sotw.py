@@ -37,12 +37,7 @@ class SotwStream(StreamState):
             # left over from an earlier stream and ignored.)
             if request.response_nonce != watch.nonce:
                 return [], False
-            error = error_message(
-                request.error_detail.code,
-                request.error_detail.message,
-                request.HasField("error_detail"),
-            )
-            nack = self.record_ack(watch, request.version_info, error)
+            nack = self.record_ack(watch, request.version_info, error_message(request))
         moved = self._subscribe(watch, request.resource_names, type_url)
         if snapshot is None or not (first or moved):
             return [], nack  # a plain ACK: the snapshot watch covers what comes next
@@ -86,9 +81,8 @@ class SotwStream(StreamState):
         version = snapshot.type_versions.get(type_url, "")
         watch.nonce = self.next_nonce()
         watch.version_sent = version
-        watch.responded = True
         payload = wire.sotw_response(version, type_url, watch.nonce, [r.sotw_field for r in chosen])
-        return Push(type_url, payload, len(chosen), 0, version, snapshot.built_at, updated)
+        return Push(type_url, payload, snapshot.built_at, updated)
 
     @staticmethod
     def _full_state(

@@ -9,6 +9,8 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
+from envoy.service.discovery.v3.discovery_pb2 import DeltaDiscoveryRequest, DiscoveryRequest
+
 from meshlet.controlplane.cache import Resource, Snapshot
 from meshlet.xds import types
 
@@ -21,9 +23,6 @@ class Push:
 
     type_url: str
     payload: bytes
-    resources: int
-    removed: int
-    version: str
     built_at: float
     # Names of the resources this response added or changed.
     updated: tuple[str, ...] = ()
@@ -38,13 +37,16 @@ class TypeWatch:
     names: set[str] = field(default_factory=set)
     # Name -> version the client has (or was last sent, if it NACKed).
     known: dict[str, str] = field(default_factory=dict)
-    responded: bool = False
-    nonce: str = ""
+    nonce: str = ""  # of the last response sent; empty before the first
     version_sent: str = ""
     version_acked: str = ""
     version_nacked: str = ""
     last_nack: str = ""
     nacks: int = 0
+
+    @property
+    def responded(self) -> bool:
+        return bool(self.nonce)
 
     def wants(self, resource: Resource) -> bool:
         return (self.wildcard and not resource.on_demand) or resource.name in self.names
@@ -147,11 +149,12 @@ class StreamState:
         }
 
 
-def error_message(code: int, message: str, present: bool) -> str | None:
+def error_message(request: DiscoveryRequest | DeltaDiscoveryRequest) -> str | None:
     """The NACK text of a request's error_detail, or None when it is an ACK."""
-    if not present:
+    if not request.HasField("error_detail"):
         return None
-    return message or f"rejected with code {code} and no message"
+    detail = request.error_detail
+    return detail.message or f"rejected with code {detail.code} and no message"
 
 
 _RANK = {t: i for i, t in enumerate(types.PUSH_ORDER)}
