@@ -11,13 +11,19 @@ from collections.abc import Sequence
 from meshlet import __version__
 from meshlet.flags import (
     add_flag,
+    cidr,
     dns_upstream,
     domain_name,
     env_name,
     host_port,
+    id_number,
+    ip_address,
     port_number,
+    seconds,
     ttl_seconds,
 )
+
+DEFAULT_SERVICE_CIDR = "10.96.0.0/12"
 
 
 def _control_plane(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -92,8 +98,9 @@ def _run_control_plane(args: argparse.Namespace) -> int:
 def _sidecar(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = sub.add_parser(
         "sidecar",
-        help="learn the mesh over xDS and answer the pod's DNS",
-        description="The per-pod sidecar: an xDS client, a DNS server and an admin port.",
+        help="learn the mesh over xDS, answer the pod's DNS, proxy its service connections",
+        description="The per-pod sidecar: an xDS client, a DNS server, the outbound proxy "
+        "and an admin port.",
     )
     add_flag(
         p,
@@ -154,6 +161,23 @@ def _sidecar(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         help="incremental (delta) or state-of-the-world ADS",
     )
     add_flag(p, "--dns-ttl", type=ttl_seconds, default="5", help="TTL of mesh answers, seconds")
+    add_flag(
+        p,
+        "--outbound-address",
+        type=host_port,
+        action="append",
+        default=[],
+        metavar="HOST:PORT",
+        help="where captured connections arrive (repeatable; default 127.0.0.1:15001, "
+        "and [::1]:15001 when IPv6 is up)",
+    )
+    add_flag(
+        p,
+        "--drain-seconds",
+        type=seconds,
+        default="5",
+        help="on SIGTERM, how long open connections may take to finish",
+    )
     p.set_defaults(run=_run_sidecar)
 
 
@@ -175,8 +199,98 @@ def _run_sidecar(args: argparse.Namespace) -> int:
             admin_address=args.admin_address,
             xds_protocol=args.xds_protocol,
             dns_ttl=args.dns_ttl,
+            outbound_addresses=tuple(args.outbound_address),
+            drain_seconds=args.drain_seconds,
         )
     )
+
+
+def _init(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    p = sub.add_parser(
+        "init",
+        help="program the pod's capture rules (nftables), then exit",
+        description="Write the pod's nftables table (inet meshlet) that sends its service "
+        "traffic to the sidecar, in one atomic transaction; or print or remove it.",
+    )
+    add_flag(p, "--outbound-port", type=port_number, default="15001", help="the outbound proxy")
+    add_flag(p, "--dns-port", type=port_number, default="15053", help="the sidecar's DNS")
+    add_flag(
+        p,
+        "--service-cidr",
+        type=cidr,
+        action="append",
+        default=[],
+        metavar="CIDR",
+        help=f"TCP to these goes to the outbound port (repeatable; default {DEFAULT_SERVICE_CIDR})",
+    )
+    add_flag(
+        p,
+        "--dns-server",
+        type=ip_address,
+        action="append",
+        default=[],
+        metavar="IP",
+        help="DNS to these goes to the DNS port (repeatable; default: the nameservers "
+        "of --resolv-conf)",
+    )
+    add_flag(
+        p,
+        "--resolv-conf",
+        default="/etc/resolv.conf",
+        metavar="PATH",
+        help="where the pod's nameservers are read from",
+    )
+    add_flag(p, "--proxy-uid", type=id_number, default="1337", help="the sidecar's uid")
+    add_flag(p, "--proxy-gid", type=id_number, default=None, help="the sidecar's gid")
+    add_flag(
+        p,
+        "--exclude-port",
+        type=port_number,
+        action="append",
+        default=[],
+        metavar="PORT",
+        help="destination ports never captured (repeatable)",
+    )
+    add_flag(
+        p,
+        "--exclude-cidr",
+        type=cidr,
+        action="append",
+        default=[],
+        metavar="CIDR",
+        help="destinations never captured (repeatable)",
+    )
+    add_flag(p, "--dry-run", action="store_true", help="print the nft script, change nothing")
+    add_flag(p, "--remove", action="store_true", help="delete meshlet's table, nothing else")
+    add_flag(p, "--nft", default="nft", metavar="PATH", help="the nft binary")
+    p.set_defaults(run=_run_init)
+
+
+def _run_init(args: argparse.Namespace) -> int:
+    from meshlet.capture.app import InitRequest, run
+    from meshlet.capture.ruleset import CaptureConfig
+    from meshlet.sidecar.dns.resolv import DNS_PORT, read_resolv_conf
+
+    dns_servers = args.dns_server
+    if not dns_servers and not args.remove:
+        try:
+            nameservers = read_resolv_conf(args.resolv_conf).nameservers
+        except OSError as exc:
+            print(f"meshlet init: cannot read {args.resolv_conf}: {exc}", file=sys.stderr)
+            return 2
+        # Only port 53 is redirected: a nameserver on another port is left alone.
+        dns_servers = [ip_address(ip) for ip, port in nameservers if port == DNS_PORT]
+    config = CaptureConfig(
+        outbound_port=args.outbound_port,
+        dns_port=args.dns_port,
+        service_cidrs=tuple(args.service_cidr or [cidr(DEFAULT_SERVICE_CIDR)]),
+        dns_servers=tuple(dns_servers),
+        proxy_uid=args.proxy_uid,
+        proxy_gid=args.proxy_gid,
+        exclude_ports=tuple(args.exclude_port),
+        exclude_cidrs=tuple(args.exclude_cidr),
+    )
+    return run(InitRequest(config, dry_run=args.dry_run, remove=args.remove, nft=args.nft))
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -192,6 +306,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     _control_plane(sub)
     _sidecar(sub)
+    _init(sub)
     return parser
 
 

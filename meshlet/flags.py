@@ -92,3 +92,34 @@ def ttl_seconds(text: str) -> int:
     if not text.isdigit() or int(text) > 86400:
         raise argparse.ArgumentTypeError(f"{text!r} is not a TTL in seconds (0-86400)")
     return int(text)
+
+
+def cidr(text: str) -> ipaddress.IPv4Network | ipaddress.IPv6Network:
+    try:
+        return ipaddress.ip_network(text.strip(), strict=True)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a CIDR ({exc})") from None
+
+
+def ip_address(text: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address:
+    try:
+        return ipaddress.ip_address(text.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an IP address") from None
+
+
+def id_number(text: str) -> int:
+    """A uid or gid."""
+    if not text.isdigit() or int(text) >= 2**32 - 1:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a user or group id")
+    return int(text)
+
+
+def seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not 0 <= value <= 86400:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds (0-86400)")
+    return value

@@ -6,8 +6,9 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 PYTHON=${PYTHON:-python3}
-# dig and unbound: the real DNS client and upstream the DNS tests use.
-APT_PACKAGES=(python3-venv dnsutils unbound)
+# dig and unbound: the real DNS client and upstream the DNS tests use; nftables and
+# iproute2: the capture rules and the network namespaces of the proxy and mesh tests.
+APT_PACKAGES=(python3-venv dnsutils unbound nftables iproute2)
 
 if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
   missing=()

@@ -1,0 +1,1 @@
+"""Capturing the pod's traffic: the nftables ruleset (pure) and applying it."""

@@ -1,0 +1,61 @@
+"""Running nft: what is missing to do it, and one `nft -f -` transaction (thin I/O)."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+from pathlib import Path
+
+CAP_NET_ADMIN = 12
+# Where nft lives on Debian and most distributions, for users whose PATH lacks sbin.
+_SBIN = ("/usr/sbin", "/sbin")
+
+
+class NftError(RuntimeError):
+    """nft could not run or refused the script; the message says which and why."""
+
+
+def find_nft(name: str) -> str | None:
+    """The nft binary: `name` as a path, or looked up on PATH, then in the sbin folders."""
+    if os.sep in name:
+        return name if os.access(name, os.X_OK) else None
+    return shutil.which(name) or shutil.which(name, path=os.pathsep.join(_SBIN))
+
+
+def has_net_admin(status: Path = Path("/proc/self/status")) -> bool:
+    """Whether this process holds CAP_NET_ADMIN in its effective set."""
+    for line in status.read_text().splitlines():
+        if line.startswith("CapEff:"):
+            return bool(int(line.split()[1], 16) >> CAP_NET_ADMIN & 1)
+    return False
+
+
+def missing(nft: str) -> list[str]:
+    """What stands in the way of programming nftables, each said in words; empty when nothing."""
+    problems = []
+    if find_nft(nft) is None:
+        problems.append(
+            f"nftables is not installed ({nft} not found; install the nftables package)"
+        )
+    if not has_net_admin():
+        problems.append(
+            "CAP_NET_ADMIN is missing (run as root, or give the init container NET_ADMIN)"
+        )
+    return problems
+
+
+def run_script(nft: str, script: str, timeout: float = 30.0) -> None:
+    """Runs `script` as one nft transaction: all of it takes effect, or none."""
+    binary = find_nft(nft)
+    if binary is None:
+        raise NftError(f"{nft} not found")
+    try:
+        result = subprocess.run(
+            [binary, "-f", "-"], input=script, capture_output=True, text=True, timeout=timeout
+        )
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        raise NftError(f"{binary} could not run: {exc}") from None
+    if result.returncode != 0:
+        detail = (result.stderr or result.stdout).strip() or f"exit code {result.returncode}"
+        raise NftError(f"nft refused the ruleset, nothing was changed:\n{detail}")

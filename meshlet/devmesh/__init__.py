@@ -1,0 +1,1 @@
+"""A local mesh on one machine: pods as network namespaces on a bridge."""
