@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import time
+from collections.abc import Callable, Mapping
 
 from meshlet.admin_http import AdminServer, Response
 from meshlet.model import Endpoint
+from meshlet.sidecar.proxy.balancer import Host, host_name
+from meshlet.sidecar.proxy.router import ClusterRuntime, Router
 from meshlet.sidecar.state import SidecarState
 from meshlet.sidecar.xds_client import XdsStatus
 from meshlet.telemetry import Telemetry
@@ -27,28 +30,66 @@ def config_dump(state: SidecarState, status: XdsStatus) -> dict[str, object]:
     }
 
 
-def _endpoint(endpoint: Endpoint) -> dict[str, object]:
-    return {
+def _endpoint(endpoint: Endpoint, host: Host | None, now: float) -> dict[str, object]:
+    out: dict[str, object] = {
         "address": f"{endpoint.address}:{endpoint.port}",
         "health": endpoint.health.value,
         "zone": endpoint.zone,
         "weight": endpoint.weight,
     }
-
-
-def clusters(state: SidecarState) -> dict[str, object]:
-    return {
-        name: {
-            "lb_policy": cluster.lb_policy.value,
-            "service": f"{cluster.namespace}/{cluster.service}" if cluster.service else "",
-            "endpoints": [_endpoint(e) for e in state.endpoints.get(name, ())],
+    if host is not None:
+        until = host.outlier.ejected_until
+        out |= {
+            "active_connections": host.active,
+            "connections": host.connections,
+            "connect_failures": host.connect_failures,
+            "ejected": host.outlier.is_ejected(now),
+            "ejected_for_seconds": round(until - now, 3) if until is not None else 0,
+            "times_ejected": host.outlier.ejections,
         }
-        for name, cluster in sorted(state.clusters.items())
+    return out
+
+
+def _runtime(runtime: ClusterRuntime | None) -> dict[str, object]:
+    if runtime is None:
+        return {}
+    return {
+        "active_connections": runtime.active,
+        "connections": runtime.opened,
+        "connect_failures": runtime.connect_failures,
+        "retries": runtime.retries,
+        "ejections": runtime.ejections,
+        "refused_circuit_breaker": runtime.refused,
+        "refused_no_endpoint": runtime.no_endpoint,
+        "max_connections": runtime.config.max_connections,
     }
 
 
+def clusters(
+    state: SidecarState, runtimes: Mapping[str, ClusterRuntime] | None = None, now: float = 0.0
+) -> dict[str, object]:
+    """Each cluster, its endpoints and their health; with `runtimes`, what the proxy did."""
+    out: dict[str, object] = {}
+    for name, cluster in sorted(state.clusters.items()):
+        runtime = (runtimes or {}).get(name)
+        hosts = {h.name: h for h in runtime.balancer.hosts} if runtime is not None else {}
+        out[name] = {
+            "lb_policy": cluster.lb_policy.value,
+            "service": f"{cluster.namespace}/{cluster.service}" if cluster.service else "",
+            "endpoints": [
+                _endpoint(e, hosts.get(host_name(e)), now) for e in state.endpoints.get(name, ())
+            ],
+            **_runtime(runtime),
+        }
+    return out
+
+
 def build_admin(
-    state: Callable[[], SidecarState], status: Callable[[], XdsStatus], telemetry: Telemetry
+    state: Callable[[], SidecarState],
+    status: Callable[[], XdsStatus],
+    telemetry: Telemetry,
+    router: Router | None = None,
+    now: Callable[[], float] = time.monotonic,
 ) -> AdminServer:
     def ready(_: object) -> Response:
         if not status().ready:
@@ -59,7 +100,9 @@ def build_admin(
         {
             "/ready": ready,
             "/config_dump": lambda _: Response.json(config_dump(state(), status())),
-            "/clusters": lambda _: Response.json(clusters(state())),
+            "/clusters": lambda _: Response.json(
+                clusters(state(), router.clusters if router else None, now())
+            ),
             "/metrics": lambda _: Response(
                 200, telemetry.prometheus_text(), "text/plain; version=0.0.4; charset=utf-8"
             ),

@@ -1,10 +1,13 @@
-"""`meshlet sidecar`: the xDS client feeding DNS, with an admin port."""
+"""`meshlet sidecar`: the xDS client feeding DNS and the outbound proxy, with an admin port."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import logging
+import resource
+import socket
 import sys
 from dataclasses import dataclass
 
@@ -17,6 +20,9 @@ from meshlet.sidecar.dns.resolv import read_resolv_conf
 from meshlet.sidecar.dns.server import DnsServer
 from meshlet.sidecar.dns.table import DnsTable, build_dns_table
 from meshlet.sidecar.metrics import SidecarMetrics
+from meshlet.sidecar.proxy.metrics import ProxyMetrics
+from meshlet.sidecar.proxy.router import Router
+from meshlet.sidecar.proxy.server import OutboundProxy
 from meshlet.sidecar.state import SidecarState
 from meshlet.sidecar.xds_client import XdsClient, XdsProtocol
 from meshlet.telemetry import Telemetry
@@ -37,6 +43,12 @@ class SidecarConfig:
     admin_address: tuple[str, int] = ("127.0.0.1", 15000)
     xds_protocol: XdsProtocol = "delta"
     dns_ttl: int = 5
+    # Empty: 127.0.0.1:15001, and [::1]:15001 when IPv6 is up.
+    outbound_addresses: tuple[tuple[str, int], ...] = ()
+    drain_seconds: float = 5.0
+
+
+DEFAULT_OUTBOUND_PORT = 15001
 
 
 class DnsView:
@@ -70,6 +82,31 @@ def upstreams_of(config: SidecarConfig) -> tuple[tuple[str, int], ...]:
     return tuple(u for u in configured if u != config.dns_address)
 
 
+def _ipv6_loopback() -> bool:
+    try:
+        with socket.socket(socket.AF_INET6, socket.SOCK_STREAM) as sock:
+            sock.bind(("::1", 0))
+        return True
+    except OSError:
+        return False
+
+
+def outbound_addresses_of(config: SidecarConfig) -> tuple[tuple[str, int], ...]:
+    if config.outbound_addresses:
+        return config.outbound_addresses
+    addresses = [("127.0.0.1", DEFAULT_OUTBOUND_PORT)]
+    if _ipv6_loopback():
+        addresses.append(("::1", DEFAULT_OUTBOUND_PORT))
+    return tuple(addresses)
+
+
+def _raise_open_files_limit() -> None:
+    # Two sockets per proxied connection, and pipes while bytes are in flight.
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < hard:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+
+
 async def serve(config: SidecarConfig, stop: asyncio.Event) -> int:
     upstreams = upstreams_of(config)
     if not upstreams:
@@ -80,6 +117,12 @@ async def serve(config: SidecarConfig, stop: asyncio.Event) -> int:
         )
         return 2
     dns_view = DnsView(config)
+    router = Router(zone=config.zone)
+
+    def on_state(state: SidecarState) -> None:
+        dns_view.update(state)
+        router.update(state)
+
     client = XdsClient(
         grpc_address(*config.xds_address),
         config.node_id,
@@ -87,35 +130,56 @@ async def serve(config: SidecarConfig, stop: asyncio.Event) -> int:
         config.zone,
         config.cluster_domain,
         config.xds_protocol,
-        on_state=dns_view.update,
+        on_state=on_state,
     )
+    _raise_open_files_limit()
     telemetry = Telemetry("meshlet-sidecar")
     metrics = SidecarMetrics(telemetry, client.status)
+    proxy = OutboundProxy(router)
+    ProxyMetrics(telemetry.meter, router, lambda: proxy)
     dns = DnsServer(lambda: dns_view.table, Forwarder(upstreams), on_query=metrics.dns_queries)
-    dns_host, dns_port = await dns.start(*config.dns_address)
-    admin = build_admin(lambda: client.state, client.status, telemetry)
-    admin_port = await admin.start(*config.admin_address)
-    log.info(
-        "DNS on %s:%d (upstreams %s), admin on %s:%d, xDS from %s:%d (%s)",
-        dns_host,
-        dns_port,
-        ", ".join(f"{h}:{p}" for h, p in upstreams),
-        config.admin_address[0],
-        admin_port,
-        *config.xds_address,
-        config.xds_protocol,
-    )
-    xds = asyncio.create_task(client.run())
+    admin = build_admin(lambda: client.state, client.status, telemetry, router, proxy.loop.time)
+    xds: asyncio.Task[None] | None = None
     try:
+        outbound = proxy.listen(outbound_addresses_of(config))
+        dns_host, dns_port = await dns.start(*config.dns_address)
+        admin_port = await admin.start(*config.admin_address)
+        log.info(
+            "outbound proxy on %s, DNS on %s:%d (upstreams %s), admin on %s:%d, "
+            "xDS from %s:%d (%s)",
+            ", ".join(_address(h, p) for h, p in outbound),
+            dns_host,
+            dns_port,
+            ", ".join(_address(h, p) for h, p in upstreams),
+            config.admin_address[0],
+            admin_port,
+            *config.xds_address,
+            config.xds_protocol,
+        )
+        xds = asyncio.create_task(client.run())
+        # What start-up made lives as long as the process: keep the collector off it.
+        gc.freeze()
         await stop.wait()
+        # Drain: no new connections; open ones get up to drain_seconds to finish,
+        # while the xDS client and DNS keep serving.
+        log.info("draining %d connections for up to %gs", proxy.active, config.drain_seconds)
+        left = await proxy.drain(config.drain_seconds)
+        if left:
+            log.warning("closed %d connections still open at the drain deadline", left)
     finally:
-        xds.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await xds
+        if xds is not None:
+            xds.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await xds
+        await proxy.close()
         await dns.close()
         await admin.close()
         telemetry.shutdown()
     return 0
+
+
+def _address(host: str, port: int) -> str:
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
 def run(config: SidecarConfig) -> int:

@@ -52,6 +52,9 @@ class ListenerConfig:
     # The virtual outbound listener: hands each connection to the listener of its
     # original destination, or to `cluster` (the passthrough) when there is none.
     use_original_dst: bool = False
+    # tcp_proxy idle_timeout: a connection with no bytes either way for this long is
+    # closed; Envoy's default is one hour, 0 means never.
+    idle_timeout_seconds: float = 3600.0
 
 
 @dataclass(frozen=True, slots=True)

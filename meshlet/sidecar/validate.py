@@ -55,6 +55,7 @@ _OUTLIER_CONSECUTIVE = 5
 _OUTLIER_INTERVAL = 10.0
 _OUTLIER_BASE_EJECTION = 30.0
 _OUTLIER_MAX_PERCENT = 10
+_IDLE_TIMEOUT = 3600.0
 
 
 def _type_url(message: type[Message]) -> str:
@@ -363,6 +364,11 @@ def validate_listener(name: str, listener: listener_pb2.Listener) -> ListenerCon
         if kind != "source_ip":
             raise where.fail(f"{path}.hash_policy[{k}] {kind} is not supported (only source_ip)")
         hash_source_ip = True
+    idle_timeout = _IDLE_TIMEOUT
+    if proxy.HasField("idle_timeout"):
+        idle_timeout = _seconds(proxy.idle_timeout)
+        if idle_timeout < 0:
+            raise where.fail(f"{path}.idle_timeout must not be negative")
     return ListenerConfig(
         name=name,
         address=ip,
@@ -370,6 +376,7 @@ def validate_listener(name: str, listener: listener_pb2.Listener) -> ListenerCon
         cluster=proxy.cluster,
         hash_source_ip=hash_source_ip,
         use_original_dst=listener.use_original_dst.value,
+        idle_timeout_seconds=idle_timeout,
     )
 
 

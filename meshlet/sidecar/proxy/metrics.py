@@ -1,0 +1,111 @@
+"""The proxy's metrics: read from its counters when collected, never counted per byte.
+
+The hot path only bumps integers on the cluster runtimes and hosts (see
+router.py); these observable instruments turn them into OpenTelemetry points at
+collection time, as the DNS query counts do.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+
+from opentelemetry.metrics import CallbackOptions, Meter, Observation
+
+from meshlet.sidecar.proxy.router import ClusterRuntime, Router
+from meshlet.sidecar.proxy.server import OutboundProxy
+
+_Read = Callable[[ClusterRuntime], int]
+
+_CLUSTER_COUNTERS: tuple[tuple[str, str, _Read], ...] = (
+    ("connections", "Connections relayed, by cluster", lambda c: c.opened),
+    ("connect_failures", "Upstream connects that failed, by cluster", lambda c: c.connect_failures),
+    ("retries", "Connects retried on another endpoint, by cluster", lambda c: c.retries),
+    ("ejections", "Endpoints ejected by outlier detection, by cluster", lambda c: c.ejections),
+)
+
+
+class ProxyMetrics:
+    def __init__(self, meter: Meter, router: Router, proxy: Callable[[], OutboundProxy | None]):
+        self._router = router
+        self._proxy = proxy
+        for name, description, read in _CLUSTER_COUNTERS:
+            meter.create_observable_counter(
+                f"meshlet.proxy.{name}",
+                callbacks=[self._per_cluster(read)],
+                description=description,
+            )
+        meter.create_observable_gauge(
+            "meshlet.proxy.connections.active",
+            callbacks=[self._per_cluster(lambda c: c.active)],
+            description="Open connections (and connects in progress), by cluster",
+        )
+        meter.create_observable_gauge(
+            "meshlet.proxy.endpoints.ejected",
+            callbacks=[self._ejected],
+            description="Endpoints ejected now, by cluster",
+        )
+        meter.create_observable_counter(
+            "meshlet.proxy.refused",
+            callbacks=[self._refused],
+            description="Connections refused: over the circuit breaker (circuit_breaker) or "
+            "with no endpoint left to try (no_endpoint), by cluster",
+        )
+        meter.create_observable_counter(
+            "meshlet.proxy.bytes",
+            callbacks=[self._bytes],
+            unit="By",
+            description="Bytes relayed, by cluster and direction "
+            "(upstream: client to endpoint, downstream: endpoint to client)",
+        )
+        meter.create_observable_counter(
+            "meshlet.proxy.endpoint.connections",
+            callbacks=[self._per_endpoint],
+            description="Connections made to each endpoint, by cluster and endpoint",
+        )
+
+    def _clusters(self) -> list[ClusterRuntime]:
+        clusters = self._router.clusters
+        passthrough = self._router.passthrough.cluster
+        extra = [] if passthrough.name in clusters else [passthrough]
+        return [*clusters.values(), *extra]
+
+    def _per_cluster(self, read: _Read) -> Callable[[CallbackOptions], Iterable[Observation]]:
+        def observe(_options: CallbackOptions) -> Iterable[Observation]:
+            return [Observation(read(c), {"cluster": c.name}) for c in self._clusters()]
+
+        return observe
+
+    def _ejected(self, _options: CallbackOptions) -> Iterable[Observation]:
+        proxy = self._proxy()
+        if proxy is None:
+            return []
+        now = proxy.loop.time()
+        return [
+            Observation(len(c.balancer.ejected(now)), {"cluster": c.name}) for c in self._clusters()
+        ]
+
+    def _refused(self, _options: CallbackOptions) -> Iterable[Observation]:
+        out = []
+        for c in self._clusters():
+            out.append(Observation(c.refused, {"cluster": c.name, "reason": "circuit_breaker"}))
+            out.append(Observation(c.no_endpoint, {"cluster": c.name, "reason": "no_endpoint"}))
+        return out
+
+    def _bytes(self, _options: CallbackOptions) -> Iterable[Observation]:
+        proxy = self._proxy()
+        live = proxy.live_bytes() if proxy is not None else {}
+        out = []
+        for c in self._clusters():
+            up, down = live.get(c.name, (0, 0))
+            out.append(Observation(c.bytes_up + up, {"cluster": c.name, "direction": "upstream"}))
+            out.append(
+                Observation(c.bytes_down + down, {"cluster": c.name, "direction": "downstream"})
+            )
+        return out
+
+    def _per_endpoint(self, _options: CallbackOptions) -> Iterable[Observation]:
+        return [
+            Observation(h.connections, {"cluster": c.name, "endpoint": h.name})
+            for c in self._clusters()
+            for h in c.balancer.hosts
+        ]

@@ -1,0 +1,129 @@
+"""Original destination -> what to do with the connection, rebuilt when the state changes.
+
+Per connection the proxy does one dict lookup: (ip, port) -> Route. Everything a
+route needs (the cluster's config, its balancer, its counters) is prepared when
+an accepted xDS state arrives, not per connection.
+
+A cluster's runtime (balancer, open connections, counters) lives on across
+states for as long as the cluster exists, and a new balancer takes the old
+one's hosts, so an EDS update changes where new connections go and nothing
+else: open connections keep their endpoint.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+from meshlet.model import Endpoint, LbPolicy
+from meshlet.sidecar.proxy.balancer import ClusterBalancer
+from meshlet.sidecar.proxy.original_dst import destination_key
+from meshlet.sidecar.state import ClusterConfig, ListenerConfig, SidecarState
+from meshlet.xds import types
+
+
+@dataclass(eq=False)
+class ClusterRuntime:
+    """One cluster as the proxy runs it; counters are totals since the cluster appeared."""
+
+    name: str
+    config: ClusterConfig
+    balancer: ClusterBalancer
+    endpoints: tuple[Endpoint, ...] = ()
+    active: int = 0
+    opened: int = 0
+    connect_failures: int = 0  # connects that failed, retried or not
+    retries: int = 0
+    ejections: int = 0
+    refused: int = 0  # over the circuit breaker's cap
+    no_endpoint: int = 0  # nothing to connect to, or every try failed
+    bytes_up: int = 0  # client -> endpoint, of closed connections
+    bytes_down: int = 0
+
+
+@dataclass(frozen=True, eq=False)
+class Route:
+    cluster: ClusterRuntime
+    # Hash the client's IP (ClientIP affinity, ring hash / maglev on the source).
+    hash_source_ip: bool = False
+    idle_timeout: float = 3600.0
+    passthrough: bool = False
+    # A hashing policy without a source-IP hash: each connection hashes a random key.
+    random_key: bool = False
+
+
+# Before the first config, and when none names one: connect where the client meant to.
+_DEFAULT_PASSTHROUGH = ClusterConfig(name=types.PASSTHROUGH_CLUSTER, original_destination=True)
+
+
+@dataclass
+class Router:
+    zone: str = ""
+    # destination_key(VIP, port) -> Route: what the proxy looks up per connection.
+    routes: Mapping[bytes, Route] = field(default_factory=dict)
+    clusters: dict[str, ClusterRuntime] = field(default_factory=dict)
+    passthrough: Route = field(init=False)
+    _state: SidecarState | None = None
+
+    def __post_init__(self) -> None:
+        runtime = ClusterRuntime(
+            _DEFAULT_PASSTHROUGH.name,
+            _DEFAULT_PASSTHROUGH,
+            ClusterBalancer(_DEFAULT_PASSTHROUGH, ()),
+        )
+        self.passthrough = Route(runtime, passthrough=True)
+
+    def route(self, ip: str, port: int) -> Route:
+        return self.route_by_key(destination_key(ip, port))
+
+    def route_by_key(self, key: bytes) -> Route:
+        return self.routes.get(key) or self.passthrough
+
+    def update(self, state: SidecarState) -> None:
+        """Take a newly accepted state (the xDS client calls this for every one)."""
+        if state is self._state:
+            return
+        self._state = state
+        clusters: dict[str, ClusterRuntime] = {}
+        for name, config in state.clusters.items():
+            endpoints = state.endpoints.get(name, ())
+            clusters[name] = self._runtime(name, config, endpoints)
+        self.clusters = clusters
+        routes: dict[bytes, Route] = {}
+        for (ip, port), listener in state.listeners.items():
+            runtime = clusters.get(listener.cluster)
+            if runtime is not None:
+                routes[destination_key(ip, port)] = _route(runtime, listener)
+        self.routes = routes
+        outbound = state.outbound_listener
+        fallback = clusters.get(outbound.cluster) if outbound is not None else None
+        if outbound is not None and fallback is not None and fallback.config.original_destination:
+            self.passthrough = _route(fallback, outbound)
+
+    def _runtime(
+        self, name: str, config: ClusterConfig, endpoints: tuple[Endpoint, ...]
+    ) -> ClusterRuntime:
+        runtime = self.clusters.get(name)
+        if runtime is None:
+            balancer = ClusterBalancer(config, endpoints, self.zone)
+            return ClusterRuntime(name, config, balancer, endpoints)
+        if runtime.config != config or runtime.endpoints is not endpoints:
+            runtime.balancer = ClusterBalancer(config, endpoints, self.zone, runtime.balancer)
+            runtime.config = config
+            runtime.endpoints = endpoints
+        return runtime
+
+
+_HASHING = frozenset({LbPolicy.RING_HASH, LbPolicy.MAGLEV})
+
+
+def _route(runtime: ClusterRuntime, listener: ListenerConfig) -> Route:
+    config = runtime.config
+    hash_source_ip = listener.hash_source_ip or config.client_ip_affinity
+    return Route(
+        runtime,
+        hash_source_ip=hash_source_ip,
+        idle_timeout=listener.idle_timeout_seconds,
+        passthrough=config.original_destination,
+        random_key=not hash_source_ip and config.lb_policy in _HASHING,
+    )
