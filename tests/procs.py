@@ -21,7 +21,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import yaml
+# Re-exported: the tests build their manifests with the local mesh's helpers.
+from meshlet.devmesh.manifests import endpoint_slice_manifest as endpoint_slice_manifest
+from meshlet.devmesh.manifests import service_manifest as service_manifest
+from meshlet.devmesh.manifests import write_atomically as write_atomically
+from meshlet.devmesh.manifests import write_manifests as write_manifests
 
 PYTHON = sys.executable
 # How much of a process's log to print when it ends (the end is what matters).
@@ -259,65 +263,3 @@ def control_plane(
 
         wait_until(lambda status: status == 200, ready_timeout, "/readyz to be 200", observe=ready)
         yield plane
-
-
-def write_atomically(path: Path, text: str) -> None:
-    """Replace a file's content in one step (a temp name the source ignores, then rename)."""
-    temp = path.with_name(f".{path.name}.tmp")
-    temp.write_text(text)
-    os.replace(temp, path)
-
-
-# --- Manifests ---------------------------------------------------------------
-
-
-def service_manifest(
-    name: str,
-    namespace: str,
-    cluster_ip: str,
-    ports: Sequence[tuple[str, int, int | str]],
-    annotations: Mapping[str, str] | None = None,
-) -> dict[str, Any]:
-    """A v1 Service; `ports` are (name, port, targetPort)."""
-    metadata: dict[str, Any] = {"name": name, "namespace": namespace}
-    if annotations:
-        metadata["annotations"] = dict(annotations)
-    return {
-        "apiVersion": "v1",
-        "kind": "Service",
-        "metadata": metadata,
-        "spec": {
-            "type": "ClusterIP",
-            "clusterIP": cluster_ip,
-            "clusterIPs": [cluster_ip],
-            "ports": [
-                {"name": n, "port": p, "protocol": "TCP", "targetPort": t} for n, p, t in ports
-            ],
-        },
-    }
-
-
-def endpoint_slice_manifest(
-    service: str,
-    namespace: str,
-    ports: Sequence[tuple[str, int]],
-    addresses: Sequence[str],
-) -> dict[str, Any]:
-    """A discovery.k8s.io/v1 EndpointSlice of ready endpoints; `ports` are (name, port)."""
-    return {
-        "apiVersion": "discovery.k8s.io/v1",
-        "kind": "EndpointSlice",
-        "metadata": {
-            "name": f"{service}-abc12",
-            "namespace": namespace,
-            "labels": {"kubernetes.io/service-name": service},
-        },
-        "addressType": "IPv4",
-        "ports": [{"name": n, "port": p, "protocol": "TCP"} for n, p in ports],
-        "endpoints": [{"addresses": [a], "conditions": {"ready": True}} for a in addresses],
-    }
-
-
-def write_manifests(path: Path, *objects: Mapping[str, Any]) -> None:
-    """Write Kubernetes objects as one multi-document YAML file, replacing it atomically."""
-    write_atomically(path, yaml.safe_dump_all([dict(o) for o in objects], sort_keys=False))

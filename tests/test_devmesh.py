@@ -1,0 +1,120 @@
+"""meshlet.devmesh: pods from network namespaces, and a cleanup that always runs."""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from meshlet.devmesh import netns
+from meshlet.devmesh.mesh import DevMesh, clear_stale
+from tests.netlab import skip_unless_netns_and_nftables
+from tests.procs import wait_until
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(autouse=True)
+def _root_only() -> None:
+    skip_unless_netns_and_nftables()
+
+
+def leftovers(mesh_id: str) -> list[str]:
+    found = [n for n in netns.names() if mesh_id in n]
+    found += [link for link in netns.links() if mesh_id in link]
+    found += [str(p) for p in netns.NETNS_ETC_DIR.glob(f"*{mesh_id}*")]
+    return found
+
+
+def test_pods_reach_each_other_and_get_their_resolv_conf() -> None:
+    with DevMesh() as mesh:
+        a = mesh.add_pod(
+            "a", resolv_conf="nameserver 10.96.0.10\nsearch default.svc.cluster.local\n"
+        )
+        b = mesh.add_pod("b")
+        assert a.run(["cat", "/etc/resolv.conf"]).stdout.startswith("nameserver 10.96.0.10")
+        # Nothing listens on b's port 9: a refusal proves the packets got there and back.
+        probe = f"import socket; socket.create_connection(('{b.ip}', 9), 2)"
+        assert "ConnectionRefusedError" in a.run([sys.executable, "-c", probe]).stderr
+        assert a.run(["id", "-u"], uid=4242).stdout.strip() == "4242"
+    assert leftovers(mesh.id) == []
+
+
+def test_an_exception_inside_still_cleans_up_everything() -> None:
+    with pytest.raises(RuntimeError, match="boom"), DevMesh() as mesh:
+        pod = mesh.add_pod("p", resolv_conf="nameserver 10.96.0.10\n")
+        sleeper = pod.spawn(["sleep", "600"])
+        assert leftovers(mesh.id)
+        raise RuntimeError("boom")
+    assert sleeper.poll() is not None
+    assert leftovers(mesh.id) == []
+    assert not mesh.state_file.exists()
+
+
+def _child(script: str) -> subprocess.Popen[str]:
+    code = textwrap.dedent(script)
+    return subprocess.Popen(
+        [sys.executable, "-c", code], stdout=subprocess.PIPE, text=True, cwd=ROOT
+    )
+
+
+def test_sigterm_cleans_up() -> None:
+    child = _child(
+        """
+        import sys, time
+        from meshlet.devmesh.mesh import DevMesh
+        with DevMesh(cleanup_on_sigterm=True) as mesh:
+            mesh.add_pod("p").spawn(["sleep", "600"])
+            print(mesh.id, flush=True)
+            time.sleep(600)
+        """
+    )
+    with child:
+        assert child.stdout is not None
+        mesh_id = child.stdout.readline().strip()
+        assert leftovers(mesh_id)
+        child.send_signal(signal.SIGTERM)
+        assert child.wait(timeout=30) == 128 + signal.SIGTERM
+    assert leftovers(mesh_id) == []
+
+
+def test_what_a_killed_run_left_behind_is_cleared_by_the_next() -> None:
+    child = _child(
+        """
+        import os, signal
+        from meshlet.devmesh.mesh import DevMesh
+        mesh = DevMesh().__enter__()
+        sleeper = mesh.add_pod("p").spawn(["sleep", "600"])
+        print(mesh.id, sleeper.pid, flush=True)
+        os.kill(os.getpid(), signal.SIGKILL)  # no cleanup runs
+        """
+    )
+    with child:
+        assert child.stdout is not None
+        mesh_id, pid = child.stdout.readline().split()
+        assert child.wait(timeout=30) == -signal.SIGKILL
+    assert leftovers(mesh_id), "the killed run should have left its pod behind"
+    assert f"{mesh_id}.json" in clear_stale()
+    assert leftovers(mesh_id) == []
+    wait_until(lambda: not Path(f"/proc/{pid}").exists() or _zombie(int(pid)), 10, "sleep to end")
+
+
+def _zombie(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[0] == "Z"
+    except OSError:
+        return True
+
+
+def test_a_live_mesh_is_not_cleared_by_another() -> None:
+    with DevMesh() as first:
+        first.add_pod("p")
+        with DevMesh() as second:
+            second.add_pod("q")
+            assert leftovers(first.id)
+            assert first.subnet != second.subnet
+        assert leftovers(first.id)

@@ -1,0 +1,140 @@
+"""End to end: pods as network namespaces on a bridge (meshlet.devmesh), the control
+plane in one, three backends, and a client pod with `meshlet init` and a sidecar
+running as the proxy uid. Everything the client does, it does as another uid,
+through glibc's resolver and its own resolv.conf, as an application would.
+
+Needs root (namespaces, nftables); the whole mesh is removed after each test,
+also when it fails.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from meshlet.devmesh import netns
+from meshlet.devmesh.mesh import DevMesh
+from meshlet.devmesh.stack import APP_UID, PROXY_UID, PYTHON, LocalMesh, ServiceSpec
+from tests.netlab import skip_unless_netns_and_nftables
+from tests.procs import wait_until
+
+ROOT = Path(__file__).resolve().parent.parent
+WEB_IP = "10.96.0.20"
+LEGACY_IP = "10.96.200.200"  # in the service CIDR, but no service of the mesh
+WEB = ServiceSpec("web", WEB_IP, 80, ("web-0", "web-1", "web-2"))
+
+
+@pytest.fixture
+def stack(tmp_path: Path) -> Iterator[LocalMesh]:
+    skip_unless_netns_and_nftables()
+    work = Path(tempfile.mkdtemp(prefix="meshlet-e2e-", dir=tmp_path))
+    work.chmod(0o755)
+    with DevMesh() as mesh:
+        local = LocalMesh(mesh, work)
+        for name in WEB.backends:
+            local.add_backend(name)
+        local.write_services([WEB])
+        local.start_control_plane()
+        local.add_client()
+        yield local
+    # Whatever the test did, nothing of the mesh is left.
+    assert not [n for n in netns.names() if mesh.id in n]
+    assert not [link for link in netns.links() if mesh.id in link]
+
+
+def requests(stack: LocalMesh, count: int) -> dict[str, object]:
+    report = stack.load(["web=http://web/"], f"--count={count}")
+    web: dict[str, object] = report["targets"]["web"]
+    return web
+
+
+def test_glibc_resolves_service_names_through_the_captured_dns(stack: LocalMesh) -> None:
+    assert stack.client is not None
+    for name in ("web", "web.default", "web.default.svc", "web.default.svc.cluster.local"):
+        result = stack.client.run(["getent", "hosts", name], uid=APP_UID)
+        assert result.returncode == 0, f"{name}: {result.stderr}"
+        assert result.stdout.split()[0] == WEB_IP, result.stdout
+    unknown = stack.client.run(["getent", "hosts", "nope.default.svc.cluster.local"], uid=APP_UID)
+    assert unknown.returncode == 2  # NXDOMAIN: not found
+
+
+def test_requests_to_a_service_are_balanced_and_survive_a_dead_backend(stack: LocalMesh) -> None:
+    web = requests(stack, 90)
+    assert web["errors"] == 0, web["last_error"]
+    assert web["endpoints"] == {"web-0": 30, "web-1": 30, "web-2": 30}  # round robin
+    stack.kill_backend("web-1")
+    after = requests(stack, 60)
+    assert after["errors"] == 0, after["last_error"]
+    assert after["endpoints"] == {"web-0": 30, "web-2": 30}
+    clusters = stack.sidecar_json("/clusters")
+    web_cluster = clusters["outbound|80||web.default.svc.cluster.local"]
+    dead = next(
+        e
+        for e in web_cluster["endpoints"]
+        if e["address"].startswith(stack.backends["web-1"].pod.ip)
+    )
+    assert dead["ejected"] and web_cluster["retries"] >= 1
+
+
+def test_a_removed_endpoint_keeps_its_open_connection(stack: LocalMesh) -> None:
+    assert stack.client is not None
+    argv = stack.client.argv([PYTHON, "-m", "tests.hold_connection", "web", "80"], uid=APP_UID)
+    with subprocess.Popen(
+        argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, cwd=ROOT
+    ) as holder:
+        try:
+            assert holder.stdout is not None and holder.stdin is not None
+            first = holder.stdout.readline().strip()
+            assert first in WEB.backends, first
+            remaining = tuple(b for b in WEB.backends if b != first)
+            stack.write_services([ServiceSpec("web", WEB_IP, 80, remaining)])
+            gone = stack.backends[first].pod.ip + ":"
+            wait_until(
+                lambda held: len(held) == 2 and not any(e.startswith(gone) for e in held),
+                30,
+                f"the sidecar to drop {first}",
+                observe=lambda: stack.cluster_endpoints("web", 80),
+            )
+            holder.stdin.write("again\n")
+            holder.stdin.flush()
+            assert holder.stdout.readline().strip() == first  # the old connection lives on
+            web = requests(stack, 10)
+            assert set(web["endpoints"]) == set(remaining)  # type: ignore[call-overload]
+        finally:
+            holder.terminate()
+
+
+def passthrough_connections(stack: LocalMesh) -> int:
+    return int(stack.sidecar_json("/clusters")["PassthroughCluster"]["connections"])
+
+
+def test_unknown_destinations_pass_through_and_the_sidecar_is_never_captured(
+    stack: LocalMesh,
+) -> None:
+    legacy = stack.mesh.add_pod("legacy", extra_addresses=[LEGACY_IP])
+    argv = [PYTHON, "-m", "meshlet.devmesh.backend", "--name=legacy", f"--listen={LEGACY_IP}:8080"]
+    legacy.spawn(argv, stack.log("legacy"), uid=APP_UID)
+    before = passthrough_connections(stack)
+    # An application's connection to it is captured and passed through by the sidecar,
+    # whose own connection (as the proxy uid) is not captured again: no loop.
+    report = stack.load([f"legacy=http://{LEGACY_IP}:8080/"], "--count=3")["targets"]["legacy"]
+    assert report["errors"] == 0, report["last_error"]
+    assert report["endpoints"] == {"legacy": 3}
+    assert passthrough_connections(stack) == before + 3
+    # The proxy uid's own connections go straight out.
+    direct = stack.load([f"legacy=http://{LEGACY_IP}:8080/"], "--count=2", uid=PROXY_UID)
+    assert direct["targets"]["legacy"]["endpoints"] == {"legacy": 2}
+    assert passthrough_connections(stack) == before + 3
+
+
+def test_init_remove_leaves_no_table(stack: LocalMesh) -> None:
+    assert stack.client is not None
+    listed = stack.client.run(["nft", "list", "tables"])
+    assert "inet meshlet" in listed.stdout
+    removed = stack.client.run([PYTHON, "-m", "meshlet", "init", "--remove"])
+    assert removed.returncode == 0, removed.stderr
+    assert "meshlet" not in stack.client.run(["nft", "list", "ruleset"]).stdout
