@@ -9,6 +9,7 @@ also when it fails.
 
 from __future__ import annotations
 
+import signal
 import subprocess
 import tempfile
 from collections.abc import Iterator
@@ -18,7 +19,7 @@ import pytest
 
 from meshlet.devmesh import netns
 from meshlet.devmesh.mesh import DevMesh
-from meshlet.devmesh.stack import APP_UID, PROXY_UID, PYTHON, LocalMesh, ServiceSpec
+from meshlet.devmesh.stack import APP_UID, PROXY_UID, PYTHON, LocalMesh, ServiceSpec, http_get
 from tests.netlab import skip_unless_netns_and_nftables
 from tests.procs import wait_until
 
@@ -138,3 +139,56 @@ def test_init_remove_leaves_no_table(stack: LocalMesh) -> None:
     removed = stack.client.run([PYTHON, "-m", "meshlet", "init", "--remove"])
     assert removed.returncode == 0, removed.stderr
     assert "meshlet" not in stack.client.run(["nft", "list", "ruleset"]).stdout
+
+
+def test_proxy_metrics_count_connections_bytes_and_endpoints(stack: LocalMesh) -> None:
+    web = requests(stack, 6)
+    assert web["errors"] == 0
+    status, body = http_get(stack.sidecar_url("/metrics"))
+    assert status == 200
+    text = body.decode()
+    cluster = 'cluster="outbound|80||web.default.svc.cluster.local"'
+    assert metric(text, "meshlet_proxy_connections_total", cluster) == 6
+    assert metric(text, "meshlet_proxy_connections_active", cluster) == 0
+    for backend in WEB.backends:
+        endpoint = f'endpoint="{stack.backends[backend].pod.ip}:8080"'
+        assert metric(text, "meshlet_proxy_endpoint_connections_total", cluster, endpoint) == 2
+    assert metric(text, "meshlet_proxy_bytes_total", cluster, 'direction="upstream"') > 0
+    assert metric(text, "meshlet_proxy_bytes_total", cluster, 'direction="downstream"') > 0
+    assert metric(text, "meshlet_proxy_refused_total", cluster, 'reason="circuit_breaker"') == 0
+    assert metric(text, "meshlet_proxy_retries_total", cluster) == 0
+
+
+def metric(text: str, name: str, *labels: str) -> float:
+    for line in text.splitlines():
+        if line.startswith(name + "{") and all(label in line for label in labels):
+            return float(line.rsplit(" ", 1)[1])
+    raise AssertionError(f"no {name} with {labels} in:\n{text}")
+
+
+def test_sigterm_drains_open_connections_then_exits(stack: LocalMesh) -> None:
+    assert stack.client is not None and stack.sidecar is not None
+    argv = stack.client.argv([PYTHON, "-m", "tests.hold_connection", "web", "80"], uid=APP_UID)
+    with subprocess.Popen(
+        argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, cwd=ROOT
+    ) as holder:
+        try:
+            assert holder.stdout is not None and holder.stdin is not None
+            first = holder.stdout.readline().strip()
+            stack.sidecar.send_signal(signal.SIGTERM)
+            # Draining: new connections are refused, the open one still works.
+            wait_until(
+                lambda report: report["errors"] == 1,
+                10,
+                "new connections to be refused",
+                observe=lambda: requests(stack, 1),
+            )
+            holder.stdin.write("again\n")
+            holder.stdin.flush()
+            assert holder.stdout.readline().strip() == first
+            assert stack.sidecar.poll() is None  # waiting for that connection
+        finally:
+            holder.stdin.close()  # type: ignore[union-attr]
+            holder.wait(timeout=10)
+    # Its last connection closed: the sidecar exits well before the drain deadline.
+    assert stack.sidecar.wait(timeout=4) == 0

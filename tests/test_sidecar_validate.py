@@ -442,6 +442,12 @@ BAD = {
         _listener(_tcp_proxy(lambda p: p.weighted_clusters.clusters.add(name=WEB, weight=1))),
         L + f"{FIRST_FILTER} must name one cluster (weighted_clusters is not supported)",
     ),
+    "listener-with-a-negative-idle-timeout": Bad(
+        types.LISTENER,
+        "10.96.0.10_80",
+        _listener(_tcp_proxy(lambda p: setattr(p.idle_timeout, "seconds", -1))),
+        L + f"{FIRST_FILTER}.idle_timeout must not be negative",
+    ),
     "name-outside-the-domain": Bad(
         types.NAME_TABLE,
         "meshlet",
