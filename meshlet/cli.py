@@ -293,6 +293,30 @@ def _run_init(args: argparse.Namespace) -> int:
     return run(InitRequest(config, dry_run=args.dry_run, remove=args.remove, nft=args.nft))
 
 
+def _demo(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    p = sub.add_parser(
+        "demo",
+        help="run a whole mesh on this machine, in network namespaces (needs root)",
+        description="A control plane, two services, a client pod with capture and a sidecar, "
+        "traffic, a dying replica and a scale-up, shown live; everything is removed at the end.",
+    )
+    add_flag(
+        p,
+        "--duration",
+        type=seconds,
+        default=None,
+        metavar="SECONDS",
+        help="stop after this long (default: run until Ctrl-C)",
+    )
+    p.set_defaults(run=_run_demo)
+
+
+def _run_demo(args: argparse.Namespace) -> int:
+    from meshlet.devmesh.demo import run
+
+    return run(args.duration or None)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="meshlet", description=__doc__)
     parser.add_argument("--version", action="version", version=f"meshlet {__version__}")
@@ -307,6 +331,7 @@ def build_parser() -> argparse.ArgumentParser:
     _control_plane(sub)
     _sidecar(sub)
     _init(sub)
+    _demo(sub)
     return parser
 
 

@@ -91,12 +91,17 @@ def exec_argv(
     """
     prefix = ["ip", "netns", "exec", namespace]
     if uid is not None or gid is not None:
-        prefix += ["setpriv"]
-        if uid is not None:
-            prefix += [f"--reuid={uid}"]
-        prefix += [f"--regid={gid if gid is not None else uid}", "--clear-groups"]
-        prefix += ["--inh-caps=+dac_read_search", "--ambient-caps=+dac_read_search", "--"]
+        prefix += setpriv_argv(uid, gid)
     return [*prefix, *argv]
+
+
+def setpriv_argv(uid: int | None, gid: int | None = None) -> list[str]:
+    """The setpriv prefix that runs a command as uid/gid (see exec_argv)."""
+    argv = ["setpriv"]
+    if uid is not None:
+        argv.append(f"--reuid={uid}")
+    argv += [f"--regid={gid if gid is not None else uid}", "--clear-groups"]
+    return [*argv, "--inh-caps=+dac_read_search", "--ambient-caps=+dac_read_search", "--"]
 
 
 _libc = ctypes.CDLL(None, use_errno=True)

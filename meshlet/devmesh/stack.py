@@ -16,7 +16,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -48,6 +48,22 @@ class ServiceSpec:
     port: int
     backends: tuple[str, ...]  # backend pod names
     namespace: str = "default"
+
+
+def service_objects(
+    services: Sequence[ServiceSpec], ip_of: Callable[[str], str]
+) -> list[dict[str, Any]]:
+    """A Service and an EndpointSlice per service; `ip_of` gives a backend pod's IP."""
+    objects: list[dict[str, Any]] = []
+    for s in services:
+        objects.append(
+            service_manifest(s.name, s.namespace, s.cluster_ip, [("http", s.port, "http")])
+        )
+        addresses = [ip_of(b) for b in s.backends]
+        objects.append(
+            endpoint_slice_manifest(s.name, s.namespace, [("http", BACKEND_PORT)], addresses)
+        )
+    return objects
 
 
 def http_get(url: str, timeout: float = 3.0) -> tuple[int, bytes]:
@@ -129,17 +145,8 @@ class LocalMesh:
 
     def write_services(self, services: Sequence[ServiceSpec], file: str = "mesh.yaml") -> Path:
         self.manifests.mkdir(exist_ok=True)
-        objects: list[dict[str, Any]] = []
-        for s in services:
-            objects.append(
-                service_manifest(s.name, s.namespace, s.cluster_ip, [("http", s.port, "http")])
-            )
-            addresses = [self.backends[b].pod.ip for b in s.backends]
-            objects.append(
-                endpoint_slice_manifest(s.name, s.namespace, [("http", BACKEND_PORT)], addresses)
-            )
         path = self.manifests / file
-        write_manifests(path, *objects)
+        write_manifests(path, *service_objects(services, lambda b: self.backends[b].pod.ip))
         return path
 
     def start_control_plane(self) -> Pod:
