@@ -1,0 +1,10 @@
+#!/usr/bin/env bash
+# From a fresh clone to a running `meshlet demo`: installs what it needs (as root,
+# nftables and iproute2 from apt; meshlet into .venv), then runs the demo.
+# Usage: bash scripts/demo.sh [--duration SECONDS]
+set -euo pipefail
+cd "$(dirname "$0")/.."
+. scripts/setup.sh
+
+meshlet_setup . python3-venv nftables iproute2 util-linux
+exec .venv/bin/meshlet demo "$@"

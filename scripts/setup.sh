@@ -1,0 +1,32 @@
+# Sourced by test.sh and demo.sh: installs the system packages meshlet needs (as
+# root, with apt-get) and meshlet itself into .venv.
+# Usage: meshlet_setup PIP_TARGET APT_PACKAGE...   (PIP_TARGET: "." or ".[dev]")
+
+meshlet_setup() {
+  local target=$1
+  shift
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+    local missing=()
+    for pkg in "$@"; do
+      dpkg -s "$pkg" >/dev/null 2>&1 || missing+=("$pkg")
+    done
+    if [ ${#missing[@]} -gt 0 ]; then
+      echo "== apt-get install ${missing[*]}"
+      apt-get update -qq
+      DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
+    fi
+  fi
+
+  if [ ! -x .venv/bin/python ]; then
+    echo "== creating .venv"
+    "${PYTHON:-python3}" -m venv .venv
+  fi
+  echo "== pip install -e $target"
+  .venv/bin/python -m pip install -q --upgrade pip
+  .venv/bin/python -m pip install -q -e "$target"
+  # xds-protos carries an old copy of opentelemetry/proto that may overwrite
+  # opentelemetry-proto's files (the OTLP exporter then fails to import): put them back.
+  local otel_proto
+  otel_proto=$(.venv/bin/python -c 'import importlib.metadata as m; print(m.version("opentelemetry-proto"))')
+  .venv/bin/python -m pip install -q --force-reinstall --no-deps "opentelemetry-proto==$otel_proto"
+}
