@@ -188,35 +188,31 @@ def client_pod(mesh: DevMesh, name: str) -> Iterator[Pod]:
 
 
 @contextmanager
-def meshlet_sidecar(mesh: DevMesh, client: Pod, cp: Pod, work: Path) -> Iterator[int]:
-    argv = ["taskset", "-c", PROXY_CPU, PYTHON, "-m", "meshlet", "sidecar"]
-    argv += [f"--xds-address={cp.ip}:15010", "--node-id=bench-meshlet"]
-    argv += [f"--admin-address=127.0.0.1:{MESHLET_ADMIN_PORT}", "--upstream-dns=192.0.2.53"]
-    log = work / "meshlet-sidecar.log"
-    process = client.spawn(argv, log, uid=PROXY_UID)
+def proxy_in(mesh: DevMesh, client: Pod, argv: list[str], name: str, log: Path) -> Iterator[int]:
+    """A proxy process in the client pod as the proxy uid, pinned, until the block ends."""
+    process = client.spawn(["taskset", "-c", PROXY_CPU, *argv], log, uid=PROXY_UID)
     try:
-        wait_through(client, "meshlet sidecar", log)
+        wait_through(client, name, log)
         yield process.pid
     finally:
         mesh.stop(process)
 
 
-@contextmanager
-def envoy(mesh: DevMesh, client: Pod, cp: Pod, work: Path) -> Iterator[int]:
+def meshlet_sidecar(mesh: DevMesh, client: Pod, cp: Pod, work: Path) -> AbstractContextManager[int]:
+    argv = [PYTHON, "-m", "meshlet", "sidecar", f"--xds-address={cp.ip}:15010"]
+    argv += ["--node-id=bench-meshlet", f"--admin-address=127.0.0.1:{MESHLET_ADMIN_PORT}"]
+    argv += ["--upstream-dns=192.0.2.53"]
+    return proxy_in(mesh, client, argv, "meshlet sidecar", work / "meshlet-sidecar.log")
+
+
+def envoy(mesh: DevMesh, client: Pod, cp: Pod, work: Path) -> AbstractContextManager[int]:
     config = work / "envoy.json"
     config.write_text(
         json.dumps(bootstrap("bench-envoy", "DELTA_GRPC", 15010, cp.ip, ENVOY_ADMIN_PORT))
     )
-    os.chmod(work, 0o755)
-    argv = ["taskset", "-c", PROXY_CPU, str(envoy_binary()), "-c", str(config)]
-    argv += ["--concurrency", "1", "--disable-hot-restart", "--log-level", "warning"]
-    log = work / "envoy.log"
-    process = client.spawn(argv, log, uid=PROXY_UID)
-    try:
-        wait_through(client, "Envoy", log)
-        yield process.pid
-    finally:
-        mesh.stop(process)
+    argv = [str(envoy_binary()), "-c", str(config), "--concurrency", "1"]
+    argv += ["--disable-hot-restart", "--log-level", "warning"]
+    return proxy_in(mesh, client, argv, "Envoy", work / "envoy.log")
 
 
 def measure(client: Pod, web: str, bulk: str, args: argparse.Namespace, pid: int | None) -> Result:

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import shutil
-import socket
 import struct
 import threading
 import time
@@ -28,6 +27,7 @@ import dns.rdatatype
 import pytest
 import uvloop
 
+from meshlet.sidecar.app import ipv6_loopback
 from meshlet.sidecar.dns import DnsServer, DnsTable, Forwarder, QueryCounts, build_dns_table
 from tests.procs import Process, free_port, running, stop_process, wait_until
 from tests.test_dns_table import mesh_table
@@ -438,16 +438,7 @@ def test_on_uvloop(unbound: Unbound) -> None:
 # --- IPv6 ---------------------------------------------------------------------------------
 
 
-def _has_ipv6_loopback() -> bool:
-    try:
-        with socket.socket(socket.AF_INET6, socket.SOCK_DGRAM) as sock:
-            sock.bind(("::1", 0))
-        return True
-    except OSError:
-        return False
-
-
-@pytest.mark.skipif(not _has_ipv6_loopback(), reason="no IPv6 loopback (::1) on this machine")
+@pytest.mark.skipif(not ipv6_loopback(), reason="no IPv6 loopback (::1) on this machine")
 async def test_listens_on_ipv6(unbound: Unbound) -> None:
     forwarder = Forwarder([("127.0.0.1", unbound.port)], timeout=UPSTREAM_TIMEOUT)
     server = DnsServer(lambda: TABLE, forwarder)

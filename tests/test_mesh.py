@@ -9,10 +9,11 @@ also when it fails.
 
 from __future__ import annotations
 
+import contextlib
 import signal
 import subprocess
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -82,31 +83,44 @@ def test_requests_to_a_service_are_balanced_and_survive_a_dead_backend(stack: Lo
 
 
 def test_a_removed_endpoint_keeps_its_open_connection(stack: LocalMesh) -> None:
+    with held_connection(stack) as (first, again):
+        assert first in WEB.backends, first
+        remaining = tuple(b for b in WEB.backends if b != first)
+        stack.write_services([ServiceSpec("web", WEB_IP, 80, remaining)])
+        gone = stack.backends[first].pod.ip + ":"
+        wait_until(
+            lambda held: len(held) == 2 and not any(e.startswith(gone) for e in held),
+            30,
+            f"the sidecar to drop {first}",
+            observe=lambda: stack.cluster_endpoints("web", 80),
+        )
+        assert again() == first  # the old connection lives on
+        web = requests(stack, 10)
+        assert set(web["endpoints"]) == set(remaining)  # type: ignore[call-overload]
+
+
+@contextlib.contextmanager
+def held_connection(stack: LocalMesh) -> Iterator[tuple[str, Callable[[], str]]]:
+    """A keep-alive connection to web from the client pod: the backend that answered its
+    first request, and a function that asks again on the same connection."""
     assert stack.client is not None
     argv = stack.client.argv([PYTHON, "-m", "tests.hold_connection", "web", "80"], uid=APP_UID)
     with subprocess.Popen(
         argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, cwd=ROOT
     ) as holder:
+        assert holder.stdout is not None and holder.stdin is not None
+        out, into = holder.stdout, holder.stdin
+
+        def again() -> str:
+            into.write("again\n")
+            into.flush()
+            return out.readline().strip()
+
         try:
-            assert holder.stdout is not None and holder.stdin is not None
-            first = holder.stdout.readline().strip()
-            assert first in WEB.backends, first
-            remaining = tuple(b for b in WEB.backends if b != first)
-            stack.write_services([ServiceSpec("web", WEB_IP, 80, remaining)])
-            gone = stack.backends[first].pod.ip + ":"
-            wait_until(
-                lambda held: len(held) == 2 and not any(e.startswith(gone) for e in held),
-                30,
-                f"the sidecar to drop {first}",
-                observe=lambda: stack.cluster_endpoints("web", 80),
-            )
-            holder.stdin.write("again\n")
-            holder.stdin.flush()
-            assert holder.stdout.readline().strip() == first  # the old connection lives on
-            web = requests(stack, 10)
-            assert set(web["endpoints"]) == set(remaining)  # type: ignore[call-overload]
+            yield out.readline().strip(), again
         finally:
-            holder.terminate()
+            into.close()  # the holder's cue to close its connection and end
+            holder.wait(timeout=10)
 
 
 def passthrough_connections(stack: LocalMesh) -> int:
@@ -167,28 +181,18 @@ def metric(text: str, name: str, *labels: str) -> float:
 
 
 def test_sigterm_drains_open_connections_then_exits(stack: LocalMesh) -> None:
-    assert stack.client is not None and stack.sidecar is not None
-    argv = stack.client.argv([PYTHON, "-m", "tests.hold_connection", "web", "80"], uid=APP_UID)
-    with subprocess.Popen(
-        argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, cwd=ROOT
-    ) as holder:
-        try:
-            assert holder.stdout is not None and holder.stdin is not None
-            first = holder.stdout.readline().strip()
-            stack.sidecar.send_signal(signal.SIGTERM)
-            # Draining: new connections are refused, the open one still works.
-            wait_until(
-                lambda report: report["errors"] == 1,
-                10,
-                "new connections to be refused",
-                observe=lambda: requests(stack, 1),
-            )
-            holder.stdin.write("again\n")
-            holder.stdin.flush()
-            assert holder.stdout.readline().strip() == first
-            assert stack.sidecar.poll() is None  # waiting for that connection
-        finally:
-            holder.stdin.close()  # type: ignore[union-attr]
-            holder.wait(timeout=10)
+    sidecar = stack.sidecar
+    assert sidecar is not None
+    with held_connection(stack) as (first, again):
+        sidecar.send_signal(signal.SIGTERM)
+        # Draining: new connections are refused, the open one still works.
+        wait_until(
+            lambda report: report["errors"] == 1,
+            10,
+            "new connections to be refused",
+            observe=lambda: requests(stack, 1),
+        )
+        assert again() == first
+        assert sidecar.poll() is None  # waiting for that connection
     # Its last connection closed: the sidecar exits well before the drain deadline.
-    assert stack.sidecar.wait(timeout=4) == 0
+    assert sidecar.wait(timeout=4) == 0

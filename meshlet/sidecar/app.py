@@ -82,7 +82,8 @@ def upstreams_of(config: SidecarConfig) -> tuple[tuple[str, int], ...]:
     return tuple(u for u in configured if u != config.dns_address)
 
 
-def _ipv6_loopback() -> bool:
+def ipv6_loopback() -> bool:
+    """Whether ::1 can be bound: IPv6 is up on loopback."""
     try:
         with socket.socket(socket.AF_INET6, socket.SOCK_STREAM) as sock:
             sock.bind(("::1", 0))
@@ -95,7 +96,7 @@ def outbound_addresses_of(config: SidecarConfig) -> tuple[tuple[str, int], ...]:
     if config.outbound_addresses:
         return config.outbound_addresses
     addresses = [("127.0.0.1", DEFAULT_OUTBOUND_PORT)]
-    if _ipv6_loopback():
+    if ipv6_loopback():
         addresses.append(("::1", DEFAULT_OUTBOUND_PORT))
     return tuple(addresses)
 
