@@ -133,15 +133,22 @@ def test_unknown_destinations_pass_through_and_the_sidecar_is_never_captured(
     legacy = stack.mesh.add_pod("legacy", extra_addresses=[LEGACY_IP])
     argv = [PYTHON, "-m", "meshlet.devmesh.backend", "--name=legacy", f"--listen={LEGACY_IP}:8080"]
     legacy.spawn(argv, stack.log("legacy"), uid=APP_UID)
+    target = f"legacy=http://{LEGACY_IP}:8080/"
+    wait_until(  # straight there, as the proxy uid: until the server listens
+        lambda report: report["targets"]["legacy"]["ok"] == 1,
+        30,
+        "the legacy server to listen",
+        observe=lambda: stack.load([target], "--count=1", uid=PROXY_UID),
+    )
     before = passthrough_connections(stack)
     # An application's connection to it is captured and passed through by the sidecar,
     # whose own connection (as the proxy uid) is not captured again: no loop.
-    report = stack.load([f"legacy=http://{LEGACY_IP}:8080/"], "--count=3")["targets"]["legacy"]
+    report = stack.load([target], "--count=3")["targets"]["legacy"]
     assert report["errors"] == 0, report["last_error"]
     assert report["endpoints"] == {"legacy": 3}
     assert passthrough_connections(stack) == before + 3
     # The proxy uid's own connections go straight out.
-    direct = stack.load([f"legacy=http://{LEGACY_IP}:8080/"], "--count=2", uid=PROXY_UID)
+    direct = stack.load([target], "--count=2", uid=PROXY_UID)
     assert direct["targets"]["legacy"]["endpoints"] == {"legacy": 2}
     assert passthrough_connections(stack) == before + 3
 

@@ -9,7 +9,7 @@ from collections import Counter
 from meshlet.model import Endpoint, Health, LbPolicy
 from meshlet.sidecar.proxy.balancer import ClusterBalancer, Host
 from meshlet.sidecar.proxy.outlier import MAX_EJECTION_SECONDS, OutlierRecord, record_failure
-from meshlet.sidecar.proxy.policies import Maglev, RingHash, RoundRobin, stable_hash
+from meshlet.sidecar.proxy.policies import MAX_RING, Maglev, RingHash, RoundRobin, stable_hash
 from meshlet.sidecar.state import ClusterConfig, OutlierConfig
 
 OUTLIER = OutlierConfig(True, 3, 10.0, 30.0, 50)
@@ -47,10 +47,17 @@ def picks(
     return out
 
 
-def test_round_robin_takes_turns() -> None:
-    lb = balancer(endpoints(3))
-    order = [lb.choose(0, (), 0.0, random.Random()) for _ in range(6)]
-    assert [h.endpoint.address for h in order if h] == ["10.1.0.1", "10.1.0.2", "10.1.0.3"] * 2
+def test_round_robin_takes_turns_from_a_random_start() -> None:
+    addresses = ["10.1.0.1", "10.1.0.2", "10.1.0.3"]
+    rotations = [addresses[i:] + addresses[:i] for i in range(3)]
+    starts = set()
+    for seed in range(20):
+        lb = ClusterBalancer(ClusterConfig("c"), endpoints(3), rng=random.Random(seed))
+        chosen = [lb.choose(0, (), 0.0, random.Random()) for _ in range(6)]
+        order = [h.endpoint.address for h in chosen if h]
+        assert order[:3] in rotations and order[3:] == order[:3]
+        starts.add(order[0])
+    assert len(starts) == 3  # sidecars do not all begin with the same endpoint
 
 
 def test_weighted_round_robin_is_proportional_and_smooth() -> None:
@@ -127,6 +134,32 @@ def test_hashing_policies_skip_what_was_tried_and_stay_deterministic() -> None:
         assert lb.choose(key, tuple(lb.hosts), 0.0, random.Random()) is None
 
 
+def test_maglev_keeps_keys_when_the_endpoint_count_crosses_table_sizes() -> None:
+    keys = range(3000)
+    for n in (2, 5, 10):
+        before, after = (
+            hashing_map(LbPolicy.MAGLEV, n, keys),
+            hashing_map(LbPolicy.MAGLEV, n + 1, keys),
+        )
+        moved = sum(before[k] != after[k] for k in keys) / len(keys)
+        assert moved < 1.5 / (n + 1), f"{n} -> {n + 1} endpoints moved {moved:.0%} of keys"
+
+
+def test_huge_weights_do_not_make_a_huge_ring() -> None:
+    policy = RingHash(((0, 1), (1, 3_000_000)), ["a", "b"])
+    assert len(policy._hashes) <= MAX_RING + 2
+    owners = Counter(policy._owners)
+    assert owners[0] >= 1 and owners[1] > 0.99 * len(policy._hashes)
+
+
+def test_a_large_weighted_pool_gets_a_bounded_proportional_schedule() -> None:
+    pool = tuple((i, 1 + i % 3) for i in range(3000))
+    order = RoundRobin(pool)._order
+    assert len(order) <= 4096 + 3000
+    counts = Counter(order)
+    assert counts[2] >= counts[0]  # weight 3 gets at least what weight 1 gets
+
+
 def test_ring_hash_weights_give_more_of_the_ring() -> None:
     eps = (Endpoint("10.1.0.1", 80, weight=3), Endpoint("10.1.0.2", 80))
     policy = RingHash(tuple((i, e.weight) for i, e in enumerate(eps)), ["a", "b"])
@@ -185,6 +218,17 @@ def test_consecutive_failures_eject_for_a_growing_time() -> None:
         lb.connect_failed(bad, 31.0)
     assert bad.outlier.ejected_until == 31.0 + 60.0  # ejected twice: twice as long
     assert bad.outlier.ejections == 2
+
+
+def test_failures_while_ejected_do_not_count_and_a_return_starts_afresh() -> None:
+    lb = balancer(endpoints(3))
+    host = lb.hosts[0]
+    for _ in range(3):
+        lb.connect_failed(host, 0.0)
+    assert lb.ejected(1.0) == [host]
+    lb.connect_failed(host, 1.0)  # a panic-mode try while ejected
+    assert not lb.connect_failed(host, 30.0)  # back at 30 s: the first failure of a new run
+    assert lb.ejected(30.0) == []
 
 
 def test_a_success_resets_the_count() -> None:

@@ -72,7 +72,8 @@ def clusters(
     out: dict[str, object] = {}
     for name, cluster in sorted(state.clusters.items()):
         runtime = (runtimes or {}).get(name)
-        hosts = {h.name: h for h in runtime.balancer.hosts} if runtime is not None else {}
+        built = runtime.built if runtime is not None else None
+        hosts = {h.name: h for h in built.hosts} if built is not None else {}
         out[name] = {
             "lb_policy": cluster.lb_policy.value,
             "service": f"{cluster.namespace}/{cluster.service}" if cluster.service else "",

@@ -75,6 +75,7 @@ class ClusterBalancer:
         endpoints: Sequence[Endpoint],
         zone: str = "",
         previous: ClusterBalancer | None = None,
+        rng: random.Random | None = None,
     ) -> None:
         self.config = config
         kept = {h.name: h for h in previous.hosts} if previous is not None else {}
@@ -89,8 +90,10 @@ class ClusterBalancer:
             self.hosts.append(host)
         names = [h.name for h in self.hosts]
         prefer_zone = zone if config.prefer_same_zone else ""
+        rng = rng or random.Random(0)
         self._policies: list[Policy] = [
-            build_policy(config.lb_policy, pool, names) for pool in _pools(endpoints, prefer_zone)
+            build_policy(config.lb_policy, pool, names, rng)
+            for pool in _pools(endpoints, prefer_zone)
         ]
         self._ejected_any = any(h.outlier.ejected_until is not None for h in self.hosts)
 

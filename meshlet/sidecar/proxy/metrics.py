@@ -81,7 +81,8 @@ class ProxyMetrics:
             return []
         now = proxy.loop.time()
         return [
-            Observation(len(c.balancer.ejected(now)), {"cluster": c.name}) for c in self._clusters()
+            Observation(len(c.built.ejected(now)) if c.built else 0, {"cluster": c.name})
+            for c in self._clusters()
         ]
 
     def _refused(self, _options: CallbackOptions) -> Iterable[Observation]:
@@ -107,5 +108,5 @@ class ProxyMetrics:
         return [
             Observation(h.connections, {"cluster": c.name, "endpoint": h.name})
             for c in self._clusters()
-            for h in c.balancer.hosts
+            for h in (c.built.hosts if c.built else ())
         ]

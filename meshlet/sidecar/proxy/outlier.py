@@ -39,6 +39,7 @@ class OutlierRecord:
             return True
         self.ejected_until = None
         self.returned_at = until
+        self.consecutive_failures = 0  # back with a clean slate, as Envoy unejects
         return False
 
 
@@ -53,8 +54,10 @@ def record_failure(
 
     `ejected` is how many endpoints of the cluster are ejected now, `total` how many it has.
     """
+    if record.is_ejected(now):  # (coming back now resets the count: check first)
+        return False
     record.consecutive_failures += 1
-    if not config.enabled or record.is_ejected(now):
+    if not config.enabled:
         return False
     if record.consecutive_failures < config.consecutive_failures:
         return False

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import bisect
 import hashlib
+import heapq
 import itertools
 import math
 import random
@@ -28,12 +29,15 @@ Load = Callable[[int], int]
 # Ring hash: points per unit of weight (as ketama), and a cap on the ring's size.
 RING_POINTS = 160
 MAX_RING = 65536
-# Maglev table sizes (primes). Envoy's default is the largest; building it takes
-# ~50 ms in Python, so the table is the smallest with 100 slots per endpoint, the
-# ratio the Maglev paper recommends for even spread and small disruption.
-MAGLEV_TABLE_SIZES = (251, 503, 1009, 2053, 4099, 8209, 16411, 32771, 65537)
+# Maglev table sizes (primes). Envoy's default is the large one, whose table takes
+# ~50 ms of Python to fill; the small one (the Maglev paper's example size) serves
+# up to 50 endpoints with 100 slots each, the ratio the paper recommends. The size
+# must not follow the endpoint count more closely than that: a new size remaps
+# nearly every key.
+MAGLEV_SMALL, MAGLEV_LARGE = 5003, 65537
 # A round-robin schedule longer than this is scaled down (weights keep their ratio).
 _MAX_SCHEDULE = 4096
+_SMOOTH_MAX = 64
 
 
 def stable_hash(text: str) -> int:
@@ -59,30 +63,51 @@ class Policy:
 
 
 def _schedule(pool: Pool) -> list[int]:
-    """Smooth weighted round robin, as nginx: weights 5,1,1 give a a b a c a a, not a a a a a b c"""
+    """The order round robin goes in: the pool itself when weights are equal; else smooth
+    weighted round robin (as nginx), so weights 5,1,1 give a a b a c a a, not a a a a a b c.
+    That costs O(n) per turn; past _SMOOTH_MAX endpoints, earliest deadline first (as
+    Envoy) gives the same shares in O(log n) per turn. Turns are capped at _MAX_SCHEDULE."""
     weights = [w for _, w in pool]
+    if len(set(weights)) <= 1:
+        return [index for index, _ in pool]
     divisor = math.gcd(*weights)
     weights = [w // divisor for w in weights]
     total = sum(weights)
     if total > _MAX_SCHEDULE:
         weights = [max(1, w * _MAX_SCHEDULE // total) for w in weights]
         total = sum(weights)
-    current = [0] * len(pool)
+    turns = _smooth(weights, total) if len(pool) <= _SMOOTH_MAX else _deadlines(weights, total)
+    return [pool[k][0] for k in turns]
+
+
+def _smooth(weights: list[int], total: int) -> list[int]:
+    current = [0] * len(weights)
     out = []
     for _ in range(total):
         for k, w in enumerate(weights):
             current[k] += w
-        best = max(range(len(pool)), key=current.__getitem__)
+        best = max(range(len(weights)), key=current.__getitem__)
         current[best] -= total
-        out.append(pool[best][0])
+        out.append(best)
+    return out
+
+
+def _deadlines(weights: list[int], total: int) -> list[int]:
+    heap = [(1.0 / w, k) for k, w in enumerate(weights)]
+    heapq.heapify(heap)
+    out = []
+    for _ in range(total):
+        due, k = heapq.heappop(heap)
+        out.append(k)
+        heapq.heappush(heap, (due + 1.0 / weights[k], k))
     return out
 
 
 class RoundRobin(Policy):
-    def __init__(self, pool: Pool) -> None:
+    def __init__(self, pool: Pool, start: int = 0) -> None:
         super().__init__(pool)
         self._order = _schedule(pool)
-        self._next = 0
+        self._next = start % len(self._order)
 
     def pick(self, usable: Usable, key: int, active: Load, rng: random.Random) -> int | None:
         order = self._order
@@ -132,10 +157,13 @@ class RingHash(Policy):
         # ring, as Envoy's minimum_ring_size does): when an endpoint comes or goes,
         # the others keep their points, so only its own keys move.
         unit = math.gcd(*(w for _, w in pool))
-        per_unit = min(RING_POINTS, max(1, MAX_RING // sum(w // unit for _, w in pool)))
+        units = sum(w // unit for _, w in pool)
         points: list[tuple[int, int]] = []
         for index, weight in pool:
-            count = per_unit * weight // unit
+            if units * RING_POINTS <= MAX_RING:
+                count = RING_POINTS * weight // unit
+            else:  # a ring that big: each endpoint's share of MAX_RING points instead
+                count = max(1, MAX_RING * (weight // unit) // units)
             name = endpoint_names[index]
             points.extend((stable_hash(f"{name}_{r}"), index) for r in range(count))
         points.sort()
@@ -164,7 +192,7 @@ class Maglev(Policy):
 
     def __init__(self, pool: Pool, endpoint_names: Sequence[str]) -> None:
         super().__init__(pool)
-        size = next((s for s in MAGLEV_TABLE_SIZES if s >= 100 * len(pool)), MAGLEV_TABLE_SIZES[-1])
+        size = MAGLEV_SMALL if len(pool) <= MAGLEV_SMALL // 100 else MAGLEV_LARGE
         self._table = _maglev_table(pool, endpoint_names, size)
 
     def pick(self, usable: Usable, key: int, active: Load, rng: random.Random) -> int | None:
@@ -211,7 +239,9 @@ def _maglev_table(pool: Pool, names: Sequence[str], size: int) -> list[int]:
                 return table
 
 
-def build_policy(policy: LbPolicy, pool: Pool, endpoint_names: Sequence[str]) -> Policy:
+def build_policy(
+    policy: LbPolicy, pool: Pool, endpoint_names: Sequence[str], rng: random.Random
+) -> Policy:
     if policy is LbPolicy.LEAST_REQUEST:
         return LeastRequest(pool)
     if policy is LbPolicy.RANDOM:
@@ -220,4 +250,4 @@ def build_policy(policy: LbPolicy, pool: Pool, endpoint_names: Sequence[str]) ->
         return RingHash(pool, endpoint_names)
     if policy is LbPolicy.MAGLEV:
         return Maglev(pool, endpoint_names)
-    return RoundRobin(pool)
+    return RoundRobin(pool, start=rng.randrange(len(pool)))

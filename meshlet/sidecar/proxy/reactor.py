@@ -15,8 +15,11 @@ again while data is left, so no read is spent just to learn it would block.
 from __future__ import annotations
 
 import asyncio
+import logging
 import select
 from collections.abc import Callable
+
+log = logging.getLogger(__name__)
 
 Handler = Callable[[int], None]
 
@@ -67,8 +70,12 @@ class Reactor:
                 if gone and fd in gone:
                     continue
                 handler = handlers.get(fd)
-                if handler is not None:
+                if handler is None:
+                    continue
+                try:
                     handler(events)
+                except Exception:  # a bug; the other sockets of the batch still get theirs
+                    log.exception("proxy event handler failed (fd %d, events %#x)", fd, events)
         finally:
             self._dispatching = False
             gone.clear()

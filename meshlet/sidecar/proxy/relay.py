@@ -17,9 +17,11 @@ have ended. An error on either side (reset, broken pipe) closes both, and the
 other side sees a reset too, as it would without the proxy in between.
 
 Interest in each socket follows what the relay needs (reactor.py): reading
-while the direction from it has room, writing while the direction to it waits,
-neither once it is done with (it then leaves the epoll set, so a socket that
-has hung up cannot wake the loop while the other side still drains).
+while the direction from it has room, writing while the direction to it waits.
+A socket the relay needs for nothing at the moment leaves the epoll set until
+it is needed again: epoll reports a hang-up whatever the interest, so a socket
+that has hung up while the other side drains slowly would otherwise wake the
+loop for ever.
 
 Hot path: the objects of a connection hold no reference cycles (directions are
 plain state; the relay does the work), so they are freed by reference counting
@@ -38,7 +40,7 @@ import socket
 import struct
 from collections.abc import Callable
 
-from meshlet.sidecar.proxy.reactor import FAILED, READ, WRITE, Reactor
+from meshlet.sidecar.proxy.reactor import FAILED, READ, WRITE, Handler, Reactor
 
 _SPLICE_FLAGS = os.SPLICE_F_MOVE | os.SPLICE_F_NONBLOCK
 # As much as a pipe holds; one splice moves at most that.
@@ -47,7 +49,7 @@ _CHUNK = 1 << 20
 # before returning to the loop.
 _FULL_PIPE = 65536
 _BUDGET = 8
-_DONE = -1  # interest in a socket the relay no longer watches
+_COPY_CHUNK = 65536
 _RESET = struct.pack("ii", 1, 0)  # SO_LINGER on, 0 s: close() sends RST
 
 Socket = _socket.socket
@@ -112,12 +114,13 @@ class Clock:
 class Direction:
     """src -> dst: the state of one way of a relay."""
 
-    __slots__ = ("dst", "dst_fd", "ended", "eof", "moved", "pending", "pipe", "src_fd")
+    __slots__ = ("copy", "dst", "dst_fd", "ended", "eof", "moved", "pending", "pipe", "src_fd")
 
     def __init__(self, src: Socket, dst: Socket) -> None:
         self.src_fd, self.dst_fd = src.fileno(), dst.fileno()
         self.dst = dst
         self.pipe: tuple[int, int] | None = None
+        self.copy = b""  # without a pipe: the bytes read, of which `pending` are unwritten
         self.pending = 0  # bytes in the pipe that dst could not take yet
         self.moved = 0  # bytes delivered to dst
         self.eof = False  # src has ended
@@ -168,7 +171,7 @@ class Relay:
 
     def start(self, upstream_events: int) -> None:
         """Begin relaying; `upstream_events` are what the connect's last event reported
-        (a server may speak first)."""
+        (a server may speak first). The upstream socket is watched (for the connect)."""
         reactor = self.reactor
         reactor.add(self.client.fileno(), self._client_events, READ)
         reactor.replace(self.upstream.fileno(), self._upstream_events)
@@ -207,7 +210,11 @@ class Relay:
         if self.closed or d.ended:
             return
         if d.pending:
-            if not self._flush(d):
+            moved = d.moved
+            drained = self._flush(d)
+            if d.moved != moved:
+                self.touched = self.clock.now  # a slow reader is still a reader
+            if not drained:
                 return  # dst still full
             self._release(d)
             self.update_interest()  # dst has room again: read src again
@@ -216,7 +223,11 @@ class Relay:
         for _ in range(_BUDGET):
             pipe = d.pipe
             if pipe is None:
-                pipe = d.pipe = pipes.take()
+                try:
+                    pipe = d.pipe = pipes.take()
+                except OSError:  # out of fds for a pipe: copy through Python this time
+                    self._copy(d)
+                    return
             try:
                 read = os.splice(d.src_fd, pipe[1], _CHUNK, flags=_SPLICE_FLAGS)
             except BlockingIOError:
@@ -242,7 +253,8 @@ class Relay:
     def _flush(self, d: Direction) -> bool:
         """Write d's pipe to its dst; False when dst is full (or failed: the relay is closed)."""
         pipe = d.pipe
-        assert pipe is not None
+        if pipe is None:
+            return self._flush_copy(d)
         while d.pending:
             try:
                 written = os.splice(pipe[0], d.dst_fd, d.pending, flags=_SPLICE_FLAGS)
@@ -253,6 +265,39 @@ class Relay:
                 return False
             d.pending -= written
             d.moved += written
+        return True
+
+    def _copy(self, d: Direction) -> None:
+        """One read and write through a buffer, for when no pipe can be had (the process is
+        out of fds): slower, but the connection goes on."""
+        try:
+            data = os.read(d.src_fd, _COPY_CHUNK)
+        except BlockingIOError:
+            return
+        except OSError:
+            self.abort()
+            return
+        if not data:
+            d.eof = True
+            self._end(d)
+            return
+        self.touched = self.clock.now
+        d.copy, d.pending = data, len(data)
+        if not self._flush_copy(d) and not self.closed:
+            self.update_interest()  # dst is full: wait for it, stop reading src
+
+    def _flush_copy(self, d: Direction) -> bool:
+        while d.pending:
+            try:
+                written = os.write(d.dst_fd, d.copy[-d.pending :])
+            except BlockingIOError:
+                return False
+            except OSError:
+                self.abort()
+                return False
+            d.pending -= written
+            d.moved += written
+        d.copy = b""
         return True
 
     def _release(self, d: Direction) -> None:
@@ -278,24 +323,21 @@ class Relay:
         up, down = self.up, self.down
         client = (READ if not up.eof and not up.pending else 0) | (WRITE if down.pending else 0)
         upstream = (READ if not down.eof and not down.pending else 0) | (WRITE if up.pending else 0)
-        # Done with a socket for good: nothing more to read from it, nothing more to
-        # write to it. It leaves the set (a hung-up socket would wake the loop forever).
-        if up.eof and down.ended:
-            client = _DONE
-        if down.eof and up.ended:
-            upstream = _DONE
         if client != self.client_interest:
-            self._interest(self.client, client)
+            self._interest(self.client, self._client_events, self.client_interest, client)
             self.client_interest = client
         if upstream != self.upstream_interest:
-            self._interest(self.upstream, upstream)
+            self._interest(self.upstream, self._upstream_events, self.upstream_interest, upstream)
             self.upstream_interest = upstream
 
-    def _interest(self, sock: Socket, events: int) -> None:
-        if events == _DONE:
-            self.reactor.unwatch(sock.fileno())
+    def _interest(self, sock: Socket, handler: Handler, was: int, events: int) -> None:
+        fd = sock.fileno()
+        if not events:
+            self.reactor.unwatch(fd)  # needed for nothing now: out of the set
+        elif not was:
+            self.reactor.add(fd, handler, events)  # needed again
         else:
-            self.reactor.modify(sock.fileno(), events)
+            self.reactor.modify(fd, events)
 
     # --- the end ---------------------------------------------------------------------
 
@@ -321,7 +363,7 @@ class Relay:
                     self.pipes.give(d.pipe)
                 d.pipe = None
         for sock in (self.client, self.upstream):
-            self.reactor.forget(sock.fileno())
+            self.reactor.forget(sock.fileno())  # unwatched already, or taken out by close()
             if reset_sockets:
                 reset(sock)
             else:

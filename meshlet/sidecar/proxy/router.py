@@ -1,8 +1,10 @@
 """Original destination -> what to do with the connection, rebuilt when the state changes.
 
-Per connection the proxy does one dict lookup: (ip, port) -> Route. Everything a
-route needs (the cluster's config, its balancer, its counters) is prepared when
-an accepted xDS state arrives, not per connection.
+Per connection the proxy does one dict lookup: (ip, port) -> Route. What a route
+needs (the cluster's config and counters) is prepared when an accepted xDS state
+arrives, not per connection. A cluster's balancer is built the first time a
+connection needs it: a sidecar of a mesh with 10,000 services talks to a few of
+them, and builds (and rebuilds on every EDS change) only their balancers.
 
 A cluster's runtime (balancer, open connections, counters) lives on across
 states for as long as the cluster exists, and a new balancer takes the old
@@ -12,6 +14,7 @@ else: open connections keep their endpoint.
 
 from __future__ import annotations
 
+import random
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
@@ -22,14 +25,17 @@ from meshlet.sidecar.state import ClusterConfig, ListenerConfig, SidecarState
 from meshlet.xds import types
 
 
-@dataclass(eq=False)
+@dataclass(eq=False, slots=True)
 class ClusterRuntime:
     """One cluster as the proxy runs it; counters are totals since the cluster appeared."""
 
     name: str
     config: ClusterConfig
-    balancer: ClusterBalancer
     endpoints: tuple[Endpoint, ...] = ()
+    zone: str = ""
+    rng: random.Random | None = None
+    # None until a connection needs it (see balancer()).
+    built: ClusterBalancer | None = None
     active: int = 0
     opened: int = 0
     connect_failures: int = 0  # connects that failed, retried or not
@@ -40,8 +46,23 @@ class ClusterRuntime:
     bytes_up: int = 0  # client -> endpoint, of closed connections
     bytes_down: int = 0
 
+    def balancer(self) -> ClusterBalancer:
+        built = self.built
+        if built is None:
+            built = self.built = ClusterBalancer(
+                self.config, self.endpoints, self.zone, rng=self.rng
+            )
+        return built
 
-@dataclass(frozen=True, eq=False)
+    def change(self, config: ClusterConfig, endpoints: tuple[Endpoint, ...]) -> None:
+        if config == self.config and endpoints is self.endpoints:
+            return
+        self.config, self.endpoints = config, endpoints
+        if self.built is not None:
+            self.built = ClusterBalancer(config, endpoints, self.zone, self.built, self.rng)
+
+
+@dataclass(frozen=True, eq=False, slots=True)
 class Route:
     cluster: ClusterRuntime
     # Hash the client's IP (ClientIP affinity, ring hash / maglev on the source).
@@ -56,22 +77,25 @@ class Route:
 _DEFAULT_PASSTHROUGH = ClusterConfig(name=types.PASSTHROUGH_CLUSTER, original_destination=True)
 
 
+def _default_passthrough() -> Route:
+    return Route(ClusterRuntime(_DEFAULT_PASSTHROUGH.name, _DEFAULT_PASSTHROUGH), passthrough=True)
+
+
 @dataclass
 class Router:
     zone: str = ""
+    # Where round robin starts in a new balancer (Envoy starts at a random place too,
+    # so sidecars do not all send their first connections to the same endpoint).
+    rng: random.Random = field(default_factory=random.Random)
     # destination_key(VIP, port) -> Route: what the proxy looks up per connection.
     routes: Mapping[bytes, Route] = field(default_factory=dict)
     clusters: dict[str, ClusterRuntime] = field(default_factory=dict)
     passthrough: Route = field(init=False)
+    _default: Route = field(default_factory=_default_passthrough)
     _state: SidecarState | None = None
 
     def __post_init__(self) -> None:
-        runtime = ClusterRuntime(
-            _DEFAULT_PASSTHROUGH.name,
-            _DEFAULT_PASSTHROUGH,
-            ClusterBalancer(_DEFAULT_PASSTHROUGH, ()),
-        )
-        self.passthrough = Route(runtime, passthrough=True)
+        self.passthrough = self._default
 
     def route(self, ip: str, port: int) -> Route:
         return self.route_by_key(destination_key(ip, port))
@@ -87,7 +111,12 @@ class Router:
         clusters: dict[str, ClusterRuntime] = {}
         for name, config in state.clusters.items():
             endpoints = state.endpoints.get(name, ())
-            clusters[name] = self._runtime(name, config, endpoints)
+            runtime = self.clusters.get(name)
+            if runtime is None:
+                runtime = ClusterRuntime(name, config, endpoints, self.zone, self.rng)
+            else:
+                runtime.change(config, endpoints)
+            clusters[name] = runtime
         self.clusters = clusters
         routes: dict[bytes, Route] = {}
         for (ip, port), listener in state.listeners.items():
@@ -99,19 +128,8 @@ class Router:
         fallback = clusters.get(outbound.cluster) if outbound is not None else None
         if outbound is not None and fallback is not None and fallback.config.original_destination:
             self.passthrough = _route(fallback, outbound)
-
-    def _runtime(
-        self, name: str, config: ClusterConfig, endpoints: tuple[Endpoint, ...]
-    ) -> ClusterRuntime:
-        runtime = self.clusters.get(name)
-        if runtime is None:
-            balancer = ClusterBalancer(config, endpoints, self.zone)
-            return ClusterRuntime(name, config, balancer, endpoints)
-        if runtime.config != config or runtime.endpoints is not endpoints:
-            runtime.balancer = ClusterBalancer(config, endpoints, self.zone, runtime.balancer)
-            runtime.config = config
-            runtime.endpoints = endpoints
-        return runtime
+        else:
+            self.passthrough = self._default
 
 
 _HASHING = frozenset({LbPolicy.RING_HASH, LbPolicy.MAGLEV})

@@ -20,6 +20,7 @@ import asyncio
 import contextlib
 import errno
 import logging
+import os
 import random
 import socket
 from collections.abc import Callable, Sequence
@@ -35,6 +36,7 @@ log = logging.getLogger(__name__)
 
 MAX_RETRIES = 3
 _ACCEPT_BATCH = 64
+_ACCEPT_PAUSE = 0.1  # seconds without accepting after accept() failed
 _BACKLOG = 4096
 _NODELAY = (socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 _STREAM = socket.SOCK_STREAM | socket.SOCK_NONBLOCK | socket.SOCK_CLOEXEC
@@ -82,7 +84,7 @@ class _Connect:
         if self.route.passthrough:
             address = key_address(self.destination)
         else:
-            host = runtime.balancer.choose(self.key, self.tried, proxy.loop.time(), proxy.rng)
+            host = runtime.balancer().choose(self.key, self.tried, proxy.loop.time(), proxy.rng)
             if host is None:
                 self.give_up()
                 return
@@ -90,19 +92,28 @@ class _Connect:
                 runtime.retries += 1
             self.host = host
             address = host.address
-        sock = _socket.socket(socket.AF_INET6 if ":" in address[0] else socket.AF_INET, _STREAM)
-        sock.setsockopt(*_NODELAY)
-        error = sock.connect_ex(address)
-        if error not in (0, errno.EINPROGRESS):
+        try:
+            sock = _socket.socket(socket.AF_INET6 if ":" in address[0] else socket.AF_INET, _STREAM)
+        except OSError as exc:  # out of fds, no IPv6, ...: this try fails, the next may not
+            log.error("%s: cannot make a socket for %s: %s", runtime.name, address[0], exc)
+            self.failed()
+            return
+        try:
+            sock.setsockopt(*_NODELAY)
+            error = sock.connect_ex(address)
+            if error not in (0, errno.EINPROGRESS):
+                raise OSError(error, os.strerror(error))
+            if self.route.passthrough:
+                # Remember where it connects from: if it comes back, it was captured.
+                self.source = destination_key(*sock.getsockname()[:2])
+                proxy.passthrough_sources.add(self.source)
+            proxy.reactor.add(sock.fileno(), self.events, WRITE)
+        except OSError:
+            self._forget_source()
             sock.close()
             self.failed()
             return
         self.sock = sock
-        if self.route.passthrough:
-            # Remember where it connects from: if it comes back, it was captured.
-            self.source = destination_key(*sock.getsockname()[:2])
-            proxy.passthrough_sources.add(self.source)
-        proxy.reactor.add(sock.fileno(), self.events, WRITE)
         self.timer = proxy.loop.call_later(runtime.config.connect_timeout_seconds, self.timed_out)
 
     def events(self, events: int) -> None:
@@ -118,7 +129,7 @@ class _Connect:
         proxy.connecting.discard(self)
         host = self.host
         if host is not None:
-            self.route.cluster.balancer.connect_succeeded(host)
+            self.route.cluster.balancer().connect_succeeded(host)
             host.connections += 1
         proxy.relay(self.client, self.sock, self.route, host, events)
 
@@ -151,7 +162,7 @@ class _Connect:
         runtime.connect_failures += 1
         host = self.host
         if host is not None:
-            if runtime.balancer.connect_failed(host, self.proxy.loop.time()):
+            if runtime.balancer().connect_failed(host, self.proxy.loop.time()):
                 runtime.ejections += 1
                 log.warning("%s: endpoint %s ejected (connect failures)", runtime.name, host.name)
             self.tried.append(host)
@@ -227,6 +238,8 @@ class OutboundProxy:
         self._closed = False
         self.accepted = 0
         self.not_redirected = 0
+        self.accept_failures = 0
+        self._accept_failure_logged = float("-inf")
 
     # --- listening -------------------------------------------------------------
 
@@ -272,13 +285,32 @@ class OutboundProxy:
                     fd, peer = listener._accept()  # type: ignore[attr-defined]  # C accept4
                 except BlockingIOError:
                     return
-                except OSError as exc:  # EMFILE and the like: say so, keep serving the rest
-                    log.error("accept failed: %s", exc)
+                except OSError as exc:
+                    self._accept_failed(listener, accept, exc)
                     return
                 self.accepted += 1
                 self._handle(_socket.socket(family, socket.SOCK_STREAM, 0, fd), peer, ipv6)
 
         return accept
+
+    def _accept_failed(
+        self, listener: _socket.socket, accept: Callable[[int], None], exc: OSError
+    ) -> None:
+        """Out of fds (or the like): the listener stays readable, so stop watching it for a
+        moment instead of spinning; the waiting clients are accepted when fds free up."""
+        self.accept_failures += 1
+        now = self.loop.time()
+        if now - self._accept_failure_logged >= 10.0:
+            self._accept_failure_logged = now
+            log.error("accept failed (%d times so far): %s", self.accept_failures, exc)
+        fd = listener.fileno()
+        self.reactor.unwatch(fd)
+
+        def resume() -> None:
+            if listener in self._listeners:
+                self.reactor.add(fd, accept, READ)
+
+        self.loop.call_later(_ACCEPT_PAUSE, resume)
 
     def _handle(self, client: _socket.socket, peer: tuple[str, int], ipv6: bool) -> None:
         if self.passthrough_sources and destination_key(*peer[:2]) in self.passthrough_sources:
@@ -332,7 +364,11 @@ class OutboundProxy:
             host.active += 1
         relay = _ProxiedRelay(self, client, upstream, route, host)
         self.relays.add(relay)
-        relay.start(upstream_events)
+        try:
+            relay.start(upstream_events)
+        except OSError as exc:  # the epoll set refused the socket (no memory, say)
+            log.error("cannot relay a connection to %s: %s", route.cluster.name, exc)
+            relay.abort()
 
     def relay_closed(self, relay: Relay) -> None:
         assert isinstance(relay, _ProxiedRelay)
@@ -352,7 +388,7 @@ class OutboundProxy:
     def live_bytes(self) -> dict[str, tuple[int, int]]:
         """Bytes (up, down) of open connections, by cluster name, for metrics."""
         out: dict[str, tuple[int, int]] = {}
-        for relay in self.relays:
+        for relay in list(self.relays):  # a copy: OTLP export collects from its own thread
             name = relay.runtime.name
             up, down = out.get(name, (0, 0))
             out[name] = (up + relay.up.moved, down + relay.down.moved)
@@ -398,6 +434,6 @@ class OutboundProxy:
             connect.cancel()
         self.connecting.clear()
         for relay in list(self.relays):
-            relay.close()
+            relay.abort()  # cut short: a reset says so, a clean end would lie
         self.pipes.close()
         self.reactor.close()
