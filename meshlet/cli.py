@@ -124,9 +124,11 @@ def _sidecar(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         p,
         "--dns-address",
         type=host_port,
-        default="127.0.0.1:15053",
+        action="append",
+        default=[],
         metavar="HOST:PORT",
-        help="where to answer DNS (UDP and TCP)",
+        help="where to answer DNS, UDP and TCP (repeatable; default 127.0.0.1:15053, "
+        "and [::1]:15053 when IPv6 is up)",
     )
     add_flag(
         p,
@@ -193,7 +195,7 @@ def _run_sidecar(args: argparse.Namespace) -> int:
             namespace=args.namespace,
             zone=args.zone,
             cluster_domain=args.cluster_domain,
-            dns_address=args.dns_address,
+            dns_addresses=tuple(args.dns_address),
             upstream_dns=tuple(args.upstream_dns),
             resolv_conf=args.resolv_conf,
             admin_address=args.admin_address,
@@ -280,6 +282,12 @@ def _run_init(args: argparse.Namespace) -> int:
             return 2
         # Only port 53 is redirected: a nameserver on another port is left alone.
         dns_servers = [ip_address(ip) for ip, port in nameservers if port == DNS_PORT]
+        if not dns_servers:
+            print(
+                f"meshlet init: {args.resolv_conf} names no nameserver on port 53: "
+                "DNS is not captured (give --dns-server)",
+                file=sys.stderr,
+            )
     config = CaptureConfig(
         outbound_port=args.outbound_port,
         dns_port=args.dns_port,

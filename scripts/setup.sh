@@ -17,9 +17,23 @@ meshlet_setup() {
     fi
   fi
 
+  local python=${PYTHON:-python3}
+  if ! "$python" -c 'import sys; sys.exit(sys.version_info < (3, 11))' 2>/dev/null; then
+    echo "meshlet needs Python 3.11 or newer; $python is $("$python" -V 2>&1)" >&2
+    echo "(set PYTHON=/path/to/python3.11)" >&2
+    return 1
+  fi
   if [ ! -x .venv/bin/python ]; then
     echo "== creating .venv"
-    "${PYTHON:-python3}" -m venv .venv
+    "$python" -m venv .venv
+  fi
+  # Installed already, from this very pyproject.toml, with this target: nothing to do
+  # (no network needed to run the demo again).
+  local stamp=".venv/.meshlet-installed"
+  local want
+  want="$target $(sha256sum pyproject.toml | cut -d' ' -f1)"
+  if [ -f "$stamp" ] && grep -qxF "$want" "$stamp"; then
+    return 0
   fi
   echo "== pip install -e $target"
   .venv/bin/python -m pip install -q --upgrade pip
@@ -29,4 +43,8 @@ meshlet_setup() {
   local otel_proto
   otel_proto=$(.venv/bin/python -c 'import importlib.metadata as m; print(m.version("opentelemetry-proto"))')
   .venv/bin/python -m pip install -q --force-reinstall --no-deps "opentelemetry-proto==$otel_proto"
+  echo "$want" > "$stamp"
+  if [ "$target" = ".[dev]" ]; then
+    echo ". ${want#* }" >> "$stamp"  # the dev install holds everything the runtime one does
+  fi
 }

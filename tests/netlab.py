@@ -1,30 +1,30 @@
-"""A network namespace with meshlet's real capture rules, for tests that run the proxy
-in-process: the test's thread enters it, so every socket the test, its backends and
-the proxy make lives there, and connections to the service CIDRs are redirected by
-real nftables to the proxy's port.
+"""A pod with meshlet's real capture rules, for tests that run the proxy in-process:
+the test's thread enters its network namespace, so every socket the test, its
+backends and the proxy make lives there, and connections to the service CIDRs
+are redirected by real nftables to the proxy's port.
 
-Needs root (namespaces, nftables); without it the tests skip and say so. The
-namespace is deleted when the test ends, however it ends.
+Needs root (namespaces, nftables); without it the tests skip and say so. The pod
+is a meshlet.devmesh pod: removed when the test ends, however it ends, and
+cleared by the next run if the test process was killed.
 """
 
 from __future__ import annotations
 
 import contextlib
-import itertools
 import os
 import subprocess
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
 import pytest
 
 from meshlet.capture.nft import find_nft
 from meshlet.devmesh import netns
+from meshlet.devmesh.mesh import DevMesh, Pod
 from tests.procs import PYTHON
 
 SERVICE_CIDR_V4 = "10.96.0.0/12"
 SERVICE_CIDR_V6 = "fd00:96::/108"
-_counter = itertools.count()
 
 
 def skip_unless_netns_and_nftables() -> None:
@@ -40,6 +40,8 @@ def skip_unless_netns_and_nftables() -> None:
 class Lab:
     namespace: str
     outbound_port: int
+    # An address on the lab's link that nobody answers: a connect there goes nowhere.
+    silent_address: str
 
     def nft_ruleset(self) -> str:
         return subprocess.run(
@@ -51,24 +53,25 @@ class Lab:
 
 
 @contextlib.contextmanager
-def capture_lab(outbound_port: int = 15001) -> Iterator[Lab]:
-    """A namespace where TCP to the service CIDRs goes to `outbound_port` on loopback."""
+def lab_pod() -> Iterator[tuple[DevMesh, Pod]]:
+    """One pod of a DevMesh (so a killed test run's leftovers are cleared by the next),
+    with IPv6 routes to the service CIDR too."""
     skip_unless_netns_and_nftables()
-    name = f"mltest-{os.getpid()}-{next(_counter)}"
-    netns.add(name)
-    try:
-        # Routes to the service CIDRs, as a pod's default route gives them: without
-        # one, connect() fails before the redirect could apply.
+    with DevMesh() as mesh:
+        pod = mesh.add_pod("lab")
         for args in (
-            ("link", "add", "svc0", "type", "veth", "peer", "name", "svc1"),
-            ("link", "set", "svc0", "up"),
-            ("link", "set", "svc1", "up"),
-            ("addr", "add", "192.0.2.1/24", "dev", "svc0"),
-            ("addr", "add", "fd99::1/64", "dev", "svc0", "nodad"),
-            ("route", "add", SERVICE_CIDR_V4, "dev", "svc0"),
-            ("route", "add", SERVICE_CIDR_V6, "dev", "svc0"),
+            ("-6", "addr", "add", "fd99::1/64", "dev", "eth0", "nodad"),
+            ("-6", "route", "add", SERVICE_CIDR_V6, "dev", "eth0"),
         ):
-            netns.ip(*args, namespace=name)
+            netns.ip(*args, namespace=pod.namespace)
+        yield mesh, pod
+
+
+@contextlib.contextmanager
+def capture_lab(outbound_port: int = 15001, extra: Sequence[str] = ()) -> Iterator[Lab]:
+    """A pod where TCP to the service CIDRs goes to `outbound_port` on loopback, DNS to
+    10.96.0.10 and fd00:96::a to port 15053 (`extra`: more `meshlet init` flags)."""
+    with lab_pod() as (mesh, pod):
         init = [
             PYTHON,
             "-m",
@@ -78,15 +81,18 @@ def capture_lab(outbound_port: int = 15001) -> Iterator[Lab]:
             f"--service-cidr={SERVICE_CIDR_V4}",
             f"--service-cidr={SERVICE_CIDR_V6}",
             "--dns-server=10.96.0.10",
+            "--dns-server=fd00:96::a",
+            *extra,
         ]
-        subprocess.run(netns.exec_argv(name, init), check=True, capture_output=True, timeout=60)
-        yield Lab(name, outbound_port)
-    finally:
-        netns.delete(name)
+        result = pod.run(init)
+        assert result.returncode == 0, result.stderr
+        assert mesh.subnet is not None
+        silent = str(mesh.subnet.network_address + 250)
+        yield Lab(pod.namespace, outbound_port, silent)
 
 
 @contextlib.contextmanager
-def inside_capture_lab(outbound_port: int = 15001) -> Iterator[Lab]:
+def inside_capture_lab(outbound_port: int = 15001, extra: Sequence[str] = ()) -> Iterator[Lab]:
     """capture_lab, with this thread inside it for the block."""
-    with capture_lab(outbound_port) as lab, netns.entered(lab.namespace):
+    with capture_lab(outbound_port, extra) as lab, netns.entered(lab.namespace):
         yield lab

@@ -9,15 +9,17 @@ from __future__ import annotations
 
 import ipaddress
 import os
+import socket
 import subprocess
-from collections.abc import Iterator
+import sys
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import pytest
 
 from meshlet.capture.ruleset import CaptureConfig, apply_script, remove_script
 from meshlet.devmesh import netns
-from tests.netlab import skip_unless_netns_and_nftables
+from tests.netlab import inside_capture_lab, lab_pod
 from tests.procs import PYTHON
 
 GOLDEN = Path(__file__).parent / "data" / "capture"
@@ -109,13 +111,8 @@ def test_bad_flags_are_refused(flag: str, message: str) -> None:
 
 @pytest.fixture
 def namespace() -> Iterator[str]:
-    skip_unless_netns_and_nftables()
-    name = f"mltest-capture-{os.getpid()}"
-    netns.add(name)
-    try:
-        yield name
-    finally:
-        netns.delete(name)
+    with lab_pod() as (_, pod):
+        yield pod.namespace
 
 
 def ruleset(namespace: str) -> str:
@@ -178,3 +175,72 @@ def test_a_dry_run_changes_nothing(namespace: str) -> None:
     assert result.returncode == 0
     assert "table inet meshlet {" in result.stdout
     assert "meshlet" not in ruleset(namespace)
+
+
+# --- what the rules do to real packets --------------------------------------------
+
+
+def listener(family: int, kind: int, port: int) -> socket.socket:
+    sock = socket.socket(family, kind)
+    sock.bind(("::1" if family == socket.AF_INET6 else "127.0.0.1", port))
+    if kind == socket.SOCK_STREAM:
+        sock.listen()
+    sock.settimeout(3)
+    return sock
+
+
+@pytest.mark.parametrize(
+    ("family", "nameserver"), [(socket.AF_INET, "10.96.0.10"), (socket.AF_INET6, "fd00:96::a")]
+)
+def test_dns_to_the_nameserver_reaches_the_dns_port_over_udp_and_tcp(
+    family: int, nameserver: str
+) -> None:
+    with inside_capture_lab():
+        with (
+            listener(family, socket.SOCK_DGRAM, 15053) as dns_udp,
+            socket.socket(family, socket.SOCK_DGRAM) as app,
+        ):
+            app.settimeout(3)
+            app.sendto(b"query", (nameserver, 53))
+            data, peer = dns_udp.recvfrom(100)
+            assert data == b"query"
+            dns_udp.sendto(b"answer", peer)
+            answer, source = app.recvfrom(100)
+            assert answer == b"answer" and source[:2] == (nameserver, 53)  # un-NATed
+        with (
+            listener(family, socket.SOCK_STREAM, 15053) as dns_tcp,
+            socket.create_connection((nameserver, 53), timeout=3),
+        ):
+            accepted, _ = dns_tcp.accept()
+            accepted.close()
+
+
+def captured(port: int, destination: tuple[str, int], argv_prefix: Sequence[str] = ()) -> bool:
+    """Whether a connect to `destination` (from a process run with `argv_prefix`) lands on
+    the outbound port."""
+    with listener(socket.AF_INET, socket.SOCK_STREAM, port) as outbound:
+        code = (
+            "import socket, sys\n"
+            "try:\n"
+            f"    socket.create_connection({destination!r}, timeout=0.5)\n"
+            "except OSError:\n"
+            "    pass\n"
+        )
+        subprocess.run([*argv_prefix, sys.executable, "-c", code], timeout=30, check=True)
+        outbound.settimeout(0.2)
+        try:
+            outbound.accept()[0].close()
+            return True
+        except TimeoutError:
+            return False
+
+
+def test_exclusions_and_the_proxy_uid_and_gid_are_not_captured() -> None:
+    extra = ["--exclude-port=8443", "--exclude-cidr=10.96.7.0/24", "--proxy-gid=4242"]
+    with inside_capture_lab(extra=extra):
+        assert captured(15001, ("10.96.0.50", 80))
+        assert not captured(15001, ("10.96.0.50", 8443))  # excluded port
+        assert not captured(15001, ("10.96.7.7", 80))  # excluded CIDR
+        assert not captured(15001, ("10.96.1.1", 8080), netns.setpriv_argv(1337))  # proxy uid
+        assert not captured(15001, ("10.96.1.1", 8080), netns.setpriv_argv(4000, 4242))  # gid
+        assert captured(15001, ("10.96.1.1", 8080), netns.setpriv_argv(4000, 4000))  # others are

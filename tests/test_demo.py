@@ -35,6 +35,7 @@ def machine_state() -> dict[str, set[str]]:
             processes.add(f"{proc.name} {cmdline.strip()}")
     return {
         "namespaces": set(netns.names()),
+        "per-namespace /etc/netns folders": {p.name for p in netns.NETNS_ETC_DIR.glob("*")},
         "links": set(netns.links()),
         "state files": {p.name for p in STATE_DIR.glob("*")} if STATE_DIR.is_dir() else set(),
         "processes": processes,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import signal
 import subprocess
 import sys
@@ -118,3 +119,34 @@ def test_a_live_mesh_is_not_cleared_by_another() -> None:
             assert leftovers(first.id)
             assert first.subnet != second.subnet
         assert leftovers(first.id)
+
+
+def test_processes_it_did_not_start_itself_end_with_their_pod() -> None:
+    with DevMesh() as mesh:
+        pod = mesh.add_pod("p")
+        # A command that leaves a child behind: the mesh never saw its PID.
+        assert (
+            pod.run(["sh", "-c", "setsid sleep 600 >/dev/null 2>&1 < /dev/null &"]).returncode == 0
+        )
+        orphans = wait_until(lambda: _pids_of_sleep_in(pod.namespace), 10, "the orphan to start")
+    for pid in orphans:
+        wait_until(lambda pid=pid: _gone(pid), 10, f"orphan {pid} to end")
+    assert leftovers(mesh.id) == []
+
+
+def _pids_of_sleep_in(namespace: str) -> list[int]:
+    inode = os.stat(netns.NETNS_RUN_DIR / namespace).st_ino
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                same = os.stat(entry / "ns" / "net").st_ino == inode
+                if same and (entry / "comm").read_text().strip() == "sleep":
+                    found.append(int(entry.name))
+            except OSError:
+                continue
+    return found
+
+
+def _gone(pid: int) -> bool:
+    return not Path(f"/proc/{pid}").exists() or _zombie(pid)

@@ -43,9 +43,13 @@ def stack(tmp_path: Path) -> Iterator[LocalMesh]:
         local.start_control_plane()
         local.add_client()
         yield local
-    # Whatever the test did, nothing of the mesh is left.
+        started = [p.pid for pod in mesh.pods.values() for p in pod.processes]
+    # Whatever the test did, nothing of the mesh is left: not a namespace (and so no
+    # nftables table, no process inside one), link or /etc/netns folder.
     assert not [n for n in netns.names() if mesh.id in n]
     assert not [link for link in netns.links() if mesh.id in link]
+    assert not list(netns.NETNS_ETC_DIR.glob(f"*{mesh.id}*"))
+    assert not [p for p in started if Path(f"/proc/{p}").exists()]
 
 
 def requests(stack: LocalMesh, count: int) -> dict[str, object]:

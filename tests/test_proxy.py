@@ -237,8 +237,8 @@ async def test_with_every_endpoint_down_the_client_gets_a_reset(lab: Lab) -> Non
 
 
 async def test_a_connect_that_hangs_times_out_and_is_retried(lab: Lab) -> None:
-    # 192.0.2.99 is on the lab's veth but nobody answers its ARP: the SYN goes nowhere.
-    hosts = ["192.0.2.99", BACKENDS[0]]
+    # Nobody answers ARP for the lab's silent address: the SYN goes nowhere.
+    hosts = [lab.silent_address, BACKENDS[0]]
     state = sidecar_state(Mesh((web(hosts),)))
     name = next(iter(state.clusters.keys() - {"PassthroughCluster"}))
     quick = dataclasses.replace(state.clusters[name], connect_timeout_seconds=0.3)

@@ -29,6 +29,7 @@ from typing import IO, Any
 
 from meshlet.capture.nft import find_nft
 from meshlet.devmesh.mesh import DevMesh, DevMeshError
+from meshlet.devmesh.netns import NetnsError
 from meshlet.devmesh.stack import (
     APP_UID,
     CP_ADMIN_PORT,
@@ -158,7 +159,7 @@ class Demo:
         self.local.write_services(services(("web-0", "web-2"), self._api))
 
     def scale_api(self) -> None:
-        self.local.add_backend("api-2")
+        self.local.add_backend("api-2", ready=True)
         self._api = ("api-0", "api-1", "api-2")
         self.local.write_services(services(self._web, self._api))
 
@@ -273,13 +274,17 @@ def run(duration: float | None = None, out: IO[str] = sys.stdout) -> int:
             out.write("\n" + "\n".join(demo.header()[:1]) + "\n")
             out.write("\n".join(f"  {event}" for event in demo.timeline.done) + "\n")
             out.write("\n".join(summary(final)) + "\n")
-    except DevMeshError as exc:
+    except KeyboardInterrupt:  # before the traffic started: nothing to sum up
+        print("meshlet demo: interrupted; everything it made is removed", file=sys.stderr)
+        return 130
+    except (DevMeshError, NetnsError, OSError, subprocess.SubprocessError) as exc:
         print(f"meshlet demo: {exc}", file=sys.stderr)
         return 1
     failed = sum(t["errors"] for t in final["targets"].values())
     admin = f"http://{client_ip}:{SIDECAR_ADMIN_PORT}"
     out.write(
-        "\nwhere to look next: run `meshlet demo` (no --duration) and, while it runs,\n"
+        "\nwhere to look next: run `meshlet demo` (no --duration) and, while it runs\n"
+        "(its header shows the addresses; usually the same as this run's),\n"
         f"  curl {admin}/config_dump   what the sidecar accepted\n"
         f"  curl {admin}/clusters      endpoints, connections, ejections\n"
         f"  curl {admin}/metrics       Prometheus metrics\n"

@@ -19,6 +19,7 @@ starts on the machine.
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import ipaddress
 import json
 import logging
@@ -26,12 +27,13 @@ import os
 import secrets
 import signal
 import subprocess
+import threading
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import FrameType, TracebackType
-from typing import IO
+from typing import IO, Any
 
 from meshlet.devmesh import netns
 
@@ -98,13 +100,59 @@ class _Record:
         return cls(**data)
 
     def clear(self) -> None:
+        """Ends the processes, then deletes namespaces and links; every step is tried even
+        when one fails (the first error is raised at the end)."""
+        errors: list[Exception] = []
+
+        def attempt(step: Callable[..., None], *args: Any) -> None:
+            try:
+                step(*args)
+            except Exception as exc:  # keep clearing; report the first afterwards
+                errors.append(exc)
+
         for pid, start in reversed(self.processes):
-            _stop_pid(pid, start)
+            attempt(_stop_pid, pid, start)
+        # Whatever else runs in the pods (a command's children, a helper the owner did not
+        # record): every process inside them, found by namespace, as `ip netns pids` does.
         for namespace in self.namespaces:
-            netns.delete(namespace)
+            for pid, start in _processes_in(namespace):
+                attempt(_stop_pid, pid, start)
+        for namespace in self.namespaces:
+            attempt(netns.delete, namespace)
+        present = set(netns.links())
         for link in self.links:
-            if link in netns.links():
-                netns.delete_link(link)
+            if link in present:
+                attempt(netns.delete_link, link)
+        if errors:
+            raise errors[0]
+
+
+def _processes_in(namespace: str) -> list[tuple[int, str | None]]:
+    """(pid, start time) of every process whose network namespace is `namespace`."""
+    try:
+        target = os.stat(netns.NETNS_RUN_DIR / namespace).st_ino
+    except OSError:
+        return []
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit() or int(entry.name) == os.getpid():
+            continue
+        try:
+            if os.stat(entry / "ns" / "net").st_ino == target:
+                found.append((int(entry.name), _start_time(int(entry.name))))
+        except OSError:
+            continue  # gone, or not ours to look at
+    return found
+
+
+@contextlib.contextmanager
+def _machine_lock(state_dir: Path) -> Iterator[None]:
+    """One mesh at a time picks its subnet and id: two starting together must not pick the
+    same."""
+    state_dir.mkdir(parents=True, exist_ok=True)
+    with open(state_dir / ".lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        yield
 
 
 def clear_stale(state_dir: Path = STATE_DIR) -> list[str]:
@@ -236,13 +284,32 @@ class DevMesh:
         raise SystemExit(128 + signum)  # unwinds through __exit__, which cleans up
 
     def start(self) -> None:
-        clear_stale(self.state_dir)
-        self.subnet = _free_subnet()
-        self._record.links.append(self.bridge)
-        self._save()
-        netns.ip("link", "add", self.bridge, "type", "bridge")
-        netns.ip("addr", "add", f"{self.gateway}/{self.subnet.prefixlen}", "dev", self.bridge)
+        with _machine_lock(self.state_dir):
+            clear_stale(self.state_dir)
+            self._claim_id()
+            self.subnet = _free_subnet()
+            self._record.links.append(self.bridge)
+            self._save()
+            netns.ip("link", "add", self.bridge, "type", "bridge")
+            netns.ip("addr", "add", f"{self.gateway}/{self.subnet.prefixlen}", "dev", self.bridge)
         netns.ip("link", "set", self.bridge, "up")
+
+    def _claim_id(self) -> None:
+        """An id no other mesh holds, and no namespace or link on the machine uses."""
+        taken = " ".join([*netns.names(), *netns.links()])
+        for _ in range(100):
+            state_file = self.state_dir / f"{self.id}.json"
+            if self.id not in taken:
+                try:
+                    os.close(os.open(state_file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644))
+                except FileExistsError:
+                    pass
+                else:
+                    self.state_file = state_file
+                    self.bridge = f"mlb{self.id}"
+                    return
+            self.id = secrets.token_hex(2)
+        raise DevMeshError("no free mesh id")
 
     @property
     def gateway(self) -> str:
@@ -253,12 +320,20 @@ class DevMesh:
         if self._closed:
             return
         self._closed = True
+        # A second Ctrl-C or SIGTERM must not cut the cleanup short (signals can only be
+        # set from the main thread; elsewhere they go to it anyway).
+        held = {}
+        if threading.current_thread() is threading.main_thread():
+            held = {s: signal.signal(s, signal.SIG_IGN) for s in (signal.SIGINT, signal.SIGTERM)}
         try:
             for process in reversed(self._processes):
-                self.stop(process)
+                with contextlib.suppress(Exception):
+                    self.stop(process)
             self._record.clear()
             self.state_file.unlink(missing_ok=True)
         finally:
+            for sig, handler in held.items():
+                signal.signal(sig, handler)
             if self._cleanup_on_sigterm and self._previous_sigterm is not None:
                 signal.signal(signal.SIGTERM, self._previous_sigterm)  # type: ignore[arg-type]
 

@@ -24,8 +24,13 @@ class NetnsError(RuntimeError):
     pass
 
 
+def ip_binary() -> str:
+    """iproute2's `ip`, also where PATH lacks the sbin folders."""
+    return shutil.which("ip") or shutil.which("ip", path="/usr/sbin:/sbin") or "ip"
+
+
 def ip(*args: str, namespace: str | None = None, check: bool = True) -> str:
-    argv = ["ip", *(["-n", namespace] if namespace else []), *args]
+    argv = [ip_binary(), *(["-n", namespace] if namespace else []), *args]
     result = subprocess.run(argv, capture_output=True, text=True, timeout=30)
     if check and result.returncode != 0:
         raise NetnsError(f"{' '.join(argv)}: {(result.stderr or result.stdout).strip()}")
@@ -89,7 +94,7 @@ def exec_argv(
     (pyenv under /root). It is no network capability: its sockets belong to `uid`,
     which is what the capture rules match.
     """
-    prefix = ["ip", "netns", "exec", namespace]
+    prefix = [ip_binary(), "netns", "exec", namespace]
     if uid is not None or gid is not None:
         prefix += setpriv_argv(uid, gid)
     return [*prefix, *argv]
@@ -122,11 +127,15 @@ def entered(namespace: str) -> Iterator[None]:
     """
     with _enter_lock:
         home = os.open(f"/proc/self/task/{threading.get_native_id()}/ns/net", os.O_RDONLY)
-        target = os.open(NETNS_RUN_DIR / namespace, os.O_RDONLY)
         try:
-            _setns(target)
-        finally:
-            os.close(target)
+            target = os.open(NETNS_RUN_DIR / namespace, os.O_RDONLY)
+            try:
+                _setns(target)
+            finally:
+                os.close(target)
+        except BaseException:
+            os.close(home)
+            raise
     try:
         yield
     finally:

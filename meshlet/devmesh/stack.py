@@ -127,13 +127,18 @@ class LocalMesh:
 
     # --- pieces ----------------------------------------------------------------------
 
-    def add_backend(self, name: str) -> Backend:
+    def add_backend(self, name: str, ready: bool = False) -> Backend:
+        """A backend pod; with `ready`, return once it accepts connections (as a pod that
+        passed its readiness probe, before it goes into an EndpointSlice)."""
         pod = self.mesh.add_pod(name, resolv_conf=pod_resolv_conf())
         argv = [PYTHON, "-m", "meshlet.devmesh.backend", f"--name={name}"]
         argv.append(f"--listen={pod.ip}:{BACKEND_PORT}")
-        process = pod.spawn(argv, self.log(name), uid=APP_UID)
+        log = self.log(name)
+        process = pod.spawn(argv, log, uid=APP_UID)
         backend = Backend(name, pod, process)
         self.backends[name] = backend
+        if ready:
+            wait_for(f"http://{pod.ip}:{BACKEND_PORT}/", name, process, log)
         return backend
 
     def kill_backend(self, name: str) -> None:

@@ -37,7 +37,9 @@ class SidecarConfig:
     namespace: str = "default"
     zone: str = ""
     cluster_domain: str = "cluster.local"
-    dns_address: tuple[str, int] = ("127.0.0.1", 15053)
+    # Empty: 127.0.0.1:15053, and [::1]:15053 when IPv6 is up (capture sends a pod's
+    # IPv6 DNS to ::1).
+    dns_addresses: tuple[tuple[str, int], ...] = ()
     upstream_dns: tuple[tuple[str, int], ...] = ()
     resolv_conf: str = "/etc/resolv.conf"
     admin_address: tuple[str, int] = ("127.0.0.1", 15000)
@@ -49,6 +51,7 @@ class SidecarConfig:
 
 
 DEFAULT_OUTBOUND_PORT = 15001
+DEFAULT_DNS_PORT = 15053
 
 
 class DnsView:
@@ -79,7 +82,8 @@ class DnsView:
 def upstreams_of(config: SidecarConfig) -> tuple[tuple[str, int], ...]:
     configured = config.upstream_dns or read_resolv_conf(config.resolv_conf).nameservers
     # Forwarding to ourselves would loop every unknown name until it times out.
-    return tuple(u for u in configured if u != config.dns_address)
+    own = set(dns_addresses_of(config))
+    return tuple(u for u in configured if u not in own)
 
 
 def ipv6_loopback() -> bool:
@@ -92,13 +96,16 @@ def ipv6_loopback() -> bool:
         return False
 
 
+def _loopbacks(port: int) -> tuple[tuple[str, int], ...]:
+    return (("127.0.0.1", port), *((("::1", port),) if ipv6_loopback() else ()))
+
+
 def outbound_addresses_of(config: SidecarConfig) -> tuple[tuple[str, int], ...]:
-    if config.outbound_addresses:
-        return config.outbound_addresses
-    addresses = [("127.0.0.1", DEFAULT_OUTBOUND_PORT)]
-    if ipv6_loopback():
-        addresses.append(("::1", DEFAULT_OUTBOUND_PORT))
-    return tuple(addresses)
+    return config.outbound_addresses or _loopbacks(DEFAULT_OUTBOUND_PORT)
+
+
+def dns_addresses_of(config: SidecarConfig) -> tuple[tuple[str, int], ...]:
+    return config.dns_addresses or _loopbacks(DEFAULT_DNS_PORT)
 
 
 def _raise_open_files_limit() -> None:
@@ -138,19 +145,24 @@ async def serve(config: SidecarConfig, stop: asyncio.Event) -> int:
     metrics = SidecarMetrics(telemetry, client.status)
     proxy = OutboundProxy(router)
     ProxyMetrics(telemetry.meter, router, lambda: proxy)
-    dns = DnsServer(lambda: dns_view.table, Forwarder(upstreams), on_query=metrics.dns_queries)
+    forwarder = Forwarder(upstreams)
+    dns_servers = [
+        DnsServer(lambda: dns_view.table, forwarder, on_query=metrics.dns_queries)
+        for _ in dns_addresses_of(config)
+    ]
     admin = build_admin(lambda: client.state, client.status, telemetry, router, proxy.loop.time)
     xds: asyncio.Task[None] | None = None
     try:
         outbound = proxy.listen(outbound_addresses_of(config))
-        dns_host, dns_port = await dns.start(*config.dns_address)
+        dns_bound = [
+            await server.start(*address)
+            for server, address in zip(dns_servers, dns_addresses_of(config), strict=True)
+        ]
         admin_port = await admin.start(*config.admin_address)
         log.info(
-            "outbound proxy on %s, DNS on %s:%d (upstreams %s), admin on %s:%d, "
-            "xDS from %s:%d (%s)",
+            "outbound proxy on %s, DNS on %s (upstreams %s), admin on %s:%d, xDS from %s:%d (%s)",
             ", ".join(_address(h, p) for h, p in outbound),
-            dns_host,
-            dns_port,
+            ", ".join(_address(h, p) for h, p in dns_bound),
             ", ".join(_address(h, p) for h, p in upstreams),
             config.admin_address[0],
             admin_port,
@@ -173,7 +185,8 @@ async def serve(config: SidecarConfig, stop: asyncio.Event) -> int:
             with contextlib.suppress(asyncio.CancelledError):
                 await xds
         await proxy.close()
-        await dns.close()
+        for server in dns_servers:
+            await server.close()
         await admin.close()
         telemetry.shutdown()
     return 0
