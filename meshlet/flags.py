@@ -75,6 +75,7 @@ def domain_name(text: str) -> str:
 
 
 def grpc_address(host: str, port: int) -> str:
+    """HOST:PORT, an IPv6 host in brackets: as gRPC targets, logs and endpoint names write it."""
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 

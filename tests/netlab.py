@@ -39,17 +39,8 @@ def skip_unless_netns_and_nftables() -> None:
 @dataclass(frozen=True)
 class Lab:
     namespace: str
-    outbound_port: int
     # An address on the lab's link that nobody answers: a connect there goes nowhere.
     silent_address: str
-
-    def nft_ruleset(self) -> str:
-        return subprocess.run(
-            ["ip", "netns", "exec", self.namespace, "nft", "list", "ruleset"],
-            capture_output=True,
-            text=True,
-            check=True,
-        ).stdout
 
 
 @contextlib.contextmanager
@@ -68,8 +59,8 @@ def lab_pod() -> Iterator[tuple[DevMesh, Pod]]:
 
 
 @contextlib.contextmanager
-def capture_lab(outbound_port: int = 15001, extra: Sequence[str] = ()) -> Iterator[Lab]:
-    """A pod where TCP to the service CIDRs goes to `outbound_port` on loopback, DNS to
+def capture_lab(extra: Sequence[str] = ()) -> Iterator[Lab]:
+    """A pod where TCP to the service CIDRs goes to port 15001 on loopback, DNS to
     10.96.0.10 and fd00:96::a to port 15053 (`extra`: more `meshlet init` flags)."""
     with lab_pod() as (mesh, pod):
         init = [
@@ -77,7 +68,6 @@ def capture_lab(outbound_port: int = 15001, extra: Sequence[str] = ()) -> Iterat
             "-m",
             "meshlet",
             "init",
-            f"--outbound-port={outbound_port}",
             f"--service-cidr={SERVICE_CIDR_V4}",
             f"--service-cidr={SERVICE_CIDR_V6}",
             "--dns-server=10.96.0.10",
@@ -88,11 +78,11 @@ def capture_lab(outbound_port: int = 15001, extra: Sequence[str] = ()) -> Iterat
         assert result.returncode == 0, result.stderr
         assert mesh.subnet is not None
         silent = str(mesh.subnet.network_address + 250)
-        yield Lab(pod.namespace, outbound_port, silent)
+        yield Lab(pod.namespace, silent)
 
 
 @contextlib.contextmanager
-def inside_capture_lab(outbound_port: int = 15001, extra: Sequence[str] = ()) -> Iterator[Lab]:
+def inside_capture_lab(extra: Sequence[str] = ()) -> Iterator[Lab]:
     """capture_lab, with this thread inside it for the block."""
-    with capture_lab(outbound_port, extra) as lab, netns.entered(lab.namespace):
+    with capture_lab(extra) as lab, netns.entered(lab.namespace):
         yield lab

@@ -241,9 +241,6 @@ class Pod:
             self.argv(argv, uid, gid), log_file, env=env, stdout=stdout, pod=self
         )
 
-    def stop(self, process: subprocess.Popen[bytes], timeout: float = 10.0) -> int:
-        return self.mesh.stop(process, timeout)
-
 
 class DevMesh:
     def __init__(self, state_dir: Path = STATE_DIR, cleanup_on_sigterm: bool = False) -> None:
@@ -429,9 +426,3 @@ class DevMesh:
         if not self._closed:
             self._save()
         return code
-
-
-@contextlib.contextmanager
-def dev_mesh(cleanup_on_sigterm: bool = False) -> Iterator[DevMesh]:
-    with DevMesh(cleanup_on_sigterm=cleanup_on_sigterm) as mesh:
-        yield mesh

@@ -161,9 +161,9 @@ async def serve(config: SidecarConfig, stop: asyncio.Event) -> int:
         admin_port = await admin.start(*config.admin_address)
         log.info(
             "outbound proxy on %s, DNS on %s (upstreams %s), admin on %s:%d, xDS from %s:%d (%s)",
-            ", ".join(_address(h, p) for h, p in outbound),
-            ", ".join(_address(h, p) for h, p in dns_bound),
-            ", ".join(_address(h, p) for h, p in upstreams),
+            ", ".join(grpc_address(h, p) for h, p in outbound),
+            ", ".join(grpc_address(h, p) for h, p in dns_bound),
+            ", ".join(grpc_address(h, p) for h, p in upstreams),
             config.admin_address[0],
             admin_port,
             *config.xds_address,
@@ -190,10 +190,6 @@ async def serve(config: SidecarConfig, stop: asyncio.Event) -> int:
         await admin.close()
         telemetry.shutdown()
     return 0
-
-
-def _address(host: str, port: int) -> str:
-    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
 def run(config: SidecarConfig) -> int:

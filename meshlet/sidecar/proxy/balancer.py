@@ -22,6 +22,7 @@ import random
 from collections.abc import Container, Sequence
 from dataclasses import dataclass, field
 
+from meshlet.flags import grpc_address
 from meshlet.model import Endpoint, Health
 from meshlet.sidecar.proxy.outlier import OutlierRecord, record_failure, record_success
 from meshlet.sidecar.proxy.policies import Policy, Pool, build_policy
@@ -44,9 +45,7 @@ def _anything(_index: int) -> bool:
 
 
 def host_name(endpoint: Endpoint) -> str:
-    if ":" in endpoint.address:
-        return f"[{endpoint.address}]:{endpoint.port}"
-    return f"{endpoint.address}:{endpoint.port}"
+    return grpc_address(endpoint.address, endpoint.port)
 
 
 def _pools(endpoints: Sequence[Endpoint], prefer_zone: str) -> list[Pool]:

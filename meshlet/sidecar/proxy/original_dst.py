@@ -18,19 +18,6 @@ _SOCKADDR_IN = 16
 _SOCKADDR_IN6 = 28
 
 
-def parse_sockaddr(raw: bytes) -> tuple[str, int]:
-    """A struct sockaddr_in or sockaddr_in6 (as the kernel returns it) -> (ip, port)."""
-    if len(raw) < 8:
-        raise ValueError(f"a sockaddr of {len(raw)} bytes is too short")
-    family = struct.unpack_from("=H", raw)[0]
-    port = struct.unpack_from("!H", raw, 2)[0]
-    if family == socket.AF_INET:
-        return socket.inet_ntop(socket.AF_INET, raw[4:8]), port
-    if family == socket.AF_INET6 and len(raw) >= 24:
-        return socket.inet_ntop(socket.AF_INET6, raw[8:24]), port
-    raise ValueError(f"a sockaddr of family {family} is neither IPv4 nor IPv6")
-
-
 def destination_key(ip: str, port: int) -> bytes:
     """(ip, port) as the bytes `original_key` gives for it: the port, then the address."""
     family = socket.AF_INET6 if ":" in ip else socket.AF_INET

@@ -97,10 +97,8 @@ class Router:
     def __post_init__(self) -> None:
         self.passthrough = self._default
 
-    def route(self, ip: str, port: int) -> Route:
-        return self.route_by_key(destination_key(ip, port))
-
-    def route_by_key(self, key: bytes) -> Route:
+    def route(self, key: bytes) -> Route:
+        """The route for a destination_key (the passthrough for any other destination)."""
         return self.routes.get(key) or self.passthrough
 
     def update(self, state: SidecarState) -> None:

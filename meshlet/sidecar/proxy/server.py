@@ -236,7 +236,6 @@ class OutboundProxy:
         self._sweeper: asyncio.Task[None] | None = None
         self._drained: asyncio.Event | None = None  # set when draining and nothing is open
         self._closed = False
-        self.accepted = 0
         self.not_redirected = 0
         self.accept_failures = 0
         self._accept_failure_logged = float("-inf")
@@ -288,7 +287,6 @@ class OutboundProxy:
                 except OSError as exc:
                     self._accept_failed(listener, accept, exc)
                     return
-                self.accepted += 1
                 self._handle(_socket.socket(family, socket.SOCK_STREAM, 0, fd), peer, ipv6)
 
         return accept
@@ -330,7 +328,7 @@ class OutboundProxy:
             self.not_redirected += 1
             reset(client)
             return
-        route = self.router.route_by_key(destination)
+        route = self.router.route(destination)
         runtime = route.cluster
         if runtime.active >= runtime.config.max_connections:
             runtime.refused += 1
