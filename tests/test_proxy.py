@@ -21,7 +21,7 @@ import socket
 import sys
 import time
 from collections import Counter
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass, field
 
 import pytest
@@ -147,6 +147,15 @@ async def exchange(host: str = VIP, port: int = PORT) -> str:
     return name
 
 
+async def eventually(condition: Callable[[], object], what: str) -> None:
+    """Until `condition()` holds, letting the event loop (and the proxy on it) run."""
+    deadline = time.monotonic() + TIMEOUT
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        await asyncio.sleep(0.01)
+
+
 async def expect_reset(host: str = VIP, port: int = PORT) -> None:
     """The proxy resets the connection (as soon as it is made, or at the first read)."""
     with pytest.raises(ConnectionResetError):
@@ -260,7 +269,7 @@ async def test_over_the_circuit_breaker_new_connections_are_refused(lab: Lab) ->
         await expect_reset()
         assert cluster(proxy).refused == 1
         held[0][2].close()
-        await asyncio.sleep(0.2)
+        await eventually(lambda: cluster(proxy).active < 2, "the closed connection to count off")
         assert await exchange() in {"web-0", "web-1", "web-2"}
         held[1][2].close()
 
@@ -303,7 +312,7 @@ async def test_a_slow_reader_does_not_make_the_proxy_buffer(lab: Lab) -> None:
         with sock:
             sock.setblocking(False)
             sent, chunk = 0, b"x" * 65536
-            await asyncio.sleep(0.1)
+            await eventually(lambda: proxy.relays, "the connection to be relayed")
             # Push until the client's own kernel refuses more: everything beyond the
             # socket buffers would have to be held by the proxy.
             stalls = 0
@@ -320,7 +329,6 @@ async def test_a_slow_reader_does_not_make_the_proxy_buffer(lab: Lab) -> None:
             assert relay.client_interest & 1 == 0  # not reading the client (EPOLLIN off)
             for backend in started:
                 backend.reading.set()
-            await asyncio.sleep(0.1)
             sock.setblocking(True)
             sock.shutdown(socket.SHUT_WR)
             received = bytearray()
@@ -360,7 +368,7 @@ async def test_sigterm_drain_lets_open_connections_finish(lab: Lab) -> None:
     async with backends(), proxy_for(sidecar_state(Mesh((web(),)))) as proxy:
         _, reader, writer = await greeting()
         drained = asyncio.create_task(proxy.drain(TIMEOUT))
-        await asyncio.sleep(0.1)
+        await asyncio.sleep(0)  # one turn of the loop: the drain stops accepting first
         # No new connections: the listener is closed, the redirect meets a closed port.
         with pytest.raises(ConnectionRefusedError):
             await asyncio.open_connection(VIP, PORT)
@@ -388,9 +396,10 @@ async def test_a_half_closed_connection_with_a_slow_reader_does_not_spin(lab: La
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
             sock.sendall(b"z" * 1_000_000)
             sock.shutdown(socket.SHUT_WR)  # the backend echoes, says bye and closes
-            await asyncio.sleep(0.5)
+            await eventually(lambda: proxy.relays, "the connection to be relayed")
             relay = next(iter(proxy.relays))
-            assert relay.up.ended and relay.down.pending  # half done, the reader is slow
+            # Half done, the reader slow: the client's side ended, the backend's waits.
+            await eventually(lambda: relay.up.ended and relay.down.pending, "that state")
             # Nothing to do until the client reads: the proxy must not burn CPU waiting.
             cpu = time.thread_time()
             await asyncio.sleep(1.0)
@@ -411,8 +420,7 @@ async def test_the_proxys_own_captured_connection_is_refused_not_looped(lab: Lab
     async with proxy_for(sidecar_state(Mesh((web(),)))) as proxy:
         await expect_reset("10.96.5.5", 9999)
         assert proxy.looped >= 1
-        await asyncio.sleep(0.1)
-        assert not proxy.connecting and not proxy.relays
+        await eventually(lambda: not proxy.connecting and not proxy.relays, "nothing left open")
         assert proxy.router.passthrough.cluster.active == 0
 
 
@@ -432,8 +440,8 @@ def fd_limit(spare: int) -> Iterator[None]:
 
 
 CLIENTS = (
-    "import socket, time\n"
-    "time.sleep(0.5)\n"  # until the proxy's fd limit is down
+    "import socket, sys\n"
+    "sys.stdin.readline()\n"  # the go-ahead: the proxy's fd limit is down
     "def one():\n"
     "    try:\n"
     "        c = socket.create_connection(('10.96.0.10', 80), timeout=20)\n"
@@ -448,12 +456,18 @@ CLIENTS = (
 async def test_running_out_of_fds_pauses_accepting_instead_of_spinning(lab: Lab) -> None:
     async with backends(), proxy_for(sidecar_state(Mesh((web(),)))) as proxy:
         clients = await asyncio.create_subprocess_exec(
-            sys.executable, "-c", CLIENTS, stdout=asyncio.subprocess.PIPE
+            sys.executable,
+            "-c",
+            CLIENTS,
+            stdin=asyncio.subprocess.PIPE,
+            stdout=asyncio.subprocess.PIPE,
         )
+        assert clients.stdin is not None
         with fd_limit(spare=0):
-            await asyncio.sleep(1.5)
-            assert proxy.accept_failures > 0  # it ran out ...
-            assert proxy.accept_failures < 100  # ... and paused, not spun (0.1 s pauses)
+            clients.stdin.write(b"go\n")
+            await eventually(lambda: proxy.accept_failures > 0, "accept to run out of fds")
+            await asyncio.sleep(0.5)  # a window in which a spinning accept would count up
+            assert proxy.accept_failures < 20  # paused 0.1 s after each failure, not spun
         out, _ = await asyncio.wait_for(clients.communicate(), 60)
         assert out.strip() == b"20"  # waiting clients are served once fds are back
         assert await exchange() in {"web-0", "web-1", "web-2"}
