@@ -424,19 +424,25 @@ async def test_the_proxys_own_captured_connection_is_refused_not_looped(lab: Lab
         assert proxy.router.passthrough.cluster.active == 0
 
 
-def fds_in_use() -> int:
-    return len(os.listdir("/proc/self/fd"))
-
-
 @contextlib.contextmanager
 def fd_limit(spare: int) -> Iterator[None]:
-    """This process may open only `spare` more fds for the block."""
+    """This process may open only `spare` more fds for the block.
+
+    RLIMIT_NOFILE bounds fd numbers, not their count, and a new fd takes the lowest free
+    number: so the holes below the highest open fd are filled first, or they would be spare
+    fds the limit does not see."""
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    resource.setrlimit(resource.RLIMIT_NOFILE, (fds_in_use() + spare, hard))
+    highest = max(int(name) for name in os.listdir("/proc/self/fd"))
+    fillers = [os.open("/dev/null", os.O_RDONLY)]
+    while fillers[-1] < highest:  # every number up to the last filler is taken then
+        fillers.append(os.open("/dev/null", os.O_RDONLY))
+    resource.setrlimit(resource.RLIMIT_NOFILE, (fillers[-1] + 1 + spare, hard))
     try:
         yield
     finally:
         resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+        for fd in fillers:
+            os.close(fd)
 
 
 CLIENTS = (
@@ -470,6 +476,17 @@ async def test_running_out_of_fds_pauses_accepting_instead_of_spinning(lab: Lab)
             assert proxy.accept_failures < 20  # paused 0.1 s after each failure, not spun
         out, _ = await asyncio.wait_for(clients.communicate(), 60)
         assert out.strip() == b"20"  # waiting clients are served once fds are back
+        assert await exchange() in {"web-0", "web-1", "web-2"}
+
+
+async def test_no_socket_for_the_upstream_blames_no_endpoint(lab: Lab) -> None:
+    async with backends(), proxy_for(sidecar_state(Mesh((web(),)))) as proxy:
+        with fd_limit(spare=2):  # the client's socket and the accepted one; none upstream
+            await expect_reset()
+        runtime = cluster(proxy)
+        assert runtime.local_failures == 1  # given up at once: every endpoint would fail alike
+        assert runtime.connect_failures == 0 and runtime.ejections == 0 and runtime.retries == 0
+        assert not runtime.balancer().ejected(proxy.loop.time())
         assert await exchange() in {"web-0", "web-1", "web-2"}
 
 

@@ -19,6 +19,12 @@ _Read = Callable[[ClusterRuntime], int]
 _CLUSTER_COUNTERS: tuple[tuple[str, str, _Read], ...] = (
     ("connections", "Connections relayed, by cluster", lambda c: c.opened),
     ("connect_failures", "Upstream connects that failed, by cluster", lambda c: c.connect_failures),
+    (
+        "local_failures",
+        "Connects that failed before reaching the network (no socket: out of fds, ...), "
+        "by cluster; no endpoint is blamed for them",
+        lambda c: c.local_failures,
+    ),
     ("retries", "Connects retried on another endpoint, by cluster", lambda c: c.retries),
     ("ejections", "Endpoints ejected by outlier detection, by cluster", lambda c: c.ejections),
 )

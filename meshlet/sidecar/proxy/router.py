@@ -39,6 +39,7 @@ class ClusterRuntime:
     active: int = 0
     opened: int = 0
     connect_failures: int = 0  # connects that failed, retried or not
+    local_failures: int = 0  # no socket could be made (out of fds, ...): no endpoint blamed
     retries: int = 0
     ejections: int = 0
     refused: int = 0  # over the circuit breaker's cap

@@ -41,6 +41,7 @@ _BACKLOG = 4096
 _NODELAY = (socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 _STREAM = socket.SOCK_STREAM | socket.SOCK_NONBLOCK | socket.SOCK_CLOEXEC
 _WILDCARDS = ("0.0.0.0", "::")
+_OUT_OF_RESOURCES = frozenset((errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM))
 
 
 class _Connect:
@@ -94,9 +95,8 @@ class _Connect:
             address = host.address
         try:
             sock = _socket.socket(socket.AF_INET6 if ":" in address[0] else socket.AF_INET, _STREAM)
-        except OSError as exc:  # out of fds, no IPv6, ...: this try fails, the next may not
-            log.error("%s: cannot make a socket for %s: %s", runtime.name, address[0], exc)
-            self.failed()
+        except OSError as exc:
+            self.no_socket(address[0], exc)
             return
         try:
             sock.setsockopt(*_NODELAY)
@@ -149,6 +149,28 @@ class _Connect:
             self.proxy.reactor.forget(sock.fileno())
             sock.close()
             self.sock = None
+
+    def no_socket(self, ip: str, exc: OSError) -> None:
+        """No socket could be made: a local fault, so the endpoint is not blamed for it.
+        Out of fds or memory, every other endpoint would fail the same way: give up now.
+        Anything else (no IPv6 here, say) may spare endpoints of the other family."""
+        runtime = self.route.cluster
+        runtime.local_failures += 1
+        self.proxy.log_local_failure(
+            "%s: cannot make a socket for %s (%d times so far): %s",
+            runtime.name,
+            ip,
+            runtime.local_failures,
+            exc,
+        )
+        if self.host is not None:
+            self.tried.append(self.host)
+            self.host = None
+        out_of_resources = exc.errno in _OUT_OF_RESOURCES
+        if out_of_resources or self.route.passthrough or len(self.tried) > MAX_RETRIES:
+            self.give_up()
+            return
+        self.attempt()
 
     def timed_out(self) -> None:
         self.timer = None
@@ -238,7 +260,7 @@ class OutboundProxy:
         self._closed = False
         self.not_redirected = 0
         self.accept_failures = 0
-        self._accept_failure_logged = float("-inf")
+        self._local_failure_logged = float("-inf")
 
     # --- listening -------------------------------------------------------------
 
@@ -291,16 +313,21 @@ class OutboundProxy:
 
         return accept
 
+    def log_local_failure(self, message: str, *args: object) -> None:
+        """Out of fds, say: logged at most every 10 s, or the log would flood as fast as
+        connections come in."""
+        now = self.loop.time()
+        if now - self._local_failure_logged >= 10.0:
+            self._local_failure_logged = now
+            log.error(message, *args)
+
     def _accept_failed(
         self, listener: _socket.socket, accept: Callable[[int], None], exc: OSError
     ) -> None:
         """Out of fds (or the like): the listener stays readable, so stop watching it for a
         moment instead of spinning; the waiting clients are accepted when fds free up."""
         self.accept_failures += 1
-        now = self.loop.time()
-        if now - self._accept_failure_logged >= 10.0:
-            self._accept_failure_logged = now
-            log.error("accept failed (%d times so far): %s", self.accept_failures, exc)
+        self.log_local_failure("accept failed (%d times so far): %s", self.accept_failures, exc)
         fd = listener.fileno()
         self.reactor.unwatch(fd)
 
