@@ -274,6 +274,27 @@ async def test_over_the_circuit_breaker_new_connections_are_refused(lab: Lab) ->
         held[1][2].close()
 
 
+async def test_a_cluster_removed_and_added_again_still_counts_its_open_connections(
+    lab: Lab,
+) -> None:
+    state = sidecar_state(Mesh((web(),)))
+    capped = dataclasses.replace(state.clusters[WEB], max_connections=2)
+    state = dataclasses.replace(state, clusters={**state.clusters, WEB: capped})
+    async with backends(), proxy_for(state) as proxy:
+        held = [await greeting() for _ in range(2)]
+        proxy.router.update(sidecar_state(Mesh(())))  # the service goes away ...
+        proxy.router.update(state)  # ... and comes back while both connections live
+        assert cluster(proxy).active == 2
+        await expect_reset()  # still over the cap
+        held[0][2].close()
+        await eventually(lambda: cluster(proxy).active < 2, "the closed connection to count off")
+        assert await exchange() in {"web-0", "web-1", "web-2"}
+        held[1][2].close()
+        await eventually(lambda: cluster(proxy).active == 0, "every connection to count off")
+        proxy.router.update(sidecar_state(Mesh(())))
+        assert not proxy.router.retired  # nothing open: nothing kept
+
+
 # --- the relay -----------------------------------------------------------------------
 
 

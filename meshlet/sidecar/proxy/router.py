@@ -91,6 +91,9 @@ class Router:
     # destination_key(VIP, port) -> Route: what the proxy looks up per connection.
     routes: Mapping[bytes, Route] = field(default_factory=dict)
     clusters: dict[str, ClusterRuntime] = field(default_factory=dict)
+    # Removed clusters whose connections are still open: one that comes back takes its
+    # runtime up again, so its circuit breaker still counts those connections.
+    retired: dict[str, ClusterRuntime] = field(default_factory=dict)
     passthrough: Route = field(init=False)
     _default: Route = field(default_factory=_default_passthrough)
     _state: SidecarState | None = None
@@ -110,12 +113,17 @@ class Router:
         clusters: dict[str, ClusterRuntime] = {}
         for name, config in state.clusters.items():
             endpoints = state.endpoints.get(name, ())
-            runtime = self.clusters.get(name)
+            runtime = self.clusters.get(name) or self.retired.pop(name, None)
             if runtime is None:
                 runtime = ClusterRuntime(name, config, endpoints, self.zone, self.rng)
             else:
                 runtime.change(config, endpoints)
             clusters[name] = runtime
+        gone = [
+            *self.retired.values(),
+            *(r for r in self.clusters.values() if r.name not in clusters),
+        ]
+        self.retired = {r.name: r for r in gone if r.active > 0 and r.name not in clusters}
         self.clusters = clusters
         routes: dict[bytes, Route] = {}
         for (ip, port), listener in state.listeners.items():
