@@ -28,6 +28,7 @@ ROOT = Path(__file__).resolve().parent.parent
 WEB_IP = "10.96.0.20"
 LEGACY_IP = "10.96.200.200"  # in the service CIDR, but no service of the mesh
 WEB = ServiceSpec("web", WEB_IP, 80, ("web-0", "web-1", "web-2"))
+WEB_CLUSTER = "outbound|80||web.default.svc.cluster.local"
 
 
 @pytest.fixture
@@ -77,13 +78,35 @@ def test_requests_to_a_service_are_balanced_and_survive_a_dead_backend(stack: Lo
     assert after["errors"] == 0, after["last_error"]
     assert after["endpoints"] == {"web-0": 30, "web-2": 30}
     clusters = stack.sidecar_json("/clusters")
-    web_cluster = clusters["outbound|80||web.default.svc.cluster.local"]
+    web_cluster = clusters[WEB_CLUSTER]
     dead = next(
         e
         for e in web_cluster["endpoints"]
         if e["address"].startswith(stack.backends["web-1"].pod.ip)
     )
     assert dead["ejected"] and web_cluster["retries"] >= 1
+
+
+def test_client_ip_affinity_keeps_a_client_on_one_backend_until_it_dies(
+    stack: LocalMesh,
+) -> None:
+    stack.write_services([ServiceSpec("web", WEB_IP, 80, WEB.backends, client_ip_affinity=True)])
+    wait_until(
+        lambda policy: policy == "ring-hash",
+        30,
+        "the sidecar to hash on the client IP",
+        observe=lambda: stack.sidecar_json("/clusters")[WEB_CLUSTER]["lb_policy"],
+    )
+    web = requests(stack, 30)
+    assert web["errors"] == 0, web["last_error"]
+    endpoints: dict[str, int] = web["endpoints"]  # type: ignore[assignment]
+    assert len(endpoints) == 1 and sum(endpoints.values()) == 30, endpoints
+    (chosen,) = endpoints
+    stack.kill_backend(chosen)
+    after = requests(stack, 30)
+    assert after["errors"] == 0, after["last_error"]
+    moved: dict[str, int] = after["endpoints"]  # type: ignore[assignment]
+    assert len(moved) == 1 and chosen not in moved, moved  # one other backend, not a spread
 
 
 def test_a_removed_endpoint_keeps_its_open_connection(stack: LocalMesh) -> None:

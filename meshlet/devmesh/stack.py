@@ -47,6 +47,7 @@ class ServiceSpec:
     port: int
     backends: tuple[str, ...]  # backend pod names
     namespace: str = "default"
+    client_ip_affinity: bool = False  # sessionAffinity: ClientIP
 
 
 def service_objects(
@@ -55,9 +56,10 @@ def service_objects(
     """A Service and an EndpointSlice per service; `ip_of` gives a backend pod's IP."""
     objects: list[dict[str, Any]] = []
     for s in services:
-        objects.append(
-            service_manifest(s.name, s.namespace, s.cluster_ip, [("http", s.port, "http")])
-        )
+        service = service_manifest(s.name, s.namespace, s.cluster_ip, [("http", s.port, "http")])
+        if s.client_ip_affinity:
+            service["spec"]["sessionAffinity"] = "ClientIP"
+        objects.append(service)
         addresses = [ip_of(b) for b in s.backends]
         objects.append(
             endpoint_slice_manifest(s.name, s.namespace, [("http", BACKEND_PORT)], addresses)
