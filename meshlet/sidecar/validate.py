@@ -218,7 +218,18 @@ def _max_connections(cluster: cluster_pb2.Cluster) -> int:
     return _MAX_CONNECTIONS
 
 
+# Most clusters share one outlier setting: one object for each distinct one.
+_OUTLIERS: dict[OutlierConfig, OutlierConfig] = {}
+
+
 def _outlier(where: _Where, cluster: cluster_pb2.Cluster) -> OutlierConfig:
+    config = _outlier_config(where, cluster)
+    if len(_OUTLIERS) >= 1024:  # bounded, whatever the control plane sends
+        _OUTLIERS.clear()
+    return _OUTLIERS.setdefault(config, config)
+
+
+def _outlier_config(where: _Where, cluster: cluster_pb2.Cluster) -> OutlierConfig:
     if not cluster.HasField("outlier_detection"):
         return OutlierConfig(enabled=False)
     od = cluster.outlier_detection

@@ -41,6 +41,7 @@ from envoy.service.discovery.v3.discovery_pb2 import (
 from google.protobuf import struct_pb2
 from google.rpc.status_pb2 import Status
 
+from meshlet.process import release_freed_memory
 from meshlet.sidecar.backoff import Backoff, BackoffPolicy
 from meshlet.sidecar.state import SidecarState
 from meshlet.sidecar.validate import Received, Update, ValidationError, apply_update
@@ -56,6 +57,8 @@ WILDCARD = "*"
 SUBSCRIBED_TYPES = (types.CLUSTER, types.ENDPOINT, types.LISTENER, types.NAME_TABLE)
 # What the first config needs besides the load assignments of its EDS clusters.
 _READY_TYPES = (types.CLUSTER, types.LISTENER, types.NAME_TABLE)
+# Resources in a response after which freed memory is handed back (release_freed_memory).
+_BIG_RESPONSE = 1000
 
 _CHANNEL_OPTIONS = [
     # A control plane that vanished without closing the connection is noticed
@@ -450,7 +453,14 @@ class XdsClient:
                             streams_connected=self._status.streams_connected + 1,
                             next_retry_seconds=None,
                         )
-                    for request in self.handle(session, response):
+                    replies = self.handle(session, response)
+                    big = len(response.resources) >= _BIG_RESPONSE
+                    # Not held while the next one is awaited: a full-state response of
+                    # 10,000 resources keeps megabytes of parsed protobuf alive.
+                    del response
+                    if big:
+                        release_freed_memory()
+                    for request in replies:
                         await call.write(request)
             finally:
                 call.cancel()
