@@ -862,6 +862,12 @@ def report(rounds: list[Round], args: argparse.Namespace, rss_start_kb: int) -> 
                 for p, c in sorted(r.received.items())
             )
         )
+        cpus = os.cpu_count() or 1
+        floor_ms = (r.cpu_push_s + r.cpu_workers_push_s) * 1000 / cpus
+        print(
+            f"        the push phase's CPU work (control plane + clients), spread over the "
+            f"{cpus} CPUs they share, takes at least {floor_ms:.0f} ms of wall time"
+        )
         print(
             f"  missed: {missed} (delta {r.missed['delta']}, sotw {r.missed['sotw']}) "
             f"within {args.push_timeout:.0f} s"
