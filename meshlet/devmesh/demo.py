@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import IO, Any
 
 from meshlet.capture.nft import find_nft
+from meshlet.devmesh.firewall import forward_blocked
 from meshlet.devmesh.mesh import DevMesh, DevMeshError
 from meshlet.devmesh.netns import NetnsError
 from meshlet.devmesh.stack import (
@@ -262,6 +263,10 @@ def run(duration: float | None = None, out: IO[str] = sys.stdout) -> int:
     if problem is not None:
         print(f"meshlet demo: {problem}", file=sys.stderr)
         return 1
+    nft = find_nft("nft")
+    warning = forward_blocked(nft) if nft is not None else None
+    if warning is not None:
+        print(f"meshlet demo: warning: {warning}", file=sys.stderr)
     work = Path(tempfile.mkdtemp(prefix="meshlet-demo-"))
     work.chmod(0o755)
     try:
