@@ -3,30 +3,11 @@
 from __future__ import annotations
 
 import asyncio
-import ctypes
 import signal
 import sys
 from collections.abc import Awaitable, Callable
 
 import uvloop
-
-
-def _malloc_trim() -> Callable[[int], int] | None:
-    try:
-        trim: Callable[[int], int] = ctypes.CDLL(None).malloc_trim
-    except (OSError, AttributeError):  # not glibc
-        return None
-    return trim
-
-
-_MALLOC_TRIM = _malloc_trim()
-
-
-def release_freed_memory() -> None:
-    """Hands memory freed after a big burst back to the kernel, so RSS (what a pod's
-    memory limit counts) falls back; glibc keeps it for reuse otherwise."""
-    if _MALLOC_TRIM is not None:
-        _MALLOC_TRIM(0)
 
 
 def run_until_signal(name: str, serve: Callable[[asyncio.Event], Awaitable[int]]) -> int:

@@ -23,11 +23,12 @@ import time
 from collections import Counter
 from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import pytest
 
 from meshlet.model import Endpoint, LbPolicy, Mesh, Service, ServicePort
-from meshlet.sidecar.proxy.router import Router
+from meshlet.sidecar.proxy.router import ClusterRuntime, Router
 from meshlet.sidecar.proxy.server import OutboundProxy
 from meshlet.sidecar.state import SidecarState
 from tests.netlab import Lab, inside_capture_lab
@@ -129,9 +130,11 @@ async def proxy_for(state: SidecarState, seed: int = 7) -> AsyncIterator[Outboun
 
 
 async def greeting(
-    host: str = VIP, port: int = PORT
+    host: str = VIP, port: int = PORT, local_port: int | None = None
 ) -> tuple[str, asyncio.StreamReader, asyncio.StreamWriter]:
-    reader, writer = await asyncio.wait_for(asyncio.open_connection(host, port), TIMEOUT)
+    local = ("0.0.0.0", local_port) if local_port else None
+    connect = asyncio.open_connection(host, port, local_addr=local)
+    reader, writer = await asyncio.wait_for(connect, TIMEOUT)
     name = await asyncio.wait_for(reader.readline(), TIMEOUT)
     return name.decode().strip(), reader, writer
 
@@ -156,10 +159,12 @@ async def eventually(condition: Callable[[], object], what: str) -> None:
         await asyncio.sleep(0.01)
 
 
-async def expect_reset(host: str = VIP, port: int = PORT) -> None:
+async def expect_reset(host: str = VIP, port: int = PORT, local_port: int | None = None) -> None:
     """The proxy resets the connection (as soon as it is made, or at the first read)."""
+    local = ("0.0.0.0", local_port) if local_port else None
     with pytest.raises(ConnectionResetError):
-        reader, writer = await asyncio.wait_for(asyncio.open_connection(host, port), TIMEOUT)
+        connect = asyncio.open_connection(host, port, local_addr=local)
+        reader, writer = await asyncio.wait_for(connect, TIMEOUT)
         try:
             await asyncio.wait_for(reader.read(), TIMEOUT)
         finally:
@@ -281,18 +286,21 @@ async def test_a_cluster_removed_and_added_again_still_counts_its_open_connectio
     capped = dataclasses.replace(state.clusters[WEB], max_connections=2)
     state = dataclasses.replace(state, clusters={**state.clusters, WEB: capped})
     async with backends(), proxy_for(state) as proxy:
-        held = [await greeting() for _ in range(2)]
-        proxy.router.update(sidecar_state(Mesh(())))  # the service goes away ...
-        proxy.router.update(state)  # ... and comes back while both connections live
-        assert cluster(proxy).active == 2
-        await expect_reset()  # still over the cap
-        held[0][2].close()
-        await eventually(lambda: cluster(proxy).active < 2, "the closed connection to count off")
-        assert await exchange() in {"web-0", "web-1", "web-2"}
-        held[1][2].close()
-        await eventually(lambda: cluster(proxy).active == 0, "every connection to count off")
-        proxy.router.update(sidecar_state(Mesh(())))
-        assert not proxy.router.retired  # nothing open: nothing kept
+        router, runtime = proxy.router, cluster(proxy)
+        held = [await greeting() for _ in range(2)]  # at the cap
+        router.update(sidecar_state(Mesh(())))  # the service goes away ...
+        assert router.retired[WEB] is runtime and WEB not in router.clusters
+        held[0][2].close()  # ... a connection ends while it is away ...
+        await eventually(lambda: runtime.active == 1, "the closed connection to count off")
+        router.update(state)  # ... and it comes back with one connection still open
+        assert cluster(proxy) is runtime and not router.retired
+        held.append(await greeting())  # two open: at the cap
+        await expect_reset()
+        for _, _, writer in held[1:]:
+            writer.close()
+        await eventually(lambda: runtime.active == 0, "every connection to count off")
+        router.update(sidecar_state(Mesh(())))
+        assert not router.retired  # nothing open: nothing kept
 
 
 # --- the relay -----------------------------------------------------------------------
@@ -454,11 +462,11 @@ def fd_limit(spare: int) -> Iterator[None]:
     fds the limit does not see."""
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     highest = max(int(name) for name in os.listdir("/proc/self/fd"))
-    fillers = [os.open("/dev/null", os.O_RDONLY)]
-    while fillers[-1] < highest:  # every number up to the last filler is taken then
-        fillers.append(os.open("/dev/null", os.O_RDONLY))
-    resource.setrlimit(resource.RLIMIT_NOFILE, (fillers[-1] + 1 + spare, hard))
+    fillers: list[int] = []
     try:
+        while not fillers or fillers[-1] < highest:  # then every number up to it is taken
+            fillers.append(os.open("/dev/null", os.O_RDONLY))
+        resource.setrlimit(resource.RLIMIT_NOFILE, (fillers[-1] + 1 + spare, hard))
         yield
     finally:
         resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
@@ -500,15 +508,43 @@ async def test_running_out_of_fds_pauses_accepting_instead_of_spinning(lab: Lab)
         assert await exchange() in {"web-0", "web-1", "web-2"}
 
 
+def one_ephemeral_port() -> None:
+    # The lab namespace's own setting; it goes with the namespace.
+    Path("/proc/sys/net/ipv4/ip_local_port_range").write_text("40000 40000")
+
+
+def assert_no_endpoint_blamed(runtime: ClusterRuntime) -> None:
+    assert runtime.connect_failures == 0 and runtime.ejections == 0 and runtime.no_endpoint == 0
+    for host in runtime.balancer().hosts:
+        assert host.connect_failures == 0 and host.outlier.consecutive_failures == 0, host.name
+
+
 async def test_no_socket_for_the_upstream_blames_no_endpoint(lab: Lab) -> None:
     async with backends(), proxy_for(sidecar_state(Mesh((web(),)))) as proxy:
         with fd_limit(spare=2):  # the client's socket and the accepted one; none upstream
             await expect_reset()
         runtime = cluster(proxy)
         assert runtime.local_failures == 1  # given up at once: every endpoint would fail alike
-        assert runtime.connect_failures == 0 and runtime.ejections == 0 and runtime.retries == 0
-        assert not runtime.balancer().ejected(proxy.loop.time())
+        assert runtime.retries == 0
+        assert_no_endpoint_blamed(runtime)
         assert await exchange() in {"web-0", "web-1", "web-2"}
+
+
+async def test_no_free_port_to_the_endpoint_blames_it_not(lab: Lab) -> None:
+    # One ephemeral port in the namespace: the proxy's second connection to the one
+    # endpoint has no source port left (EADDRNOTAVAIL). The clients bind their own ports.
+    one_ephemeral_port()
+    async with (
+        backends(BACKENDS[:1]),
+        proxy_for(sidecar_state(Mesh((web(BACKENDS[:1]),)))) as proxy,
+    ):
+        held = await greeting(local_port=50001)
+        assert held[0] == "web-0"
+        await expect_reset(local_port=50002)
+        runtime = cluster(proxy)
+        assert runtime.local_failures == 1
+        assert_no_endpoint_blamed(runtime)
+        held[2].close()
 
 
 async def test_without_fds_for_a_pipe_bytes_are_copied_instead(lab: Lab) -> None:

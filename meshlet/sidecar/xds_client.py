@@ -41,7 +41,7 @@ from envoy.service.discovery.v3.discovery_pb2 import (
 from google.protobuf import struct_pb2
 from google.rpc.status_pb2 import Status
 
-from meshlet.process import release_freed_memory
+from meshlet.memory import release_freed_memory
 from meshlet.sidecar.backoff import Backoff, BackoffPolicy
 from meshlet.sidecar.state import SidecarState
 from meshlet.sidecar.validate import Received, Update, ValidationError, apply_update
@@ -59,6 +59,13 @@ SUBSCRIBED_TYPES = (types.CLUSTER, types.ENDPOINT, types.LISTENER, types.NAME_TA
 _READY_TYPES = (types.CLUSTER, types.LISTENER, types.NAME_TABLE)
 # Resources in a response after which freed memory is handed back (release_freed_memory).
 _BIG_RESPONSE = 1000
+
+
+def _size(response: Any) -> int:
+    """Resources a response carries or (delta) removes."""
+    removed = getattr(response, "removed_resources", ())
+    return len(response.resources) + len(removed)
+
 
 _CHANNEL_OPTIONS = [
     # A control plane that vanished without closing the connection is noticed
@@ -454,7 +461,7 @@ class XdsClient:
                             next_retry_seconds=None,
                         )
                     replies = self.handle(session, response)
-                    big = len(response.resources) >= _BIG_RESPONSE
+                    big = _size(response) >= _BIG_RESPONSE
                     # Not held while the next one is awaited: a full-state response of
                     # 10,000 resources keeps megabytes of parsed protobuf alive.
                     del response

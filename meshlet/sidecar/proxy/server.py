@@ -41,17 +41,24 @@ _BACKLOG = 4096
 _NODELAY = (socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 _STREAM = socket.SOCK_STREAM | socket.SOCK_NONBLOCK | socket.SOCK_CLOEXEC
 _WILDCARDS = ("0.0.0.0", "::")
-_OUT_OF_RESOURCES = frozenset((errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM))
+# Failures of this host, not of the endpoint: the first kind fails for every endpoint
+# alike (fds, memory, epoll watches), the second maybe not (no free port to that address).
+_OUT_OF_RESOURCES = frozenset(
+    (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM, errno.ENOSPC)
+)
+_LOCAL_ERRORS = _OUT_OF_RESOURCES | {errno.EADDRNOTAVAIL}
 
 
 class _Connect:
     """Connecting one accepted client to an upstream, retrying on other endpoints."""
 
     __slots__ = (
+        "blamed",
         "client",
         "destination",
         "host",
         "key",
+        "local_fault",
         "proxy",
         "route",
         "sock",
@@ -74,6 +81,8 @@ class _Connect:
         self.destination = destination
         self.key = key
         self.tried: list[Host] = []
+        self.blamed = 0  # tries that failed at the endpoint
+        self.local_fault = False  # a try failed here, before reaching the network
         self.host: Host | None = None
         self.sock: _socket.socket | None = None
         self.timer: asyncio.TimerHandle | None = None
@@ -96,7 +105,7 @@ class _Connect:
         try:
             sock = _socket.socket(socket.AF_INET6 if ":" in address[0] else socket.AF_INET, _STREAM)
         except OSError as exc:
-            self.no_socket(address[0], exc)
+            self.local_failure(address[0], exc)
             return
         try:
             sock.setsockopt(*_NODELAY)
@@ -108,10 +117,13 @@ class _Connect:
                 self.source = destination_key(*sock.getsockname()[:2])
                 proxy.passthrough_sources.add(self.source)
             proxy.reactor.add(sock.fileno(), self.events, WRITE)
-        except OSError:
+        except OSError as exc:
             self._forget_source()
             sock.close()
-            self.failed()
+            if exc.errno in _LOCAL_ERRORS:
+                self.local_failure(address[0], exc)
+            else:
+                self.failed()
             return
         self.sock = sock
         self.timer = proxy.loop.call_later(runtime.config.connect_timeout_seconds, self.timed_out)
@@ -150,14 +162,16 @@ class _Connect:
             sock.close()
             self.sock = None
 
-    def no_socket(self, ip: str, exc: OSError) -> None:
-        """No socket could be made: a local fault, so the endpoint is not blamed for it.
-        Out of fds or memory, every other endpoint would fail the same way: give up now.
-        Anything else (no IPv6 here, say) may spare endpoints of the other family."""
+    def local_failure(self, ip: str, exc: OSError) -> None:
+        """The connect failed here, before reaching the network (no socket, no free
+        port, no epoll room): the endpoint is not blamed for it. Out of fds, memory or
+        epoll room, every other endpoint would fail the same way: give up now. Anything
+        else (no free port to this address, no IPv6 here) may spare another endpoint."""
         runtime = self.route.cluster
         runtime.local_failures += 1
+        self.local_fault = True
         self.proxy.log_local_failure(
-            "%s: cannot make a socket for %s (%d times so far): %s",
+            "%s: cannot connect to %s from here (%d times in this cluster so far): %s",
             runtime.name,
             ip,
             runtime.local_failures,
@@ -182,6 +196,7 @@ class _Connect:
         self._forget_source()
         runtime = self.route.cluster
         runtime.connect_failures += 1
+        self.blamed += 1
         host = self.host
         if host is not None:
             if runtime.balancer().connect_failed(host, self.proxy.loop.time()):
@@ -195,7 +210,8 @@ class _Connect:
         self.attempt()
 
     def give_up(self) -> None:
-        self.route.cluster.no_endpoint += 1
+        if self.blamed or not self.local_fault:  # else only local failures: counted already
+            self.route.cluster.no_endpoint += 1
         proxy = self.proxy
         proxy.connecting.discard(self)
         proxy.release(self.route.cluster)
@@ -315,7 +331,7 @@ class OutboundProxy:
 
     def log_local_failure(self, message: str, *args: object) -> None:
         """Out of fds, say: logged at most every 10 s, or the log would flood as fast as
-        connections come in."""
+        connections come in. One limit for the whole proxy: the counts say the rest."""
         now = self.loop.time()
         if now - self._local_failure_logged >= 10.0:
             self._local_failure_logged = now
