@@ -21,8 +21,8 @@ _CLUSTER_COUNTERS: tuple[tuple[str, str, _Read], ...] = (
     ("connect_failures", "Upstream connects that failed, by cluster", lambda c: c.connect_failures),
     (
         "local_failures",
-        "Connects that failed before reaching the network (no socket: out of fds, ...), "
-        "by cluster; no endpoint is blamed for them",
+        "Connects that failed on this host before reaching the network (out of fds, no free "
+        "source port, ...), by cluster; no endpoint is blamed for them",
         lambda c: c.local_failures,
     ),
     ("retries", "Connects retried on another endpoint, by cluster", lambda c: c.retries),
