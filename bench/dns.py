@@ -147,7 +147,7 @@ def observer(kind: str) -> object:
 def serve(services: int, port: int, udp_mode: str, observe: str) -> None:
     import uvloop
 
-    from meshlet.sidecar.dns import DnsServer, Forwarder, build_dns_table
+    from meshlet.sidecar.dns import DnsServer, Forwarder, build_dns_table, replay
     from meshlet.sidecar.dns.answer import answer
 
     table_proto = name_table(services)
@@ -162,13 +162,15 @@ def serve(services: int, port: int, udp_mode: str, observe: str) -> None:
         stop = asyncio.Event()
         loop.add_signal_handler(signal.SIGTERM, stop.set)
         forwarder = Forwarder([])
+        if udp_mode == "mmsg-no-replay":
+            replay.LIMIT = 0  # nothing kept: every query goes through answer()
         server = DnsServer(
             lambda: table,
             forwarder,
             udp_batching=udp_mode != "recvfrom",
             on_query=observer(observe),  # type: ignore[arg-type]
         )
-        if udp_mode in ("mmsg", "recvfrom"):
+        if udp_mode in ("mmsg", "mmsg-no-replay", "recvfrom"):
             await server.start("127.0.0.1", port)
         elif udp_mode == "protocol":  # asyncio's DatagramProtocol, for comparison
             await loop.create_datagram_endpoint(
@@ -449,9 +451,10 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument(
         "--udp-modes",
         nargs="+",
-        default=["mmsg"],
-        choices=["mmsg", "recvfrom", "protocol", "thread"],
-        help="meshlet's loop (mmsg, recvfrom: DnsServer) or a bare alternative around answer()",
+        default=["mmsg", "mmsg-no-replay"],
+        choices=["mmsg", "mmsg-no-replay", "recvfrom", "protocol", "thread"],
+        help="meshlet's loop (mmsg, recvfrom: DnsServer; mmsg-no-replay: without replaying "
+        "answers already given, see dns/replay.py) or a bare alternative around answer()",
     )
     parser.add_argument(
         "--observers",

@@ -190,6 +190,25 @@ async def test_mesh_names_are_answered_locally(dns_server: Harness) -> None:
     assert all(source == "local" for _, _, source, _ in dns_server.seen)
 
 
+async def test_a_repeated_query_gets_its_own_id_and_case_and_a_new_table_at_once(
+    dns_server: Harness,
+) -> None:
+    # The second and later asks are replayed (dns/replay.py): each must still be answered
+    # as asked, and never from a table that is gone.
+    fqdn = "web.default.svc.cluster.local"
+    for query_id, name in ((1, fqdn), (2, "WEB.Default.svc.cluster.local"), (3, fqdn)):
+        query = dns.message.make_query(name, "A")
+        query.id = query_id
+        wire = await dns.asyncquery.udp(query, "127.0.0.1", port=dns_server.port, timeout=5)
+        assert wire.id == query_id
+        assert wire.question[0].name.to_text() == name + "."  # the case as asked
+        assert addresses(wire) == ["10.96.0.10"]
+    moved = mesh_table()
+    moved.table["web.default.svc.cluster.local"].ips[:] = ["10.96.0.99"]
+    dns_server.table = build_dns_table(moved, "default", "cluster.local", ttl=5)
+    assert addresses(await dns_server.udp("web.default.svc.cluster.local")) == ["10.96.0.99"]
+
+
 async def test_edns_size_decides_truncation_and_tcp_carries_it(unbound: Unbound) -> None:
     big = big_table()
     harness = await start_harness(unbound.port, big)

@@ -10,13 +10,14 @@ server.py     UDP + TCP listeners on one address
 
 from meshlet.sidecar.dns.answer import Forward, answer
 from meshlet.sidecar.dns.forwarder import Forwarder
+from meshlet.sidecar.dns.observe import OnQuery
 from meshlet.sidecar.dns.resolv import (
     ResolvConf,
     parse_address,
     parse_resolv_conf,
     read_resolv_conf,
 )
-from meshlet.sidecar.dns.server import DnsServer, OnQuery
+from meshlet.sidecar.dns.server import DnsServer
 from meshlet.sidecar.dns.stats import QueryCounts
 from meshlet.sidecar.dns.table import DnsTable, build_dns_table
 

@@ -25,28 +25,17 @@ import logging
 import socket
 import struct
 from collections.abc import Callable
-from typing import Literal, Protocol, cast
+from typing import cast
 
 from meshlet.sidecar.dns import udp, wire
-from meshlet.sidecar.dns.answer import Forward, answer, query_type, servfail
+from meshlet.sidecar.dns.answer import Forward, answer, servfail
 from meshlet.sidecar.dns.forwarder import Forwarder
+from meshlet.sidecar.dns.observe import OnQuery, Source, labels
 from meshlet.sidecar.dns.table import DnsTable
 
 log = logging.getLogger(__name__)
 
-Source = Literal["local", "forwarded"]
-
-
-class OnQuery(Protocol):
-    """Called once per answered query; keep it cheap (it runs on the hot path)."""
-
-    def __call__(
-        self, qtype: str, rcode: str, source: Source, upstream_seconds: float | None
-    ) -> None: ...
-
-
 _LENGTH = struct.Struct("!H")
-_QTYPE_NAMES = wire.QTYPE_NAMES
 _UDP_RECEIVE_BUFFER = 1 << 20
 _LOG_FIRST_ERRORS = 10
 _LOG_EVERY_ERRORS = 1000
@@ -202,26 +191,13 @@ class DnsServer:
         if self.on_query is not None:
             self.report(query, response, "forwarded", seconds)
 
-    def report_local(self, query: bytes, response: bytes) -> None:
-        """The UDP loop's report of a local answer: lean, it runs for every query."""
-        self.on_query(  # type: ignore[misc]  # only called when there is one
-            _QTYPE_NAMES.get(query_type(query), "other"),
-            wire.RCODE_NAMES[response[3] & 0xF],
-            "local",
-            None,
-        )
-
     def report(self, query: bytes, response: bytes, source: Source, seconds: float | None) -> None:
         on_query = self.on_query
         if on_query is None:
             return
         try:
-            on_query(
-                wire.qtype_name(query_type(query)),
-                wire.RCODE_NAMES[response[3] & 0xF],
-                source,
-                seconds,
-            )
+            qtype, rcode = labels(query, response)
+            on_query(qtype, rcode, source, seconds)
         except Exception:
             self.failed(query)
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from meshlet.sidecar.dns.server import Source
+from meshlet.sidecar.dns.observe import Source
 
 
 class QueryCounts:
