@@ -284,6 +284,8 @@ def run(duration: float | None = None, out: IO[str] = sys.stdout) -> int:
         return 130
     except (DevMeshError, NetnsError, OSError, subprocess.SubprocessError) as exc:
         print(f"meshlet demo: {exc}", file=sys.stderr)
+        if warning is not None:
+            print(f"meshlet demo: this may be why: {warning}", file=sys.stderr)
         return 1
     failed = sum(t["errors"] for t in final["targets"].values())
     admin = f"http://{client_ip}:{SIDECAR_ADMIN_PORT}"
@@ -298,5 +300,7 @@ def run(duration: float | None = None, out: IO[str] = sys.stdout) -> int:
     )
     if failed:
         out.write(f"meshlet demo: {failed} requests failed\n")
+        if warning is not None:
+            out.write(f"meshlet demo: this may be why: {warning}\n")
         return 1
     return 0
