@@ -163,7 +163,8 @@ def serve(services: int, port: int, udp_mode: str, observe: str) -> None:
         loop.add_signal_handler(signal.SIGTERM, stop.set)
         forwarder = Forwarder([])
         if udp_mode == "mmsg-no-replay":
-            replay.LIMIT = 0  # nothing kept: every query goes through answer()
+            # Nothing kept: every query goes through answer(), and only the labels remain.
+            replay.Replay.keep = lambda _self, query, response: replay.labels(query, response)  # type: ignore[method-assign]
         server = DnsServer(
             lambda: table,
             forwarder,

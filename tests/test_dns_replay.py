@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import gc
+
 import dns.edns
 import dns.message
 
@@ -21,7 +23,7 @@ def query(name: str, rdtype: str = "A", query_id: int = 7) -> bytes:
 
 def test_a_kept_answer_is_the_answer_of_any_later_id() -> None:
     cache = Replay()
-    responses = cache.for_table(TABLE)
+    responses = cache.for_table(TABLE, 1232)
     first = query("web.default.svc.cluster.local", query_id=7)
     response = answer(first, TABLE)
     assert isinstance(response, bytes)
@@ -36,21 +38,27 @@ def test_a_kept_answer_is_the_answer_of_any_later_id() -> None:
     assert cache.keep(nxdomain, nx_response) == ("A", "NXDOMAIN")
 
 
-def test_another_table_starts_empty() -> None:
+def test_another_table_or_size_limit_starts_empty_and_no_table_is_held() -> None:
     cache = Replay()
     q = query("web")
     response = answer(q, TABLE)
     assert isinstance(response, bytes)
-    cache.for_table(TABLE)
+    cache.for_table(TABLE, 1232)
     cache.keep(q, response)
-    assert q[2:] in cache.for_table(TABLE)
+    assert q[2:] in cache.for_table(TABLE, 1232)
+    assert cache.for_table(TABLE, 512) == {}  # answers are cut to the size limit
+    cache.keep(q, response)
     other = build_dns_table(mesh_table(), "default", "cluster.local", ttl=5)
-    assert cache.for_table(other) == {}
+    assert other.generation != TABLE.generation
+    assert cache.for_table(other, 512) == {}
+    # Only the generation is kept: a table swapped out can be freed.
+    assert not any(referent is other for referent in gc.get_referents(cache))
+    assert cache.made_for == (other.generation, 512)
 
 
 def test_only_exact_answers_of_bounded_queries_are_kept() -> None:
     cache = Replay()
-    responses = cache.for_table(TABLE)
+    responses = cache.for_table(TABLE, 1232)
     q = query("web")
     cache.keep(q, b"\xff\xff" + q[2:])  # not this query's ID: not an answer to replay
     padded = dns.message.make_query(
@@ -62,14 +70,15 @@ def test_only_exact_answers_of_bounded_queries_are_kept() -> None:
     assert responses == {}
 
 
-def test_once_full_nothing_more_is_kept(monkeypatch) -> None:  # type: ignore[no-untyped-def]
+def test_once_full_it_starts_over(monkeypatch) -> None:  # type: ignore[no-untyped-def]
     monkeypatch.setattr(replay, "LIMIT", 3)
     cache = Replay()
-    responses = cache.for_table(TABLE)
+    responses = cache.for_table(TABLE, 1232)
     names = [f"n{i}.default.svc.cluster.local" for i in range(5)]
     for name in names:
         q = query(name)
         response = answer(q, TABLE)
         assert isinstance(response, bytes)
-        assert cache.keep(q, response) == ("A", "NXDOMAIN")  # labels even when not kept
-    assert [query(n)[2:] in responses for n in names] == [True, True, True, False, False]
+        assert cache.keep(q, response) == ("A", "NXDOMAIN")
+    assert cache.for_table(TABLE, 1232) is responses  # the dict the UDP loop holds
+    assert [query(n)[2:] in responses for n in names] == [False, False, False, True, True]

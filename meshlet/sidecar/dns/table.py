@@ -26,8 +26,9 @@ from __future__ import annotations
 
 import functools
 import ipaddress
+import itertools
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from meshlet._proto.meshlet.v1.nametable_pb2 import NameInfo, NameTable
 from meshlet.sidecar.dns import wire
@@ -95,6 +96,9 @@ def _headers(rcode: int, an: int, ns: int, ar: int, tc: bool) -> tuple[bytes, ..
     return tuple(variants)
 
 
+_generations = itertools.count(1)
+
+
 @dataclass(frozen=True, slots=True, eq=False)
 class DnsTable:
     """Every local answer of one NameTable; immutable once built (swap it whole)."""
@@ -110,6 +114,9 @@ class DnsTable:
     nodata_reverse: tuple[tuple[bytes, Entry], ...]  # (zone, NODATA with its SOA)
     nodata_short: Entry  # short names are in no zone of ours: no SOA
     ttl: int
+    # Unique per table built in this process: what answers made from it are tied to,
+    # without holding the table itself (dns/replay.py).
+    generation: int = field(default_factory=_generations.__next__)
 
     def __repr__(self) -> str:
         return f"DnsTable({len(self.answers)} answers, {len(self.ents)} ENTs, ttl={self.ttl})"

@@ -190,7 +190,7 @@ class MmsgReceiver:
             if count <= 0:
                 return  # EAGAIN: drained (other errors: the next readable event retries)
             table = server.table()
-            replayed = self.replay.for_table(table)
+            replayed = self.replay.for_table(table, max_udp)
             sending = 0
             for i in range(count):
                 words = i * _I_PER_MSG
@@ -268,7 +268,7 @@ class RecvfromReceiver:
         recvfrom, sendto = sock.recvfrom, sock.sendto
         max_udp = server.max_udp
         table = server.table()
-        replayed = self.replay.for_table(table)
+        replayed = self.replay.for_table(table, max_udp)
         on_query = server.on_query
         for _ in range(_BATCH * _BATCHES_PER_WAKEUP):
             try:
