@@ -87,14 +87,44 @@ def test_requests_to_a_service_are_balanced_and_survive_a_dead_backend(stack: Lo
     assert dead["ejected"] and web_cluster["retries"] >= 1
 
 
-def test_client_ip_affinity_keeps_a_client_on_one_backend_until_it_dies(
-    stack: LocalMesh,
+@pytest.mark.parametrize("policy", ["least-request", "random"])
+def test_every_policy_spreads_new_connections_and_survives_a_dead_backend(
+    stack: LocalMesh, policy: str
 ) -> None:
-    stack.write_services([ServiceSpec("web", WEB_IP, 80, WEB.backends, client_ip_affinity=True)])
+    stack.write_services([ServiceSpec("web", WEB_IP, 80, WEB.backends, lb_policy=policy)])
     wait_until(
-        lambda policy: policy == "ring-hash",
+        lambda seen: seen == policy,
         30,
-        "the sidecar to hash on the client IP",
+        f"the sidecar to balance web by {policy}",
+        observe=lambda: stack.sidecar_json("/clusters")[WEB_CLUSTER]["lb_policy"],
+    )
+    web = requests(stack, 60)
+    assert web["errors"] == 0, web["last_error"]
+    # Sequential connections, so nothing is ever busier than another: both pick among all
+    # three. (Ring hash and maglev hash the client's IP: the affinity test below.)
+    assert set(web["endpoints"]) == set(WEB.backends), web["endpoints"]  # type: ignore[call-overload]
+    stack.kill_backend("web-1")
+    after = requests(stack, 30)
+    assert after["errors"] == 0, after["last_error"]
+    assert "web-1" not in after["endpoints"]  # type: ignore[operator]
+
+
+@pytest.mark.parametrize(
+    ("spec", "policy"),
+    [
+        (ServiceSpec("web", WEB_IP, 80, WEB.backends, client_ip_affinity=True), "ring-hash"),
+        (ServiceSpec("web", WEB_IP, 80, WEB.backends, lb_policy="maglev"), "maglev"),
+    ],
+    ids=["sessionAffinity-ClientIP", "maglev"],
+)
+def test_hashing_on_the_client_ip_keeps_a_client_on_one_backend_until_it_dies(
+    stack: LocalMesh, spec: ServiceSpec, policy: str
+) -> None:
+    stack.write_services([spec])
+    wait_until(
+        lambda seen: seen == policy,
+        30,
+        f"the sidecar to balance web by {policy}",
         observe=lambda: stack.sidecar_json("/clusters")[WEB_CLUSTER]["lb_policy"],
     )
     web = requests(stack, 30)

@@ -48,6 +48,7 @@ class ServiceSpec:
     backends: tuple[str, ...]  # backend pod names
     namespace: str = "default"
     client_ip_affinity: bool = False  # sessionAffinity: ClientIP
+    lb_policy: str = ""  # the meshlet.io/lb-policy annotation; empty: none
 
 
 def service_objects(
@@ -56,7 +57,9 @@ def service_objects(
     """A Service and an EndpointSlice per service; `ip_of` gives a backend pod's IP."""
     objects: list[dict[str, Any]] = []
     for s in services:
-        service = service_manifest(s.name, s.namespace, s.cluster_ip, [("http", s.port, "http")])
+        annotations = {"meshlet.io/lb-policy": s.lb_policy} if s.lb_policy else None
+        ports = [("http", s.port, "http")]
+        service = service_manifest(s.name, s.namespace, s.cluster_ip, ports, annotations)
         if s.client_ip_affinity:
             service["spec"]["sessionAffinity"] = "ClientIP"
         objects.append(service)
