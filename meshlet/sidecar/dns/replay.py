@@ -14,6 +14,7 @@ over, so a burst of distinct names costs a few misses, never memory.
 
 from __future__ import annotations
 
+from meshlet.sidecar.dns.answer import Forward, answer
 from meshlet.sidecar.dns.observe import labels
 from meshlet.sidecar.dns.table import DnsTable
 
@@ -39,6 +40,20 @@ class Replay:
             self.made_for = made_for
             self.responses = {}
         return self.responses
+
+    def respond(
+        self, query: bytes, table: DnsTable | None, max_udp: int | None
+    ) -> tuple[bytes, str, str] | Forward | None:
+        """`answer()` for the table and size of the last for_table: a local response with
+        its qtype and rcode names (replayed, or made and kept), a Forward, or None."""
+        hit = self.responses.get(query[2:])
+        if hit is not None:
+            return query[:2] + hit[0], hit[1], hit[2]
+        result = answer(query, table, max_udp)
+        if not isinstance(result, bytes):
+            return result
+        qtype, rcode = self.keep(query, result)
+        return result, qtype, rcode
 
     def keep(self, query: bytes, response: bytes) -> tuple[str, str]:
         """Keeps `answer()`'s response to `query` (made for the last for_table's table and

@@ -29,7 +29,7 @@ import sys
 from collections.abc import Callable
 from typing import Protocol
 
-from meshlet.sidecar.dns.answer import Forward, answer
+from meshlet.sidecar.dns.answer import Forward
 from meshlet.sidecar.dns.observe import OnQuery
 from meshlet.sidecar.dns.replay import Replay
 from meshlet.sidecar.dns.table import DnsTable
@@ -181,6 +181,7 @@ class MmsgReceiver:
         receive_words, receive_view = self._receive_words, self._receive_view
         send_words, send_quads, send_view = self._send_words, self._send_quads, self._send_view
         send_iov_quads, names = self._send_iov_quads, self._name_addresses
+        respond = self.replay.respond
         max_udp = server.max_udp
         on_query = server.on_query
         # A few batches, then back to the loop (the socket stays readable), so that a
@@ -190,7 +191,7 @@ class MmsgReceiver:
             if count <= 0:
                 return  # EAGAIN: drained (other errors: the next readable event retries)
             table = server.table()
-            replayed = self.replay.for_table(table, max_udp)
+            self.replay.for_table(table, max_udp)
             sending = 0
             for i in range(count):
                 words = i * _I_PER_MSG
@@ -200,20 +201,13 @@ class MmsgReceiver:
                     length = _SLOT
                 query = bytes(receive_view[start : start + length])
                 try:
-                    hit = replayed.get(query[2:])
-                    response: bytes | None = None
-                    if hit is not None:
-                        response, qtype, rcode = query[:2] + hit[0], hit[1], hit[2]
-                    else:
-                        result = answer(query, table, max_udp)
-                        if isinstance(result, bytes):
-                            response = result
-                            qtype, rcode = self.replay.keep(query, result)
-                        elif result is not None:
-                            server.dispatch_forward(
-                                query, result, _sender(self.sock, self._address(i)), max_udp
-                            )
-                    if response is not None:  # a local answer
+                    result = respond(query, table, max_udp)
+                    if isinstance(result, Forward):
+                        server.dispatch_forward(
+                            query, result, _sender(self.sock, self._address(i)), max_udp
+                        )
+                    elif result is not None:  # a local answer
+                        response, qtype, rcode = result
                         size = len(response)
                         if size <= _SLOT:
                             out = sending * _SLOT
@@ -268,8 +262,9 @@ class RecvfromReceiver:
         recvfrom, sendto = sock.recvfrom, sock.sendto
         max_udp = server.max_udp
         table = server.table()
-        replayed = self.replay.for_table(table, max_udp)
+        self.replay.for_table(table, max_udp)
         on_query = server.on_query
+        respond = self.replay.respond
         for _ in range(_BATCH * _BATCHES_PER_WAKEUP):
             try:
                 query, addr = recvfrom(_SLOT)
@@ -278,18 +273,11 @@ class RecvfromReceiver:
             except OSError:
                 return  # e.g. an ICMP error queued on the socket; the next event goes on
             try:
-                hit = replayed.get(query[2:])
-                response: bytes | None = None
-                if hit is not None:
-                    response, qtype, rcode = query[:2] + hit[0], hit[1], hit[2]
-                else:
-                    result = answer(query, table, max_udp)
-                    if isinstance(result, bytes):
-                        response = result
-                        qtype, rcode = self.replay.keep(query, result)
-                    elif result is not None:
-                        server.dispatch_forward(query, result, _sender(sock, addr), max_udp)
-                if response is not None:  # a local answer
+                result = respond(query, table, max_udp)
+                if isinstance(result, Forward):
+                    server.dispatch_forward(query, result, _sender(sock, addr), max_udp)
+                elif result is not None:  # a local answer
+                    response, qtype, rcode = result
                     # A full buffer or a refused address: UDP may drop, the client retries.
                     with contextlib.suppress(OSError):
                         sendto(response, addr)
