@@ -87,17 +87,21 @@ def test_requests_to_a_service_are_balanced_and_survive_a_dead_backend(stack: Lo
     assert dead["ejected"] and web_cluster["retries"] >= 1
 
 
-@pytest.mark.parametrize("policy", ["least-request", "random"])
-def test_every_policy_spreads_new_connections_and_survives_a_dead_backend(
-    stack: LocalMesh, policy: str
-) -> None:
-    stack.write_services([ServiceSpec("web", WEB_IP, 80, WEB.backends, lb_policy=policy)])
+def wait_for_policy(stack: LocalMesh, policy: str) -> None:
     wait_until(
         lambda seen: seen == policy,
         30,
         f"the sidecar to balance web by {policy}",
         observe=lambda: stack.sidecar_json("/clusters")[WEB_CLUSTER]["lb_policy"],
     )
+
+
+@pytest.mark.parametrize("policy", ["least-request", "random"])
+def test_every_policy_spreads_new_connections_and_survives_a_dead_backend(
+    stack: LocalMesh, policy: str
+) -> None:
+    stack.write_services([ServiceSpec("web", WEB_IP, 80, WEB.backends, lb_policy=policy)])
+    wait_for_policy(stack, policy)
     web = requests(stack, 60)
     assert web["errors"] == 0, web["last_error"]
     # Sequential connections, so nothing is ever busier than another: both pick among all
@@ -121,12 +125,7 @@ def test_hashing_on_the_client_ip_keeps_a_client_on_one_backend_until_it_dies(
     stack: LocalMesh, spec: ServiceSpec, policy: str
 ) -> None:
     stack.write_services([spec])
-    wait_until(
-        lambda seen: seen == policy,
-        30,
-        f"the sidecar to balance web by {policy}",
-        observe=lambda: stack.sidecar_json("/clusters")[WEB_CLUSTER]["lb_policy"],
-    )
+    wait_for_policy(stack, policy)
     web = requests(stack, 30)
     assert web["errors"] == 0, web["last_error"]
     endpoints: dict[str, int] = web["endpoints"]  # type: ignore[assignment]
