@@ -18,7 +18,7 @@ from dataclasses import dataclass
 
 import pytest
 
-from meshlet.capture.nft import find_nft
+from meshlet.binaries import find_binary
 from meshlet.devmesh import netns
 from meshlet.devmesh.mesh import DevMesh, Pod
 from tests.procs import PYTHON
@@ -30,7 +30,7 @@ SERVICE_CIDR_V6 = "fd00:96::/108"
 def skip_unless_netns_and_nftables() -> None:
     if os.geteuid() != 0:
         pytest.skip("needs root: creates network namespaces and nftables rules")
-    if find_nft("nft") is None:
+    if find_binary("nft") is None:
         pytest.skip("nft is not installed (apt-get install nftables)")
     if subprocess.run(["ip", "-V"], capture_output=True).returncode != 0:
         pytest.skip("iproute2 (ip) is not installed")

@@ -2,25 +2,16 @@
 
 from __future__ import annotations
 
-import os
-import shutil
 import subprocess
 from pathlib import Path
 
+from meshlet.binaries import find_binary
+
 CAP_NET_ADMIN = 12
-# Where nft lives on Debian and most distributions, for users whose PATH lacks sbin.
-_SBIN = ("/usr/sbin", "/sbin")
 
 
 class NftError(RuntimeError):
     """nft could not run or refused the script; the message says which and why."""
-
-
-def find_nft(name: str) -> str | None:
-    """The nft binary: `name` as a path, or looked up on PATH, then in the sbin folders."""
-    if os.sep in name:
-        return name if os.access(name, os.X_OK) else None
-    return shutil.which(name) or shutil.which(name, path=os.pathsep.join(_SBIN))
 
 
 def has_net_admin(status: Path = Path("/proc/self/status")) -> bool:
@@ -34,7 +25,7 @@ def has_net_admin(status: Path = Path("/proc/self/status")) -> bool:
 def missing(nft: str) -> list[str]:
     """What stands in the way of programming nftables, each said in words; empty when nothing."""
     problems = []
-    if find_nft(nft) is None:
+    if find_binary(nft) is None:
         problems.append(
             f"nftables is not installed ({nft} not found; install the nftables package)"
         )
@@ -47,7 +38,7 @@ def missing(nft: str) -> list[str]:
 
 def run_script(nft: str, script: str, timeout: float = 30.0) -> None:
     """Runs `script` as one nft transaction: all of it takes effect, or none."""
-    binary = find_nft(nft)
+    binary = find_binary(nft)
     if binary is None:
         raise NftError(f"{nft} not found")
     try:

@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
-from meshlet.capture.nft import find_nft
+from meshlet.binaries import find_binary
 from meshlet.devmesh.firewall import forward_blocked
 from meshlet.devmesh.mesh import DevMesh, DevMeshError
 from meshlet.devmesh.netns import NetnsError
@@ -74,9 +74,9 @@ def preflight() -> str | None:
     if os.geteuid() != 0:
         return "needs root: it creates network namespaces and nftables rules (try sudo)"
     missing = []
-    if find_nft("nft") is None:
+    if find_binary("nft") is None:
         missing.append("nft (apt-get install nftables)")
-    if shutil.which("ip") is None and shutil.which("ip", path="/usr/sbin:/sbin") is None:
+    if find_binary("ip") is None:
         missing.append("ip (apt-get install iproute2)")
     if shutil.which("setpriv") is None:
         missing.append("setpriv (apt-get install util-linux)")
@@ -263,7 +263,7 @@ def run(duration: float | None = None, out: IO[str] = sys.stdout) -> int:
     if problem is not None:
         print(f"meshlet demo: {problem}", file=sys.stderr)
         return 1
-    nft = find_nft("nft")
+    nft = find_binary("nft")
     warning = forward_blocked(nft) if nft is not None else None
     if warning is not None:
         print(f"meshlet demo: warning: {warning}", file=sys.stderr)

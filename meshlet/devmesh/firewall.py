@@ -12,14 +12,14 @@ demo can say what may be in the way before it starts.
 from __future__ import annotations
 
 import json
-import shutil
 import subprocess
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
+from meshlet.binaries import find_binary
+
 BRIDGE_NF_CALL_IPTABLES = Path("/proc/sys/net/bridge/bridge-nf-call-iptables")
-_SBIN = "/usr/sbin:/sbin"
 
 
 def dropping_forward_chains(
@@ -59,7 +59,7 @@ def _nft_chains(nft: str) -> list[Mapping[str, Any]]:
 
 
 def _legacy_forward_rules() -> str:
-    legacy = shutil.which("iptables-legacy") or shutil.which("iptables-legacy", path=_SBIN)
+    legacy = find_binary("iptables-legacy")
     if legacy is None:
         return ""
     result = subprocess.run([legacy, "-S", "FORWARD"], capture_output=True, text=True)

@@ -15,6 +15,8 @@ import threading
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
+from meshlet.binaries import find_binary
+
 CLONE_NEWNET = 0x40000000
 NETNS_RUN_DIR = Path("/run/netns")
 NETNS_ETC_DIR = Path("/etc/netns")
@@ -26,7 +28,7 @@ class NetnsError(RuntimeError):
 
 def ip_binary() -> str:
     """iproute2's `ip`, also where PATH lacks the sbin folders."""
-    return shutil.which("ip") or shutil.which("ip", path="/usr/sbin:/sbin") or "ip"
+    return find_binary("ip") or "ip"
 
 
 def ip(*args: str, namespace: str | None = None, check: bool = True) -> str:
