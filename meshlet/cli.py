@@ -8,7 +8,7 @@ import socket
 import sys
 from collections.abc import Sequence
 
-from meshlet import __version__
+from meshlet import __version__, defaults
 from meshlet.flags import (
     add_flag,
     cidr,
@@ -22,8 +22,6 @@ from meshlet.flags import (
     seconds,
     ttl_seconds,
 )
-
-DEFAULT_SERVICE_CIDR = "10.96.0.0/12"
 
 
 def _control_plane(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -43,7 +41,7 @@ def _control_plane(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> 
         p,
         "--xds-address",
         type=host_port,
-        default="0.0.0.0:15010",
+        default=f"0.0.0.0:{defaults.XDS_PORT}",
         metavar="HOST:PORT",
         help="where to serve ADS over gRPC",
     )
@@ -51,7 +49,7 @@ def _control_plane(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> 
         p,
         "--admin-address",
         type=host_port,
-        default="0.0.0.0:15014",
+        default=f"0.0.0.0:{defaults.CONTROL_PLANE_ADMIN_PORT}",
         metavar="HOST:PORT",
         help="where to serve /healthz, /readyz, /metrics and /debug/*",
     )
@@ -59,14 +57,14 @@ def _control_plane(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> 
         p,
         "--cluster-domain",
         type=domain_name,
-        default="cluster.local",
+        default=defaults.CLUSTER_DOMAIN,
         help="the cluster's DNS domain",
     )
     add_flag(
         p,
         "--outbound-port",
         type=port_number,
-        default="15001",
+        default=str(defaults.OUTBOUND_PORT),
         help="port of the sidecars' virtual outbound listener",
     )
     p.set_defaults(run=_run_control_plane)
@@ -117,7 +115,7 @@ def _sidecar(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         p,
         "--cluster-domain",
         type=domain_name,
-        default="cluster.local",
+        default=defaults.CLUSTER_DOMAIN,
         help="the cluster's DNS domain",
     )
     add_flag(
@@ -127,8 +125,8 @@ def _sidecar(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         action="append",
         default=[],
         metavar="HOST:PORT",
-        help="where to answer DNS, UDP and TCP (repeatable; default 127.0.0.1:15053, "
-        "and [::1]:15053 when IPv6 is up)",
+        help="where to answer DNS, UDP and TCP (repeatable; default "
+        f"127.0.0.1:{defaults.DNS_PORT}, and [::1]:{defaults.DNS_PORT} when IPv6 is up)",
     )
     add_flag(
         p,
@@ -151,7 +149,7 @@ def _sidecar(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         p,
         "--admin-address",
         type=host_port,
-        default="127.0.0.1:15000",
+        default=f"127.0.0.1:{defaults.SIDECAR_ADMIN_PORT}",
         metavar="HOST:PORT",
         help="where to serve /ready, /config_dump, /clusters, /metrics",
     )
@@ -170,8 +168,8 @@ def _sidecar(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         action="append",
         default=[],
         metavar="HOST:PORT",
-        help="where captured connections arrive (repeatable; default 127.0.0.1:15001, "
-        "and [::1]:15001 when IPv6 is up)",
+        help="where captured connections arrive (repeatable; default "
+        f"127.0.0.1:{defaults.OUTBOUND_PORT}, and [::1]:{defaults.OUTBOUND_PORT} when IPv6 is up)",
     )
     add_flag(
         p,
@@ -214,8 +212,16 @@ def _init(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         description="Write the pod's nftables table (inet meshlet) that sends its service "
         "traffic to the sidecar, in one atomic transaction; or print or remove it.",
     )
-    add_flag(p, "--outbound-port", type=port_number, default="15001", help="the outbound proxy")
-    add_flag(p, "--dns-port", type=port_number, default="15053", help="the sidecar's DNS")
+    add_flag(
+        p,
+        "--outbound-port",
+        type=port_number,
+        default=str(defaults.OUTBOUND_PORT),
+        help="the outbound proxy",
+    )
+    add_flag(
+        p, "--dns-port", type=port_number, default=str(defaults.DNS_PORT), help="the sidecar's DNS"
+    )
     add_flag(
         p,
         "--service-cidr",
@@ -223,7 +229,8 @@ def _init(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         action="append",
         default=[],
         metavar="CIDR",
-        help=f"TCP to these goes to the outbound port (repeatable; default {DEFAULT_SERVICE_CIDR})",
+        help="TCP to these goes to the outbound port (repeatable; "
+        f"default {defaults.SERVICE_CIDR})",
     )
     add_flag(
         p,
@@ -242,7 +249,9 @@ def _init(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         metavar="PATH",
         help="where the pod's nameservers are read from",
     )
-    add_flag(p, "--proxy-uid", type=id_number, default="1337", help="the sidecar's uid")
+    add_flag(
+        p, "--proxy-uid", type=id_number, default=str(defaults.PROXY_UID), help="the sidecar's uid"
+    )
     add_flag(p, "--proxy-gid", type=id_number, default=None, help="the sidecar's gid")
     add_flag(
         p,
@@ -291,7 +300,7 @@ def _run_init(args: argparse.Namespace) -> int:
     config = CaptureConfig(
         outbound_port=args.outbound_port,
         dns_port=args.dns_port,
-        service_cidrs=tuple(args.service_cidr or [cidr(DEFAULT_SERVICE_CIDR)]),
+        service_cidrs=tuple(args.service_cidr or [cidr(defaults.SERVICE_CIDR)]),
         dns_servers=tuple(dns_servers),
         proxy_uid=args.proxy_uid,
         proxy_gid=args.proxy_gid,

@@ -19,6 +19,8 @@ import ipaddress
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
+from meshlet import defaults
+
 TABLE = "meshlet"
 FAMILY = "inet"
 CHAIN = "output"
@@ -30,11 +32,11 @@ IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 
 @dataclass(frozen=True)
 class CaptureConfig:
-    outbound_port: int = 15001
-    dns_port: int = 15053
-    service_cidrs: tuple[IPNetwork, ...] = (ipaddress.ip_network("10.96.0.0/12"),)
+    outbound_port: int = defaults.OUTBOUND_PORT
+    dns_port: int = defaults.DNS_PORT
+    service_cidrs: tuple[IPNetwork, ...] = (ipaddress.ip_network(defaults.SERVICE_CIDR),)
     dns_servers: tuple[IPAddress, ...] = ()
-    proxy_uid: int = 1337
+    proxy_uid: int = defaults.PROXY_UID
     proxy_gid: int | None = None
     exclude_ports: tuple[int, ...] = ()
     exclude_cidrs: tuple[IPNetwork, ...] = ()

@@ -10,6 +10,7 @@ import sys
 import time
 from dataclasses import dataclass
 
+from meshlet import defaults
 from meshlet.controlplane.admin import build_admin
 from meshlet.controlplane.cache import SnapshotCache, build_snapshot
 from meshlet.controlplane.metrics import ControlPlaneMetrics
@@ -29,8 +30,8 @@ class ControlPlaneConfig:
     manifests: str
     xds_address: tuple[str, int]
     admin_address: tuple[str, int]
-    cluster_domain: str = "cluster.local"
-    outbound_port: int = 15001
+    cluster_domain: str = defaults.CLUSTER_DOMAIN
+    outbound_port: int = defaults.OUTBOUND_PORT
 
 
 class ControlPlane:

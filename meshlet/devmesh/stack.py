@@ -21,15 +21,18 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from meshlet import defaults
 from meshlet.devmesh.manifests import endpoint_slice_manifest, service_manifest, write_manifests
 from meshlet.devmesh.mesh import DevMesh, DevMeshError, Pod
 
 PYTHON = sys.executable
-PROXY_UID = 1337
+PROXY_UID = defaults.PROXY_UID
 APP_UID = 1000
 CLUSTER_DNS_VIP = "10.96.0.10"
 BACKEND_PORT = 8080
-XDS_PORT, CP_ADMIN_PORT, SIDECAR_ADMIN_PORT = 15010, 15014, 15000
+XDS_PORT = defaults.XDS_PORT
+CP_ADMIN_PORT = defaults.CONTROL_PLANE_ADMIN_PORT
+SIDECAR_ADMIN_PORT = defaults.SIDECAR_ADMIN_PORT
 
 
 def pod_resolv_conf(namespace: str = "default") -> str:

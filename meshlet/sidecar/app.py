@@ -11,6 +11,7 @@ import socket
 import sys
 from dataclasses import dataclass
 
+from meshlet import defaults
 from meshlet._proto.meshlet.v1.nametable_pb2 import NameTable
 from meshlet.flags import grpc_address
 from meshlet.process import run_until_signal
@@ -36,13 +37,13 @@ class SidecarConfig:
     node_id: str
     namespace: str = "default"
     zone: str = ""
-    cluster_domain: str = "cluster.local"
+    cluster_domain: str = defaults.CLUSTER_DOMAIN
     # Empty: 127.0.0.1:15053, and [::1]:15053 when IPv6 is up (capture sends a pod's
     # IPv6 DNS to ::1).
     dns_addresses: tuple[tuple[str, int], ...] = ()
     upstream_dns: tuple[tuple[str, int], ...] = ()
     resolv_conf: str = "/etc/resolv.conf"
-    admin_address: tuple[str, int] = ("127.0.0.1", 15000)
+    admin_address: tuple[str, int] = ("127.0.0.1", defaults.SIDECAR_ADMIN_PORT)
     xds_protocol: XdsProtocol = "delta"
     dns_ttl: int = 5
     # Empty: 127.0.0.1:15001, and [::1]:15001 when IPv6 is up.
@@ -50,8 +51,8 @@ class SidecarConfig:
     drain_seconds: float = 5.0
 
 
-DEFAULT_OUTBOUND_PORT = 15001
-DEFAULT_DNS_PORT = 15053
+DEFAULT_OUTBOUND_PORT = defaults.OUTBOUND_PORT
+DEFAULT_DNS_PORT = defaults.DNS_PORT
 
 
 class DnsView:

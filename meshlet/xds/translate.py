@@ -6,13 +6,14 @@ from dataclasses import dataclass
 
 from google.protobuf.message import Message
 
+from meshlet import defaults
 from meshlet.model import Mesh, ServiceKind
 from meshlet.xds import names, types
 from meshlet.xds.clusters import build_cluster, build_load_assignment, build_passthrough_cluster
 from meshlet.xds.listeners import build_api_listener, build_outbound_listener, build_socket_listener
 from meshlet.xds.nametable import build_name_table
 
-DEFAULT_OUTBOUND_PORT = 15001
+DEFAULT_OUTBOUND_PORT = defaults.OUTBOUND_PORT
 
 
 @dataclass(frozen=True)
