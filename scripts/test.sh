@@ -10,6 +10,11 @@ cd "$(dirname "$0")/.."
 # iproute2: the capture rules and the network namespaces of the proxy and mesh tests.
 meshlet_setup '.[dev]' python3-venv dnsutils unbound nftables iproute2 util-linux
 
+# The test cluster: etcd, Kubernetes, CoreDNS and Helm built from their Go modules
+# (cached outside the clone; a second run builds nothing).
+echo "== test cluster binaries"
+.venv/bin/python tests/k8s/build.py
+
 echo "== ruff"
 .venv/bin/ruff check meshlet tests bench tools
 .venv/bin/ruff format --check meshlet tests bench tools

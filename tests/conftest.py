@@ -1,0 +1,32 @@
+"""Fixtures shared by many test files: the real Kubernetes test cluster."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+
+from tests.k8s import build
+from tests.k8s.cluster import Cluster, running_cluster
+from tests.k8s.kubelet import Kubelet
+
+
+@pytest.fixture(scope="session")
+def kube() -> Iterator[Cluster]:
+    """etcd, kube-apiserver and kube-controller-manager on loopback, for the whole run."""
+    binaries = build.binaries()
+    if isinstance(binaries, str):
+        pytest.skip(binaries)
+    with running_cluster(binaries) as cluster:
+        yield cluster
+
+
+@pytest.fixture(scope="session")
+def kubelet(kube: Cluster) -> Iterator[Kubelet]:
+    """Pods of the test cluster get bound, Running and Ready, as kubelets would report."""
+    stand_in = Kubelet(kube)
+    stand_in.start()
+    try:
+        yield stand_in
+    finally:
+        stand_in.stop()

@@ -1,0 +1,184 @@
+"""Build the test cluster's binaries from their Go modules, cached outside the clone.
+
+Each folder here is a small Go module of the project's own: `kube` (kube-apiserver,
+kube-controller-manager, kubectl and kube-proxy from k8s.io/kubernetes, in one
+`go build`), `etcd`, `coredns` (only the plugins the tests use) and `helm`. A
+module's binaries are cached under a key of its go.mod, go.sum, Go sources, build
+flags and Go version, so a second run builds nothing.
+
+    python tests/k8s/build.py           # build what is missing, print where it is
+    python tests/k8s/build.py --check   # exit 1 if anything would be built
+
+Tests find the binaries with `binaries()`; they never build.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+
+
+def _kube_ldflags(version: str) -> list[str]:
+    # What Kubernetes' hack/lib/version.sh stamps: Helm and kubectl read it back.
+    major, minor = version.removeprefix("v").split(".")[:2]
+    values = {"gitVersion": version, "gitMajor": major, "gitMinor": minor}
+    return [
+        f"-X k8s.io/{package}/version.{key}={value}"
+        for package in ("client-go/pkg", "component-base")
+        for key, value in values.items()
+    ]
+
+
+def _helm_ldflags(version: str) -> list[str]:
+    # An empty metadata: a release build, as Helm's Makefile makes for a tag.
+    return [
+        f"-X helm.sh/helm/v4/internal/version.version={version}",
+        "-X helm.sh/helm/v4/internal/version.metadata=",
+    ]
+
+
+@dataclass(frozen=True)
+class Module:
+    folder: str
+    # The module whose version names the build, as required in go.mod.
+    upstream: str
+    commands: tuple[str, ...]
+    # `tool`: the go.mod's tool directives; `.`: the folder's own main package.
+    target: str = "tool"
+
+    @property
+    def path(self) -> Path:
+        return HERE / self.folder
+
+    def version(self) -> str:
+        text = (self.path / "go.mod").read_text()
+        found = re.search(rf"^\s*(?:require\s+)?{re.escape(self.upstream)}\s+(v\S+)", text, re.M)
+        if found is None:
+            raise SystemExit(f"{self.path}/go.mod does not require {self.upstream}")
+        return found.group(1)
+
+    def ldflags(self) -> list[str]:
+        extra = {"kube": _kube_ldflags, "helm": _helm_ldflags}.get(self.folder)
+        return ["-s", "-w", *(extra(self.version()) if extra else [])]
+
+
+MODULES = (
+    Module(
+        "kube",
+        "k8s.io/kubernetes",
+        ("kube-apiserver", "kube-controller-manager", "kubectl", "kube-proxy"),
+    ),
+    Module("etcd", "go.etcd.io/etcd/server/v3", ("etcd",), target="."),
+    Module("coredns", "github.com/coredns/coredns", ("coredns",), target="."),
+    Module("helm", "helm.sh/helm/v4", ("helm",)),
+)
+
+
+def cache_root() -> Path:
+    env = os.environ.get("MESHLET_K8S_CACHE")
+    if env:
+        return Path(env)
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache")
+    return Path(base) / "meshlet" / "k8s"
+
+
+def go_binary() -> str | None:
+    return shutil.which("go") or next(
+        (p for p in ("/usr/local/go/bin/go",) if os.access(p, os.X_OK)), None
+    )
+
+
+def _go_version(go: str) -> str:
+    return subprocess.run(
+        [go, "env", "GOVERSION"], check=True, capture_output=True, text=True, env=_go_env()
+    ).stdout.strip()
+
+
+def _go_env() -> dict[str, str]:
+    # The machine's Go, never one fetched because a go.mod asks for it.
+    return {**os.environ, "GOTOOLCHAIN": os.environ.get("GOTOOLCHAIN", "local"), "CGO_ENABLED": "0"}
+
+
+def cache_dir(module: Module, go_version: str) -> Path:
+    digest = hashlib.sha256()
+    for name in sorted(
+        p.name for p in module.path.iterdir() if p.suffix in (".mod", ".sum", ".go")
+    ):
+        digest.update(name.encode() + b"\0" + (module.path / name).read_bytes() + b"\0")
+    digest.update(" ".join([go_version, module.target, *module.ldflags()]).encode())
+    return cache_root() / f"{module.folder}-{module.version()}-{digest.hexdigest()[:16]}"
+
+
+def _complete(folder: Path, module: Module) -> bool:
+    return all(os.access(folder / command, os.X_OK) for command in module.commands)
+
+
+def build(module: Module, go: str, go_version: str) -> Path:
+    """The folder holding the module's binaries, built now unless cached."""
+    target = cache_dir(module, go_version)
+    if _complete(target, module):
+        return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    started = time.monotonic()
+    print(f"== go build {module.folder} ({module.upstream} {module.version()})", flush=True)
+    with tempfile.TemporaryDirectory(dir=target.parent, prefix=f".{module.folder}-") as tmp:
+        argv = [go, "build", "-trimpath", "-ldflags", " ".join(module.ldflags()), "-o"]
+        argv += [f"{tmp}/" if module.target == "tool" else f"{tmp}/{module.commands[0]}"]
+        subprocess.run([*argv, module.target], check=True, cwd=module.path, env=_go_env())
+        if not _complete(Path(tmp), module):
+            raise SystemExit(f"go build {module.folder} did not make {', '.join(module.commands)}")
+        shutil.rmtree(target, ignore_errors=True)
+        os.rename(tmp, target)  # whole or not at all: a killed build leaves no half folder
+    print(f"   {module.folder}: {time.monotonic() - started:.0f} s -> {target}", flush=True)
+    return target
+
+
+def binaries() -> dict[str, Path] | str:
+    """Every command's path, or why they are not there (for a test's skip reason)."""
+    go = go_binary()
+    if go is None:
+        return "Go is not installed (/usr/local/go/bin/go): the test cluster cannot be built"
+    go_version = _go_version(go)
+    found: dict[str, Path] = {}
+    for module in MODULES:
+        folder = cache_dir(module, go_version)
+        if not _complete(folder, module):
+            return f"the test cluster's {module.folder} binaries are not built: run {__file__}"
+        found.update({command: folder / command for command in module.commands})
+    return found
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--check", action="store_true", help="exit 1 if anything is not built")
+    args = parser.parse_args()
+    go = go_binary()
+    if go is None:
+        print("go not found on PATH or in /usr/local/go/bin", file=sys.stderr)
+        return 1
+    go_version = _go_version(go)
+    started = time.monotonic()
+    for module in MODULES:
+        if args.check:
+            if not _complete(cache_dir(module, go_version), module):
+                print(f"{module.folder}: not built", file=sys.stderr)
+                return 1
+            continue
+        build(module, go, go_version)
+    print(f"== test cluster binaries ready in {time.monotonic() - started:.0f} s ({cache_root()})")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,384 @@
+"""A real Kubernetes control plane on loopback, as controller-runtime's envtest runs one.
+
+etcd, kube-apiserver (HTTPS, a fresh CA, RBAC, service-account tokens) and
+kube-controller-manager (the workload, EndpointSlice, namespace, garbage-collector
+and service-account controllers, each with its own service-account credentials,
+as kubeadm runs it). No scheduler and no kubelet: `kubelet.Kubelet` binds pods
+to the Node objects made here and reports them Running and Ready, so
+EndpointSlices come from Kubernetes' own controller.
+
+Every process is ended by its PID and every file removed when the cluster stops,
+also when start-up fails half way.
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import json
+import shutil
+import ssl
+import subprocess
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+from kubernetes import client as k8s
+from kubernetes import config as k8s_config
+
+from meshlet import defaults
+from tests.k8s import pki
+from tests.procs import LOG_TAIL_CHARS, free_port, stop_process, wait_until
+
+# The controllers the tests need; kube-controller-manager's own names.
+CONTROLLERS = (
+    "endpointslice-controller",
+    "endpointslice-mirroring-controller",
+    "replicaset-controller",
+    "deployment-controller",
+    "statefulset-controller",
+    "daemonset-controller",
+    "job-controller",
+    "cronjob-controller",
+    "namespace-controller",
+    "garbage-collector-controller",
+    "serviceaccount-controller",
+    "serviceaccount-token-controller",
+    "root-ca-certificate-publisher-controller",
+    "clusterrole-aggregation-controller",
+)
+SERVICE_ACCOUNT_ISSUER = f"https://kubernetes.default.svc.{defaults.CLUSTER_DOMAIN}"
+# Nodes the kubelet stand-in schedules onto, with their zones.
+NODES = (("node-a", "zone-a"), ("node-b", "zone-b"), ("node-c", "zone-c"))
+ZONE_LABEL = "topology.kubernetes.io/zone"
+START_TIMEOUT = 60.0
+ADVERTISE_ADDRESS = "10.240.0.254"
+
+
+@dataclass
+class _Process:
+    name: str
+    argv: list[str]
+    log: Path
+    popen: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        with open(self.log, "ab") as log:
+            self.popen = subprocess.Popen(
+                self.argv, stdin=subprocess.DEVNULL, stdout=log, stderr=log
+            )
+
+    def stop(self) -> None:
+        if self.popen is not None:
+            stop_process(self.popen, timeout=15)
+            self.popen = None
+
+    def check_alive(self) -> None:
+        if self.popen is None or self.popen.poll() is not None:
+            code = None if self.popen is None else self.popen.returncode
+            tail = self.log.read_text(errors="replace")[-LOG_TAIL_CHARS:]
+            raise AssertionError(f"{self.name} is not running (exit {code}); its log ends:\n{tail}")
+
+
+@dataclass
+class Cluster:
+    root: Path
+    binaries: Mapping[str, Path]
+    ca: Path
+    etcd_url: str
+    server: str
+    admin_kubeconfig: Path
+    _processes: dict[str, _Process] = field(default_factory=dict)
+    _api: k8s.ApiClient | None = None
+
+    # --- clients -------------------------------------------------------------
+
+    @property
+    def api(self) -> k8s.ApiClient:
+        """The admin (system:masters) client."""
+        if self._api is None:
+            self._api = k8s_config.new_client_from_config(config_file=str(self.admin_kubeconfig))
+        return self._api
+
+    @property
+    def core(self) -> k8s.CoreV1Api:
+        return k8s.CoreV1Api(self.api)
+
+    def kubectl(
+        self,
+        *args: str,
+        input: str | None = None,
+        check: bool = True,
+        kubeconfig: Path | None = None,
+        timeout: float = 60,
+    ) -> subprocess.CompletedProcess[str]:
+        argv = [
+            str(self.binaries["kubectl"]),
+            f"--kubeconfig={kubeconfig or self.admin_kubeconfig}",
+        ]
+        result = subprocess.run(
+            [*argv, *args], input=input, capture_output=True, text=True, timeout=timeout
+        )
+        if check and result.returncode != 0:
+            raise AssertionError(
+                f"kubectl {' '.join(args)} exited {result.returncode}:\n{result.stderr}"
+            )
+        return result
+
+    def apply(self, *objects: Mapping[str, Any]) -> None:
+        self.kubectl("apply", "-f", "-", input=yaml.safe_dump_all(list(objects)))
+
+    def kubeconfig(
+        self,
+        name: str,
+        *,
+        token: str | None = None,
+        cert: pki.KeyPair | None = None,
+        server: str | None = None,
+    ) -> Path:
+        """A kubeconfig file for one user: a bearer token or a client certificate."""
+        user: dict[str, str] = {}
+        if token is not None:
+            user["token"] = token
+        if cert is not None:
+            user["client-certificate"] = str(cert.cert)
+            user["client-key"] = str(cert.key)
+        config = {
+            "apiVersion": "v1",
+            "kind": "Config",
+            "clusters": [
+                {
+                    "name": "test",
+                    "cluster": {
+                        "server": server or self.server,
+                        "certificate-authority": str(self.ca),
+                    },
+                }
+            ],
+            "users": [{"name": name, "user": user}],
+            "contexts": [{"name": name, "context": {"cluster": "test", "user": name}}],
+            "current-context": name,
+        }
+        path = self.root / f"{name}.kubeconfig"
+        path.touch(mode=0o600)
+        path.write_text(yaml.safe_dump(config))
+        return path
+
+    # --- the API server's life ---------------------------------------------------
+
+    def stop_apiserver(self) -> None:
+        self._processes["kube-apiserver"].stop()
+
+    def start_apiserver(self) -> None:
+        self._processes["kube-apiserver"].start()
+        self._wait_healthy()
+
+    def check_alive(self) -> None:
+        for process in self._processes.values():
+            process.check_alive()
+
+    def _wait_healthy(self) -> None:
+        context = ssl.create_default_context(cafile=str(self.ca))
+        admin = self.root / "admin"
+        context.load_cert_chain(str(admin) + ".crt", str(admin) + ".key")
+
+        def ready() -> int:
+            self._processes["kube-apiserver"].check_alive()
+            with urllib.request.urlopen(f"{self.server}/readyz", context=context, timeout=2) as r:
+                return int(r.status)
+
+        wait_until(
+            lambda status: status == 200,
+            START_TIMEOUT,
+            "kube-apiserver /readyz",
+            observe=ready,
+            interval=0.2,
+            ignoring=(OSError, urllib.error.URLError),
+        )
+
+    # --- etcd, for the tests that need what only etcd can do ---------------------
+
+    def etcd(self, call: str, body: Mapping[str, Any]) -> dict[str, Any]:
+        """One call of etcd's JSON gateway (`kv/put`, `kv/compaction`, ...)."""
+        request = urllib.request.Request(
+            f"{self.etcd_url}/v3/{call}", data=json.dumps(body).encode(), method="POST"
+        )
+        with urllib.request.urlopen(request, timeout=10) as response:
+            result: dict[str, Any] = json.loads(response.read())
+        return result
+
+    def etcd_bump_and_compact(self) -> int:
+        """Write a key of the test's own (outside Kubernetes' prefix), then compact to it.
+
+        Every resourceVersion before it is then gone: a watch resumed from one
+        gets 410 Gone once the API server's watch cache cannot serve it either.
+        """
+        key = base64.b64encode(b"/meshlet-test/compaction").decode()
+        put = self.etcd("kv/put", {"key": key, "value": base64.b64encode(b"x").decode()})
+        revision = int(put["header"]["revision"])
+        self.etcd("kv/compaction", {"revision": revision, "physical": True})
+        self.etcd("kv/deleterange", {"key": key})
+        return revision
+
+
+def _process(root: Path, name: str, argv: Sequence[str]) -> _Process:
+    return _Process(name, list(argv), root / "logs" / f"{name}.log")
+
+
+@contextlib.contextmanager
+def running_cluster(binaries: Mapping[str, Path]) -> Iterator[Cluster]:
+    root = Path(tempfile.mkdtemp(prefix="meshlet-k8s-"))
+    processes: dict[str, _Process] = {}
+    try:
+        (root / "logs").mkdir()
+        ca = pki.CertificateAuthority(root)
+        serving = ca.issue(
+            "apiserver",
+            "kube-apiserver",
+            server=True,
+            hosts=(
+                "127.0.0.1",
+                "localhost",
+                "kubernetes",
+                "kubernetes.default",
+                "kubernetes.default.svc",
+                f"kubernetes.default.svc.{defaults.CLUSTER_DOMAIN}",
+            ),
+        )
+        admin = ca.issue("admin", "meshlet-test-admin", organizations=("system:masters",))
+        controller_manager = ca.issue("kcm", "system:kube-controller-manager")
+        sa = pki.service_account_keys(root)
+
+        etcd_port, peer_port, api_port = free_port(), free_port(), free_port()
+        etcd_url = f"http://127.0.0.1:{etcd_port}"
+        server = f"https://127.0.0.1:{api_port}"
+        cluster = Cluster(root, binaries, ca.cert, etcd_url, server, root / "admin.kubeconfig")
+        cluster._processes = processes
+        cluster.kubeconfig("admin", cert=admin)
+        kcm_kubeconfig = cluster.kubeconfig("kcm", cert=controller_manager)
+
+        processes["etcd"] = _process(
+            root,
+            "etcd",
+            [
+                str(binaries["etcd"]),
+                "--name=test",
+                f"--data-dir={root / 'etcd'}",
+                f"--listen-client-urls={etcd_url}",
+                f"--advertise-client-urls={etcd_url}",
+                f"--listen-peer-urls=http://127.0.0.1:{peer_port}",
+                f"--initial-advertise-peer-urls=http://127.0.0.1:{peer_port}",
+                f"--initial-cluster=test=http://127.0.0.1:{peer_port}",
+                # A test cluster's data is worth nothing after the run.
+                "--unsafe-no-fsync",
+                "--log-level=warn",
+            ],
+        )
+        processes["kube-apiserver"] = _process(
+            root,
+            "kube-apiserver",
+            [
+                str(binaries["kube-apiserver"]),
+                f"--etcd-servers={etcd_url}",
+                "--bind-address=127.0.0.1",
+                # What the `kubernetes` Service's endpoint says; the reconciler
+                # refuses loopback, and nothing in the tests dials it.
+                f"--advertise-address={ADVERTISE_ADDRESS}",
+                f"--secure-port={api_port}",
+                f"--cert-dir={root / 'apiserver-certs'}",
+                f"--tls-cert-file={serving.cert}",
+                f"--tls-private-key-file={serving.key}",
+                f"--client-ca-file={ca.cert}",
+                f"--service-cluster-ip-range={defaults.SERVICE_CIDR}",
+                f"--service-account-issuer={SERVICE_ACCOUNT_ISSUER}",
+                f"--service-account-key-file={sa.cert}",
+                f"--service-account-signing-key-file={sa.key}",
+                "--authorization-mode=RBAC",
+                "--allow-privileged=true",
+                "--profiling=false",
+            ],
+        )
+        processes["kube-controller-manager"] = _process(
+            root,
+            "kube-controller-manager",
+            [
+                str(binaries["kube-controller-manager"]),
+                f"--kubeconfig={kcm_kubeconfig}",
+                f"--controllers={','.join(CONTROLLERS)}",
+                "--use-service-account-credentials=true",
+                f"--service-account-private-key-file={sa.key}",
+                f"--root-ca-file={ca.cert}",
+                "--leader-elect=false",
+                "--secure-port=0",
+                "--profiling=false",
+            ],
+        )
+        processes["etcd"].start()
+        processes["kube-apiserver"].start()
+        cluster._wait_healthy()
+        processes["kube-controller-manager"].start()
+        _make_nodes(cluster)
+        # The serviceaccount controller is up once `default` has its account;
+        # ServiceAccount admission refuses pods until then.
+        wait_until(
+            lambda: _has_default_account(cluster),
+            START_TIMEOUT,
+            "kube-controller-manager to create default/default",
+            interval=0.2,
+        )
+        yield cluster
+    finally:
+        for name in reversed(list(processes)):
+            processes[name].stop()
+        shutil.rmtree(root, ignore_errors=True)
+
+
+def _has_default_account(cluster: Cluster) -> bool:
+    cluster._processes["kube-controller-manager"].check_alive()
+    try:
+        cluster.core.read_namespaced_service_account("default", "default")
+    except k8s.ApiException as exc:
+        if exc.status == 404:
+            return False
+        raise
+    return True
+
+
+def _make_nodes(cluster: Cluster) -> None:
+    for i, (name, zone) in enumerate(NODES, start=1):
+        node = k8s.V1Node(
+            metadata=k8s.V1ObjectMeta(
+                name=name,
+                labels={
+                    "kubernetes.io/hostname": name,
+                    ZONE_LABEL: zone,
+                    "topology.kubernetes.io/region": "test",
+                },
+            )
+        )
+        cluster.core.create_node(node)
+        status = {
+            "status": {
+                "addresses": [{"type": "InternalIP", "address": f"10.240.0.{i}"}],
+                "conditions": [
+                    {
+                        "type": "Ready",
+                        "status": "True",
+                        "reason": "KubeletReady",
+                        "lastHeartbeatTime": _now(),
+                        "lastTransitionTime": _now(),
+                    }
+                ],
+            }
+        }
+        cluster.core.patch_node_status(name, status)
+
+
+def _now() -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
