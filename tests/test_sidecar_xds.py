@@ -17,8 +17,8 @@ from typing import Any, TypeVar
 
 import pytest
 
+from meshlet.backoff import BackoffPolicy
 from meshlet.model import Health
-from meshlet.sidecar.backoff import BackoffPolicy
 from meshlet.sidecar.state import SidecarState
 from meshlet.sidecar.xds_client import XdsClient, XdsProtocol
 from meshlet.xds import types

@@ -14,8 +14,8 @@ from envoy.service.discovery.v3.discovery_pb2 import (
 )
 from google.protobuf.message import Message
 
+from meshlet.backoff import Backoff, BackoffPolicy
 from meshlet.model import Endpoint, LbPolicy, Mesh, Service, ServicePort
-from meshlet.sidecar.backoff import Backoff, BackoffPolicy
 from meshlet.sidecar.state import SidecarState
 from meshlet.sidecar.xds_client import DeltaSession, SotwSession, XdsClient, XdsProtocol
 from meshlet.xds import types

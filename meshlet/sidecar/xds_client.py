@@ -41,8 +41,8 @@ from envoy.service.discovery.v3.discovery_pb2 import (
 from google.protobuf import struct_pb2
 from google.rpc.status_pb2 import Status
 
+from meshlet.backoff import Backoff, BackoffPolicy
 from meshlet.memory import release_freed_memory
-from meshlet.sidecar.backoff import Backoff, BackoffPolicy
 from meshlet.sidecar.state import SidecarState
 from meshlet.sidecar.validate import Received, Update, ValidationError, apply_update
 from meshlet.xds import types

@@ -2,8 +2,9 @@
 
 Full jitter (AWS architecture blog, "Exponential Backoff And Jitter"): each delay
 is uniform between zero and a ceiling that doubles with every failed attempt, up
-to a cap, so many sidecars that lost the same control plane do not come back in
-step. A stream that lived a while counts as a success and starts the count over.
+to a cap, so many clients that lost the same server do not come back in step. A
+stream (an xDS stream, a Kubernetes watch) that lived a while counts as a success
+and starts the count over.
 """
 
 from __future__ import annotations
