@@ -18,6 +18,7 @@ from meshlet.flags import (
     host_port,
     id_number,
     ip_address,
+    namespace_name,
     port_number,
     seconds,
     ttl_seconds,
@@ -28,14 +29,33 @@ def _control_plane(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> 
     p = sub.add_parser(
         "control-plane",
         help="watch services and serve them over xDS (ADS)",
-        description="Serve Kubernetes services from manifests over xDS (SotW and delta ADS).",
+        description="Serve Kubernetes services over xDS (SotW and delta ADS), watched on the "
+        "Kubernetes API or read from a folder of manifests.",
     )
     add_flag(
         p,
         "--manifests",
         required=False,
         metavar="PATH",
-        help="a YAML file or folder of Service and EndpointSlice objects",
+        help="serve a YAML file or folder of Service and EndpointSlice objects instead of "
+        "watching the Kubernetes API",
+    )
+    add_flag(
+        p,
+        "--kubeconfig",
+        default=None,
+        metavar="PATH",
+        help="the Kubernetes API's kubeconfig (default: KUBECONFIG, else in-cluster, "
+        "else ~/.kube/config)",
+    )
+    add_flag(
+        p,
+        "--watch-namespace",
+        type=namespace_name,
+        action="append",
+        default=[],
+        metavar="NS",
+        help="watch only these namespaces (repeatable; default: all)",
     )
     add_flag(
         p,
@@ -80,11 +100,18 @@ def _missing(command: str, flag: str) -> int:
 def _run_control_plane(args: argparse.Namespace) -> int:
     from meshlet.controlplane.app import ControlPlaneConfig, run
 
-    if not args.manifests:
-        return _missing("control-plane", "--manifests PATH")
+    if args.manifests and (args.kubeconfig or args.watch_namespace):
+        print(
+            "meshlet control-plane: --manifests serves a folder; --kubeconfig and "
+            "--watch-namespace are for the Kubernetes API: give one or the other",
+            file=sys.stderr,
+        )
+        return 2
     return run(
         ControlPlaneConfig(
-            manifests=args.manifests,
+            manifests=args.manifests or None,
+            kubeconfig=args.kubeconfig or None,
+            watch_namespaces=tuple(args.watch_namespace),
             xds_address=args.xds_address,
             admin_address=args.admin_address,
             cluster_domain=args.cluster_domain,

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import ipaddress
 import os
+import re
 from typing import Any
 
 
@@ -72,6 +73,15 @@ def domain_name(text: str) -> str:
     if not name or any(not label or len(label) > 63 for label in labels):
         raise argparse.ArgumentTypeError(f"{text!r} is not a DNS domain")
     return name
+
+
+def namespace_name(text: str) -> str:
+    """A Kubernetes namespace: a DNS-1123 label."""
+    if not re.fullmatch(r"[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?", text):
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not a namespace name (lowercase letters, digits and '-', at most 63)"
+        )
+    return text
 
 
 def grpc_address(host: str, port: int) -> str:

@@ -30,3 +30,13 @@ def kubelet(kube: Cluster) -> Iterator[Kubelet]:
         yield stand_in
     finally:
         stand_in.stop()
+
+
+@pytest.fixture
+def namespace(kube: Cluster, request: pytest.FixtureRequest) -> Iterator[str]:
+    """A namespace of the test's own in the test cluster, deleted (with all in it) after."""
+    name = kube.new_namespace(request.node.name)
+    try:
+        yield name
+    finally:
+        kube.delete_namespace(name)

@@ -186,7 +186,7 @@ def get_json(url: str, timeout: float = 5.0) -> Any:
 @dataclass
 class ControlPlane:
     process: Process
-    manifests: Path
+    manifests: Path | None
     xds_port: int
     admin_port: int
     outbound_port: int
@@ -228,15 +228,18 @@ class ControlPlane:
 
 @contextlib.contextmanager
 def control_plane(
-    manifests: Path,
+    manifests: Path | None,
     tmp_path: Path,
     *,
+    kubeconfig: Path | None = None,
     outbound_port: int | None = None,
     xds_port: int | None = None,
     extra_args: Sequence[str] = (),
     ready_timeout: float = 30.0,
+    wait_ready: bool = True,
 ) -> Iterator[ControlPlane]:
-    """Run `meshlet control-plane` on `manifests` until the block ends; ready when yielded."""
+    """Run `meshlet control-plane` until the block ends, on `manifests` or else on the
+    Kubernetes API of `kubeconfig`; ready when yielded (unless not `wait_ready`)."""
     # A fixed xds_port lets a test restart the control plane where clients expect it.
     xds_port = xds_port or free_port()
     admin_port = free_port()
@@ -247,7 +250,7 @@ def control_plane(
         "-m",
         "meshlet",
         "control-plane",
-        f"--manifests={manifests}",
+        f"--manifests={manifests}" if manifests is not None else f"--kubeconfig={kubeconfig}",
         f"--xds-address=127.0.0.1:{xds_port}",
         f"--admin-address=127.0.0.1:{admin_port}",
         f"--outbound-port={outbound_port}",
@@ -261,5 +264,8 @@ def control_plane(
             process.check_alive()
             return http_get(plane.url("/readyz"), timeout=2)[0]
 
-        wait_until(lambda status: status == 200, ready_timeout, "/readyz to be 200", observe=ready)
+        if wait_ready:
+            wait_until(
+                lambda status: status == 200, ready_timeout, "/readyz to be 200", observe=ready
+            )
         yield plane

@@ -81,10 +81,43 @@ def test_busy_xds_port_is_a_clear_error(tmp_path: Path) -> None:
     assert "Traceback" not in result.stderr
 
 
-def test_missing_manifests_flag() -> None:
-    result = run_meshlet("control-plane")
+def test_no_source_at_all_says_what_to_give(tmp_path: Path) -> None:
+    # No --manifests, no kubeconfig anywhere, not in a pod.
+    env = {
+        k: v for k, v in os.environ.items() if k not in ("KUBECONFIG", "KUBERNETES_SERVICE_HOST")
+    }
+    result = subprocess.run(
+        [sys.executable, "-m", "meshlet", "control-plane"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=ROOT,
+        env={**env, "HOME": str(tmp_path)},
+    )
     assert result.returncode == 2
-    assert "--manifests PATH is required" in result.stderr
+    assert "no Kubernetes configuration: give --kubeconfig PATH" in result.stderr
+    assert "--manifests PATH" in result.stderr
+
+
+def test_a_broken_kubeconfig_is_refused_at_start_up(tmp_path: Path) -> None:
+    path = tmp_path / "kubeconfig"
+    path.write_text("apiVersion: v1\nkind: Config\nclusters: []\n")
+    result = run_meshlet("control-plane", f"--kubeconfig={path}")
+    assert result.returncode == 2
+    assert f"--kubeconfig {path}: " in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_manifests_and_kubernetes_flags_together_are_refused(tmp_path: Path) -> None:
+    result = run_meshlet("control-plane", f"--manifests={tmp_path}", "--watch-namespace=shop")
+    assert result.returncode == 2
+    assert "give one or the other" in result.stderr
+
+
+def test_bad_watch_namespace_is_refused() -> None:
+    result = run_meshlet("control-plane", "--watch-namespace=Shop_1")
+    assert result.returncode == 2
+    assert "'Shop_1' is not a namespace name" in result.stderr
 
 
 def test_bad_manifest_at_start_up_exits_2_naming_file_and_document(tmp_path: Path) -> None:

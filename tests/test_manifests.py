@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+from meshlet.controlplane.registry import LoadResult, Registry
 from meshlet.controlplane.sources import inotify
 from meshlet.controlplane.sources.manifests import ManifestSource
 from meshlet.model import Endpoint, Health, LbPolicy, Mesh, ServicePort
@@ -62,6 +63,18 @@ def slice_yaml(service: str, *addresses: str, namespace: str = "shop") -> str:
     )
 
 
+class Loaded:
+    """A manifest source and its registry, wired as the control plane wires them."""
+
+    def __init__(self, path: Path) -> None:
+        self.registry = Registry()
+        self.source = ManifestSource(path, self.registry)
+
+    def load(self) -> LoadResult:
+        self.source.load()
+        return self.registry.result()
+
+
 def keys(mesh: Mesh) -> list[str]:
     return [s.key for s in mesh.services]
 
@@ -75,7 +88,7 @@ def addresses(mesh: Mesh, key: str) -> list[str]:
 
 
 def test_kubectl_list_sample() -> None:
-    result = ManifestSource(DATA / "kubectl-list.yaml").load()
+    result = Loaded(DATA / "kubectl-list.yaml").load()
     assert result.errors == ()
     mesh = result.mesh
     assert keys(mesh) == ["default/kubernetes", "kube-system/kube-dns", "shop/web"]
@@ -120,7 +133,7 @@ def test_folder_recursive_with_filters(tmp_path: Path) -> None:
     (tmp_path / ".git").mkdir()
     (tmp_path / ".git" / "old.yaml").write_text(service_yaml("old", "10.96.0.8"))
 
-    result = ManifestSource(tmp_path).load()
+    result = Loaded(tmp_path).load()
     assert result.errors == ()
     assert keys(result.mesh) == ["default/db", "shop/api", "shop/web"]
 
@@ -133,7 +146,7 @@ def test_mounted_configmap_layout_read_once(tmp_path: Path) -> None:
     (tmp_path / "..data").symlink_to(version.name)
     (tmp_path / "web.yaml").symlink_to("..data/web.yaml")
 
-    result = ManifestSource(tmp_path).load()
+    result = Loaded(tmp_path).load()
     assert result.errors == ()
     assert keys(result.mesh) == ["shop/web"]
 
@@ -149,7 +162,7 @@ def test_single_file_multi_document(tmp_path: Path) -> None:
         + slice_yaml("web", "10.1.0.2", "10.1.0.1")
         + "---\n"
     )
-    result = ManifestSource(path).load()
+    result = Loaded(path).load()
     assert result.errors == ()
     assert addresses(result.mesh, "shop/web") == ["10.1.0.1", "10.1.0.2"]
 
@@ -166,7 +179,7 @@ def test_api_style_lists_without_item_kinds(tmp_path: Path) -> None:
         "- metadata: {name: web-1, namespace: shop, labels: {kubernetes.io/service-name: web}}\n"
         "  addressType: IPv4\n  endpoints: [{addresses: [10.1.0.1]}]\n"
     )
-    result = ManifestSource(tmp_path).load()
+    result = Loaded(tmp_path).load()
     assert result.errors == ()
     assert addresses(result.mesh, "shop/web") == ["10.1.0.1"]
 
@@ -215,7 +228,7 @@ def test_bad_file_reported_and_never_good_contributes_nothing(
 ) -> None:
     (tmp_path / "good.yaml").write_text(service_yaml("api", "10.96.0.2"))
     (tmp_path / name).write_text(text)
-    result = ManifestSource(tmp_path).load()
+    result = Loaded(tmp_path).load()
     assert result.errors == (error.format(path=tmp_path / name),)
     assert keys(result.mesh) == ["shop/api"]
 
@@ -223,7 +236,7 @@ def test_bad_file_reported_and_never_good_contributes_nothing(
 def test_yaml_syntax_error_names_file_document_and_line(tmp_path: Path) -> None:
     path = tmp_path / "web.yaml"
     path.write_text(service_yaml("web", "10.96.0.1") + "---\nkind: Service\n  name: [oops\n")
-    (error,) = ManifestSource(tmp_path).load().errors
+    (error,) = Loaded(tmp_path).load().errors
     # libyaml and PyYAML word the problem slightly differently.
     assert re.fullmatch(
         f"{re.escape(str(path))}: document 2: invalid YAML: mapping values are not allowed"
@@ -235,7 +248,7 @@ def test_yaml_syntax_error_names_file_document_and_line(tmp_path: Path) -> None:
 def test_broken_file_keeps_its_last_good_objects(tmp_path: Path) -> None:
     path = tmp_path / "web.yaml"
     path.write_text(service_yaml("web", "10.96.0.1") + "---\n" + slice_yaml("web", "10.1.0.1"))
-    source = ManifestSource(tmp_path)
+    source = Loaded(tmp_path)
     good = source.load()
     assert good.errors == ()
 
@@ -255,10 +268,40 @@ def test_broken_file_keeps_its_last_good_objects(tmp_path: Path) -> None:
     assert addresses(fixed.mesh, "shop/web") == ["10.1.0.7"]
 
 
+def test_one_bad_object_in_a_file_never_holds_back_the_others(tmp_path: Path) -> None:
+    path = tmp_path / "mesh.yaml"
+    path.write_text(service_yaml("web", "10.96.0.1") + "---\n" + slice_yaml("web", "10.1.0.1"))
+    source = Loaded(tmp_path)
+    assert source.load().errors == ()
+
+    # The Service turns invalid while its slice moves on: the slice's change applies,
+    # the Service keeps its last good version.
+    path.write_text(
+        service_yaml("web", "10.96.0.1", port=70000) + "---\n" + slice_yaml("web", "10.1.0.2")
+    )
+    result = source.load()
+    assert result.errors == (
+        f"{path}: document 1 (Service shop/web): spec.ports[0].port 70000 is out of range 1-65535",
+    )
+    (web,) = result.mesh.services
+    assert web.ports[0].port == 80
+    assert addresses(result.mesh, "shop/web") == ["10.1.0.2"]
+
+
+def test_an_object_twice_in_one_file_keeps_the_first(tmp_path: Path) -> None:
+    path = tmp_path / "mesh.yaml"
+    path.write_text(service_yaml("web", "10.96.0.1") + "---\n" + service_yaml("web", "10.96.0.2"))
+    result = Loaded(tmp_path).load()
+    assert result.errors == (
+        f"{path}: document 2: Service shop/web is defined twice (also in {path}: document 1)",
+    )
+    assert result.mesh.services[0].cluster_ips == ("10.96.0.1",)
+
+
 def test_deleted_file_drops_out(tmp_path: Path) -> None:
     (tmp_path / "web.yaml").write_text(service_yaml("web", "10.96.0.1"))
     (tmp_path / "api.yaml").write_text(service_yaml("api", "10.96.0.2"))
-    source = ManifestSource(tmp_path)
+    source = Loaded(tmp_path)
     assert keys(source.load().mesh) == ["shop/api", "shop/web"]
     (tmp_path / "web.yaml").unlink()
     assert keys(source.load().mesh) == ["shop/api"]
@@ -266,7 +309,7 @@ def test_deleted_file_drops_out(tmp_path: Path) -> None:
 
 def test_conflict_keeps_last_good_mesh(tmp_path: Path) -> None:
     (tmp_path / "a.yaml").write_text(service_yaml("web", "10.96.0.1"))
-    source = ManifestSource(tmp_path)
+    source = Loaded(tmp_path)
     good = source.load()
     (tmp_path / "b.yaml").write_text(service_yaml("api", "10.96.0.1"))
     result = source.load()
@@ -281,7 +324,7 @@ def test_conflict_keeps_last_good_mesh(tmp_path: Path) -> None:
 
 def test_missing_path_is_an_error_and_keeps_the_mesh(tmp_path: Path) -> None:
     folder = tmp_path / "manifests"
-    source = ManifestSource(folder)
+    source = Loaded(folder)
     assert source.load().errors == (f"{folder}: cannot read: No such file or directory",)
 
     folder.mkdir()
@@ -300,7 +343,7 @@ def test_only_changed_files_are_read_again(tmp_path: Path) -> None:
     path.write_text(service_yaml("web", "10.96.0.1"))
     old = 1_600_000_000_000_000_000  # long settled: not within the racy window
     os.utime(path, ns=(old, old))
-    source = ManifestSource(tmp_path)
+    source = Loaded(tmp_path)
     assert addresses(source.load().mesh, "shop/web") == []
 
     # Same size, same inode, same mtime: the stamp says unchanged, so it is not read.
@@ -316,7 +359,7 @@ def test_only_changed_files_are_read_again(tmp_path: Path) -> None:
 def test_rewrite_within_one_timestamp_tick_is_seen(tmp_path: Path) -> None:
     path = tmp_path / "web.yaml"
     path.write_text(service_yaml("web", "10.96.0.1"))
-    source = ManifestSource(tmp_path)
+    source = Loaded(tmp_path)
     source.load()
     stat = path.stat()
     with path.open("r+") as file:
@@ -349,7 +392,7 @@ async def watching(path: Path, use_inotify: bool, **options: float) -> AsyncIter
     changes = Changes()
     options.setdefault("poll_interval", 0.1)  # polling mode: quicker than the 0.5 s default
     task = asyncio.create_task(
-        ManifestSource(path).watch(changes, use_inotify=use_inotify, **options)
+        ManifestSource(path, Registry()).watch(changes, use_inotify=use_inotify, **options)
     )
     # One turn of the loop: watch() sets up its watches and baseline before it first waits.
     await asyncio.sleep(0)
@@ -368,7 +411,7 @@ modes = pytest.mark.parametrize("use_inotify", [True, False], ids=["inotify", "p
 async def test_watch_notices_new_changed_and_deleted_files(
     tmp_path: Path, use_inotify: bool
 ) -> None:
-    source = ManifestSource(tmp_path)
+    source = Loaded(tmp_path)
     async with watching(tmp_path, use_inotify) as changes:
         (tmp_path / "web.yaml").write_text(service_yaml("web", "10.96.0.1"))
         await changes.next()
@@ -385,7 +428,7 @@ async def test_watch_notices_new_changed_and_deleted_files(
 
 @modes
 async def test_watch_sees_files_in_new_subfolders(tmp_path: Path, use_inotify: bool) -> None:
-    source = ManifestSource(tmp_path)
+    source = Loaded(tmp_path)
     async with watching(tmp_path, use_inotify) as changes:
         (tmp_path / "team").mkdir()
         (tmp_path / "team" / "keep.yaml").write_text("")
@@ -399,7 +442,7 @@ async def test_watch_sees_files_in_new_subfolders(tmp_path: Path, use_inotify: b
 async def test_watch_single_file_replaced_by_rename(tmp_path: Path, use_inotify: bool) -> None:
     path = tmp_path / "mesh.yaml"
     path.write_text(service_yaml("web", "10.96.0.1"))
-    source = ManifestSource(path)
+    source = Loaded(path)
     source.load()
     async with watching(path, use_inotify) as changes:
         # How editors and `kubectl ... > tmp && mv` write: a new inode renamed over the old.
@@ -412,7 +455,7 @@ async def test_watch_single_file_replaced_by_rename(tmp_path: Path, use_inotify:
 @modes
 async def test_watch_coalesces_a_burst(tmp_path: Path, use_inotify: bool) -> None:
     path = tmp_path / "web.yaml"
-    source = ManifestSource(tmp_path)
+    source = Loaded(tmp_path)
     async with watching(tmp_path, use_inotify, quiet=0.05) as changes:
         for port in range(8001, 8021):  # 20 writes, 5 ms apart: well inside 50 ms of quiet
             path.write_text(service_yaml("web", "10.96.0.1", port=port))
@@ -472,7 +515,7 @@ def test_inotify_add_watch_error(tmp_path: Path) -> None:
 
 def test_deeply_nested_json_is_a_reported_problem(tmp_path: Path) -> None:
     (tmp_path / "deep.json").write_text("[" * 50_000 + "]" * 50_000)
-    result = ManifestSource(tmp_path).load()
+    result = Loaded(tmp_path).load()
     assert any("deep.json" in e and "nested too deeply" in e for e in result.errors)
 
 
@@ -488,7 +531,7 @@ async def test_a_failing_callback_does_not_end_the_watch(tmp_path: Path) -> None
             raise RuntimeError("a reload that went wrong")
         second.set()
 
-    task = asyncio.create_task(ManifestSource(tmp_path).watch(on_change, quiet=0.01))
+    task = asyncio.create_task(ManifestSource(tmp_path, Registry()).watch(on_change, quiet=0.01))
     await asyncio.sleep(0)
     try:
         (tmp_path / "a.yaml").write_text(service_yaml("web", "10.96.0.1"))

@@ -3,29 +3,19 @@
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import dns.message
-import dns.query
-import dns.rcode
-import dns.rdatatype
-
 from tests.procs import (
-    PYTHON,
-    ControlPlane,
-    Process,
     control_plane,
     endpoint_slice_manifest,
     free_port,
-    get_json,
     http_get,
-    running,
     service_manifest,
     wait_until,
     write_manifests,
 )
+from tests.sidecar_peer import sidecar
 
 
 def web() -> list[dict[str, Any]]:
@@ -40,52 +30,6 @@ def api() -> list[dict[str, Any]]:
         service_manifest("api", "shop", "10.96.0.20", [("grpc", 9090, 9090)]),
         endpoint_slice_manifest("api", "shop", [("grpc", 9090)], ["10.1.0.3"]),
     ]
-
-
-class Sidecar:
-    def __init__(self, process: Process, dns_port: int, admin_port: int) -> None:
-        self.process, self.dns_port, self.admin_port = process, dns_port, admin_port
-
-    def ask(self, name: str, rdtype: str = "A", tcp: bool = False) -> tuple[str, list[str]]:
-        """(rcode, answers as text) from the sidecar's DNS."""
-        self.process.check_alive()
-        query = dns.message.make_query(name, rdtype)
-        send = dns.query.tcp if tcp else dns.query.udp
-        response = send(query, "127.0.0.1", port=self.dns_port, timeout=3)
-        answers = [rr.to_text() for rrset in response.answer for rr in rrset]
-        return dns.rcode.to_text(response.rcode()), sorted(answers)
-
-    def admin(self, path: str) -> Any:
-        self.process.check_alive()
-        return get_json(f"http://127.0.0.1:{self.admin_port}{path}")
-
-
-@contextlib.contextmanager
-def sidecar(plane: ControlPlane, tmp_path: Path, protocol: str) -> Iterator[Sidecar]:
-    dns_port, admin_port = free_port(), free_port()
-    argv = [
-        PYTHON,
-        "-m",
-        "meshlet",
-        "sidecar",
-        f"--xds-address={plane.xds_address}",
-        "--node-id=sidecar-1",
-        "--namespace=default",
-        f"--dns-address=127.0.0.1:{dns_port}",
-        f"--admin-address=127.0.0.1:{admin_port}",
-        # Nothing listens there: these tests ask only for mesh names.
-        f"--upstream-dns=127.0.0.1:{free_port()}",
-        f"--xds-protocol={protocol}",
-    ]
-    with running(argv, "meshlet sidecar", tmp_path / f"sidecar-{dns_port}.log") as process:
-        car = Sidecar(process, dns_port, admin_port)
-
-        def ready() -> int:
-            process.check_alive()
-            return http_get(f"http://127.0.0.1:{admin_port}/ready", timeout=2)[0]
-
-        wait_until(lambda status: status == 200, 30, "the sidecar to be ready", observe=ready)
-        yield car
 
 
 def test_dns_follows_the_control_plane_and_survives_its_absence(tmp_path: Path) -> None:

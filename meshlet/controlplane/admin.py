@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from google.protobuf import any_pb2, json_format
 
 from meshlet.admin_http import AdminServer, Response
@@ -32,13 +34,20 @@ def _config(cache: SnapshotCache) -> Response:
 
 
 def build_admin(
-    cache: SnapshotCache, ads: AdsServer, telemetry: Telemetry, problems: list[str]
+    cache: SnapshotCache,
+    ads: AdsServer,
+    telemetry: Telemetry,
+    problems: list[str],
+    sources: Callable[[], object],
+    not_ready: str = "no snapshot yet",
 ) -> AdminServer:
-    """`problems` is the live list of source errors (empty when the last load was clean)."""
+    """`problems` is the live list of source errors (empty when all is well); `sources`
+    says what the source is doing; `not_ready` is what /readyz says before the first
+    snapshot."""
 
     def ready(_: object) -> Response:
         if cache.snapshot is None:
-            return Response.text("no snapshot yet\n", 503)
+            return Response.text(f"{not_ready}\n", 503)
         return Response.text("ready\n")
 
     return AdminServer(
@@ -51,5 +60,6 @@ def build_admin(
             "/debug/config": lambda _: _config(cache),
             "/debug/clients": lambda _: Response.json(ads.clients()),
             "/debug/problems": lambda _: Response.json(problems),
+            "/debug/sources": lambda _: Response.json(sources()),
         }
     )

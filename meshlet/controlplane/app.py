@@ -1,21 +1,26 @@
-"""`meshlet control-plane`: manifests -> mesh -> resources -> snapshot -> ADS streams."""
+"""`meshlet control-plane`: source -> registry -> Mesh -> resources -> snapshot -> ADS streams."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import gc
 import logging
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from meshlet import defaults
 from meshlet.controlplane.admin import build_admin
 from meshlet.controlplane.cache import SnapshotCache, build_snapshot
 from meshlet.controlplane.metrics import ControlPlaneMetrics
+from meshlet.controlplane.registry import LoadResult, Registry
 from meshlet.controlplane.server import AdsServer, start_server
-from meshlet.controlplane.sources.manifests import LoadResult, ManifestSource
+from meshlet.controlplane.sources.kube_client import KubeConfigError, load_client
+from meshlet.controlplane.sources.kubernetes import KubernetesSource
+from meshlet.controlplane.sources.manifests import ManifestSource
 from meshlet.flags import grpc_address
 from meshlet.model import Mesh
 from meshlet.process import run_until_signal
@@ -24,12 +29,19 @@ from meshlet.xds.translate import translate
 
 log = logging.getLogger(__name__)
 
+# Registry changes this close together make one snapshot (an API watch sends a
+# Deployment's rollout as a burst of slice updates).
+COALESCE_SECONDS = 0.005
+
 
 @dataclass(frozen=True)
 class ControlPlaneConfig:
-    manifests: str
     xds_address: tuple[str, int]
     admin_address: tuple[str, int]
+    # A folder of manifests, or None: the Kubernetes API.
+    manifests: str | None = None
+    kubeconfig: str | None = None
+    watch_namespaces: tuple[str, ...] = ()
     cluster_domain: str = defaults.CLUSTER_DOMAIN
     outbound_port: int = defaults.OUTBOUND_PORT
 
@@ -43,18 +55,25 @@ class ControlPlane:
         self.problems: list[str] = []
         self._mesh: Mesh | None = None
 
+    def report(self, errors: tuple[str, ...]) -> None:
+        """The problems there are now; each new one is logged once."""
+        if list(errors) == self.problems:
+            return
+        for problem in errors:
+            if problem not in self.problems:
+                log.error("%s (the last good state keeps being served)", problem)
+        if self.problems and not errors:
+            log.info("all problems fixed")
+        self.problems[:] = errors
+
     def apply(self, result: LoadResult, seen_at: float) -> None:
-        if list(result.errors) != self.problems:
-            for problem in result.errors:
-                log.error("manifests: %s (the last good state keeps being served)", problem)
-            if self.problems and not result.errors:
-                log.info("manifests: all problems fixed")
-            self.problems[:] = result.errors
+        self.report(result.errors)
         if result.mesh == self._mesh:
             return
         self._mesh = result.mesh
         generated = translate(result.mesh, self.config.cluster_domain, self.config.outbound_port)
         snapshot = build_snapshot(generated, self.cache.snapshot, seen_at)
+        first = self.cache.snapshot is None
         self.cache.publish(snapshot)
         log.info(
             "snapshot %d: %d services, %s",
@@ -62,25 +81,91 @@ class ControlPlane:
             len(result.mesh.services),
             ", ".join(f"{n} {t.rsplit('.', 1)[-1]}" for t, n in snapshot.counts().items()),
         )
+        if first:
+            # The snapshot and the parsed objects live for the whole run: keep the
+            # collector from re-scanning them on every full collection.
+            gc.freeze()
+
+
+class _Rebuilds:
+    """Registry changes -> one apply() soon after, with when the first change was seen."""
+
+    def __init__(self, plane: ControlPlane, registry: Registry) -> None:
+        self._plane = plane
+        self._registry = registry
+        self._seen_at: float | None = None
+
+    def changed(self) -> None:
+        if self._seen_at is None:
+            self._seen_at = time.monotonic()  # push latency counts the wait too
+            asyncio.get_running_loop().call_later(COALESCE_SECONDS, self.run)
+
+    def run(self) -> None:
+        seen_at, self._seen_at = self._seen_at or time.monotonic(), None
+        result = self._registry.result()
+        if not self._registry.is_synced:
+            # Never a partial config: nothing is served before every first list.
+            self._plane.report(result.errors)
+            return
+        try:
+            self._plane.apply(result, seen_at)
+        except Exception as exc:
+            log.exception("building a snapshot failed; the last good one keeps being served")
+            self._plane.problems[:] = [
+                *result.errors,
+                f"internal error building the snapshot: {exc}",
+            ]
 
 
 async def serve(config: ControlPlaneConfig, stop: asyncio.Event) -> int:
-    source = ManifestSource(config.manifests)
-    first = source.load()
-    if first.errors:
-        for problem in first.errors:
-            print(f"meshlet control-plane: {problem}", file=sys.stderr)
-        print("meshlet control-plane: fix the manifests above; nothing was served", file=sys.stderr)
-        return 2
     plane = ControlPlane(config)
-    plane.apply(first, time.monotonic())
-    # The snapshot and the parsed objects live for the whole run: keep the
-    # collector from re-scanning them on every full collection.
-    gc.freeze()
+    registry = Registry()
+    rebuilds = _Rebuilds(plane, registry)
+    sources_status: Callable[[], object]
+    if config.manifests is not None:
+        manifests = ManifestSource(config.manifests, registry)
+        manifests.load()
+        first = registry.result()
+        if first.errors:
+            for problem in first.errors:
+                print(f"meshlet control-plane: {problem}", file=sys.stderr)
+            print(
+                "meshlet control-plane: fix the manifests above; nothing was served",
+                file=sys.stderr,
+            )
+            return 2
+        plane.apply(first, time.monotonic())
+        registry.on_change = rebuilds.changed
+
+        def reload() -> None:
+            rebuilds.changed()  # push latency counts reading and parsing too
+            manifests.load()
+
+        watch = manifests.watch(reload)
+        sources_status = lambda: {"manifests": manifests.path}  # noqa: E731
+        not_ready = "no snapshot yet"
+    else:
+        try:
+            client = load_client(config.kubeconfig)
+        except KubeConfigError as exc:
+            print(f"meshlet control-plane: {exc}", file=sys.stderr)
+            return 2
+        registry.on_change = rebuilds.changed
+        kubernetes = KubernetesSource(client, registry, config.watch_namespaces)
+        watch = kubernetes.run()
+        sources_status = lambda: {  # noqa: E731
+            "kubernetes": {
+                "server": client.server,
+                "config": client.origin,
+                "reflectors": [dataclasses.asdict(s) for s in kubernetes.status()],
+            }
+        }
+        not_ready = "waiting for the first complete list of Services and EndpointSlices"
+
     telemetry = Telemetry("meshlet-control-plane")
     ads = AdsServer(plane.cache, ControlPlaneMetrics(telemetry, lambda: plane.cache.snapshot))
     grpc_server, xds_port = await start_server(ads, grpc_address(*config.xds_address))
-    admin = build_admin(plane.cache, ads, telemetry, plane.problems)
+    admin = build_admin(plane.cache, ads, telemetry, plane.problems, sources_status, not_ready)
     admin_port = await admin.start(*config.admin_address)
     log.info(
         "serving xDS on %s:%d, admin on %s:%d",
@@ -89,17 +174,7 @@ async def serve(config: ControlPlaneConfig, stop: asyncio.Event) -> int:
         config.admin_address[0],
         admin_port,
     )
-
-    def reload() -> None:
-        seen_at = time.monotonic()  # push latency counts parsing and translating too
-        result = source.load()
-        try:
-            plane.apply(result, seen_at)
-        except Exception as exc:
-            log.exception("building a snapshot failed; the last good one keeps being served")
-            plane.problems[:] = [*result.errors, f"internal error building the snapshot: {exc}"]
-
-    watcher = asyncio.create_task(source.watch(reload))
+    watcher = asyncio.create_task(watch)
     try:
         await stop.wait()
     finally:

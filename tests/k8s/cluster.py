@@ -16,6 +16,7 @@ from __future__ import annotations
 import base64
 import contextlib
 import json
+import re
 import shutil
 import ssl
 import subprocess
@@ -96,6 +97,8 @@ class Cluster:
     admin_kubeconfig: Path
     _processes: dict[str, _Process] = field(default_factory=dict)
     _api: k8s.ApiClient | None = None
+    _namespaces: int = 0
+    _apiserver_args: list[str] = field(default_factory=list)
 
     # --- clients -------------------------------------------------------------
 
@@ -170,37 +173,89 @@ class Cluster:
         path.write_text(yaml.safe_dump(config))
         return path
 
+    def new_namespace(self, hint: str) -> str:
+        """A namespace with a fresh name made from `hint` (a test's name, say)."""
+        base = re.sub(r"[^a-z0-9]+", "-", hint.lower()).strip("-")[:40].strip("-") or "test"
+        self._namespaces += 1
+        name = f"{base}-{self._namespaces}"
+        self.core.create_namespace(k8s.V1Namespace(metadata=k8s.V1ObjectMeta(name=name)))
+        return name
+
+    def delete_namespace(self, name: str) -> None:
+        # The namespace controller deletes what is in it; the test need not wait.
+        with contextlib.suppress(k8s.ApiException):
+            self.core.delete_namespace(name)
+
+    @contextlib.contextmanager
+    def service_account(
+        self, namespace: str, name: str, rules: Sequence[Mapping[str, Any]]
+    ) -> Iterator[ServiceAccount]:
+        """A ServiceAccount bound to a ClusterRole (named `<namespace>-<name>`) of exactly
+        `rules`, with a token from the TokenRequest API; the role and binding go afterwards."""
+        role = f"{namespace}-{name}"
+        rbac = k8s.RbacAuthorizationV1Api(self.api)
+        self.core.create_namespaced_service_account(
+            namespace, k8s.V1ServiceAccount(metadata=k8s.V1ObjectMeta(name=name))
+        )
+        try:
+            rbac.create_cluster_role({"metadata": {"name": role}, "rules": list(rules)})
+            rbac.create_cluster_role_binding(
+                {
+                    "metadata": {"name": role},
+                    "roleRef": {
+                        "apiGroup": "rbac.authorization.k8s.io",
+                        "kind": "ClusterRole",
+                        "name": role,
+                    },
+                    "subjects": [{"kind": "ServiceAccount", "name": name, "namespace": namespace}],
+                }
+            )
+            request = {
+                "apiVersion": "authentication.k8s.io/v1",
+                "kind": "TokenRequest",
+                "spec": {"expirationSeconds": 3600},
+            }
+            response = self.core.create_namespaced_service_account_token(
+                name, namespace, request, _preload_content=False
+            )
+            token = json.loads(response.data)["status"]["token"]
+            yield ServiceAccount(self, role, token)
+        finally:
+            for delete in (rbac.delete_cluster_role_binding, rbac.delete_cluster_role):
+                with contextlib.suppress(k8s.ApiException):
+                    delete(role)
+
     # --- the API server's life ---------------------------------------------------
 
     def stop_apiserver(self) -> None:
         self._processes["kube-apiserver"].stop()
 
     def start_apiserver(self) -> None:
-        self._processes["kube-apiserver"].start()
-        self._wait_healthy()
+        self._apiserver(int(self.server.rsplit(":", 1)[1]), "kube-apiserver").start()
 
     def check_alive(self) -> None:
         for process in self._processes.values():
             process.check_alive()
 
-    def _wait_healthy(self) -> None:
-        context = ssl.create_default_context(cafile=str(self.ca))
-        admin = self.root / "admin"
-        context.load_cert_chain(str(admin) + ".crt", str(admin) + ".key")
+    @contextlib.contextmanager
+    def second_apiserver(self, started: bool = True) -> Iterator[ApiServer]:
+        """Another kube-apiserver on the same etcd, as in an HA control plane: a test
+        may stop and start it while the rest of the cluster goes on."""
+        port = free_port()
+        apiserver = self._apiserver(port, f"kube-apiserver-{port}", fresh=True)
+        if started:
+            apiserver.start()
+        try:
+            yield apiserver
+        finally:
+            apiserver.stop()
 
-        def ready() -> int:
-            self._processes["kube-apiserver"].check_alive()
-            with urllib.request.urlopen(f"{self.server}/readyz", context=context, timeout=2) as r:
-                return int(r.status)
-
-        wait_until(
-            lambda status: status == 200,
-            START_TIMEOUT,
-            "kube-apiserver /readyz",
-            observe=ready,
-            interval=0.2,
-            ignoring=(OSError, urllib.error.URLError),
-        )
+    def _apiserver(self, port: int, name: str, fresh: bool = False) -> ApiServer:
+        process = self._processes.get(name)
+        if process is None or fresh:
+            argv = [*self._apiserver_args, f"--secure-port={port}"]
+            process = _process(self.root, name, argv)
+        return ApiServer(self, process, f"https://127.0.0.1:{port}")
 
     # --- etcd, for the tests that need what only etcd can do ---------------------
 
@@ -225,6 +280,53 @@ class Cluster:
         self.etcd("kv/compaction", {"revision": revision, "physical": True})
         self.etcd("kv/deleterange", {"key": key})
         return revision
+
+
+@dataclass
+class ServiceAccount:
+    cluster: Cluster
+    role: str  # the ClusterRole (and ClusterRoleBinding) of its rules
+    token: str
+
+    def kubeconfig(self, server: str | None = None) -> Path:
+        """A kubeconfig of this account for the cluster's API server, or for `server`."""
+        suffix = f"-{server.rsplit(':', 1)[1]}" if server else ""
+        return self.cluster.kubeconfig(f"{self.role}{suffix}", token=self.token, server=server)
+
+    def grant(self, rules: Sequence[Mapping[str, Any]]) -> None:
+        """Replace the role's rules."""
+        rbac = k8s.RbacAuthorizationV1Api(self.cluster.api)
+        rbac.patch_cluster_role(self.role, {"rules": list(rules)})
+
+
+@dataclass
+class ApiServer:
+    cluster: Cluster
+    process: _Process
+    server: str  # https://127.0.0.1:PORT
+
+    def start(self) -> None:
+        self.process.start()
+        context = ssl.create_default_context(cafile=str(self.cluster.ca))
+        admin = self.cluster.root / "admin"
+        context.load_cert_chain(f"{admin}.crt", f"{admin}.key")
+
+        def ready() -> int:
+            self.process.check_alive()
+            with urllib.request.urlopen(f"{self.server}/readyz", context=context, timeout=2) as r:
+                return int(r.status)
+
+        wait_until(
+            lambda status: status == 200,
+            START_TIMEOUT,
+            f"{self.process.name} /readyz",
+            observe=ready,
+            interval=0.2,
+            ignoring=(OSError, urllib.error.URLError),
+        )
+
+    def stop(self) -> None:
+        self.process.stop()
 
 
 def _process(root: Path, name: str, argv: Sequence[str]) -> _Process:
@@ -280,30 +382,27 @@ def running_cluster(binaries: Mapping[str, Path]) -> Iterator[Cluster]:
                 "--log-level=warn",
             ],
         )
-        processes["kube-apiserver"] = _process(
-            root,
-            "kube-apiserver",
-            [
-                str(binaries["kube-apiserver"]),
-                f"--etcd-servers={etcd_url}",
-                "--bind-address=127.0.0.1",
-                # What the `kubernetes` Service's endpoint says; the reconciler
-                # refuses loopback, and nothing in the tests dials it.
-                f"--advertise-address={ADVERTISE_ADDRESS}",
-                f"--secure-port={api_port}",
-                f"--cert-dir={root / 'apiserver-certs'}",
-                f"--tls-cert-file={serving.cert}",
-                f"--tls-private-key-file={serving.key}",
-                f"--client-ca-file={ca.cert}",
-                f"--service-cluster-ip-range={defaults.SERVICE_CIDR}",
-                f"--service-account-issuer={SERVICE_ACCOUNT_ISSUER}",
-                f"--service-account-key-file={sa.cert}",
-                f"--service-account-signing-key-file={sa.key}",
-                "--authorization-mode=RBAC",
-                "--allow-privileged=true",
-                "--profiling=false",
-            ],
-        )
+        cluster._apiserver_args = [
+            str(binaries["kube-apiserver"]),
+            f"--etcd-servers={etcd_url}",
+            "--bind-address=127.0.0.1",
+            # What the `kubernetes` Service's endpoint says; the reconciler
+            # refuses loopback, and nothing in the tests dials it.
+            f"--advertise-address={ADVERTISE_ADDRESS}",
+            f"--cert-dir={root / 'apiserver-certs'}",
+            f"--tls-cert-file={serving.cert}",
+            f"--tls-private-key-file={serving.key}",
+            f"--client-ca-file={ca.cert}",
+            f"--service-cluster-ip-range={defaults.SERVICE_CIDR}",
+            f"--service-account-issuer={SERVICE_ACCOUNT_ISSUER}",
+            f"--service-account-key-file={sa.cert}",
+            f"--service-account-signing-key-file={sa.key}",
+            "--authorization-mode=RBAC",
+            "--allow-privileged=true",
+            "--profiling=false",
+        ]
+        main_apiserver = cluster._apiserver(api_port, "kube-apiserver")
+        processes["kube-apiserver"] = main_apiserver.process
         processes["kube-controller-manager"] = _process(
             root,
             "kube-controller-manager",
@@ -320,8 +419,7 @@ def running_cluster(binaries: Mapping[str, Path]) -> Iterator[Cluster]:
             ],
         )
         processes["etcd"].start()
-        processes["kube-apiserver"].start()
-        cluster._wait_healthy()
+        main_apiserver.start()
         processes["kube-controller-manager"].start()
         _make_nodes(cluster)
         # The serviceaccount controller is up once `default` has its account;

@@ -1,8 +1,9 @@
-"""The manifest source: a YAML file or a folder of them, turned into a Mesh, and watched.
+"""The manifest source: a YAML file or a folder of them, watched, reported to the registry.
 
-Each file is all-or-nothing: when it stops parsing, or holds an invalid object,
-its last good objects stay in use and the problem is reported with file and
-document. When the objects together conflict, the last good Mesh stays.
+A file that stops parsing (bad YAML or JSON) keeps its last good objects and is
+reported with file and document. Objects in it that parse are handed to the
+registry as they are, which judges each one on its own (`controlplane.registry`).
+Only files that changed are read again.
 """
 
 from __future__ import annotations
@@ -20,21 +21,18 @@ from dataclasses import dataclass, replace
 import yaml
 
 from meshlet.controlplane.sources import inotify
-from meshlet.controlplane.sources.kube_objects import (
-    ManifestError,
-    ServiceSpec,
-    SliceSpec,
-    build_mesh,
-    describe,
-    parse_endpoint_slice,
-    parse_service,
-)
-from meshlet.model import Mesh
+from meshlet.controlplane.sources.base import Kind, ObjectEvent, ObjectKey, Sink
+from meshlet.controlplane.sources.kube_objects import ManifestError, describe
 
 log = logging.getLogger(__name__)
 
+SOURCE = "manifests"
 _Loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 _SUFFIXES = (".yaml", ".yml", ".json")
+_KINDS = {
+    ("v1", "Service"): Kind.SERVICE,
+    ("discovery.k8s.io/v1", "EndpointSlice"): Kind.ENDPOINT_SLICE,
+}
 # A file whose mtime is this close to when we last read it may have been written
 # again within one timestamp tick, unseen by (mtime, size, inode): read it again.
 _RACY_NS = 2_000_000_000
@@ -43,22 +41,14 @@ Stamp = tuple[int, int, int]  # mtime_ns, size, inode
 
 
 @dataclass(frozen=True)
-class LoadResult:
-    """The Mesh to serve and every problem currently in the manifests.
-
-    `errors` is the state of things, not news: a file that stays broken is listed
-    on every load, so a caller logs when the list changes.
-    """
-
-    mesh: Mesh
-    errors: tuple[str, ...] = ()
-
-
-@dataclass(frozen=True)
 class Parsed:
-    services: tuple[ServiceSpec, ...] = ()
-    slices: tuple[SliceSpec, ...] = ()
+    """The Services and EndpointSlices in one file, raw, and what is wrong with it."""
+
+    objects: tuple[ObjectEvent, ...] = ()
     errors: tuple[ManifestError, ...] = ()
+    # False when the file could not be read to its end (bad YAML, JSON, UTF-8): its
+    # objects are then not known, and the last good ones stay.
+    complete: bool = True
 
 
 def parse_manifest(data: bytes, filename: str) -> Parsed:
@@ -66,27 +56,60 @@ def parse_manifest(data: bytes, filename: str) -> Parsed:
     try:
         text = data.decode("utf-8")
     except UnicodeDecodeError as exc:
-        return Parsed(errors=(ManifestError(f"not UTF-8 text: {exc.reason}", filename),))
-    services: list[ServiceSpec] = []
-    slices: list[SliceSpec] = []
+        error = ManifestError(f"not UTF-8 text: {exc.reason}", filename)
+        return Parsed(errors=(error,), complete=False)
+    objects: dict[ObjectKey, ObjectEvent] = {}
     errors: list[ManifestError] = []
     number = 0
     try:
         for number, doc in enumerate(_documents(text, filename), start=1):
             for where, obj in _objects(doc, f"{filename}: document {number}"):
                 try:
-                    _parse_object(obj, where, services, slices)
+                    key = _key(obj, filename)
                 except ManifestError as exc:
                     label = f" ({describe(obj)})" if isinstance(obj, Mapping) else ""
                     errors.append(ManifestError(exc.message, where + label))
+                    continue
+                if key is None:
+                    continue  # Deployments, ConfigMaps, ... may share the folder
+                first = objects.get(key)
+                if first is not None:
+                    message = f"{key} is defined twice (also in {first.origin})"
+                    errors.append(ManifestError(message, where))
+                    continue
+                assert isinstance(obj, Mapping)
+                objects[key] = ObjectEvent(key, obj, where)
     except yaml.YAMLError as exc:
-        errors.append(ManifestError(_yaml_problem(exc), f"{filename}: document {number + 1}"))
+        error = ManifestError(_yaml_problem(exc), f"{filename}: document {number + 1}")
+        return Parsed(errors=(*errors, error), complete=False)
     except json.JSONDecodeError as exc:
         message = f"invalid JSON: {exc.msg} at line {exc.lineno}, column {exc.colno}"
-        errors.append(ManifestError(message, filename))
+        return Parsed(errors=(ManifestError(message, filename),), complete=False)
     except RecursionError:
-        errors.append(ManifestError("nested too deeply to be a Kubernetes object", filename))
-    return Parsed(tuple(services), tuple(slices), tuple(errors))
+        error = ManifestError("nested too deeply to be a Kubernetes object", filename)
+        return Parsed(errors=(error,), complete=False)
+    return Parsed(tuple(objects.values()), tuple(errors))
+
+
+def _key(obj: object, scope: str) -> ObjectKey | None:
+    """Who the object is, or None for kinds the mesh does not read."""
+    if not isinstance(obj, Mapping):
+        raise ManifestError(f"expected a Kubernetes object (a mapping), got {_type_name(obj)}")
+    api_version, kind = obj.get("apiVersion"), obj.get("kind")
+    if not api_version or not kind:
+        raise ManifestError("apiVersion and kind are required")
+    found = _KINDS.get((api_version, kind)) if isinstance(api_version, str) else None
+    if found is None:
+        return None
+    meta = obj.get("metadata")
+    if not isinstance(meta, Mapping):
+        raise ManifestError("metadata must be a mapping with a name")
+    name, namespace = meta.get("name"), meta.get("namespace") or "default"
+    if not isinstance(name, str) or not name:
+        raise ManifestError("metadata.name is missing")
+    if not isinstance(namespace, str):
+        raise ManifestError("metadata.namespace must be a string")
+    return ObjectKey(found, namespace, name, scope)
 
 
 def _documents(text: str, filename: str) -> Iterator[object]:
@@ -112,21 +135,6 @@ def _objects(doc: object, where: str) -> Iterator[tuple[str, object]]:
         yield where, doc
 
 
-def _parse_object(
-    obj: object, where: str, services: list[ServiceSpec], slices: list[SliceSpec]
-) -> None:
-    if not isinstance(obj, Mapping):
-        raise ManifestError(f"expected a Kubernetes object (a mapping), got {_type_name(obj)}")
-    api_version, kind = obj.get("apiVersion"), obj.get("kind")
-    if not api_version or not kind:
-        raise ManifestError("apiVersion and kind are required")
-    if (api_version, kind) == ("v1", "Service"):
-        services.append(replace(parse_service(obj), origin=where))
-    elif (api_version, kind) == ("discovery.k8s.io/v1", "EndpointSlice"):
-        slices.append(replace(parse_endpoint_slice(obj), origin=where))
-    # Anything else (Deployments, ConfigMaps, ...) may share the folder.
-
-
 def _type_name(value: object) -> str:
     names = {list: "a list", str: "a string", int: "a number", float: "a number", bool: "a boolean"}
     return names.get(type(value), type(value).__name__)
@@ -147,72 +155,73 @@ class _File:
     stamp: Stamp
     read_ns: int  # wall clock just before the last read
     digest: bytes
-    good: Parsed  # the last objects that parsed without error (empty if never)
+    # The objects of the last complete read (none if never): what the registry has.
+    keys: frozenset[ObjectKey]
     errors: tuple[str, ...]
 
 
 class ManifestSource:
     """Services and EndpointSlices from PATH, a manifest file or a folder of them."""
 
-    def __init__(self, path: str | os.PathLike[str]) -> None:
+    def __init__(self, path: str | os.PathLike[str], sink: Sink) -> None:
         self.path = os.fspath(path)
+        self._sink = sink
         self._files: dict[str, _File] = {}
-        self._mesh = Mesh()
+        self._synced = False
 
-    def load(self) -> LoadResult:
-        """Re-read what changed since the last load and build the Mesh."""
+    def load(self) -> None:
+        """Read what changed since the last load and report it to the sink."""
         try:
             found, _ = _scan(self.path)
         except OSError as exc:
             # PATH gone or unreadable is a problem, not "every service deleted".
             problem = f"{exc.filename or self.path}: cannot read: {exc.strerror or exc}"
-            return LoadResult(self._mesh, (problem, *self._errors()))
-        for name in self._files.keys() - found.keys():
-            del self._files[name]
+            self._sink.source_problems(SOURCE, (problem, *self._errors()))
+            return
+        events: list[ObjectEvent] = []
+        for name in sorted(self._files.keys() - found.keys()):
+            events += _deleted(self._files.pop(name).keys)
         for name in sorted(found):
-            self._refresh(name, found[name])
-
-        errors = self._errors()
-        files = [self._files[name].good for name in sorted(self._files)]
-        try:
-            self._mesh = build_mesh(
-                [svc for parsed in files for svc in parsed.services],
-                [slice_ for parsed in files for slice_ in parsed.slices],
-            )
-        except ManifestError as exc:
-            errors.append(str(exc))
-        return LoadResult(self._mesh, tuple(errors))
+            events += self._refresh(name, found[name])
+        self._sink.apply(events)
+        self._sink.source_problems(SOURCE, self._errors())
+        if not self._synced:
+            self._synced = True
+            self._sink.synced()
 
     def _errors(self) -> list[str]:
         return [error for name in sorted(self._files) for error in self._files[name].errors]
 
-    def _refresh(self, name: str, stat: os.stat_result) -> None:
+    def _refresh(self, name: str, stat: os.stat_result) -> list[ObjectEvent]:
         stamp = (stat.st_mtime_ns, stat.st_size, stat.st_ino)
         old = self._files.get(name)
         if old is not None and old.stamp == stamp and stamp[0] + _RACY_NS < old.read_ns:
-            return
+            return []
         read_ns = time.time_ns()
-        good = old.good if old is not None else Parsed()
+        keys = old.keys if old is not None else frozenset()
         try:
             with open(name, "rb") as file:
                 data = file.read()
         except FileNotFoundError:  # deleted since the scan
             self._files.pop(name, None)
-            return
+            return _deleted(keys)
         except OSError as exc:
             problem = f"{name}: cannot read: {exc.strerror or exc}"
-            self._files[name] = _File(stamp, read_ns, b"", good, (problem,))
-            return
+            self._files[name] = _File(stamp, read_ns, b"", keys, (problem,))
+            return []
         digest = hashlib.blake2b(data, digest_size=16).digest()
         if old is not None and old.digest == digest:
             self._files[name] = replace(old, stamp=stamp, read_ns=read_ns)
-            return
+            return []
         parsed = parse_manifest(data, name)
-        if parsed.errors:
-            errors = tuple(str(error) for error in parsed.errors)
-            self._files[name] = _File(stamp, read_ns, digest, good, errors)
-        else:
-            self._files[name] = _File(stamp, read_ns, digest, parsed, ())
+        errors = tuple(str(error) for error in parsed.errors)
+        if not parsed.complete:
+            self._files[name] = _File(stamp, read_ns, digest, keys, errors)
+            return []
+        new_keys = frozenset(event.key for event in parsed.objects)
+        self._files[name] = _File(stamp, read_ns, digest, new_keys, errors)
+        # Every object of a changed file goes again; the registry drops what is equal.
+        return [*parsed.objects, *_deleted(keys - new_keys)]
 
     async def watch(
         self,
@@ -257,6 +266,10 @@ class ManifestSource:
             if watcher is not None:
                 loop.remove_reader(watcher.fileno())
                 watcher.close()
+
+
+def _deleted(keys: frozenset[ObjectKey]) -> list[ObjectEvent]:
+    return [ObjectEvent(key, None) for key in sorted(keys, key=str)]
 
 
 def _scan(root: str) -> tuple[dict[str, os.stat_result], list[str]]:
