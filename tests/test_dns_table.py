@@ -134,6 +134,22 @@ CASES = [
     case("example.com.default.svc.cluster.local", "A", "NXDOMAIN", authority=SOA),
     case("web.default.svc.cluster.local.default.svc.cluster.local", "A", "NXDOMAIN", authority=SOA),
     case("web.nons.svc.cluster.local", "A", "NXDOMAIN", authority=SOA),
+    # --- Pod names, as CoreDNS's `pods insecure`: the IP the name spells ----------------
+    case(
+        "10-244-1-5.data.pod.cluster.local",
+        "A",
+        answer="10-244-1-5.data.pod.cluster.local. 5 IN A 10.244.1.5",
+    ),
+    case("10-244-1-5.data.pod.cluster.local", "AAAA", authority=SOA),
+    case(
+        "fd00-244--7.anyns.pod.cluster.local",
+        "AAAA",
+        answer="fd00-244--7.anyns.pod.cluster.local. 5 IN AAAA fd00:244::7",
+    ),
+    case("data.pod.cluster.local", "A", authority=SOA),
+    case("pod.cluster.local", "A", authority=SOA),
+    case("not-an-ip.data.pod.cluster.local", "A", "NXDOMAIN", authority=SOA),
+    case("10-244-1-5.x.data.pod.cluster.local", "A", "NXDOMAIN", authority=SOA),
     # --- Empty non-terminals and the apex exist (RFC 8020): NODATA -------------------
     case("svc.cluster.local", "A", authority=SOA),
     case("default.svc.cluster.local", "A", authority=SOA),

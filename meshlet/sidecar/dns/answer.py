@@ -16,11 +16,13 @@ properly (FORMERR, NOTIMP, BADVERS, EDNS0 options, records in odd sections).
 
 from __future__ import annotations
 
+import ipaddress
 import struct
 from typing import NamedTuple
 
 from meshlet.sidecar.dns import wire
 from meshlet.sidecar.dns.table import DnsTable, Entry, type_class
+from meshlet.sidecar.dns.table import type_class as type_class_of
 
 _ONE_QUESTION = b"\x00\x01\x00\x00\x00\x00\x00\x00"
 _ONE_QUESTION_ONE_ADDITIONAL = b"\x00\x01\x00\x00\x00\x00\x00\x01"
@@ -161,7 +163,7 @@ def lookup(table: DnsTable, key: bytes) -> Entry | None:
     if name in table.ents:
         return table.nodata
     if wire.is_subdomain(name, table.domain):
-        return table.nxdomain
+        return _pod_name(table, name, type_class) or table.nxdomain
     # A short name: <name>.<ns>.svc.<domain>, <name>.svc.<domain>, <name ending .svc>.<domain>.
     stem = name[:-1]
     candidates = [stem + table.namespace_suffix]
@@ -174,6 +176,43 @@ def lookup(table: DnsTable, key: bytes) -> Entry | None:
         if entry is not None:
             return table.nodata_short if entry is table.nodata else entry
     return None
+
+
+def _pod_name(table: DnsTable, name: bytes, type_class: bytes) -> Entry | None:
+    """`<dashed IP>.<ns>.pod.<domain>` (`1-2-3-4`, `fd00--1`): the IP it spells; NODATA
+    for `pod.<domain>`, `<ns>.pod.<domain>` and the other family. Any namespace will do:
+    the table knows only namespaces with services, and a pod's own may have none."""
+    suffix = table.pod_suffix
+    if not name.endswith(suffix):
+        return None
+    labels = _labels(name[: len(name) - len(suffix)])
+    if len(labels) < 2:
+        return table.nodata  # pod.<domain>, <ns>.pod.<domain>: names that exist
+    if len(labels) != 2:
+        return None
+    text = labels[0].decode("ascii", "replace")
+    if text.count("-") == 3 and "--" not in text:
+        text = text.replace("-", ".")
+    else:
+        text = text.replace("-", ":")
+    try:
+        ip = ipaddress.ip_address(text)
+    except ValueError:
+        return None
+    rtype, rdata = wire.address_rdata(ip)
+    if type_class != type_class_of(rtype):
+        return table.nodata
+    return Entry(wire.NOERROR, [wire.rr(wire.POINTER_TO_QUESTION, rtype, table.ttl, rdata)])
+
+
+def _labels(prefix: bytes) -> list[bytes]:
+    """The labels of a wire-format name's first part (no root label, no pointers)."""
+    labels, offset = [], 0
+    while offset < len(prefix):
+        length = prefix[offset]
+        labels.append(prefix[offset + 1 : offset + 1 + length])
+        offset += 1 + length
+    return labels
 
 
 def _existing(table: DnsTable, name: bytes, type_class: bytes) -> Entry | None:

@@ -13,7 +13,8 @@ of every name (AAAA of an IPv4-only service is asked as often as its A), so the
 common questions all hit. The rest is the slow path's business, from what is
 here: other types of a known name (NODATA, or the CNAME of an ExternalName for
 every type), empty non-terminals (`ents`: NODATA, RFC 8020), unknown names
-under the domain (NXDOMAIN with the SOA), and short names.
+under the domain (NXDOMAIN with the SOA), pod names (`<dashed IP>.<ns>.pod.<domain>`,
+the IP they spell, as CoreDNS's `pods insecure`), and short names.
 
 Short names (`web`, `web.ns`, `web.ns.svc`) are not stored: the slow path
 tries them the way a glibc search path in the sidecar's namespace would, in
@@ -114,6 +115,9 @@ class DnsTable:
     nodata_reverse: tuple[tuple[bytes, Entry], ...]  # (zone, NODATA with its SOA)
     nodata_short: Entry  # short names are in no zone of ours: no SOA
     ttl: int
+    # "pod.<domain>" in wire format: pod names (<dashed IP>.<ns>.pod.<domain>) answer
+    # with the IP they spell, as CoreDNS's `pods insecure` does.
+    pod_suffix: bytes = b""
     # Unique per table built in this process: what answers made from it are tied to,
     # without holding the table itself (dns/replay.py).
     generation: int = field(default_factory=_generations.__next__)
@@ -296,6 +300,7 @@ class _Builder:
             nodata_reverse=self.nodata_reverse,
             nodata_short=self.nodata_short,
             ttl=self.ttl,
+            pod_suffix=b"\x03pod" + self.domain,
         )
 
 
