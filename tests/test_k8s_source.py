@@ -12,6 +12,7 @@ import pytest
 import yaml
 
 from meshlet.controlplane.registry import Registry
+from meshlet.controlplane.sources.base import Kind
 from meshlet.controlplane.sources.kube_client import KubeConfigError, load_client
 from meshlet.controlplane.sources.kubernetes import KubernetesSource, WatchOptions
 from tests import source_table
@@ -57,6 +58,8 @@ async def test_the_table_through_the_kubernetes_api(kube: Cluster, namespace: st
     steps = source_table.table(namespace, ("10.96.101.10", "10.96.101.11", "10.96.101.12"))
     async with watching(kube, (namespace,)) as (_, registry):
         await eventually(lambda: registry.is_synced, 30, "the first lists")
+        # --watch-namespace: default/kubernetes (and every other test's) is not seen.
+        assert registry.counts() == {Kind.SERVICE: 0, Kind.ENDPOINT_SLICE: 0}
         for step in steps:
             if step.put:
                 await kubectl(kube, "apply", "-f", "-", input=yaml.safe_dump_all(step.put))

@@ -1,0 +1,97 @@
+"""CoreDNS with its kubernetes plugin on the test cluster: the reference for service DNS.
+
+The Corefile is kubeadm's (`pods insecure`, the reverse zones, fallthrough), with
+the cache optional (off for comparisons, so both sides answer from live state) and
+`forward` pointed at a port where nothing answers: nothing here leaves the machine.
+It runs with kubeadm's `system:coredns` RBAC, as a ServiceAccount of its own.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+from meshlet import defaults
+from tests.k8s.cluster import Cluster
+from tests.procs import Process, free_port, http_get, running, wait_until
+
+# kubeadm's ClusterRole system:coredns.
+RBAC_RULES = (
+    {
+        "apiGroups": [""],
+        "resources": ["endpoints", "services", "pods", "namespaces"],
+        "verbs": ["list", "watch"],
+    },
+    {
+        "apiGroups": ["discovery.k8s.io"],
+        "resources": ["endpointslices"],
+        "verbs": ["list", "watch"],
+    },
+)
+
+
+@dataclass
+class CoreDns:
+    process: Process
+    port: int
+
+
+def corefile(port: int, kubeconfig: Path, ready_port: int, health_port: int, cache: bool) -> str:
+    domain = defaults.CLUSTER_DOMAIN
+    # kubeadm's cache block: 30 s for names outside the cluster domain only.
+    cache_block = (
+        "    cache 30 {\n"
+        f"        disable success {domain}\n"
+        f"        disable denial {domain}\n"
+        "    }\n"
+        if cache
+        else ""
+    )
+    return (
+        f".:{port} {{\n"
+        "    bind 127.0.0.1\n"
+        "    errors\n"
+        f"    health 127.0.0.1:{health_port}\n"
+        f"    ready 127.0.0.1:{ready_port}\n"
+        f"    kubernetes {domain} in-addr.arpa ip6.arpa {{\n"
+        f"        kubeconfig {kubeconfig}\n"
+        "        pods insecure\n"
+        "        fallthrough in-addr.arpa ip6.arpa\n"
+        "        ttl 30\n"
+        "    }\n"
+        f"    forward . 127.0.0.1:{free_port()}\n"
+        f"{cache_block}"
+        "    loadbalance\n"
+        "}\n"
+    )
+
+
+@contextlib.contextmanager
+def coredns(
+    kube: Cluster,
+    namespace: str,
+    tmp_path: Path,
+    *,
+    cache: bool = False,
+    gomaxprocs: int | None = None,
+    cpu: int | None = None,
+) -> Iterator[CoreDns]:
+    """CoreDNS on a loopback port of its own, ready (its first lists done) when yielded."""
+    port, ready_port, health_port = free_port(), free_port(), free_port()
+    with kube.service_account(namespace, "coredns", RBAC_RULES) as account:
+        path = tmp_path / f"Corefile-{port}"
+        path.write_text(corefile(port, account.kubeconfig(), ready_port, health_port, cache))
+        argv = [str(kube.binaries["coredns"]), "-conf", str(path)]
+        if cpu is not None:
+            argv = ["taskset", "-c", str(cpu), *argv]
+        env = {"GOMAXPROCS": str(gomaxprocs)} if gomaxprocs else None
+        with running(argv, "coredns", tmp_path / f"coredns-{port}.log", env=env) as process:
+
+            def ready() -> int:
+                process.check_alive()
+                return http_get(f"http://127.0.0.1:{ready_port}/ready", timeout=2)[0]
+
+            wait_until(lambda status: status == 200, 60, "CoreDNS /ready", observe=ready)
+            yield CoreDns(process, port)
