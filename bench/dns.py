@@ -1,14 +1,20 @@
-"""DNS benchmark: meshlet's DNS server and unbound (one thread), same names, one run.
+"""DNS benchmark: meshlet's DNS server, unbound (one thread) and CoreDNS (its kubernetes
+plugin on the test cluster, one core), same names, one run.
 
     python bench/dns.py [--services 1000] [--duration 10] [--rounds 3] [--memory-services 10000]
+    python bench/dns.py --no-coredns                              # without the test cluster
     python bench/dns.py --udp-modes mmsg recvfrom protocol thread   # why the UDP loop is what it is
     python bench/dns.py --profile /tmp/dns-profile                  # py-spy on the meshlet server
 
-Both servers hold the same S synthetic services (svc-<i>.ns-<i % 20>.svc.cluster.local,
-one ClusterIP each, every 10th also IPv6, one named port) - meshlet from a NameTable,
-unbound as `local-data` - and dnsperf sends both the same query file: A for every
-service, AAAA for every 10th, SRV for every 20th, in a seeded random order. Runs
-alternate (meshlet, unbound, meshlet, ...) and the median of the rounds is printed:
+All servers hold the same S services (svc-<i>.ns-<i % 20>.svc.cluster.local, one
+ClusterIP each, one named port) - meshlet from a NameTable, unbound as `local-data`,
+CoreDNS from the test cluster's API server, where the script creates them (their
+ClusterIPs are what the API server gave them; without the cluster, synthetic ones,
+every 10th also IPv6) - and dnsperf sends each the same query file: A for every
+service, AAAA for every 10th, SRV for every 20th, in a seeded random order. CoreDNS
+runs with kubeadm's Corefile, the cache off (it answers from its informer's store,
+as the sidecar answers from its table) and GOMAXPROCS=1. Runs alternate (meshlet,
+unbound, CoreDNS, meshlet, ...) and the median of the rounds is printed:
 queries per second, dnsperf's average latency, and the server's CPU time per query
 (from /proc, which depends less on how the 2 CPUs are shared with dnsperf). dnsperf
 2.10 prints no percentiles, so latency percentiles come from a second, paced run
@@ -44,6 +50,7 @@ import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 NAMESPACES = 20
 DOMAIN = "cluster.local"
 SIDECAR_NAMESPACE = "ns-0"
@@ -59,21 +66,27 @@ def service_name(i: int) -> str:
     return f"svc-{i}.ns-{i % NAMESPACES}.svc.{DOMAIN}"
 
 
-def service_ips(i: int) -> list[str]:
-    ips = [f"10.96.{i >> 8 & 255}.{i & 255}" if i < 65536 else f"10.97.{i >> 8 & 255}.{i & 255}"]
-    if i % 10 == 0:
-        ips.append(f"fd00:10:96::{i:x}")
-    return ips
+def synthetic_ips(services: int) -> list[list[str]]:
+    """ClusterIPs for services 0..S-1 when there is no cluster to give them."""
+    out = []
+    for i in range(services):
+        ips = [
+            f"10.96.{i >> 8 & 255}.{i & 255}" if i < 65536 else f"10.97.{i >> 8 & 255}.{i & 255}"
+        ]
+        if i % 10 == 0:
+            ips.append(f"fd00:10:96::{i:x}")
+        out.append(ips)
+    return out
 
 
-def name_table(services: int) -> object:
+def name_table(ips: list[list[str]]) -> object:
     from meshlet._proto.meshlet.v1.nametable_pb2 import NameInfo, NameTable, Port
 
     table = NameTable()
-    for i in range(services):
+    for i, service_ips in enumerate(ips):
         table.table[service_name(i)].CopyFrom(
             NameInfo(
-                ips=service_ips(i),
+                ips=service_ips,
                 ports=[Port(name="http", port=80, protocol="tcp")],
                 namespace=f"ns-{i % NAMESPACES}",
                 service=f"svc-{i}",
@@ -90,7 +103,7 @@ def query_lines(services: int, seed: int = 3) -> list[str]:
     return lines
 
 
-def unbound_config(folder: str, port: int, services: int) -> str:
+def unbound_config(folder: str, port: int, ips: list[list[str]]) -> str:
     lines = [
         "server:",
         f'  directory: "{folder}"',
@@ -109,9 +122,9 @@ def unbound_config(folder: str, port: int, services: int) -> str:
         '  local-zone: "." refuse',
         f'  local-zone: "{DOMAIN}." static',
     ]
-    for i in range(services):
+    for i, service_ips in enumerate(ips):
         name = service_name(i)
-        for ip in service_ips(i):
+        for ip in service_ips:
             rtype = "AAAA" if ":" in ip else "A"
             lines.append(f'  local-data: "{name}. {TTL} IN {rtype} {ip}"')
         lines.append(f'  local-data: "_http._tcp.{name}. {TTL} IN SRV 0 100 80 {name}."')
@@ -144,13 +157,14 @@ def observer(kind: str) -> object:
     return None
 
 
-def serve(services: int, port: int, udp_mode: str, observe: str) -> None:
+def serve(ips_file: str, port: int, udp_mode: str, observe: str) -> None:
     import uvloop
 
     from meshlet.sidecar.dns import DnsServer, Forwarder, build_dns_table, replay
     from meshlet.sidecar.dns.answer import answer
 
-    table_proto = name_table(services)
+    with open(ips_file) as f:
+        table_proto = name_table(json.load(f))
     started = time.perf_counter()
     table = build_dns_table(table_proto, SIDECAR_NAMESPACE, DOMAIN, TTL)  # type: ignore[arg-type]
     build_seconds = time.perf_counter() - started
@@ -242,11 +256,11 @@ def stop(process: subprocess.Popen[bytes]) -> None:
 
 @contextlib.contextmanager
 def meshlet_server(
-    services: int, udp_mode: str, log: str, observe: str = "none"
+    ips_file: str, udp_mode: str, log: str, observe: str = "none"
 ) -> Iterator[tuple[int, int, dict[str, float]]]:
     """(pid, port, what it printed) of a `serve` subprocess."""
     port = free_port()
-    argv = [sys.executable, os.path.abspath(__file__), "serve", "--services", str(services)]
+    argv = [sys.executable, os.path.abspath(__file__), "serve", "--ips", ips_file]
     argv += ["--port", str(port), "--udp-mode", udp_mode, "--observer", observe]
     with open(log, "wb") as err:
         process = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=err)
@@ -264,14 +278,14 @@ def meshlet_server(
 
 
 @contextlib.contextmanager
-def unbound_server(folder: str, services: int, log: str) -> Iterator[tuple[int, int]]:
+def unbound_server(folder: str, ips: list[list[str]], log: str) -> Iterator[tuple[int, int]]:
     exe = shutil.which("unbound") or shutil.which("unbound", path="/usr/sbin:/usr/local/sbin")
     if exe is None:
         raise RuntimeError("unbound is not installed (apt-get install unbound)")
     port = free_port()
-    config = os.path.join(folder, f"unbound-{services}.conf")
+    config = os.path.join(folder, f"unbound-{len(ips)}.conf")
     with open(config, "w") as f:
-        f.write(unbound_config(folder, port, services))
+        f.write(unbound_config(folder, port, ips))
     with open(log, "wb") as err:
         process = subprocess.Popen([exe, "-d", "-c", config], stdout=err, stderr=err)
     try:
@@ -465,12 +479,19 @@ def main(argv: Sequence[str] | None = None) -> None:
         help="what the server reports each query to (counts: QueryCounts; otel: Counter.add)",
     )
     parser.add_argument("--profile", metavar="DIR", help="record the meshlet server with py-spy")
+    parser.add_argument(
+        "--coredns",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="also run CoreDNS on the test cluster (built by tests/k8s/build.py)",
+    )
+    parser.add_argument("--ips", help=argparse.SUPPRESS)
     parser.add_argument("--port", type=int, default=0, help=argparse.SUPPRESS)
     parser.add_argument("--udp-mode", default="mmsg", help=argparse.SUPPRESS)
     parser.add_argument("--observer", default="none", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.mode == "serve":
-        serve(args.services, args.port, args.udp_mode, args.observer)
+        serve(args.ips, args.port, args.udp_mode, args.observer)
         return
     if shutil.which("dnsperf") is None:
         sys.exit("dnsperf is not installed (apt-get install dnsperf)")
@@ -495,7 +516,61 @@ def variants(args: argparse.Namespace) -> list[tuple[str, str, str]]:
     return out
 
 
+@contextlib.contextmanager
+def coredns_on_cluster(services: int, folder: str) -> Iterator[tuple[list[list[str]], int, int]]:
+    """The test cluster with the S services in it, and CoreDNS on it: (their ClusterIPs,
+    CoreDNS's pid, its port). Raises RuntimeError when the cluster cannot run here."""
+    sys.path.insert(0, ROOT)  # the test cluster lives in tests/k8s
+    from concurrent.futures import ThreadPoolExecutor
+    from pathlib import Path
+
+    from tests.k8s import build
+    from tests.k8s.cluster import running_cluster
+    from tests.k8s.coredns import coredns
+
+    binaries = build.binaries()
+    if isinstance(binaries, str):
+        raise RuntimeError(binaries)
+    with running_cluster(binaries) as kube:
+        core = kube.core
+        for n in range(NAMESPACES):
+            core.create_namespace({"metadata": {"name": f"ns-{n}"}})
+
+        def create(i: int) -> list[str]:
+            body = {
+                "metadata": {"name": f"svc-{i}"},
+                "spec": {"ports": [{"name": "http", "port": 80, "protocol": "TCP"}]},
+            }
+            made = core.create_namespaced_service(f"ns-{i % NAMESPACES}", body)
+            return list(made.spec.cluster_ips)
+
+        with ThreadPoolExecutor(8) as pool:
+            ips = list(pool.map(create, range(services)))
+        with coredns(kube, "ns-0", Path(folder), gomaxprocs=1) as server:
+            wait_answering(server.port, service_name(services - 1), server.process.popen)
+            yield ips, server.process.pid, server.port
+
+
 def run(args: argparse.Namespace, folder: str) -> None:
+    with contextlib.ExitStack() as stack:
+        ips = synthetic_ips(args.services)
+        reference: tuple[int, int] | None = None
+        if args.coredns:
+            try:
+                ips, pid, port = stack.enter_context(coredns_on_cluster(args.services, folder))
+                reference = (pid, port)
+            except RuntimeError as exc:
+                print(f"CoreDNS left out: {exc}")
+        compare(args, folder, ips, reference)
+    memory(args, folder)
+
+
+def compare(
+    args: argparse.Namespace, folder: str, ips: list[list[str]], coredns: tuple[int, int] | None
+) -> None:
+    ips_file = os.path.join(folder, "ips.json")
+    with open(ips_file, "w") as f:
+        json.dump(ips, f)
     queries = os.path.join(folder, "queries.txt")
     lines = query_lines(args.services)
     with open(queries, "w") as f:
@@ -503,8 +578,9 @@ def run(args: argparse.Namespace, folder: str) -> None:
     kinds = collections.Counter(line.split()[-1] for line in lines)
     with open("/proc/cpuinfo") as f:
         models = [ln.split(":", 1)[1].strip() for ln in f if ln.startswith("model name")]
+    peers = "unbound (num-threads 1)" + (", CoreDNS (GOMAXPROCS=1, no cache)" if coredns else "")
     print(
-        f"DNS: meshlet vs unbound (num-threads 1); {args.services} services,"
+        f"DNS: meshlet vs {peers}; {args.services} services,"
         f" {len(lines)} query names "
         f"({', '.join(f'{k} {v}' for k, v in kinds.most_common())}); "
         f"dnsperf -c 1 -q {args.outstanding} -l {args.duration:g}; {args.rounds} rounds, medians"
@@ -517,14 +593,16 @@ def run(args: argparse.Namespace, folder: str) -> None:
     rows = variants(args)
     results: dict[str, list[Throughput]] = {name: [] for name, _, _ in rows}
     results["unbound"] = []
+    if coredns is not None:
+        results["coredns"] = []
     lat: dict[str, list[dict[str, float]]] = {name: [] for name in results}
     profile_lines: list[str] = []
     unbound_log = os.path.join(folder, "unbound.log")
-    with unbound_server(folder, args.services, unbound_log) as (u_pid, u_port):
+    with unbound_server(folder, ips, unbound_log) as (u_pid, u_port):
         for round_ in range(args.rounds):
             for name, mode, observe in rows:
                 log = os.path.join(folder, f"meshlet-{mode}-{observe}.log")
-                with meshlet_server(args.services, mode, log, observe) as (pid, port, _):
+                with meshlet_server(ips_file, mode, log, observe) as (pid, port, _):
                     load(port, queries, 1)  # warm up
                     results[name].append(
                         throughput(pid, port, queries, args.duration, args.outstanding)
@@ -538,6 +616,14 @@ def run(args: argparse.Namespace, folder: str) -> None:
                 throughput(u_pid, u_port, queries, args.duration, args.outstanding)
             )
             lat["unbound"].append(latencies(u_port, queries, args.latency_rate, 3))
+            if coredns is not None:
+                c_pid, c_port = coredns
+                if round_ == 0:
+                    load(c_port, queries, 1)
+                results["coredns"].append(
+                    throughput(c_pid, c_port, queries, args.duration, args.outstanding)
+                )
+                lat["coredns"].append(latencies(c_port, queries, args.latency_rate, 3))
 
     print()
     print(
@@ -553,17 +639,18 @@ def run(args: argparse.Namespace, folder: str) -> None:
     )
     for name, runs in results.items():
         print(f"  rounds, {name}: {', '.join(f'{r.qps:,.0f}' for r in runs)} qps")
-    unbound_qps = median([r.qps for r in results["unbound"]])
-    unbound_cpu = median([r.cpu_us for r in results["unbound"]])
-    for name, _, _ in rows:
-        runs = results[name]
-        ratio = median([r.qps for r in runs]) / unbound_qps
-        cpu_ratio = unbound_cpu / median([r.cpu_us for r in runs])
-        verdict = "PASS" if ratio >= 1.0 else "MISS"
-        print(
-            f"ratio {name}/unbound: {ratio:.2f} in qps, {cpu_ratio:.2f} in queries per"
-            f" CPU-second   goal >= 1.0: {verdict}"
-        )
+    for peer in [p for p in ("unbound", "coredns") if p in results]:
+        peer_qps = median([r.qps for r in results[peer]])
+        peer_cpu = median([r.cpu_us for r in results[peer]])
+        for name, _, _ in rows:
+            runs = results[name]
+            ratio = median([r.qps for r in runs]) / peer_qps
+            cpu_ratio = peer_cpu / median([r.cpu_us for r in runs])
+            verdict = "PASS" if ratio >= 1.0 else "MISS"
+            print(
+                f"ratio {name}/{peer}: {ratio:.2f} in qps, {cpu_ratio:.2f} in queries per"
+                f" CPU-second   goal >= 1.0: {verdict}"
+            )
     print(
         f"  for scale: unbound one thread ~{UNBOUND_QPS_REFERENCE:,} qps on this machine class"
         f" with its own cores; CoreDNS ~{COREDNS_QPS_PER_VCPU:,} qps per vCPU. Here dnsperf"
@@ -574,16 +661,26 @@ def run(args: argparse.Namespace, folder: str) -> None:
         print(f"\npy-spy, {rows[0][0]} under dnsperf:")
         print("\n".join(profile_lines))
 
+
+def memory(args: argparse.Namespace, folder: str) -> None:
     print()
     n = args.memory_services
+    ips = synthetic_ips(n)
+    ips_file = os.path.join(folder, "memory-ips.json")
+    with open(ips_file, "w") as f:
+        json.dump(ips, f)
     mem_queries = os.path.join(folder, "memory-queries.txt")
     with open(mem_queries, "w") as f:
         f.write("\n".join(query_lines(n)) + "\n")
-    with meshlet_server(n, "mmsg", os.path.join(folder, "meshlet-memory.log")) as (pid, port, info):
+    with meshlet_server(ips_file, "mmsg", os.path.join(folder, "meshlet-memory.log")) as (
+        pid,
+        port,
+        info,
+    ):
         idle = rss_mb(pid)
         load(port, mem_queries, 3)
         loaded = rss_mb(pid)
-    with unbound_server(folder, n, os.path.join(folder, "unbound-memory.log")) as (u_pid, _):
+    with unbound_server(folder, ips, os.path.join(folder, "unbound-memory.log")) as (u_pid, _):
         unbound_rss = rss_mb(u_pid)
     verdict = "PASS" if max(idle, loaded) < 60 else "MISS"
     print(
