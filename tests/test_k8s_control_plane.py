@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import pytest
 import yaml
 
 from meshlet.controlplane.sources.kubernetes import RBAC_RULES
@@ -34,6 +35,8 @@ from tests.k8s.observe import (
 )
 from tests.procs import ControlPlane, control_plane, wait_until
 from tests.sidecar_peer import Sidecar, sidecar
+
+pytestmark = pytest.mark.timeout(300)  # the first one to run starts the test cluster
 
 
 @dataclass

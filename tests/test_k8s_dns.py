@@ -21,6 +21,7 @@ import dns.query
 import dns.rcode
 import dns.rdatatype
 import dns.reversename
+import pytest
 import yaml
 
 from meshlet.controlplane.sources.kubernetes import RBAC_RULES
@@ -31,6 +32,8 @@ from tests.k8s.kubelet import Kubelet
 from tests.k8s.observe import pods, ready_ips, service
 from tests.procs import control_plane, wait_until
 from tests.sidecar_peer import sidecar
+
+pytestmark = pytest.mark.timeout(300)  # the first one to run starts the test cluster
 
 Answer = tuple[str, frozenset[str]]
 

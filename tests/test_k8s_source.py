@@ -17,6 +17,9 @@ from meshlet.controlplane.sources.kube_client import KubeConfigError, load_clien
 from meshlet.controlplane.sources.kubernetes import KubernetesSource, WatchOptions
 from tests import source_table
 from tests.k8s.cluster import Cluster
+from tests.tcp_relay import relay
+
+pytestmark = pytest.mark.timeout(300)  # the first one to run starts the test cluster
 
 # Short enough that a test sees a watch end and resume.
 QUICK = WatchOptions(min_watch_seconds=2, read_timeout=5.0)
@@ -36,11 +39,14 @@ async def eventually(check: Callable[[], Any], seconds: float, what: str) -> Any
 
 @contextlib.asynccontextmanager
 async def watching(
-    kube: Cluster, namespaces: tuple[str, ...], kubeconfig: Path | None = None
+    kube: Cluster,
+    namespaces: tuple[str, ...],
+    kubeconfig: Path | None = None,
+    options: WatchOptions = QUICK,
 ) -> AsyncIterator[tuple[KubernetesSource, Registry]]:
     registry = Registry()
     client = load_client(str(kubeconfig or kube.admin_kubeconfig))
-    source = KubernetesSource(client, registry, namespaces, QUICK)
+    source = KubernetesSource(client, registry, namespaces, options)
     task = asyncio.create_task(source.run())
     try:
         yield source, registry
@@ -102,6 +108,43 @@ async def test_watches_end_and_resume_without_telling_anything_again(
         await eventually(
             lambda: registry.result().mesh.services[0].ports[0].port == 81, 10, "the change"
         )
+
+
+async def test_a_broken_watch_resumes_where_it_was(kube: Cluster, namespace: str) -> None:
+    """Cut mid-watch, after an object came and went: the resumed watch starts from the
+    last version told, so nothing is told again (no ghost of the deleted object)."""
+    port = int(kube.server.rsplit(":", 1)[1])
+    long_watches = WatchOptions(min_watch_seconds=120, read_timeout=30.0)
+    with relay(("127.0.0.1", port)) as cuttable:
+        kubeconfig = kube.admin_kubeconfig_via(f"https://127.0.0.1:{cuttable.port}")
+        async with watching(kube, (namespace,), kubeconfig, long_watches) as (source, registry):
+            await eventually(lambda: registry.is_synced, 30, "the first lists")
+            stay = source_table.service(namespace, "stay", "10.96.101.30")
+            ghost = source_table.service(namespace, "ghost", "10.96.101.31")
+            await kubectl(kube, "apply", "-f", "-", input=yaml.safe_dump_all([stay, ghost]))
+            await kubectl(kube, "delete", "-n", namespace, "service", "ghost")
+            services = next(s for s in source.status() if s.resource == "services")
+            await eventually(lambda: services.events == 3, 15, "stay, ghost and its deletion")
+            assert [s.name for s in registry.result().mesh.services] == ["stay"]
+
+            changes: list[int] = []
+            registry.on_change = lambda: changes.append(registry.generation)
+            watches = {s.resource: s.watches for s in source.status()}
+            assert cuttable.cut() >= 2  # both watches were on it
+            await eventually(
+                lambda: all(s.watches > watches[s.resource] for s in source.status()),
+                30,
+                "both watches to resume",
+            )
+            # A change after the cut arrives, and it is the only news.
+            stay["spec"]["ports"][0]["port"] = 81
+            await kubectl(kube, "apply", "-f", "-", input=yaml.safe_dump(stay))
+            await eventually(
+                lambda: registry.result().mesh.services[0].ports[0].port == 81, 15, "the change"
+            )
+            assert services.events == 4, "something told before the cut was told again"
+            assert len(changes) == 1
+            assert all(s.lists == 1 and s.relists == 0 for s in source.status())
 
 
 def test_config_order(kube: Cluster, tmp_path: Path) -> None:

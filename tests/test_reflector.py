@@ -85,3 +85,29 @@ def test_objects_without_a_name_are_skipped() -> None:
     step = store.replace([{"metadata": {"namespace": "shop"}}, {"spec": {}}], "3")
     assert step.events == ()
     assert told(store.watch_event({"type": "ADDED", "object": {"metadata": {}}}, "3")) == []
+
+
+def test_a_failure_reads_the_same_on_every_retry() -> None:
+    """Problems are logged once per change of state: their words must not change with
+    each attempt (urllib3 puts the connection's address in memory into its errors)."""
+    from urllib3.connection import HTTPSConnection
+    from urllib3.exceptions import ConnectTimeoutError, MaxRetryError, NewConnectionError
+
+    from meshlet.controlplane.sources.kubernetes import describe_failure
+
+    server = "https://10.0.0.1:6443"
+
+    def refused() -> Exception:
+        reason = NewConnectionError(
+            HTTPSConnection("10.0.0.1"), "Failed to establish a new connection: [Errno 111] refused"
+        )
+        return MaxRetryError(None, "/api/v1/services", reason)  # type: ignore[arg-type]
+
+    def timed_out() -> Exception:
+        return ConnectTimeoutError(HTTPSConnection("10.0.0.1"), "Connection timed out")
+
+    for make in (refused, timed_out):
+        first, second = describe_failure(make(), server), describe_failure(make(), server)
+        assert first == second
+        assert first.startswith(f"cannot reach {server}: ")
+        assert "0x" not in first

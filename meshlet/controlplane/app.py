@@ -70,11 +70,12 @@ class ControlPlane:
         self.report(result.errors)
         if result.mesh == self._mesh:
             return
-        self._mesh = result.mesh
         generated = translate(result.mesh, self.config.cluster_domain, self.config.outbound_port)
         snapshot = build_snapshot(generated, self.cache.snapshot, seen_at)
         first = self.cache.snapshot is None
         self.cache.publish(snapshot)
+        # Only now: a mesh whose snapshot failed to build is tried again next time.
+        self._mesh = result.mesh
         log.info(
             "snapshot %d: %d services, %s",
             snapshot.generation,

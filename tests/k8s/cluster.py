@@ -173,6 +173,11 @@ class Cluster:
         path.write_text(yaml.safe_dump(config))
         return path
 
+    def admin_kubeconfig_via(self, server: str) -> Path:
+        """The admin's kubeconfig for the API server reached at `server` (a relay, say)."""
+        admin = pki.KeyPair(self.root / "admin.crt", self.root / "admin.key")
+        return self.kubeconfig(f"admin-{server.rsplit(':', 1)[1]}", cert=admin, server=server)
+
     def new_namespace(self, hint: str) -> str:
         """A namespace with a fresh name made from `hint` (a test's name, say)."""
         base = re.sub(r"[^a-z0-9]+", "-", hint.lower()).strip("-")[:40].strip("-") or "test"

@@ -40,6 +40,9 @@ class Kubelet:
         self._reported: dict[str, bool] = {}  # pod uid -> the Ready we reported
         self._ready_override: dict[tuple[str, str], bool] = {}
         self._next_ip: dict[str, int] = {}
+        self._ips: dict[str, str] = {}  # pod uid -> its IP
+        # The last resourceVersion handled ("" = list next): a broken watch resumes there.
+        self._version = ""
         self._next_node = 0
         self._response: Any = None
         # Tests may choose a pod's IP; None means the node's pod range.
@@ -51,10 +54,9 @@ class Kubelet:
     def stop(self) -> None:
         self._stop.set()
         with self._lock:
-            response = self._response
-        if response is not None:
-            with contextlib.suppress(Exception):
-                response.shutdown()
+            if self._response is not None:
+                with contextlib.suppress(Exception):
+                    self._response.shutdown()
         self._thread.join(timeout=10)
 
     # --- what tests ask for ---------------------------------------------------
@@ -74,32 +76,31 @@ class Kubelet:
     # --- the loop -------------------------------------------------------------
 
     def _run(self) -> None:
-        resource_version = ""
         while not self._stop.is_set():
             try:
-                if not resource_version:
-                    resource_version = self._list()
-                resource_version = self._watch(resource_version)
+                if not self._version:
+                    self._list()
+                self._watch()
+                continue
             except k8s.ApiException as exc:
                 if exc.status == 410:
-                    resource_version = ""
-                self._stop.wait(0.5)
+                    self._version = ""
             except Exception as exc:  # the API server stopped by a test, say
                 if not self._stop.is_set():
                     log.debug("test kubelet: %s; retrying", exc)
-                self._stop.wait(0.5)
+            self._stop.wait(0.5)
 
-    def _list(self) -> str:
+    def _list(self) -> None:
         response = self._core.list_pod_for_all_namespaces(_preload_content=False)
         body = json.loads(response.data)
         for pod in body["items"]:
             self._handle(pod)
-        return str(body["metadata"]["resourceVersion"])
+        self._version = str(body["metadata"]["resourceVersion"])
 
-    def _watch(self, resource_version: str) -> str:
+    def _watch(self) -> None:
         response = self._core.list_pod_for_all_namespaces(
             watch=True,
-            resource_version=resource_version,
+            resource_version=self._version,
             allow_watch_bookmarks=True,
             timeout_seconds=60,
             _preload_content=False,
@@ -113,15 +114,16 @@ class Kubelet:
                     break
                 kind, obj = event["type"], event["object"]
                 if kind == "ERROR":
-                    return "" if obj.get("code") == 410 else resource_version
-                resource_version = obj["metadata"]["resourceVersion"]
+                    if obj.get("code") == 410:
+                        self._version = ""
+                    raise RuntimeError(f"watch error: {obj.get('message')}")
                 if kind in ("ADDED", "MODIFIED"):
                     self._handle(obj)
+                self._version = obj["metadata"]["resourceVersion"]
         finally:
             with self._lock:
                 self._response = None
             response.release_conn()
-        return resource_version
 
     def _handle(self, pod: Pod) -> None:
         meta, spec = pod["metadata"], pod.get("spec", {})
@@ -215,16 +217,20 @@ class Kubelet:
             self._reported[meta["uid"]] = ready
 
     def _pod_ip(self, pod: Pod) -> str:
+        """The pod's IP, chosen once (the test's thread and the watch may both report it)."""
+        uid = pod["metadata"]["uid"]
+        with self._lock:
+            if uid in self._ips:
+                return self._ips[uid]
         chosen = self.ip_for(pod) if self.ip_for is not None else None
-        if chosen:
-            return chosen
         node = pod["spec"]["nodeName"]
         index = [name for name, _ in NODES].index(node) if node in dict(NODES) else 0
         with self._lock:
-            self._next_ip[node] = self._next_ip.get(node, 1) + 1
-            host = self._next_ip[node]
-        # A /20 per node, as a node's podCIDR.
-        return str(POD_CIDR.network_address + (index * 16 << 8) + host)
+            if not chosen:
+                self._next_ip[node] = self._next_ip.get(node, 1) + 1
+                # A /20 per node, as a node's podCIDR.
+                chosen = str(POD_CIDR.network_address + (index * 16 << 8) + self._next_ip[node])
+            return self._ips.setdefault(uid, chosen)
 
     def _read(self, namespace: str, name: str) -> Pod:
         response = self._core.read_namespaced_pod(name, namespace, _preload_content=False)

@@ -21,6 +21,7 @@ import contextlib
 import json
 import logging
 import random
+import re
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -40,6 +41,8 @@ log = logging.getLogger(__name__)
 SOURCE = "kubernetes"
 # Longest message kept of an API error: its body may be anything.
 _MESSAGE_CHARS = 300
+# " at 0x7f..." in an object's repr: it changes with every retry, the problem does not.
+_ADDRESS_IN_MEMORY = re.compile(r" at 0x[0-9a-f]+")
 
 
 _BACKOFF = BackoffPolicy(base_seconds=0.5, cap_seconds=30.0, reset_after_seconds=10.0)
@@ -99,6 +102,7 @@ class ReflectorStatus:
     synced: bool = False
     resource_version: str = ""
     objects: int = 0
+    events: int = 0  # object events told to the registry
     lists: int = 0
     relists: int = 0  # lists after 410 Gone
     watches: int = 0
@@ -107,6 +111,12 @@ class ReflectorStatus:
 
     def describe(self) -> str:
         return f"{self.resource} ({self.namespace or 'all namespaces'})"
+
+
+# A watch that ends this soon with nothing in it is treated as a failure (backoff),
+# as client-go does: a server or proxy that closes every watch at once must not
+# get a tight loop of requests.
+_SHORT_WATCH_SECONDS = 1.0
 
 
 class _Reflector:
@@ -130,7 +140,10 @@ class _Reflector:
         self._stop = threading.Event()
         self._lock = threading.Lock()
         self._response: Any = None
-        self._listed = False  # on this thread: has a first list been posted?
+        # On this thread: the last resourceVersion told to the registry ("" = list
+        # next), and whether a first list has been posted.
+        self._version = ""
+        self._listed = False
         self._thread = threading.Thread(
             target=self._run, name=f"kube-{resource.plural}-{namespace or 'all'}", daemon=True
         )
@@ -144,50 +157,57 @@ class _Reflector:
     def stop(self) -> None:
         self._stop.set()
         with self._lock:
-            response = self._response
-        if response is not None:
-            # Unblocks the thread's read of a watch now, not at its read timeout.
-            shutdown = getattr(response, "shutdown", response.close)
-            shutdown()
+            if self._response is not None:
+                # Unblocks the thread's read of a watch now, not at its read timeout.
+                # The stream may end (and its connection go back to the pool) at the
+                # same moment; then there is nothing left to unblock.
+                with contextlib.suppress(Exception):
+                    self._response.shutdown()
 
     def join(self, timeout: float) -> None:
-        self._thread.join(timeout)
+        self._thread.join(max(timeout, 0.0))
+
+    @property
+    def stopped(self) -> bool:
+        return self._stop.is_set()
 
     # --- the thread -------------------------------------------------------------
 
     def _run(self) -> None:
         failures = Backoff(self._options.backoff)
-        resource_version = ""
         while not self._stop.is_set():
             started = time.monotonic()
             try:
-                if not resource_version:
-                    resource_version = self._list()
-                resource_version = self._watch(resource_version)
-                continue
+                if not self._version:
+                    self._list()
+                    failures.attempt = 0
+                if self._watch(failures):
+                    continue  # ended by the server after a while: watch again at once
+                delay = failures.next_delay(0.0, random.random())
             except Gone as exc:
                 if self._stop.is_set():
                     return
                 log.info(
                     "kubernetes: %s: resourceVersion %s is gone (%s); listing again",
                     self.status.describe(),
-                    resource_version or "of the list",
+                    self._version or "of the list",
                     str(exc)[:_MESSAGE_CHARS],
                 )
                 self.status.relists += 1
-                resource_version = ""
+                self._version = ""
                 continue
             except _StreamBroken as exc:
                 log.debug("kubernetes: %s: watch broke off (%s)", self.status.describe(), exc)
+                delay = failures.next_delay(time.monotonic() - started, random.random())
             except Exception as exc:
                 if self._stop.is_set():
                     return
-                self._report(self, _describe(exc, self._client.server))
-            delay = failures.next_delay(time.monotonic() - started, random.random())
+                self._report(self, describe_failure(exc, self._client.server))
+                delay = failures.next_delay(0.0, random.random())
             self._stop.wait(delay)
 
-    def _list(self) -> str:
-        """A complete list, page by page; posts its differences and returns its version."""
+    def _list(self) -> None:
+        """A complete list, page by page; posts its differences."""
         items: list[Any] = []
         token = ""
         while True:
@@ -221,6 +241,7 @@ class _Reflector:
         first, self._listed = not self._listed, True
         self._report(self, "")
         self._post(self, step, first)
+        self._version = version
         if first:
             log.info(
                 "kubernetes: listed %d %s at resourceVersion %s",
@@ -232,33 +253,52 @@ class _Reflector:
             log.info(
                 "kubernetes: %s listed again: %d changed", self.status.describe(), len(step.events)
             )
-        return version
 
-    def _watch(self, resource_version: str) -> str:
-        """One watch until the server ends it; returns the last resourceVersion seen."""
+    def _watch(self, failures: Backoff) -> bool:
+        """One watch from the last version told, until it ends; False when it ended at
+        once with nothing in it (back off before the next). Every batch read is posted,
+        and its version kept, before anything that goes wrong after it is raised."""
         options = self._options
         timeout = random.randint(options.min_watch_seconds, 2 * options.min_watch_seconds - 1)
-        response = self.resource.call(
-            self._client.api,
-            self.namespace,
-            watch=True,
-            resource_version=resource_version,
-            allow_watch_bookmarks=True,
-            timeout_seconds=timeout,
-            _request_timeout=(options.connect_timeout, options.read_timeout),
-        )
-        self.status.watches += 1
-        self._report(self, "")
+        started = time.monotonic()
+        try:
+            response = self.resource.call(
+                self._client.api,
+                self.namespace,
+                watch=True,
+                resource_version=self._version,
+                allow_watch_bookmarks=True,
+                timeout_seconds=timeout,
+                _request_timeout=(options.connect_timeout, options.read_timeout),
+            )
+        except k8s.ApiException as exc:
+            if exc.status == 410:
+                raise Gone(exc.reason or "410") from None
+            raise
         with self._lock:
             self._response = response
+            if self._stop.is_set():  # stopped while the request was on its way
+                response.release_conn()
+                self._response = None
+                return True
+        self.status.watches += 1
+        failures.attempt = 0
+        self._report(self, "")
+        seen = False
         try:
             for lines in _batches(response):
+                seen = True
                 events: list[ObjectEvent] = []
-                for line in lines:
-                    step = self._store.watch_event(json.loads(line), resource_version)
-                    resource_version = step.resource_version
-                    events += step.events
-                self._post(self, Step(tuple(events), resource_version), False)
+                version = self._version
+                try:
+                    for line in lines:
+                        step = self._store.watch_event(json.loads(line), version)
+                        version = step.resource_version
+                        events += step.events
+                finally:
+                    # What the store took in is told, whatever a later line says.
+                    self._version = version
+                    self._post(self, Step(tuple(events), version), False)
         except (Gone, WatchFailed):
             raise
         except (urllib3.exceptions.HTTPError, OSError, ValueError) as exc:
@@ -267,7 +307,7 @@ class _Reflector:
             with self._lock:
                 self._response = None
             response.release_conn()
-        return resource_version
+        return seen or time.monotonic() - started >= _SHORT_WATCH_SECONDS
 
 
 def _batches(response: Any) -> Iterator[list[bytes]]:
@@ -283,7 +323,8 @@ def _batches(response: Any) -> Iterator[list[bytes]]:
             yield batch
 
 
-def _describe(exc: Exception, server: str) -> str:
+def describe_failure(exc: Exception, server: str) -> str:
+    """What went wrong, in words that stay the same from one retry to the next."""
     if isinstance(exc, k8s.ApiException):
         message = exc.reason or ""
         with contextlib.suppress(ValueError, AttributeError):
@@ -292,11 +333,18 @@ def _describe(exc: Exception, server: str) -> str:
     if isinstance(exc, urllib3.exceptions.MaxRetryError) and exc.reason is not None:
         exc = exc.reason
     if isinstance(exc, urllib3.exceptions.SSLError):
-        return f"TLS with {server} failed: {exc}"[:_MESSAGE_CHARS]
-    if isinstance(exc, urllib3.exceptions.NewConnectionError | OSError):
-        text = str(exc).split(": ", 1)[-1]
-        return f"cannot reach {server}: {text}"[:_MESSAGE_CHARS]
-    return f"{type(exc).__name__}: {exc}"[:_MESSAGE_CHARS]
+        text = f"TLS with {server} failed: {exc}"
+    elif isinstance(exc, urllib3.exceptions.NewConnectionError):
+        text = f"cannot reach {server}: {str(exc).split(': ', 1)[-1]}"
+    elif isinstance(exc, urllib3.exceptions.TimeoutError):
+        # Its arguments are the connection (with its address in memory) and the words.
+        words = [a for a in exc.args if isinstance(a, str)]
+        text = f"cannot reach {server}: {words[-1] if words else 'timed out'}"
+    elif isinstance(exc, OSError):
+        text = f"cannot reach {server}: {exc.strerror or exc}"
+    else:
+        text = f"{type(exc).__name__}: {exc}"
+    return _ADDRESS_IN_MEMORY.sub("", text)[:_MESSAGE_CHARS]
 
 
 class KubernetesSource:
@@ -346,18 +394,26 @@ class KubernetesSource:
             await asyncio.to_thread(self._join)
 
     def _join(self) -> None:
+        # A thread still in a request (a list, a connect) is a daemon and tells nothing
+        # once stopped: waiting for it is a courtesy, bounded as a whole.
+        deadline = time.monotonic() + 2.0
         for reflector in self._reflectors:
-            reflector.join(timeout=2.0)
+            reflector.join(deadline - time.monotonic())
 
-    # Called on reflector threads: hand over to the loop.
+    # Called on reflector threads: hand over to the loop, unless stopped (the loop
+    # may be closing or closed by then).
+
+    def _call_soon(self, reflector: _Reflector, callback: Callable[..., None], *args: Any) -> None:
+        if reflector.stopped or self._loop is None:
+            return
+        with contextlib.suppress(RuntimeError):  # the loop closed just now
+            self._loop.call_soon_threadsafe(callback, reflector, *args)
 
     def _post(self, reflector: _Reflector, step: Step, first: bool) -> None:
-        assert self._loop is not None
-        self._loop.call_soon_threadsafe(self._on_step, reflector, step, first)
+        self._call_soon(reflector, self._on_step, step, first)
 
     def _report(self, reflector: _Reflector, problem: str) -> None:
-        assert self._loop is not None
-        self._loop.call_soon_threadsafe(self._on_problem, reflector, problem)
+        self._call_soon(reflector, self._on_problem, problem)
 
     # On the loop.
 
@@ -367,6 +423,7 @@ class KubernetesSource:
         status.objects = reflector.object_count()
         status.last_sync = time.monotonic()
         if step.events:
+            status.events += len(step.events)
             self._sink.apply(step.events)
         if first:
             status.synced = True

@@ -38,6 +38,7 @@ _KINDS = {
 _RACY_NS = 2_000_000_000
 
 Stamp = tuple[int, int, int]  # mtime_ns, size, inode
+_UNREAD: Stamp = (-1, -1, -1)  # matches no file: read it next time
 
 
 @dataclass(frozen=True)
@@ -207,7 +208,8 @@ class ManifestSource:
             return _deleted(keys)
         except OSError as exc:
             problem = f"{name}: cannot read: {exc.strerror or exc}"
-            self._files[name] = _File(stamp, read_ns, b"", keys, (problem,))
+            # No stamp: `chmod` back changes only the ctime, and the file must be read then.
+            self._files[name] = _File(_UNREAD, read_ns, b"", keys, (problem,))
             return []
         digest = hashlib.blake2b(data, digest_size=16).digest()
         if old is not None and old.digest == digest:
