@@ -1,7 +1,9 @@
-"""A tiny HTTP/1.1 server for admin endpoints (GET only, one request per connection).
+"""A tiny HTTP/1.1 server for admin endpoints (one request per connection).
 
 Admin traffic is a probe or a scrape every few seconds; a full web framework
-would cost more memory per pod than it saves.
+would cost more memory per pod than it saves. GET (and HEAD) routes take the
+query; POST routes take the body too (bounded: `max_body`), and TLS is an
+`ssl.SSLContext` away (the injection webhook).
 """
 
 from __future__ import annotations
@@ -9,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import ssl
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from urllib.parse import parse_qs, urlsplit
@@ -20,6 +23,8 @@ _REASONS = {
     400: "Bad Request",
     404: "Not Found",
     405: "Method Not Allowed",
+    411: "Length Required",
+    413: "Content Too Large",
     500: "Internal Server Error",
     503: "Service Unavailable",
 }
@@ -42,15 +47,26 @@ class Response:
 
 
 Handler = Callable[[dict[str, list[str]]], Response | Awaitable[Response]]
+# A POST route: the query and the request body.
+PostHandler = Callable[[dict[str, list[str]], bytes], Response | Awaitable[Response]]
 
 
 class AdminServer:
-    def __init__(self, routes: dict[str, Handler]) -> None:
+    def __init__(
+        self,
+        routes: dict[str, Handler],
+        post_routes: dict[str, PostHandler] | None = None,
+        max_body: int = 1 << 20,
+    ) -> None:
         self._routes = routes
+        self._posts = post_routes or {}
+        self._max_body = max_body
         self._server: asyncio.Server | None = None
 
-    async def start(self, host: str, port: int) -> int:
-        self._server = await asyncio.start_server(self._serve, host, port)
+    async def start(self, host: str, port: int, tls: ssl.SSLContext | None = None) -> int:
+        self._server = await asyncio.start_server(
+            self._serve, host, port, ssl=tls, ssl_handshake_timeout=10 if tls else None
+        )
         return int(self._server.sockets[0].getsockname()[1])
 
     async def close(self) -> None:
@@ -68,33 +84,60 @@ class AdminServer:
             )
             writer.write(head.encode() + (b"" if head_only else response.body))
             await writer.drain()
-        except (ConnectionError, TimeoutError, ValueError, asyncio.IncompleteReadError):
-            pass  # a client that hung up, stalled, or sent a line too long to read
+        except (
+            ConnectionError,
+            TimeoutError,
+            ValueError,
+            asyncio.IncompleteReadError,
+            ssl.SSLError,
+        ):
+            pass  # a client that hung up, stalled, sent a line too long, or failed TLS
         finally:
             writer.close()
 
     async def _respond(self, reader: asyncio.StreamReader) -> tuple[Response, bool]:
         """The response, and whether only its head is wanted (HEAD)."""
         request_line = await asyncio.wait_for(reader.readline(), timeout=10)
-        while (await asyncio.wait_for(reader.readline(), timeout=10)) not in (b"\r\n", b"\n", b""):
-            pass  # headers: nothing here needs them
+        length: int | None = None
+        while (line := await asyncio.wait_for(reader.readline(), timeout=10)) not in (
+            b"\r\n",
+            b"\n",
+            b"",
+        ):
+            name, _, value = line.decode("latin-1").partition(":")
+            if name.strip().lower() == "content-length":
+                length = int(value.strip())  # not a number: ValueError, the client is dropped
         parts = request_line.decode("latin-1").split()
         if len(parts) != 3:
             return Response.text("bad request line\n", 400), False
         method, target, _ = parts
-        if method not in ("GET", "HEAD"):
-            return Response.text("only GET\n", 405), False
-        return await self._route(target), method == "HEAD"
-
-    async def _route(self, target: str) -> Response:
         url = urlsplit(target)
-        handler = self._routes.get(url.path)
+        if method == "POST" and url.path in self._posts:
+            if length is None:
+                return Response.text("a POST needs Content-Length\n", 411), False
+            if length > self._max_body:
+                return Response.text(f"body over {self._max_body} bytes\n", 413), False
+            body = await asyncio.wait_for(reader.readexactly(length), timeout=10)
+            handler = self._posts[url.path]
+            return await self._call(url.path, lambda: handler(parse_qs(url.query), body)), False
+        if method not in ("GET", "HEAD") or url.path in self._posts:
+            allowed = "POST" if url.path in self._posts else "GET"
+            return Response.text(f"only {allowed}\n", 405), False
+        return await self._route(url.path, url.query), method == "HEAD"
+
+    async def _route(self, path: str, query: str) -> Response:
+        handler = self._routes.get(path)
         if handler is None:
-            listing = "".join(f"{p}\n" for p in sorted(self._routes))
+            listing = "".join(f"{p}\n" for p in sorted(self._routes.keys() | self._posts.keys()))
             return Response.text(f"not found; try:\n{listing}", 404)
+        return await self._call(path, lambda: handler(parse_qs(query)))
+
+    async def _call(
+        self, path: str, call: Callable[[], Response | Awaitable[Response]]
+    ) -> Response:
         try:
-            result = handler(parse_qs(url.query))
+            result = call()
             return await result if isinstance(result, Awaitable) else result
         except Exception:
-            log.exception("admin handler %s failed", url.path)
+            log.exception("admin handler %s failed", path)
             return Response.text("internal error\n", 500)

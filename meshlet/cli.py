@@ -12,6 +12,8 @@ from meshlet import __version__, defaults
 from meshlet.flags import (
     add_flag,
     cidr,
+    dial_address,
+    dial_address_text,
     dns_upstream,
     domain_name,
     env_name,
@@ -130,10 +132,11 @@ def _sidecar(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     add_flag(
         p,
         "--xds-address",
-        type=host_port,
+        type=dial_address,
         required=False,
         metavar="HOST:PORT",
-        help="the control plane's ADS address",
+        help="the control plane's ADS address (HOST an IP or a DNS name, resolved through "
+        "the pod's own nameservers)",
     )
     add_flag(p, "--node-id", default=socket.gethostname(), help="this node's xDS id")
     add_flag(p, "--namespace", default="default", help="the pod's namespace (short names)")
@@ -205,6 +208,31 @@ def _sidecar(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         default="5",
         help="on SIGTERM, how long open connections may take to finish",
     )
+    add_flag(
+        p,
+        "--drain-accept",
+        action="store_true",
+        help="while draining, keep taking new outbound connections for the whole window "
+        "(a classic sidecar, beside an app that is shutting down)",
+    )
+    add_flag(
+        p,
+        "--health-address",
+        type=host_port,
+        default=None,
+        metavar="HOST:PORT",
+        help=f"serve /healthz/ready here (the pod IP's :{defaults.HEALTH_PORT} in a pod; "
+        "default: not served)",
+    )
+    add_flag(
+        p,
+        "--metrics-address",
+        type=host_port,
+        default=None,
+        metavar="HOST:PORT",
+        help=f"serve /stats/prometheus and /metrics here (:{defaults.METRICS_PORT} in a pod; "
+        "default: not served)",
+    )
     p.set_defaults(run=_run_sidecar)
 
 
@@ -228,8 +256,34 @@ def _run_sidecar(args: argparse.Namespace) -> int:
             dns_ttl=args.dns_ttl,
             outbound_addresses=tuple(args.outbound_address),
             drain_seconds=args.drain_seconds,
+            drain_accept=args.drain_accept,
+            health_address=args.health_address,
+            metrics_address=args.metrics_address,
         )
     )
+
+
+def _wait(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    p = sub.add_parser(
+        "wait",
+        help="wait until the pod's sidecar is ready (a postStart hook holding the app)",
+        description="Poll the sidecar's readiness until it says ready or the timeout passes: "
+        "exit 0 when ready, 1 when not in time.",
+    )
+    add_flag(
+        p,
+        "--url",
+        default=f"http://127.0.0.1:{defaults.HEALTH_PORT}/healthz/ready",
+        help="what to poll",
+    )
+    add_flag(p, "--timeout", type=seconds, default="60", help="give up after this long")
+    p.set_defaults(run=_run_wait)
+
+
+def _run_wait(args: argparse.Namespace) -> int:
+    from meshlet.sidecar.wait import wait_ready
+
+    return wait_ready(args.url, args.timeout)
 
 
 def _init(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -337,6 +391,50 @@ def _run_init(args: argparse.Namespace) -> int:
     return run(InitRequest(config, dry_run=args.dry_run, remove=args.remove, nft=args.nft))
 
 
+def _inject(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    p = sub.add_parser(
+        "inject",
+        help="add the sidecar to the pods and pod templates of manifests (to stdout)",
+        description="Read manifests (YAML or JSON, multi-document, Lists), inject meshlet into "
+        "every Pod and the pod template of every Deployment, StatefulSet, DaemonSet, ReplicaSet, "
+        "Job and CronJob, pass everything else through, and write the result to stdout.",
+    )
+    add_flag(
+        p,
+        "-f",
+        dest="file",
+        action="append",
+        default=[],
+        metavar="FILE",
+        help="a manifest file, - for stdin (repeatable; default: stdin)",
+    )
+    add_flag(p, "--settings", default=None, metavar="PATH", help="the injector's settings file")
+    add_flag(p, "--image", default=None, help="the meshlet image (overrides the settings)")
+    add_flag(
+        p,
+        "--control-plane",
+        type=dial_address_text,
+        default=None,
+        metavar="HOST:PORT",
+        help="what sidecars dial for xDS (overrides the settings)",
+    )
+    add_flag(
+        p,
+        "--mode",
+        default=None,
+        choices=["native", "classic"],
+        help="native sidecars (Kubernetes 1.29+) or classic (overrides the settings)",
+    )
+    p.set_defaults(run=_run_inject)
+
+
+def _run_inject(args: argparse.Namespace) -> int:
+    from meshlet.inject.command import run
+
+    overrides = {"image": args.image, "control_plane": args.control_plane, "mode": args.mode}
+    return run(args.file, args.settings, overrides)
+
+
 def _demo(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = sub.add_parser(
         "demo",
@@ -375,6 +473,8 @@ def build_parser() -> argparse.ArgumentParser:
     _control_plane(sub)
     _sidecar(sub)
     _init(sub)
+    _wait(sub)
+    _inject(sub)
     _demo(sub)
     return parser
 

@@ -14,5 +14,18 @@ CONTROL_PLANE_ADMIN_PORT = 15014
 OUTBOUND_PORT = 15001
 DNS_PORT = 15053
 SIDECAR_ADMIN_PORT = 15000
+# Read-only, on the pod IP (Istio's numbers): the kubelet's probes and Prometheus.
+HEALTH_PORT = 15021
+METRICS_PORT = 15020
 # The uid the sidecar runs as; capture never redirects its traffic.
 PROXY_UID = 1337
+
+# Injection (the webhook on the control plane, and `meshlet inject`).
+WEBHOOK_PORT = 15017
+# The namespace the control plane runs in (its Secret, Lease and Service live there).
+SYSTEM_NAMESPACE = "meshlet-system"
+# The control plane's Service: what injected sidecars dial, and the webhook's DNS name.
+CONTROL_PLANE_SERVICE = "meshlet"
+WEBHOOK_CONFIGURATION = "meshlet-injector"
+# The one image of every role; the chart sets the registry and tag it was pushed to.
+IMAGE_REPOSITORY = "ghcr.io/meshlet/meshlet"

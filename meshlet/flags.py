@@ -61,6 +61,36 @@ def host_port(text: str) -> tuple[str, int]:
     return host, port
 
 
+_DNS_NAME = re.compile(
+    r"(?=.{1,253}$)[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?(\.[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?)*\.?"
+)
+
+
+def dial_address(text: str) -> tuple[str, int]:
+    """'HOST:PORT' where HOST may also be a DNS name (a Service's, say): resolved when
+    dialled, through the resolver of the process (a pod's original nameservers)."""
+    host, sep, port_text = text.rpartition(":")
+    if host and not host.startswith("[") and _DNS_NAME.fullmatch(host.lower()):
+        if not sep or not port_text.isdigit() or not 1 <= int(port_text) <= 65535:
+            raise argparse.ArgumentTypeError(f"{text!r} is not HOST:PORT")
+        try:
+            ipaddress.ip_address(host)
+        except ValueError:
+            return host.lower(), int(port_text)
+    try:
+        return host_port(text)
+    except argparse.ArgumentTypeError:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not HOST:PORT with an IP address or a DNS name as HOST"
+        ) from None
+
+
+def dial_address_text(text: str) -> str:
+    """A `dial_address`, checked, kept as the text it was."""
+    dial_address(text)
+    return text
+
+
 def port_number(text: str) -> int:
     if not text.isdigit() or not 1 <= int(text) <= 65535:
         raise argparse.ArgumentTypeError(f"{text!r} is not a port number 1-65535")

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -50,6 +50,8 @@ def sidecar(
     *,
     node_id: str = "sidecar-1",
     namespace: str = "default",
+    extra_args: Sequence[str] = (),
+    wait_ready: bool = True,
 ) -> Iterator[Sidecar]:
     """`meshlet sidecar` on loopback ports of its own, ready when yielded."""
     dns_port, admin_port = free_port(), free_port()
@@ -66,6 +68,7 @@ def sidecar(
         # Nothing listens there: these tests ask only for mesh names.
         f"--upstream-dns=127.0.0.1:{free_port()}",
         f"--xds-protocol={protocol}",
+        *extra_args,
     ]
     with running(argv, "meshlet sidecar", tmp_path / f"sidecar-{dns_port}.log") as process:
         car = Sidecar(process, dns_port, admin_port)
@@ -74,5 +77,6 @@ def sidecar(
             process.check_alive()
             return http_get(f"http://127.0.0.1:{admin_port}/ready", timeout=2)[0]
 
-        wait_until(lambda status: status == 200, 30, "the sidecar to be ready", observe=ready)
+        if wait_ready:
+            wait_until(lambda status: status == 200, 30, "the sidecar to be ready", observe=ready)
         yield car

@@ -74,7 +74,7 @@ def test_a_synopsis_lists_exactly_the_commands_flags(synopsis: str) -> None:
     assert shown == subcommand_flags(name), f"README synopsis of meshlet {name} vs its parser"
 
 
-@pytest.mark.parametrize("name", ["control-plane", "sidecar", "init"])
+@pytest.mark.parametrize("name", ["control-plane", "sidecar", "init", "inject"])
 def test_every_flag_in_a_table_is_a_flag(name: str) -> None:
     rows = re.findall(r"^\| `(--[a-z-]+)", section(name), re.M)
     rows += re.findall(r"^\| `--[a-z-]+`, `(--[a-z-]+)`", section(name), re.M)
@@ -147,5 +147,12 @@ def test_every_command_the_readme_shows_is_run(command: str, tmp_path: Path) -> 
 
 
 def test_the_readme_shows_the_commands() -> None:
-    assert {s.split()[1] for s in SYNOPSES} == {"control-plane", "sidecar", "init", "demo"}
+    assert {s.split()[1] for s in SYNOPSES} == {
+        "control-plane",
+        "sidecar",
+        "init",
+        "inject",
+        "wait",
+        "demo",
+    }
     assert set(RUNS) <= set(CONCRETE)  # no runner for a command the README dropped

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Callable, Mapping
 
 from meshlet.admin_http import AdminServer, Response
+from meshlet.flags import grpc_address
 from meshlet.model import Endpoint
 from meshlet.sidecar.proxy.balancer import Host, host_name
 from meshlet.sidecar.proxy.router import ClusterRuntime, Router
@@ -13,6 +15,8 @@ from meshlet.sidecar.state import SidecarState
 from meshlet.sidecar.xds_client import XdsStatus
 from meshlet.telemetry import Telemetry
 from meshlet.xds import types
+
+log = logging.getLogger(__name__)
 
 
 def config_dump(state: SidecarState, status: XdsStatus) -> dict[str, object]:
@@ -85,27 +89,78 @@ def clusters(
     return out
 
 
+def _ready(status: Callable[[], XdsStatus]) -> Callable[[object], Response]:
+    def ready(_: object) -> Response:
+        if not status().ready:
+            return Response.text("no config accepted yet\n", 503)
+        return Response.text("ready\n")
+
+    return ready
+
+
+def _metrics(telemetry: Telemetry) -> Callable[[object], Response]:
+    return lambda _: Response(
+        200, telemetry.prometheus_text(), "text/plain; version=0.0.4; charset=utf-8"
+    )
+
+
 def build_admin(
     state: Callable[[], SidecarState],
     status: Callable[[], XdsStatus],
     telemetry: Telemetry,
     router: Router | None = None,
     now: Callable[[], float] = time.monotonic,
+    quit: Callable[[], None] | None = None,
 ) -> AdminServer:
-    def ready(_: object) -> Response:
-        if not status().ready:
-            return Response.text("no config accepted yet\n", 503)
-        return Response.text("ready\n")
+    """The admin port (loopback): everything, and POST /quitquitquit to stop the sidecar
+    (as Istio's: a Job's main container calls it when it is done)."""
+
+    def quitquitquit(_: object, __: bytes) -> Response:
+        if quit is None:
+            return Response.text("not here\n", 404)
+        log.info("asked to quit (POST /quitquitquit)")
+        quit()
+        return Response.text("stopping\n")
 
     return AdminServer(
         {
-            "/ready": ready,
+            "/ready": _ready(status),
             "/config_dump": lambda _: Response.json(config_dump(state(), status())),
             "/clusters": lambda _: Response.json(
                 clusters(state(), router.clusters if router else None, now())
             ),
-            "/metrics": lambda _: Response(
-                200, telemetry.prometheus_text(), "text/plain; version=0.0.4; charset=utf-8"
-            ),
-        }
+            "/metrics": _metrics(telemetry),
+        },
+        post_routes={"/quitquitquit": quitquitquit},
+        max_body=1024,
     )
+
+
+class Probes:
+    """The read-only ports on the pod IP: health for the kubelet's probes (as Istio's
+    15021 /healthz/ready) and metrics for Prometheus (as its 15020 /stats/prometheus)."""
+
+    def __init__(self, status: Callable[[], XdsStatus], telemetry: Telemetry) -> None:
+        metrics = _metrics(telemetry)
+        self._servers = {
+            "health": AdminServer({"/healthz/ready": _ready(status)}),
+            "metrics": AdminServer({"/stats/prometheus": metrics, "/metrics": metrics}),
+        }
+        self._started: list[AdminServer] = []
+
+    async def start(
+        self, health: tuple[str, int] | None, metrics: tuple[str, int] | None
+    ) -> list[str]:
+        """Serve the ones given an address; says where each listens."""
+        where = []
+        for name, address in (("health", health), ("metrics", metrics)):
+            if address is not None:
+                server = self._servers[name]
+                port = await server.start(*address)
+                self._started.append(server)
+                where.append(f"{name} on {grpc_address(address[0], port)}")
+        return where
+
+    async def close(self) -> None:
+        for server in self._started:
+            await server.close()

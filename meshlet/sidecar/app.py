@@ -15,7 +15,7 @@ from meshlet import defaults
 from meshlet._proto.meshlet.v1.nametable_pb2 import NameTable
 from meshlet.flags import grpc_address
 from meshlet.process import run_until_signal
-from meshlet.sidecar.admin import build_admin
+from meshlet.sidecar.admin import Probes, build_admin
 from meshlet.sidecar.dns.forwarder import Forwarder
 from meshlet.sidecar.dns.resolv import read_resolv_conf
 from meshlet.sidecar.dns.server import DnsServer
@@ -49,6 +49,13 @@ class SidecarConfig:
     # Empty: 127.0.0.1:15001, and [::1]:15001 when IPv6 is up.
     outbound_addresses: tuple[tuple[str, int], ...] = ()
     drain_seconds: float = 5.0
+    # Keep taking new outbound connections while draining (a classic sidecar: the app
+    # shuts down beside it and may still call out); else stop at once (native: the
+    # app is gone by then).
+    drain_accept: bool = False
+    # Read-only, on the pod IP for the kubelet and Prometheus (None: not served).
+    health_address: tuple[str, int] | None = None
+    metrics_address: tuple[str, int] | None = None
 
 
 DEFAULT_OUTBOUND_PORT = defaults.OUTBOUND_PORT
@@ -151,7 +158,10 @@ async def serve(config: SidecarConfig, stop: asyncio.Event) -> int:
         DnsServer(lambda: dns_view.table, forwarder, on_query=metrics.dns_queries)
         for _ in dns_addresses_of(config)
     ]
-    admin = build_admin(lambda: client.state, client.status, telemetry, router, proxy.loop.time)
+    admin = build_admin(
+        lambda: client.state, client.status, telemetry, router, proxy.loop.time, quit=stop.set
+    )
+    probes = Probes(client.status, telemetry)
     xds: asyncio.Task[None] | None = None
     try:
         outbound = proxy.listen(outbound_addresses_of(config))
@@ -160,6 +170,8 @@ async def serve(config: SidecarConfig, stop: asyncio.Event) -> int:
             for server, address in zip(dns_servers, dns_addresses_of(config), strict=True)
         ]
         admin_port = await admin.start(*config.admin_address)
+        for where in await probes.start(config.health_address, config.metrics_address):
+            log.info("%s", where)
         log.info(
             "outbound proxy on %s, DNS on %s (upstreams %s), admin on %s:%d, xDS from %s:%d (%s)",
             ", ".join(grpc_address(h, p) for h, p in outbound),
@@ -174,10 +186,16 @@ async def serve(config: SidecarConfig, stop: asyncio.Event) -> int:
         # What start-up made lives as long as the process: keep the collector off it.
         gc.freeze()
         await stop.wait()
-        # Drain: no new connections; open ones get up to drain_seconds to finish,
-        # while the xDS client and DNS keep serving.
-        log.info("draining %d connections for up to %gs", proxy.active, config.drain_seconds)
-        left = await proxy.drain(config.drain_seconds)
+        if config.drain_accept:
+            # The app is shutting down beside us: it may still call out until the window ends.
+            log.info("draining for %gs, still taking new connections", config.drain_seconds)
+            await asyncio.sleep(config.drain_seconds)
+            left = await proxy.drain(0)
+        else:
+            # No new connections; open ones get up to drain_seconds to finish, while
+            # the xDS client and DNS keep serving.
+            log.info("draining %d connections for up to %gs", proxy.active, config.drain_seconds)
+            left = await proxy.drain(config.drain_seconds)
         if left:
             log.warning("closed %d connections still open at the drain deadline", left)
     finally:
@@ -189,6 +207,7 @@ async def serve(config: SidecarConfig, stop: asyncio.Event) -> int:
         for server in dns_servers:
             await server.close()
         await admin.close()
+        await probes.close()
         telemetry.shutdown()
     return 0
 

@@ -1,0 +1,1 @@
+"""Sidecar injection: the pod mutation (pure), `meshlet inject`, and the admission webhook."""
