@@ -18,6 +18,7 @@ from meshlet.flags import (
     domain_name,
     env_name,
     host_port,
+    host_port_or_off,
     id_number,
     ip_address,
     namespace_name,
@@ -89,7 +90,65 @@ def _control_plane(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> 
         default=str(defaults.OUTBOUND_PORT),
         help="port of the sidecars' virtual outbound listener",
     )
+    _webhook_flags(p)
     p.set_defaults(run=_run_control_plane)
+
+
+def _webhook_flags(p: argparse.ArgumentParser) -> None:
+    add_flag(
+        p,
+        "--webhook-address",
+        type=host_port_or_off,
+        default=f"0.0.0.0:{defaults.WEBHOOK_PORT}",
+        metavar="HOST:PORT|off",
+        help="where to serve the injection webhook (HTTPS, POST /inject)",
+    )
+    add_flag(
+        p,
+        "--injector-settings",
+        default=None,
+        metavar="PATH",
+        help="the injector's settings file (read again when it changes; default: built in)",
+    )
+    add_flag(
+        p,
+        "--system-namespace",
+        type=namespace_name,
+        default=defaults.SYSTEM_NAMESPACE,
+        metavar="NS",
+        help="the control plane's own namespace: its webhook Secret and Lease live there",
+    )
+    add_flag(
+        p,
+        "--webhook-configuration",
+        default=defaults.WEBHOOK_CONFIGURATION,
+        metavar="NAME",
+        help="the MutatingWebhookConfiguration whose caBundle the control plane keeps",
+    )
+    add_flag(
+        p,
+        "--webhook-service",
+        default=defaults.CONTROL_PLANE_SERVICE,
+        metavar="NAME",
+        help="the control plane's Service in --system-namespace: the webhook certificate's name",
+    )
+    add_flag(
+        p,
+        "--webhook-host",
+        action="append",
+        default=[],
+        metavar="HOST",
+        help="another name or IP the webhook certificate carries (repeatable)",
+    )
+    add_flag(
+        p,
+        "--webhook-cert-file",
+        default=None,
+        metavar="PATH",
+        help="serve this certificate (cert-manager's) instead of keeping one; read again "
+        "when it changes",
+    )
+    add_flag(p, "--webhook-key-file", default=None, metavar="PATH", help="its private key")
 
 
 def _missing(command: str, flag: str) -> int:
@@ -101,6 +160,7 @@ def _missing(command: str, flag: str) -> int:
 
 def _run_control_plane(args: argparse.Namespace) -> int:
     from meshlet.controlplane.app import ControlPlaneConfig, run
+    from meshlet.controlplane.injection import WebhookConfig
 
     if args.manifests and (args.kubeconfig or args.watch_namespace):
         print(
@@ -109,8 +169,28 @@ def _run_control_plane(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return 2
+    if bool(args.webhook_cert_file) != bool(args.webhook_key_file):
+        print(
+            "meshlet control-plane: --webhook-cert-file and --webhook-key-file go together",
+            file=sys.stderr,
+        )
+        return 2
+    webhook = None
+    if args.webhook_address is not None:
+        webhook = WebhookConfig(
+            address=args.webhook_address,
+            system_namespace=args.system_namespace,
+            configuration=args.webhook_configuration,
+            service=args.webhook_service,
+            cluster_domain=args.cluster_domain,
+            extra_hosts=tuple(args.webhook_host),
+            settings_path=args.injector_settings,
+            cert_file=args.webhook_cert_file,
+            key_file=args.webhook_key_file,
+        )
     return run(
         ControlPlaneConfig(
+            webhook=webhook,
             manifests=args.manifests or None,
             kubeconfig=args.kubeconfig or None,
             watch_namespaces=tuple(args.watch_namespace),

@@ -91,6 +91,11 @@ def dial_address_text(text: str) -> str:
     return text
 
 
+def host_port_or_off(text: str) -> tuple[str, int] | None:
+    """A `host_port`, or "off" (None): a server that is not to run."""
+    return None if text.strip().lower() == "off" else host_port(text)
+
+
 def port_number(text: str) -> int:
     if not text.isdigit() or not 1 <= int(text) <= 65535:
         raise argparse.ArgumentTypeError(f"{text!r} is not a port number 1-65535")

@@ -254,6 +254,12 @@ def control_plane(
         f"--xds-address=127.0.0.1:{xds_port}",
         f"--admin-address=127.0.0.1:{admin_port}",
         f"--outbound-port={outbound_port}",
+        # The injection webhook only where a test asks for it (its own port and RBAC).
+        *(
+            []
+            if any(a.startswith("--webhook-address") for a in extra_args)
+            else ["--webhook-address=off"]
+        ),
         *extra_args,
     ]
     log = tmp_path / f"control-plane-{admin_port}.log"

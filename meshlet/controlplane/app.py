@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from meshlet import defaults
 from meshlet.controlplane.admin import build_admin
 from meshlet.controlplane.cache import SnapshotCache, build_snapshot
+from meshlet.controlplane.injection import WebhookConfig, WebhookRunner
 from meshlet.controlplane.metrics import ControlPlaneMetrics
 from meshlet.controlplane.registry import LoadResult, Registry
 from meshlet.controlplane.server import AdsServer, start_server
@@ -22,6 +23,7 @@ from meshlet.controlplane.sources.kube_client import KubeConfigError, load_clien
 from meshlet.controlplane.sources.kubernetes import KubernetesSource
 from meshlet.controlplane.sources.manifests import ManifestSource
 from meshlet.flags import grpc_address
+from meshlet.inject.settings import SettingsError
 from meshlet.model import Mesh
 from meshlet.process import run_until_signal
 from meshlet.telemetry import Telemetry
@@ -44,6 +46,7 @@ class ControlPlaneConfig:
     watch_namespaces: tuple[str, ...] = ()
     cluster_domain: str = defaults.CLUSTER_DOMAIN
     outbound_port: int = defaults.OUTBOUND_PORT
+    webhook: WebhookConfig | None = None
 
 
 class ControlPlane:
@@ -123,6 +126,7 @@ async def serve(config: ControlPlaneConfig, stop: asyncio.Event) -> int:
     registry = Registry()
     rebuilds = _Rebuilds(plane, registry)
     sources_status: Callable[[], object]
+    api = None
     if config.manifests is not None:
         manifests = ManifestSource(config.manifests, registry)
         manifests.load()
@@ -151,6 +155,7 @@ async def serve(config: ControlPlaneConfig, stop: asyncio.Event) -> int:
         except KubeConfigError as exc:
             print(f"meshlet control-plane: {exc}", file=sys.stderr)
             return 2
+        api = client.api
         registry.on_change = rebuilds.changed
         kubernetes = KubernetesSource(client, registry, config.watch_namespaces)
         watch = kubernetes.run()
@@ -163,6 +168,17 @@ async def serve(config: ControlPlaneConfig, stop: asyncio.Event) -> int:
         }
         not_ready = "waiting for the first complete list of Services and EndpointSlices"
 
+    webhook = None
+    if config.webhook is not None and (api is not None or config.webhook.cert_file):
+        webhook = WebhookRunner(config.webhook, api, registry.source_problems)
+        try:
+            await webhook.start()
+        except (SettingsError, ValueError, OSError) as exc:
+            print(f"meshlet control-plane: webhook: {exc}", file=sys.stderr)
+            await webhook.close()
+            return 2
+    elif config.webhook is not None:
+        log.info("injection webhook off: serving manifests, and no --webhook-cert-file given")
     telemetry = Telemetry("meshlet-control-plane")
     ads = AdsServer(plane.cache, ControlPlaneMetrics(telemetry, lambda: plane.cache.snapshot))
     grpc_server, xds_port = await start_server(ads, grpc_address(*config.xds_address))
@@ -182,6 +198,8 @@ async def serve(config: ControlPlaneConfig, stop: asyncio.Event) -> int:
         watcher.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await watcher
+        if webhook is not None:
+            await webhook.close()
         await grpc_server.stop(grace=1)
         await admin.close()
         telemetry.shutdown()

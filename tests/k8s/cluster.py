@@ -193,15 +193,38 @@ class Cluster:
 
     @contextlib.contextmanager
     def service_account(
-        self, namespace: str, name: str, rules: Sequence[Mapping[str, Any]]
+        self,
+        namespace: str,
+        name: str,
+        rules: Sequence[Mapping[str, Any]],
+        namespaced_rules: Sequence[Mapping[str, Any]] = (),
     ) -> Iterator[ServiceAccount]:
         """A ServiceAccount bound to a ClusterRole (named `<namespace>-<name>`) of exactly
-        `rules`, with a token from the TokenRequest API; the role and binding go afterwards."""
+        `rules`, and to a Role in its namespace of `namespaced_rules`, with a token from the
+        TokenRequest API; the cluster role and binding go afterwards (the namespace takes
+        the rest with it)."""
         role = f"{namespace}-{name}"
         rbac = k8s.RbacAuthorizationV1Api(self.api)
         self.core.create_namespaced_service_account(
             namespace, k8s.V1ServiceAccount(metadata=k8s.V1ObjectMeta(name=name))
         )
+        subject = {"kind": "ServiceAccount", "name": name, "namespace": namespace}
+        if namespaced_rules:
+            rbac.create_namespaced_role(
+                namespace, {"metadata": {"name": name}, "rules": list(namespaced_rules)}
+            )
+            rbac.create_namespaced_role_binding(
+                namespace,
+                {
+                    "metadata": {"name": name},
+                    "roleRef": {
+                        "apiGroup": "rbac.authorization.k8s.io",
+                        "kind": "Role",
+                        "name": name,
+                    },
+                    "subjects": [subject],
+                },
+            )
         try:
             rbac.create_cluster_role({"metadata": {"name": role}, "rules": list(rules)})
             rbac.create_cluster_role_binding(
@@ -212,7 +235,7 @@ class Cluster:
                         "kind": "ClusterRole",
                         "name": role,
                     },
-                    "subjects": [{"kind": "ServiceAccount", "name": name, "namespace": namespace}],
+                    "subjects": [subject],
                 }
             )
             request = {

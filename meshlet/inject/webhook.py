@@ -1,0 +1,127 @@
+"""The injection webhook the control plane serves: POST /inject (AdmissionReview v1) over
+HTTPS, with the settings file reloaded when it changes and the certificate either kept
+by the control plane itself (`keeper.py`) or read from files (cert-manager) and read
+again when they change.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from meshlet.admin_http import AdminServer, Response
+from meshlet.inject.review import review
+from meshlet.inject.serving import ServingCertificate
+from meshlet.inject.settings import InjectorSettings, SettingsError, load_settings
+
+log = logging.getLogger(__name__)
+
+# AdmissionReviews of big pods are some hundred KB; the API server sends at most 3 MB.
+MAX_REVIEW_BYTES = 8 << 20
+_POLL_SECONDS = 2.0
+
+
+def _stamp(path: Path) -> tuple[int, int, int] | None:
+    try:
+        stat = path.stat()
+    except OSError:
+        return None
+    return stat.st_mtime_ns, stat.st_size, stat.st_ino
+
+
+class SettingsFile:
+    """The injector's settings: the file's, read again when it changes (a ConfigMap update
+    swaps the mounted file); a file that turns bad keeps the last good settings."""
+
+    def __init__(self, path: str | None, report: Callable[[Sequence[str]], None]) -> None:
+        self.path = Path(path) if path else None
+        self._report = report
+        self._stamp: tuple[int, int, int] | None = None
+        self.current = InjectorSettings()
+        self._problem = ""
+
+    def load(self) -> None:
+        """Read the file if it changed; raises SettingsError only on the first read."""
+        if self.path is None:
+            return
+        stamp = _stamp(self.path)
+        if stamp == self._stamp and self._stamp is not None:
+            return
+        first = self._stamp is None
+        self._stamp = stamp
+        try:
+            self.current = load_settings(self.path)
+        except SettingsError as exc:
+            if first:
+                raise
+            problem = f"injector settings: {exc} (the last good settings stay in use)"
+            if problem != self._problem:
+                log.error("%s", problem)
+            self._problem = problem
+            self._report([problem])
+            return
+        if not first:
+            log.info("injector settings read again from %s", self.path)
+        self._problem = ""
+        self._report([])
+
+    async def watch(self) -> None:
+        while True:
+            await asyncio.sleep(_POLL_SECONDS)
+            self.load()
+
+
+class CertificateFiles:
+    """A certificate and key from files (cert-manager's Secret, mounted), read again when
+    they change."""
+
+    def __init__(self, cert: str, key: str, serving: ServingCertificate) -> None:
+        self.cert, self.key = Path(cert), Path(key)
+        self.serving = serving
+        self._stamps: tuple[object, object] | None = None
+
+    def load(self) -> None:
+        stamps = (_stamp(self.cert), _stamp(self.key))
+        if stamps == self._stamps:
+            return
+        self._stamps = stamps
+        if self.serving.load_files(self.cert, self.key):
+            log.info("webhook: serving the certificate in %s", self.cert)
+
+    async def watch(self, report: Callable[[Sequence[str]], None]) -> None:
+        while True:
+            await asyncio.sleep(_POLL_SECONDS)
+            try:
+                self.load()
+                report([])
+            except (OSError, ValueError) as exc:  # ssl.SSLError is an OSError
+                report([f"webhook certificate files: {exc} (the last good one stays in use)"])
+
+
+@dataclass
+class InjectionWebhook:
+    settings: SettingsFile
+    serving: ServingCertificate
+
+    def server(self) -> AdminServer:
+        def inject(_: object, body: bytes) -> Response:
+            answer = review(body, self.settings.current)
+            response = answer.get("response", {})
+            if not response.get("allowed", True):
+                log.info("webhook: refused %s", response.get("status", {}).get("message"))
+            return Response(200, json.dumps(answer).encode(), "application/json")
+
+        def ready(_: object) -> Response:
+            return Response.text("ready\n")
+
+        return AdminServer({"/healthz": ready}, {"/inject": inject}, max_body=MAX_REVIEW_BYTES)
+
+
+def replica_identity() -> str:
+    """This replica, as a Lease holder: the pod's name (the host name in a pod) and PID."""
+    return f"{os.environ.get('POD_NAME') or os.uname().nodename}-{os.getpid()}"
