@@ -1,0 +1,1 @@
+"""One module per `meshlet` command: its flags (`register`) and how it runs."""

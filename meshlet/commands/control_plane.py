@@ -1,0 +1,183 @@
+"""`meshlet control-plane`: watch services and serve them over xDS, and the injection webhook."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from meshlet import defaults
+from meshlet.flags import (
+    add_flag,
+    domain_name,
+    host_port,
+    host_port_or_off,
+    namespace_name,
+    port_number,
+)
+
+
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    p = sub.add_parser(
+        "control-plane",
+        help="watch services and serve them over xDS (ADS)",
+        description="Serve Kubernetes services over xDS (SotW and delta ADS), watched on the "
+        "Kubernetes API or read from a folder of manifests.",
+    )
+    add_flag(
+        p,
+        "--manifests",
+        required=False,
+        metavar="PATH",
+        help="serve a YAML file or folder of Service and EndpointSlice objects instead of "
+        "watching the Kubernetes API",
+    )
+    add_flag(
+        p,
+        "--kubeconfig",
+        default=None,
+        metavar="PATH",
+        help="the Kubernetes API's kubeconfig (default: KUBECONFIG, else in-cluster, "
+        "else ~/.kube/config)",
+    )
+    add_flag(
+        p,
+        "--watch-namespace",
+        type=namespace_name,
+        action="append",
+        default=[],
+        metavar="NS",
+        help="watch only these namespaces (repeatable; default: all)",
+    )
+    add_flag(
+        p,
+        "--xds-address",
+        type=host_port,
+        default=f"0.0.0.0:{defaults.XDS_PORT}",
+        metavar="HOST:PORT",
+        help="where to serve ADS over gRPC",
+    )
+    add_flag(
+        p,
+        "--admin-address",
+        type=host_port,
+        default=f"0.0.0.0:{defaults.CONTROL_PLANE_ADMIN_PORT}",
+        metavar="HOST:PORT",
+        help="where to serve /healthz, /readyz, /metrics and /debug/*",
+    )
+    add_flag(
+        p,
+        "--cluster-domain",
+        type=domain_name,
+        default=defaults.CLUSTER_DOMAIN,
+        help="the cluster's DNS domain",
+    )
+    add_flag(
+        p,
+        "--outbound-port",
+        type=port_number,
+        default=str(defaults.OUTBOUND_PORT),
+        help="port of the sidecars' virtual outbound listener",
+    )
+    _webhook_flags(p)
+    p.set_defaults(run=_run)
+
+
+def _webhook_flags(p: argparse.ArgumentParser) -> None:
+    add_flag(
+        p,
+        "--webhook-address",
+        type=host_port_or_off,
+        default=f"0.0.0.0:{defaults.WEBHOOK_PORT}",
+        metavar="HOST:PORT|off",
+        help="where to serve the injection webhook (HTTPS, POST /inject)",
+    )
+    add_flag(
+        p,
+        "--injector-settings",
+        default=None,
+        metavar="PATH",
+        help="the injector's settings file (read again when it changes; default: built in)",
+    )
+    add_flag(
+        p,
+        "--system-namespace",
+        type=namespace_name,
+        default=defaults.SYSTEM_NAMESPACE,
+        metavar="NS",
+        help="the control plane's own namespace: its webhook Secret and Lease live there",
+    )
+    add_flag(
+        p,
+        "--webhook-configuration",
+        default=defaults.WEBHOOK_CONFIGURATION,
+        metavar="NAME",
+        help="the MutatingWebhookConfiguration whose caBundle the control plane keeps",
+    )
+    add_flag(
+        p,
+        "--webhook-service",
+        default=defaults.CONTROL_PLANE_SERVICE,
+        metavar="NAME",
+        help="the control plane's Service in --system-namespace: the webhook certificate's name",
+    )
+    add_flag(
+        p,
+        "--webhook-host",
+        action="append",
+        default=[],
+        metavar="HOST",
+        help="another name or IP the webhook certificate carries (repeatable)",
+    )
+    add_flag(
+        p,
+        "--webhook-cert-file",
+        default=None,
+        metavar="PATH",
+        help="serve this certificate (cert-manager's) instead of keeping one; read again "
+        "when it changes",
+    )
+    add_flag(p, "--webhook-key-file", default=None, metavar="PATH", help="its private key")
+
+
+def _run(args: argparse.Namespace) -> int:
+    from meshlet.controlplane.app import ControlPlaneConfig, run
+    from meshlet.controlplane.injection import WebhookConfig
+
+    if args.manifests and (args.kubeconfig or args.watch_namespace):
+        print(
+            "meshlet control-plane: --manifests serves a folder; --kubeconfig and "
+            "--watch-namespace are for the Kubernetes API: give one or the other",
+            file=sys.stderr,
+        )
+        return 2
+    if bool(args.webhook_cert_file) != bool(args.webhook_key_file):
+        print(
+            "meshlet control-plane: --webhook-cert-file and --webhook-key-file go together",
+            file=sys.stderr,
+        )
+        return 2
+    webhook = None
+    if args.webhook_address is not None:
+        webhook = WebhookConfig(
+            address=args.webhook_address,
+            system_namespace=args.system_namespace,
+            configuration=args.webhook_configuration,
+            service=args.webhook_service,
+            cluster_domain=args.cluster_domain,
+            extra_hosts=tuple(args.webhook_host),
+            settings_path=args.injector_settings,
+            cert_file=args.webhook_cert_file,
+            key_file=args.webhook_key_file,
+        )
+    return run(
+        ControlPlaneConfig(
+            webhook=webhook,
+            manifests=args.manifests or None,
+            kubeconfig=args.kubeconfig or None,
+            watch_namespaces=tuple(args.watch_namespace),
+            xds_address=args.xds_address,
+            admin_address=args.admin_address,
+            cluster_domain=args.cluster_domain,
+            outbound_port=args.outbound_port,
+        )
+    )
