@@ -46,6 +46,9 @@ class Response:
         return cls(status, body, "application/json")
 
 
+_REQUEST_SECONDS = 10.0
+_MAX_HEADERS = 100
+
 Handler = Callable[[dict[str, list[str]]], Response | Awaitable[Response]]
 # A POST route: the query and the request body.
 PostHandler = Callable[[dict[str, list[str]], bytes], Response | Awaitable[Response]]
@@ -57,16 +60,34 @@ class AdminServer:
         routes: dict[str, Handler],
         post_routes: dict[str, PostHandler] | None = None,
         max_body: int = 1 << 20,
+        max_concurrent: int = 64,
     ) -> None:
         self._routes = routes
         self._posts = post_routes or {}
         self._max_body = max_body
+        # Requests read at once: a flood of slow clients costs at most this many bodies.
+        self._slots = asyncio.Semaphore(max_concurrent)
         self._server: asyncio.Server | None = None
 
     async def start(self, host: str, port: int, tls: ssl.SSLContext | None = None) -> int:
-        self._server = await asyncio.start_server(
-            self._serve, host, port, ssl=tls, ssl_handshake_timeout=10 if tls else None
-        )
+        """Listen on HOST:PORT; 0.0.0.0 means every address, IPv6 too where the host has
+        it (a pod on an IPv6 or dual-stack cluster is probed on its IPv6 address)."""
+        # (Port 0 would give each address a port of its own: one address then.)
+        hosts: list[str] = [host, "::"] if host == "0.0.0.0" and port else [host]
+        while True:
+            try:
+                self._server = await asyncio.start_server(
+                    self._serve,
+                    hosts,
+                    port,
+                    ssl=tls,
+                    ssl_handshake_timeout=10 if tls else None,
+                )
+                break
+            except OSError:
+                if len(hosts) == 1:
+                    raise
+                hosts = hosts[:1]  # no IPv6 here: IPv4 alone
         return int(self._server.sockets[0].getsockname()[1])
 
     async def close(self) -> None:
@@ -76,7 +97,10 @@ class AdminServer:
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
-            response, head_only = await self._respond(reader)
+            async with self._slots:
+                # One deadline for the whole request: stray bytes do not keep it open.
+                async with asyncio.timeout(_REQUEST_SECONDS):
+                    response, head_only = await self._respond(reader)
             head = (
                 f"HTTP/1.1 {response.status} {_REASONS.get(response.status, '')}\r\n"
                 f"Content-Type: {response.content_type}\r\n"
@@ -97,13 +121,13 @@ class AdminServer:
 
     async def _respond(self, reader: asyncio.StreamReader) -> tuple[Response, bool]:
         """The response, and whether only its head is wanted (HEAD)."""
-        request_line = await asyncio.wait_for(reader.readline(), timeout=10)
+        request_line = await reader.readline()
         length: int | None = None
-        while (line := await asyncio.wait_for(reader.readline(), timeout=10)) not in (
-            b"\r\n",
-            b"\n",
-            b"",
-        ):
+        headers = 0
+        while (line := await reader.readline()) not in (b"\r\n", b"\n", b""):
+            headers += 1
+            if headers > _MAX_HEADERS:
+                return Response.text("too many header lines\n", 400), False
             name, _, value = line.decode("latin-1").partition(":")
             if name.strip().lower() == "content-length":
                 length = int(value.strip())  # not a number: ValueError, the client is dropped
@@ -117,12 +141,13 @@ class AdminServer:
                 return Response.text("a POST needs Content-Length\n", 411), False
             if length > self._max_body:
                 return Response.text(f"body over {self._max_body} bytes\n", 413), False
-            body = await asyncio.wait_for(reader.readexactly(length), timeout=10)
+            body = await reader.readexactly(length)
             handler = self._posts[url.path]
             return await self._call(url.path, lambda: handler(parse_qs(url.query), body)), False
-        if method not in ("GET", "HEAD") or url.path in self._posts:
-            allowed = "POST" if url.path in self._posts else "GET"
-            return Response.text(f"only {allowed}\n", 405), False
+        if url.path in self._posts:
+            return Response.text("only POST\n", 405), False
+        if method not in ("GET", "HEAD") and url.path in self._routes:
+            return Response.text("only GET\n", 405), False
         return await self._route(url.path, url.query), method == "HEAD"
 
     async def _route(self, path: str, query: str) -> Response:

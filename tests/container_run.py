@@ -42,6 +42,7 @@ def container_env(container: Mapping[str, Any], fields: Mapping[str, str]) -> di
 
 
 def container_argv(container: Mapping[str, Any], env: Mapping[str, str]) -> list[str]:
+    """The argv of a container (command, args) or of an exec hook (command)."""
     command: Sequence[str] = container["command"]
     argv = [expand(part, env) for part in [*command, *container.get("args", [])]]
     return [MESHLET if argv[0] == "meshlet" else argv[0], *argv[1:]]

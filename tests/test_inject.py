@@ -148,11 +148,13 @@ def test_what_each_golden_shows() -> None:
     }
     assert [c["name"] for c in pod["spec"]["containers"]] == ["web"]
     classic = yaml.safe_load(golden("pod-classic"))
-    assert [c["name"] for c in classic["spec"]["initContainers"]] == ["meshlet-init", "migrate"]
+    assert [c["name"] for c in classic["spec"]["initContainers"]] == ["migrate", "meshlet-init"]
     assert [c["name"] for c in classic["spec"]["containers"]] == ["meshlet-proxy", "app"]
     first = classic["spec"]["containers"][0]
     assert first["lifecycle"]["postStart"]["exec"]["command"][:2] == ["meshlet", "wait"]
     assert {"name": "MESHLET_DRAIN_ACCEPT", "value": "true"} in first["env"]
+    assert {"name": "MESHLET_QUIT_ENDPOINT", "value": "true"} in first["env"]
+    assert not any(e["name"] == "MESHLET_QUIT_ENDPOINT" for e in proxy["env"])
     tuned = yaml.safe_load(golden("controls"))
     init_args = tuned["spec"]["initContainers"][0]["args"]
     assert "--exclude-port=5432" in init_args and "--exclude-cidr=fd00:1::/64" in init_args

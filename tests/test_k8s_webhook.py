@@ -13,6 +13,8 @@ from __future__ import annotations
 import base64
 import contextlib
 import json
+import socket
+import ssl
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -347,6 +349,8 @@ def test_the_certificate_survives_a_restart_and_the_bundle_is_put_back(
     kube: Cluster, namespace: str, tmp_path: Path
 ) -> None:
     configuration, port = f"meshlet-injector-{namespace}", free_port()
+    leases = k8s.CoordinationV1Api(kube.api)
+    lease = f"{configuration}-tls"
     with registered(kube, configuration, port):
         with injecting_plane(kube, namespace, configuration, port, tmp_path):
             first = wait_until(
@@ -355,6 +359,9 @@ def test_the_certificate_survives_a_restart_and_the_bundle_is_put_back(
                 "the caBundle",
                 observe=lambda: ca_bundle(kube, configuration),
             )
+            assert leases.read_namespaced_lease(lease, namespace).spec.holder_identity
+        # It stopped: it gave the Lease up, so a successor need not wait for it to lapse.
+        assert not leases.read_namespaced_lease(lease, namespace).spec.holder_identity
         # Someone (a helm upgrade, say) resets the bundle; a new control plane reuses the
         # Secret's CA (replicas and restarts share it) and sets the bundle again.
         kube.kubectl(
@@ -371,3 +378,46 @@ def test_the_certificate_survives_a_restart_and_the_bundle_is_put_back(
     assert again == first
     ca = base64.b64decode(first[0])
     assert b"BEGIN CERTIFICATE" in ca
+
+
+def served_certificate(port: int, ca: bytes) -> bytes:
+    context = ssl.create_default_context(cadata=ca.decode())
+    with (
+        socket.create_connection(("127.0.0.1", port), timeout=5) as raw,
+        context.wrap_socket(raw, server_hostname="127.0.0.1") as tls,
+    ):
+        der = tls.getpeercert(binary_form=True)
+    assert der is not None
+    return der
+
+
+def test_two_replicas_serve_one_certificate_and_one_holds_the_lease(
+    kube: Cluster, namespace: str, tmp_path: Path
+) -> None:
+    configuration, ports = f"meshlet-injector-{namespace}", (free_port(), free_port())
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    leases = k8s.CoordinationV1Api(kube.api)
+    with (
+        registered(kube, configuration, ports[0]),
+        injecting_plane(kube, namespace, configuration, ports[0], tmp_path / "a", "meshlet-a"),
+        injecting_plane(kube, namespace, configuration, ports[1], tmp_path / "b", "meshlet-b"),
+    ):
+        bundle = wait_until(
+            lambda f: all(f),
+            CONVERGE,
+            "the caBundle",
+            observe=lambda: ca_bundle(kube, configuration),
+        )
+        ca = base64.b64decode(bundle[0])
+        # Both answer, with the one certificate of the Secret, trusted by the one bundle.
+        served = wait_until(
+            lambda certs: len(certs) == 2,
+            CONVERGE,
+            "both webhooks",
+            observe=lambda: [served_certificate(port, ca) for port in ports],
+            ignoring=(OSError, ssl.SSLError),
+        )
+        assert served[0] == served[1]
+        lease = leases.read_namespaced_lease(f"{configuration}-tls", namespace)
+        assert lease.spec.holder_identity and not lease.spec.lease_transitions

@@ -113,6 +113,13 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     )
     add_flag(
         p,
+        "--quit-endpoint",
+        action="store_true",
+        help="serve POST /quitquitquit on the admin port (a classic sidecar: a Job's main "
+        "container stops it when done)",
+    )
+    add_flag(
+        p,
         "--health-address",
         type=host_port,
         default=None,
@@ -153,6 +160,7 @@ def _run(args: argparse.Namespace) -> int:
             outbound_addresses=tuple(args.outbound_address),
             drain_seconds=args.drain_seconds,
             drain_accept=args.drain_accept,
+            quit_endpoint=args.quit_endpoint,
             health_address=args.health_address,
             metrics_address=args.metrics_address,
         )

@@ -40,14 +40,18 @@ def build_admin(
     problems: list[str],
     sources: Callable[[], object],
     not_ready: str = "no snapshot yet",
+    also_ready: Callable[[], str] = lambda: "",
 ) -> AdminServer:
     """`problems` is the live list of source errors (empty when all is well); `sources`
     says what the source is doing; `not_ready` is what /readyz says before the first
-    snapshot."""
+    snapshot; `also_ready` says why the rest is not ready yet ("" when it is)."""
 
     def ready(_: object) -> Response:
         if cache.snapshot is None:
             return Response.text(f"{not_ready}\n", 503)
+        waiting = also_ready()
+        if waiting:
+            return Response.text(f"{waiting}\n", 503)
         return Response.text("ready\n")
 
     return AdminServer(

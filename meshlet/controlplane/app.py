@@ -182,7 +182,17 @@ async def serve(config: ControlPlaneConfig, stop: asyncio.Event) -> int:
     telemetry = Telemetry("meshlet-control-plane")
     ads = AdsServer(plane.cache, ControlPlaneMetrics(telemetry, lambda: plane.cache.snapshot))
     grpc_server, xds_port = await start_server(ads, grpc_address(*config.xds_address))
-    admin = build_admin(plane.cache, ads, telemetry, plane.problems, sources_status, not_ready)
+
+    def webhook_ready() -> str:
+        # A replica is an endpoint of the Service the API server calls: ready only once
+        # its webhook answers, or a failurePolicy Fail would refuse pods meanwhile.
+        if webhook is None or webhook.listening:
+            return ""
+        return "the injection webhook has no certificate yet"
+
+    admin = build_admin(
+        plane.cache, ads, telemetry, plane.problems, sources_status, not_ready, webhook_ready
+    )
     admin_port = await admin.start(*config.admin_address)
     log.info(
         "serving xDS on %s:%d, admin on %s:%d",

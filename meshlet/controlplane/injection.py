@@ -91,31 +91,41 @@ class WebhookRunner:
                 hosts=self.config.hosts(),
                 identity=replica_identity(),
             ),
-            self.serving,
             lambda p: self._report("webhook", p),
         )
         self._keeper = keeper
         self._tasks.append(asyncio.create_task(self._keep(keeper)))
 
+    @property
+    def listening(self) -> bool:
+        return self.port is not None
+
     async def _keep(self, keeper: CertificateKeeper) -> None:
         while True:
-            wait = await asyncio.to_thread(keeper.step)
+            found = await asyncio.to_thread(keeper.step)
+            # Swapped on the loop's thread, between handshakes, never under one.
+            if found.serving is not None and self.serving.load(found.serving):
+                log.info("webhook: serving the certificate of Secret %s", self.config.secret)
             if self.serving.loaded and self.port is None:
-                await self._listen()
-            await asyncio.sleep(wait)
+                try:
+                    await self._listen()
+                except OSError as exc:  # the port is taken, say: a problem, tried again
+                    self._report("webhook", [f"webhook: cannot listen: {exc} (retrying)"])
+            await asyncio.sleep(found.wait)
 
     async def _listen(self) -> None:
         host, port = self.config.address
         self.port = await self._server.start(host, port, tls=self.serving.context)
         log.info("injection webhook on https://%s/inject", grpc_address(host, self.port))
+        self._report("webhook", [])
 
     async def close(self) -> None:
         for task in self._tasks:
             task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
+            with contextlib.suppress(Exception, asyncio.CancelledError):
                 await task
         await self._server.close()
         if self._keeper is not None:
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(5):
-                    await asyncio.to_thread(self._keeper.release)
+                    await asyncio.to_thread(self._keeper.stop)

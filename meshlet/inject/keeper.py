@@ -17,6 +17,8 @@ import base64
 import datetime
 import json
 import logging
+import threading
+import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -25,12 +27,12 @@ from kubernetes import client as k8s
 
 from meshlet.controlplane.sources.kubernetes import describe_failure
 from meshlet.inject.certs import KeyPair, issue_serving, make_ca, serving_is_good
-from meshlet.inject.serving import ServingCertificate
 
 log = logging.getLogger(__name__)
 
 LEASE_SECONDS = 30
 _CA_CERT, _CA_KEY, _CERT, _KEY = "ca.crt", "ca.key", "tls.crt", "tls.key"
+_TLS = "kubernetes.io/tls"
 
 
 def rbac_rules(namespace: str, secret: str, configuration: str) -> dict[str, list[dict[str, Any]]]:
@@ -70,7 +72,16 @@ class KeeperConfig:
     configuration: str  # the MutatingWebhookConfiguration
     hosts: tuple[str, ...]  # what the serving certificate must name
     identity: str  # this replica, as the Lease's holder
-    interval: float = 30.0
+    # Well inside the Lease's duration: a holder renews three times before it could lapse.
+    interval: float = LEASE_SECONDS / 3
+
+
+@dataclass(frozen=True)
+class Pass:
+    """What one pass found: the certificate to serve (None: none yet) and when to look again."""
+
+    wait: float
+    serving: KeyPair | None = None
 
 
 def _now() -> datetime.datetime:
@@ -102,13 +113,19 @@ def _usable_ca(ca: KeyPair | None, now: datetime.datetime) -> bool:
     return True
 
 
+def _certificates(bundle: bytes) -> list[bytes]:
+    """The PEM certificates in a bundle, each with its end line."""
+    end = b"-----END CERTIFICATE-----"
+    return [part.strip() + b"\n" + end + b"\n" for part in bundle.split(end)[:-1]]
+
+
 class CertificateKeeper:
     def __init__(
         self,
         api: k8s.ApiClient,
         config: KeeperConfig,
-        serving: ServingCertificate,
         report: Callable[[Sequence[str]], None],
+        monotonic: Callable[[], float] = time.monotonic,
     ) -> None:
         # Raw JSON in and out (_preload_content=False): no model objects, as the source.
         self._core: Any = k8s.CoreV1Api(api)
@@ -116,25 +133,37 @@ class CertificateKeeper:
         self._webhooks: Any = k8s.AdmissionregistrationV1Api(api)
         self._server = str(api.configuration.host)
         self.config = config
-        self.serving = serving
         self._report = report
-        self.ca: KeyPair | None = None
+        self._monotonic = monotonic
         self.holder = False
+        # Lease expiry by our own clock, as client-go: when did its record last change?
+        self._observed: tuple[str, str] | None = None
+        self._observed_at = 0.0
+        # A pass and a release never overlap; nothing is taken once stopped.
+        self._lock = threading.Lock()
+        self._stopped = False
 
-    def step(self, now: datetime.datetime | None = None) -> float:
-        """One pass; the seconds until the next. Never raises: problems are reported."""
-        now = now or _now()
-        try:
-            wait = self._step(now)
-        except Exception as exc:  # an unreachable API server, RBAC refusing, ...
-            problem = describe_failure(exc, self._server)
-            self._report([f"webhook certificate: {problem} (retrying)"])
-            return min(self.config.interval, 5.0)
+    def step(self, now: datetime.datetime | None = None) -> Pass:
+        """One pass (on a thread). Never raises: problems are reported."""
+        with self._lock:
+            if self._stopped:
+                return Pass(self.config.interval)
+            try:
+                found = self._step(now or _now())
+            except Exception as exc:  # an unreachable API server, RBAC refusing, ...
+                problem = describe_failure(exc, self._server)
+                self._report([f"webhook certificate: {problem} (retrying)"])
+                return Pass(min(self.config.interval, 5.0))
         self._report([])
-        return wait
+        return found
 
-    def _step(self, now: datetime.datetime) -> float:
+    def _step(self, now: datetime.datetime) -> Pass:
         secret = self._read_secret()
+        if secret is not None and secret.get("type") not in (None, _TLS):
+            raise ValueError(
+                f"Secret {self.config.namespace}/{self.config.secret} is of type"
+                f" {secret.get('type')}, not {_TLS}: delete it, and it is made again"
+            )
         ca, serving = _pairs(secret)
         good = (
             ca is not None
@@ -142,28 +171,31 @@ class CertificateKeeper:
             and serving_is_good(serving, ca, self.config.hosts, now)
         )
         self.holder = self._hold_lease(now)
+        new_ca = False
         if not good:
             if not self.holder:
-                return 2.0  # the holder makes it; look again soon
+                return Pass(2.0)  # the holder makes it; look again soon
             if not _usable_ca(ca, now):
-                ca = make_ca(now)
+                ca, new_ca = make_ca(now), True
                 log.info("webhook: made a new CA")
             assert ca is not None
             serving = issue_serving(ca, self.config.hosts, now)
             if not self._write_secret(secret, ca, serving):
-                return 1.0  # someone else wrote it meanwhile: read theirs
+                return Pass(1.0)  # someone else wrote it meanwhile: read theirs
             log.info("webhook: serving certificate for %s issued", ", ".join(self.config.hosts))
         assert ca is not None and serving is not None
-        if self.serving.load(serving):
-            log.info(
-                "webhook: serving the certificate of Secret %s/%s",
-                self.config.namespace,
-                self.config.secret,
-            )
-        self.ca = ca
         if self.holder:
-            self._keep_ca_bundle(ca)
-        return self.config.interval
+            self._keep_ca_bundle(ca, new_ca)
+        return Pass(self.config.interval, serving)
+
+    def stop(self) -> None:
+        """No pass takes anything from now on; give the Lease up (a replica shutting down),
+        so another takes it at once instead of when it lapses, as client-go's
+        ReleaseOnCancel. Waits for a pass still running."""
+        with self._lock:
+            self._stopped = True
+            if self.holder:
+                self._release()
 
     # --- the Secret ---------------------------------------------------------------
 
@@ -180,30 +212,32 @@ class CertificateKeeper:
         return found
 
     def _write_secret(self, old: Mapping[str, Any] | None, ca: KeyPair, serving: KeyPair) -> bool:
-        body: dict[str, Any] = {
-            "apiVersion": "v1",
-            "kind": "Secret",
-            "type": "kubernetes.io/tls",
-            "metadata": {
-                "name": self.config.secret,
-                "namespace": self.config.namespace,
-                "labels": {"app.kubernetes.io/managed-by": "meshlet"},
-            },
-            "data": {
-                _CA_CERT: _b64(ca.cert),
-                _CA_KEY: _b64(ca.key),
-                _CERT: _b64(serving.cert),
-                _KEY: _b64(serving.key),
-            },
+        data = {
+            _CA_CERT: _b64(ca.cert),
+            _CA_KEY: _b64(ca.key),
+            _CERT: _b64(serving.cert),
+            _KEY: _b64(serving.key),
         }
         try:
             if old is None:
+                body = {
+                    "apiVersion": "v1",
+                    "kind": "Secret",
+                    "type": _TLS,
+                    "metadata": {
+                        "name": self.config.secret,
+                        "namespace": self.config.namespace,
+                        "labels": {"app.kubernetes.io/managed-by": "meshlet"},
+                    },
+                    "data": data,
+                }
                 self._core.create_namespaced_secret(
                     self.config.namespace, body, _preload_content=False
                 )
             else:
-                # The version read: a concurrent write makes this a 409, not a lost update.
-                body["metadata"]["resourceVersion"] = old["metadata"]["resourceVersion"]
+                # Its metadata kept (labels, owners, the version read: a concurrent write
+                # makes this a 409, not a lost update); only the data is ours.
+                body = {**old, "data": {**(old.get("data") or {}), **data}}
                 self._core.replace_namespaced_secret(
                     self.config.secret, self.config.namespace, body, _preload_content=False
                 )
@@ -242,9 +276,9 @@ class CertificateKeeper:
             return True
         lease = json.loads(response.data)
         current = lease.get("spec") or {}
-        mine = current.get("holderIdentity") == self.config.identity
-        free = not current.get("holderIdentity") or _expired(current, now)
-        if not mine and not free:
+        holder = str(current.get("holderIdentity") or "")
+        mine = holder == self.config.identity
+        if not mine and holder and not self._lapsed(current):
             return False
         lease["spec"] = {**current, **spec}
         if not mine:
@@ -258,11 +292,18 @@ class CertificateKeeper:
             raise
         return True
 
-    def release(self) -> None:
-        """Give the Lease up (a replica shutting down), so another takes it at once
-        instead of after it expires; as client-go's ReleaseOnCancel."""
-        if not self.holder:
-            return
+    def _lapsed(self, spec: Mapping[str, Any]) -> bool:
+        """Whether another holder let the Lease lapse: its record has not changed for its
+        duration by our clock (clocks of two machines are never compared)."""
+        record = (str(spec.get("holderIdentity") or ""), str(spec.get("renewTime") or ""))
+        now = self._monotonic()
+        if record != self._observed:
+            self._observed, self._observed_at = record, now
+            return False
+        duration = int(spec.get("leaseDurationSeconds") or LEASE_SECONDS)
+        return now - self._observed_at > duration
+
+    def _release(self) -> None:
         name, namespace = self.config.secret, self.config.namespace
         try:
             response = self._leases.read_namespaced_lease(name, namespace, _preload_content=False)
@@ -270,15 +311,16 @@ class CertificateKeeper:
             if (lease.get("spec") or {}).get("holderIdentity") != self.config.identity:
                 return
             lease["spec"]["holderIdentity"] = ""
-            lease["spec"]["leaseDurationSeconds"] = 1
             self._leases.replace_namespaced_lease(name, namespace, lease, _preload_content=False)
             self.holder = False
-        except Exception as exc:  # it expires by itself anyway
-            log.info("webhook: could not release the Lease (%s); it expires by itself", exc)
+        except Exception as exc:  # it lapses by itself anyway
+            log.info("webhook: could not release the Lease (%s); it lapses by itself", exc)
 
     # --- the webhook configuration --------------------------------------------------
 
-    def _keep_ca_bundle(self, ca: KeyPair) -> None:
+    def _keep_ca_bundle(self, ca: KeyPair, new_ca: bool) -> None:
+        """Every webhook's caBundle trusts our CA. A new CA is put before the old one, so
+        replicas still serving a certificate of the old CA are trusted until they move."""
         try:
             response = self._webhooks.read_mutating_webhook_configuration(
                 self.config.configuration, _preload_content=False
@@ -291,12 +333,20 @@ class CertificateKeeper:
                 return
             raise
         configuration = json.loads(response.data)
-        bundle = _b64(ca.cert)
-        patch = [
-            {"op": "add", "path": f"/webhooks/{i}/clientConfig/caBundle", "value": bundle}
-            for i, hook in enumerate(configuration.get("webhooks") or [])
-            if (hook.get("clientConfig") or {}).get("caBundle") != bundle
-        ]
+        ours = ca.cert.strip() + b"\n"
+        patch = []
+        for i, hook in enumerate(configuration.get("webhooks") or []):
+            try:
+                current = base64.b64decode((hook.get("clientConfig") or {}).get("caBundle") or "")
+            except (ValueError, TypeError):
+                current = b""
+            trusted = _certificates(current)
+            if ours in trusted and not (new_ca and trusted[0] != ours):
+                continue
+            bundle = b"".join([ours, *[c for c in trusted if c != ours][:1]]) if new_ca else ours
+            patch.append(
+                {"op": "add", "path": f"/webhooks/{i}/clientConfig/caBundle", "value": _b64(bundle)}
+            )
         if patch:
             # Guarded by the version read: a concurrent change makes the patch fail, not clobber.
             guard = {
@@ -313,15 +363,3 @@ class CertificateKeeper:
             log.info(
                 "webhook: caBundle of %s set (%d webhooks)", self.config.configuration, len(patch)
             )
-
-
-def _expired(spec: Mapping[str, Any], now: datetime.datetime) -> bool:
-    renewed = spec.get("renewTime")
-    if not isinstance(renewed, str):
-        return True
-    try:
-        at = datetime.datetime.fromisoformat(renewed.replace("Z", "+00:00"))
-    except ValueError:
-        return True
-    duration = int(spec.get("leaseDurationSeconds") or LEASE_SECONDS)
-    return now > at + datetime.timedelta(seconds=duration)

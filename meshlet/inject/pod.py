@@ -83,6 +83,8 @@ def inject_pod(pod: Mapping[str, Any], namespace: str, settings: InjectorSetting
         return Outcome(pod, False, f"namespace {namespace} is never injected")
     if spec.get("hostNetwork"):
         return Outcome(pod, False, "hostNetwork pods share the node's network: not injected")
+    if (spec.get("os") or {}).get("name") == "windows":
+        return Outcome(pod, False, "Windows pods have no nftables: not injected")
     mode = _mode(annotations, settings)
     names = {
         c.get("name") for c in _containers(spec, "containers") + _containers(spec, "initContainers")
@@ -90,7 +92,7 @@ def inject_pod(pod: Mapping[str, Any], namespace: str, settings: InjectorSetting
     for name in (INIT_NAME, PROXY_NAME):
         if name in names:
             raise InjectionError(f"the pod already has a container named {name}")
-    runs_as_proxy = _runs_as_proxy(spec, settings.proxy_uid)
+    runs_as_proxy = _runs_as_proxy(spec, settings.proxy_uid, with_init=mode == NATIVE)
     if runs_as_proxy:
         reason = (
             f"container {runs_as_proxy} runs as uid {settings.proxy_uid}, the proxy's: its"
@@ -109,7 +111,9 @@ def inject_pod(pod: Mapping[str, Any], namespace: str, settings: InjectorSetting
     if mode == NATIVE:
         out_spec["initContainers"] = [init, proxy, *_containers(spec, "initContainers")]
     else:
-        out_spec["initContainers"] = [init, *_containers(spec, "initContainers")]
+        # No sidecar runs during a classic pod's init containers: capture goes in last,
+        # so the app's own init containers keep the network they had.
+        out_spec["initContainers"] = [*_containers(spec, "initContainers"), init]
         out_spec["containers"] = [proxy, *_containers(spec, "containers")]
     out_meta = out.setdefault("metadata", {})
     out_annotations = out_meta.setdefault("annotations", {})
@@ -146,11 +150,15 @@ def _mode(annotations: Mapping[str, Any], settings: InjectorSettings) -> str:
     return str(mode)
 
 
-def _runs_as_proxy(spec: Mapping[str, Any], uid: int) -> str:
-    """The name of an app container that would run as the proxy's uid, or ''."""
+def _runs_as_proxy(spec: Mapping[str, Any], uid: int, with_init: bool) -> str:
+    """The name of an app container that would run, captured, as the proxy's uid, or ''.
+    (A classic pod's init containers run before capture: they do not count.)"""
     pod_context = spec.get("securityContext") or {}
     pod_uid = pod_context.get("runAsUser") if isinstance(pod_context, Mapping) else None
-    for container in _containers(spec, "initContainers") + _containers(spec, "containers"):
+    captured = _containers(spec, "containers")
+    if with_init:
+        captured = _containers(spec, "initContainers") + captured
+    for container in captured:
         context = container.get("securityContext") or {}
         own = context.get("runAsUser") if isinstance(context, Mapping) else None
         if (own if own is not None else pod_uid) == uid:
@@ -277,8 +285,10 @@ def _proxy_env(settings: InjectorSettings, mode: str) -> list[dict[str, Any]]:
         {"name": "MESHLET_LOG_LEVEL", "value": settings.log_level},
     ]
     if mode == CLASSIC:
-        # The app shuts down beside the sidecar: keep serving it for the drain window.
+        # The app shuts down beside the sidecar: keep serving it for the drain window;
+        # and a Job's main container must be able to end it (a native one needs neither).
         env.append({"name": "MESHLET_DRAIN_ACCEPT", "value": "true"})
+        env.append({"name": "MESHLET_QUIT_ENDPOINT", "value": "true"})
     return env
 
 

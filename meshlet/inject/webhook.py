@@ -21,8 +21,8 @@ from meshlet.inject.settings import InjectorSettings, SettingsError, load_settin
 
 log = logging.getLogger(__name__)
 
-# AdmissionReviews of big pods are some hundred KB; the API server sends at most 3 MB.
-MAX_REVIEW_BYTES = 8 << 20
+# AdmissionReviews of big pods are some hundred KB; an object is at most 3 MB in etcd.
+MAX_REVIEW_BYTES = 4 << 20
 _POLL_SECONDS = 2.0
 
 
@@ -42,6 +42,7 @@ class SettingsFile:
         self.path = Path(path) if path else None
         self._report = report
         self._stamp: tuple[int, int, int] | None = None
+        self._loaded = False
         self.current = InjectorSettings()
         self._problem = ""
 
@@ -50,9 +51,9 @@ class SettingsFile:
         if self.path is None:
             return
         stamp = _stamp(self.path)
-        if stamp == self._stamp and self._stamp is not None:
+        if self._loaded and stamp == self._stamp and stamp is not None:
             return
-        first = self._stamp is None
+        first = not self._loaded
         self._stamp = stamp
         try:
             self.current = load_settings(self.path)
@@ -67,13 +68,17 @@ class SettingsFile:
             return
         if not first:
             log.info("injector settings read again from %s", self.path)
+        self._loaded = True
         self._problem = ""
         self._report([])
 
     async def watch(self) -> None:
         while True:
             await asyncio.sleep(_POLL_SECONDS)
-            self.load()
+            try:
+                self.load()
+            except SettingsError:  # only a first read raises, and that was at start-up
+                log.exception("injector settings")
 
 
 class CertificateFiles:

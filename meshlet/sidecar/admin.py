@@ -112,12 +112,11 @@ def build_admin(
     now: Callable[[], float] = time.monotonic,
     quit: Callable[[], None] | None = None,
 ) -> AdminServer:
-    """The admin port (loopback): everything, and POST /quitquitquit to stop the sidecar
-    (as Istio's: a Job's main container calls it when it is done)."""
+    """The admin port (loopback): everything, and with `quit` POST /quitquitquit to stop
+    the sidecar (as Istio's: a classic Job's main container calls it when it is done)."""
 
     def quitquitquit(_: object, __: bytes) -> Response:
-        if quit is None:
-            return Response.text("not here\n", 404)
+        assert quit is not None
         log.info("asked to quit (POST /quitquitquit)")
         quit()
         return Response.text("stopping\n")
@@ -131,7 +130,7 @@ def build_admin(
             ),
             "/metrics": _metrics(telemetry),
         },
-        post_routes={"/quitquitquit": quitquitquit},
+        post_routes={"/quitquitquit": quitquitquit} if quit is not None else None,
         max_body=1024,
     )
 

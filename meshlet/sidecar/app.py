@@ -53,6 +53,9 @@ class SidecarConfig:
     # shuts down beside it and may still call out); else stop at once (native: the
     # app is gone by then).
     drain_accept: bool = False
+    # POST /quitquitquit on the admin port: only a classic sidecar needs it, and any
+    # process of the pod could use it.
+    quit_endpoint: bool = False
     # Read-only, on the pod IP for the kubelet and Prometheus (None: not served).
     health_address: tuple[str, int] | None = None
     metrics_address: tuple[str, int] | None = None
@@ -159,7 +162,12 @@ async def serve(config: SidecarConfig, stop: asyncio.Event) -> int:
         for _ in dns_addresses_of(config)
     ]
     admin = build_admin(
-        lambda: client.state, client.status, telemetry, router, proxy.loop.time, quit=stop.set
+        lambda: client.state,
+        client.status,
+        telemetry,
+        router,
+        proxy.loop.time,
+        quit=stop.set if config.quit_endpoint else None,
     )
     probes = Probes(client.status, telemetry)
     xds: asyncio.Task[None] | None = None
