@@ -11,6 +11,7 @@ import contextlib
 import json
 import os
 import socket
+import ssl
 import subprocess
 import sys
 import time
@@ -161,6 +162,17 @@ def running(
 
 
 # --- HTTP --------------------------------------------------------------------
+
+
+def peer_certificate(port: int, context: ssl.SSLContext, host: str = "127.0.0.1") -> bytes:
+    """The DER certificate a TLS server on HOST:PORT presents (verified by `context`)."""
+    with (
+        socket.create_connection((host, port), timeout=5) as raw,
+        context.wrap_socket(raw, server_hostname=host) as tls,
+    ):
+        der = tls.getpeercert(binary_form=True)
+    assert der is not None
+    return der
 
 
 def http_get(url: str, timeout: float = 5.0) -> tuple[int, str]:

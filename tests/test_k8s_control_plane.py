@@ -85,7 +85,7 @@ def test_workloads_reach_envoy_and_a_sidecar(
         planes.agree(web, healthy(ready_ips(kube, namespace, "app=web", 3), 8080), "start")
         planes.agree(api, healthy(ready_ips(kube, namespace, "app=api", 2), 9090), "start")
         rcode, answers = planes.car.ask(f"web.{namespace}.svc.cluster.local")
-        (web_ip,) = [s["spec"]["clusterIP"] for s in [service(kube, namespace, "web")]]
+        web_ip = service(kube, namespace, "web")["spec"]["clusterIP"]
         assert (rcode, answers) == ("NOERROR", [web_ip])
 
         kube.kubectl("scale", "-n", namespace, "deployment/web", "--replicas=5")

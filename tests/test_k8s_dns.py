@@ -24,6 +24,7 @@ import dns.reversename
 import pytest
 import yaml
 
+from meshlet import defaults
 from meshlet.controlplane.sources.kubernetes import RBAC_RULES
 from tests.envoy_peer import CONVERGE
 from tests.k8s.cluster import Cluster
@@ -192,4 +193,4 @@ def test_the_same_answers_as_coredns(
         assert ask(car.dns_port, f"db.{svc}", "A")[1] == frozenset(
             f"db.{svc}. A {ip}" for ip in db.values()
         )
-        assert ipaddress.ip_address(web_ip) in ipaddress.ip_network("10.96.0.0/12")
+        assert ipaddress.ip_address(web_ip) in ipaddress.ip_network(defaults.SERVICE_CIDR)

@@ -8,7 +8,6 @@ kubelet stand-in go on changing the cluster through the first.
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +33,13 @@ BACK = 30 + CONVERGE
 def problems(plane: ControlPlane) -> list[str]:
     found: list[str] = plane.get_json("/debug/problems")
     return found
+
+
+def eds_sent(plane: ControlPlane, node: str) -> str:
+    """The EDS version the control plane last sent to that node's stream."""
+    status = plane.client(node)
+    assert status is not None, f"{node} is not connected"
+    return str(status["types"][types.short_name(types.ENDPOINT)]["version_sent"])
 
 
 def reflectors(plane: ControlPlane) -> dict[str, dict[str, Any]]:
@@ -67,6 +73,7 @@ def test_api_server_outage_then_back_past_a_compaction(
         wait_until(lambda n: n == 1, CONVERGE, "api's endpoints", observe=api_only.count)
 
         told_before = {r: s["events"] for r, s in reflectors(plane).items()}
+        sent_before = eds_sent(plane, "api-only")
         apiserver.stop()
         wait_until(
             lambda found: any("cannot reach" in p for p in found),
@@ -95,10 +102,19 @@ def test_api_server_outage_then_back_past_a_compaction(
         assert status["services"]["relists"] >= 1, status
         # The relist told the registry only real differences: no Service changed, so
         # none was told again; and nothing went to a client that only watches the
-        # untouched api service (given a moment in which a stray push would arrive).
+        # untouched api service.
         assert status["services"]["events"] == told_before["services"], status
         assert status["endpointslices"]["events"] > told_before["endpointslices"], status
-        time.sleep(1)
+        # Once that stream has caught up with the snapshot served now, every push it
+        # meant was computed: none was, and its client got none.
+        served = plane.get_json("/debug/config")["generation"]
+        wait_until(
+            lambda generation: generation == served,
+            CONVERGE,
+            "the api-only stream to catch up",
+            observe=lambda: (plane.client("api-only") or {}).get("generation"),
+        )
+        assert eds_sent(plane, "api-only") == sent_before
         assert api_only.count() == 1
 
 

@@ -13,7 +13,6 @@ from __future__ import annotations
 import base64
 import contextlib
 import json
-import socket
 import ssl
 import subprocess
 import sys
@@ -32,7 +31,7 @@ from tests.envoy_peer import CONVERGE
 from tests.k8s.cluster import Cluster
 from tests.k8s.kubelet import Kubelet
 from tests.k8s.observe import pods
-from tests.procs import ControlPlane, control_plane, free_port, wait_until
+from tests.procs import ControlPlane, control_plane, free_port, peer_certificate, wait_until
 
 pytestmark = pytest.mark.timeout(300)  # the first one to run starts the test cluster
 
@@ -259,16 +258,16 @@ def test_the_webhook_injects_labelled_namespaces_and_nothing_else(
             "metadata": {"name": "lone"},
             "spec": {"containers": [{"name": "app", "image": "registry.k8s.io/pause:3.10"}]},
         }
-        kube.apply(webhook_configuration(configuration, port))
-        failed = kube.kubectl(
-            "create", "-n", meshed, "-f", "-", input=yaml.safe_dump(lone), check=False
-        )
-        assert failed.returncode != 0 and "failed calling webhook" in failed.stderr, failed.stderr
-        # ... and with Ignore they are created without it; unlabelled namespaces never notice.
-        kube.apply(webhook_configuration(configuration, port, failure_policy="Ignore"))
-        kube.kubectl("create", "-n", meshed, "-f", "-", input=yaml.safe_dump(lone))
-        assert not kube.core.read_namespaced_pod("lone", meshed).spec.init_containers
-        kube.kubectl("delete", "mutatingwebhookconfiguration", configuration)
+        with registered(kube, configuration, port):
+            failed = kube.kubectl(
+                "create", "-n", meshed, "-f", "-", input=yaml.safe_dump(lone), check=False
+            )
+            assert failed.returncode != 0, failed.stdout
+            assert "failed calling webhook" in failed.stderr, failed.stderr
+            # ... and with Ignore they are created without it; unlabelled namespaces never notice.
+            kube.apply(webhook_configuration(configuration, port, failure_policy="Ignore"))
+            kube.kubectl("create", "-n", meshed, "-f", "-", input=yaml.safe_dump(lone))
+            assert not kube.core.read_namespaced_pod("lone", meshed).spec.init_containers
     finally:
         kube.delete_namespace(meshed)
         kube.delete_namespace(plain)
@@ -380,17 +379,6 @@ def test_the_certificate_survives_a_restart_and_the_bundle_is_put_back(
     assert b"BEGIN CERTIFICATE" in ca
 
 
-def served_certificate(port: int, ca: bytes) -> bytes:
-    context = ssl.create_default_context(cadata=ca.decode())
-    with (
-        socket.create_connection(("127.0.0.1", port), timeout=5) as raw,
-        context.wrap_socket(raw, server_hostname="127.0.0.1") as tls,
-    ):
-        der = tls.getpeercert(binary_form=True)
-    assert der is not None
-    return der
-
-
 def test_two_replicas_serve_one_certificate_and_one_holds_the_lease(
     kube: Cluster, namespace: str, tmp_path: Path
 ) -> None:
@@ -409,13 +397,13 @@ def test_two_replicas_serve_one_certificate_and_one_holds_the_lease(
             "the caBundle",
             observe=lambda: ca_bundle(kube, configuration),
         )
-        ca = base64.b64decode(bundle[0])
+        trust = ssl.create_default_context(cadata=base64.b64decode(bundle[0]).decode())
         # Both answer, with the one certificate of the Secret, trusted by the one bundle.
         served = wait_until(
             lambda certs: len(certs) == 2,
             CONVERGE,
             "both webhooks",
-            observe=lambda: [served_certificate(port, ca) for port in ports],
+            observe=lambda: [peer_certificate(port, trust) for port in ports],
             ignoring=(OSError, ssl.SSLError),
         )
         assert served[0] == served[1]

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import base64
 import json
-import socket
 import ssl
 import urllib.request
 from pathlib import Path
@@ -15,7 +14,7 @@ import yaml
 from cryptography import x509
 
 from tests.k8s import pki
-from tests.procs import control_plane, free_port, wait_until
+from tests.procs import control_plane, free_port, peer_certificate, wait_until
 from tests.test_inject import admission_review
 
 
@@ -29,13 +28,7 @@ def post(url: str, body: bytes, context: ssl.SSLContext) -> dict[str, Any]:
 
 
 def served_serial(port: int, context: ssl.SSLContext) -> int:
-    with (
-        socket.create_connection(("127.0.0.1", port), timeout=5) as raw,
-        context.wrap_socket(raw, server_hostname="127.0.0.1") as tls,
-    ):
-        der = tls.getpeercert(binary_form=True)
-    assert der is not None
-    return int(x509.load_der_x509_certificate(der).serial_number)
+    return int(x509.load_der_x509_certificate(peer_certificate(port, context)).serial_number)
 
 
 def injected_image(answer: dict[str, Any]) -> str:

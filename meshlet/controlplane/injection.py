@@ -58,7 +58,7 @@ class WebhookRunner:
         self._report = report
         self.serving = ServingCertificate()
         self.settings = SettingsFile(config.settings_path, lambda p: report("injector settings", p))
-        self.webhook = InjectionWebhook(self.settings, self.serving)
+        self.webhook = InjectionWebhook(self.settings)
         self._server = self.webhook.server()
         self._tasks: list[asyncio.Task[None]] = []
         self._keeper: CertificateKeeper | None = None

@@ -145,6 +145,8 @@ class StreamState:
         return {
             "node": self.node_id,
             "cluster": self.node_cluster,
+            # The snapshot this stream has caught up with: every push it meant is computed.
+            "generation": self.generation,
             "types": {types.short_name(t): w.status() for t, w in sorted(self.watches.items())},
         }
 

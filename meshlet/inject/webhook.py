@@ -111,7 +111,6 @@ class CertificateFiles:
 @dataclass
 class InjectionWebhook:
     settings: SettingsFile
-    serving: ServingCertificate
 
     def server(self) -> AdminServer:
         def inject(_: object, body: bytes) -> Response:

@@ -25,7 +25,7 @@ import re
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import urllib3
@@ -107,7 +107,6 @@ class ReflectorStatus:
     relists: int = 0  # lists after 410 Gone
     watches: int = 0
     problem: str = ""
-    last_sync: float = field(default=0.0, repr=False)  # monotonic
 
     def describe(self) -> str:
         return f"{self.resource} ({self.namespace or 'all namespaces'})"
@@ -421,7 +420,6 @@ class KubernetesSource:
         status = reflector.status
         status.resource_version = step.resource_version
         status.objects = reflector.object_count()
-        status.last_sync = time.monotonic()
         if step.events:
             status.events += len(step.events)
             self._sink.apply(step.events)
