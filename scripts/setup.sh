@@ -1,6 +1,6 @@
 # Sourced by test.sh and demo.sh: installs the system packages meshlet needs (as
 # root, with apt-get) and meshlet itself into .venv.
-# Usage: meshlet_setup PIP_TARGET APT_PACKAGE...   (PIP_TARGET: "." or ".[dev]")
+# Usage: meshlet_setup PIP_TARGET APT_PACKAGE...   (PIP_TARGET: ".[control-plane]" or ".[dev]")
 
 meshlet_setup() {
   local target=$1
@@ -45,6 +45,7 @@ meshlet_setup() {
   .venv/bin/python -m pip install -q --force-reinstall --no-deps "opentelemetry-proto==$otel_proto"
   echo "$want" > "$stamp"
   if [ "$target" = ".[dev]" ]; then
-    echo ". ${want#* }" >> "$stamp"  # the dev install holds everything the runtime one does
+    # The dev install holds everything the demo's does.
+    echo ".[control-plane] ${want#* }" >> "$stamp"
   fi
 }

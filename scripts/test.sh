@@ -7,11 +7,13 @@ cd "$(dirname "$0")/.."
 . scripts/setup.sh
 
 # dig and unbound: the real DNS client and upstream the DNS tests use; nftables and
-# iproute2: the capture rules and the network namespaces of the proxy and mesh tests.
-meshlet_setup '.[dev]' python3-venv dnsutils unbound nftables iproute2 util-linux
+# iproute2: the capture rules and the network namespaces of the proxy and mesh tests;
+# buildah, podman and debootstrap: the image test's build, its store and its base.
+meshlet_setup '.[dev]' python3-venv dnsutils unbound nftables iproute2 util-linux \
+  buildah podman debootstrap
 
-# The test cluster: etcd, Kubernetes, CoreDNS and Helm built from their Go modules
-# (cached outside the clone; a second run builds nothing).
+# The test cluster: etcd, Kubernetes, CoreDNS, Helm and Tilt built from their Go
+# modules (cached outside the clone; a second run builds nothing).
 echo "== test cluster binaries"
 .venv/bin/python tests/k8s/build.py
 

@@ -15,6 +15,9 @@ from meshlet.flags import (
     port_number,
 )
 
+# The top-level packages of the `control-plane` extra (pyproject.toml).
+CONTROL_PLANE_EXTRA = ("kubernetes", "cryptography")
+
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = sub.add_parser(
@@ -100,6 +103,14 @@ def _webhook_flags(p: argparse.ArgumentParser) -> None:
     )
     add_flag(
         p,
+        "--injector-image",
+        default=None,
+        metavar="IMAGE",
+        help="the sidecar image injected into pods, over the settings' image (the chart sets "
+        "it through the environment, where a dev loop's image builder rewrites it)",
+    )
+    add_flag(
+        p,
         "--system-namespace",
         type=namespace_name,
         default=defaults.SYSTEM_NAMESPACE,
@@ -140,8 +151,19 @@ def _webhook_flags(p: argparse.ArgumentParser) -> None:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from meshlet.controlplane.app import ControlPlaneConfig, run
-    from meshlet.controlplane.injection import WebhookConfig
+    try:
+        from meshlet.controlplane.app import ControlPlaneConfig, run
+        from meshlet.controlplane.injection import WebhookConfig
+    except ModuleNotFoundError as exc:
+        if exc.name not in CONTROL_PLANE_EXTRA:
+            raise
+        print(
+            f"meshlet control-plane needs {exc.name!r}, which this install lacks: "
+            "pip install 'meshlet[control-plane]' (the sidecar image leaves it out; "
+            "run the control-plane image)",
+            file=sys.stderr,
+        )
+        return 2
 
     if args.manifests and (args.kubeconfig or args.watch_namespace):
         print(
@@ -166,6 +188,7 @@ def _run(args: argparse.Namespace) -> int:
             cluster_domain=args.cluster_domain,
             extra_hosts=tuple(args.webhook_host),
             settings_path=args.injector_settings,
+            image=args.injector_image,
             cert_file=args.webhook_cert_file,
             key_file=args.webhook_key_file,
         )
