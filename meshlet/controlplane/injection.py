@@ -39,6 +39,7 @@ class WebhookConfig:
     cluster_domain: str
     extra_hosts: tuple[str, ...] = ()
     settings_path: str | None = None
+    image: str | None = None  # the sidecar's image, over the settings file's
     cert_file: str | None = None
     key_file: str | None = None
 
@@ -57,7 +58,9 @@ class WebhookRunner:
         self._api = api
         self._report = report
         self.serving = ServingCertificate()
-        self.settings = SettingsFile(config.settings_path, lambda p: report("injector settings", p))
+        self.settings = SettingsFile(
+            config.settings_path, lambda p: report("injector settings", p), config.image
+        )
         self.webhook = InjectionWebhook(self.settings)
         self._server = self.webhook.server()
         self._tasks: list[asyncio.Task[None]] = []

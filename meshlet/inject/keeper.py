@@ -7,6 +7,10 @@ keeps the MutatingWebhookConfiguration's `caBundle` equal to the CA; the others
 read it. Every pass runs on a thread (the `kubernetes` client blocks) and says
 what went wrong, if anything, through `report` (the control plane's problems).
 
+Both are owned by the MutatingWebhookConfiguration (an ownerReference, once it
+exists), so deleting it (`helm uninstall`) has the garbage collector delete what
+the control plane made at run time.
+
 RBAC: get/update on that Secret and that Lease by name, create for both (create
 cannot be narrowed to a name), get/patch on that MutatingWebhookConfiguration.
 """
@@ -119,6 +123,10 @@ def _certificates(bundle: bytes) -> list[bytes]:
     return [part.strip() + b"\n" + end + b"\n" for part in bundle.split(end)[:-1]]
 
 
+class ConfigurationGone(Exception):
+    pass
+
+
 class CertificateKeeper:
     def __init__(
         self,
@@ -142,6 +150,8 @@ class CertificateKeeper:
         # A pass and a release never overlap; nothing is taken once stopped.
         self._lock = threading.Lock()
         self._stopped = False
+        # Whether the configuration has owned what this keeper made.
+        self._owned = False
 
     def step(self, now: datetime.datetime | None = None) -> Pass:
         """One pass (on a thread). Never raises: problems are reported."""
@@ -150,6 +160,9 @@ class CertificateKeeper:
                 return Pass(self.config.interval)
             try:
                 found = self._step(now or _now())
+            except ConfigurationGone as exc:
+                self._report([f"webhook certificate: {exc}"])
+                return Pass(self.config.interval)
             except Exception as exc:  # an unreachable API server, RBAC refusing, ...
                 problem = describe_failure(exc, self._server)
                 self._report([f"webhook certificate: {problem} (retrying)"])
@@ -158,6 +171,17 @@ class CertificateKeeper:
         return found
 
     def _step(self, now: datetime.datetime) -> Pass:
+        configuration = self._read_configuration()
+        owner = _owner_reference(configuration)
+        if owner is not None:
+            self._owned = True
+        elif self._owned:
+            # Deleted (`helm uninstall`): the garbage collector is deleting the Secret and
+            # the Lease it owned; making them again would leave them behind.
+            raise ConfigurationGone(
+                f"MutatingWebhookConfiguration {self.config.configuration} was deleted: "
+                "its Secret and Lease are not made again"
+            )
         secret = self._read_secret()
         if secret is not None and secret.get("type") not in (None, _TLS):
             raise ValueError(
@@ -170,7 +194,7 @@ class CertificateKeeper:
             and serving is not None
             and serving_is_good(serving, ca, self.config.hosts, now)
         )
-        self.holder = self._hold_lease(now)
+        self.holder = self._hold_lease(now, owner)
         new_ca = False
         if not good:
             if not self.holder:
@@ -180,12 +204,14 @@ class CertificateKeeper:
                 log.info("webhook: made a new CA")
             assert ca is not None
             serving = issue_serving(ca, self.config.hosts, now)
-            if not self._write_secret(secret, ca, serving):
+            if not self._write_secret(secret, ca, serving, owner):
                 return Pass(1.0)  # someone else wrote it meanwhile: read theirs
             log.info("webhook: serving certificate for %s issued", ", ".join(self.config.hosts))
         assert ca is not None and serving is not None
-        if self.holder:
-            self._keep_ca_bundle(ca, new_ca)
+        if good and self.holder and secret is not None and _needs_owner(secret, owner):
+            self._write_secret(secret, ca, serving, owner)  # made before the configuration
+        if self.holder and configuration is not None:
+            self._keep_ca_bundle(configuration, ca, new_ca)
         return Pass(self.config.interval, serving)
 
     def stop(self) -> None:
@@ -211,7 +237,13 @@ class CertificateKeeper:
         found: dict[str, Any] = json.loads(response.data)
         return found
 
-    def _write_secret(self, old: Mapping[str, Any] | None, ca: KeyPair, serving: KeyPair) -> bool:
+    def _write_secret(
+        self,
+        old: Mapping[str, Any] | None,
+        ca: KeyPair,
+        serving: KeyPair,
+        owner: Mapping[str, Any] | None,
+    ) -> bool:
         data = {
             _CA_CERT: _b64(ca.cert),
             _CA_KEY: _b64(ca.key),
@@ -224,11 +256,14 @@ class CertificateKeeper:
                     "apiVersion": "v1",
                     "kind": "Secret",
                     "type": _TLS,
-                    "metadata": {
-                        "name": self.config.secret,
-                        "namespace": self.config.namespace,
-                        "labels": {"app.kubernetes.io/managed-by": "meshlet"},
-                    },
+                    "metadata": _owned(
+                        {
+                            "name": self.config.secret,
+                            "namespace": self.config.namespace,
+                            "labels": {"app.kubernetes.io/managed-by": "meshlet"},
+                        },
+                        owner,
+                    ),
                     "data": data,
                 }
                 self._core.create_namespaced_secret(
@@ -237,7 +272,11 @@ class CertificateKeeper:
             else:
                 # Its metadata kept (labels, owners, the version read: a concurrent write
                 # makes this a 409, not a lost update); only the data is ours.
-                body = {**old, "data": {**(old.get("data") or {}), **data}}
+                body = {
+                    **old,
+                    "metadata": _owned(old.get("metadata") or {}, owner),
+                    "data": {**(old.get("data") or {}), **data},
+                }
                 self._core.replace_namespaced_secret(
                     self.config.secret, self.config.namespace, body, _preload_content=False
                 )
@@ -249,7 +288,7 @@ class CertificateKeeper:
 
     # --- the Lease ------------------------------------------------------------------
 
-    def _hold_lease(self, now: datetime.datetime) -> bool:
+    def _hold_lease(self, now: datetime.datetime, owner: Mapping[str, Any] | None) -> bool:
         """Take or renew the Lease; True when this replica holds it now."""
         name, namespace = self.config.secret, self.config.namespace
         stamp = now.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
@@ -264,7 +303,7 @@ class CertificateKeeper:
             if exc.status != 404:
                 raise
             body = {
-                "metadata": {"name": name, "namespace": namespace},
+                "metadata": _owned({"name": name, "namespace": namespace}, owner),
                 "spec": {**spec, "acquireTime": stamp},
             }
             try:
@@ -281,6 +320,7 @@ class CertificateKeeper:
         if not mine and holder and not self._lapsed(current):
             return False
         lease["spec"] = {**current, **spec}
+        lease["metadata"] = _owned(lease.get("metadata") or {}, owner)
         if not mine:
             lease["spec"]["acquireTime"] = stamp
             lease["spec"]["leaseTransitions"] = int(current.get("leaseTransitions") or 0) + 1
@@ -318,9 +358,7 @@ class CertificateKeeper:
 
     # --- the webhook configuration --------------------------------------------------
 
-    def _keep_ca_bundle(self, ca: KeyPair, new_ca: bool) -> None:
-        """Every webhook's caBundle trusts our CA. A new CA is put before the old one, so
-        replicas still serving a certificate of the old CA are trusted until they move."""
+    def _read_configuration(self) -> dict[str, Any] | None:
         try:
             response = self._webhooks.read_mutating_webhook_configuration(
                 self.config.configuration, _preload_content=False
@@ -330,9 +368,14 @@ class CertificateKeeper:
                 log.debug(
                     "webhook: no MutatingWebhookConfiguration %s yet", self.config.configuration
                 )
-                return
+                return None
             raise
-        configuration = json.loads(response.data)
+        found: dict[str, Any] = json.loads(response.data)
+        return found
+
+    def _keep_ca_bundle(self, configuration: Mapping[str, Any], ca: KeyPair, new_ca: bool) -> None:
+        """Every webhook's caBundle trusts our CA. A new CA is put before the old one, so
+        replicas still serving a certificate of the old CA are trusted until they move."""
         ours = ca.cert.strip() + b"\n"
         patch = []
         for i, hook in enumerate(configuration.get("webhooks") or []):
@@ -363,3 +406,33 @@ class CertificateKeeper:
             log.info(
                 "webhook: caBundle of %s set (%d webhooks)", self.config.configuration, len(patch)
             )
+
+
+def _owner_reference(configuration: Mapping[str, Any] | None) -> dict[str, Any] | None:
+    """The configuration as the owner of the Secret and the Lease. No blockOwnerDeletion:
+    deleting the configuration must never wait on them."""
+    if configuration is None:
+        return None
+    meta = configuration.get("metadata") or {}
+    if not meta.get("uid"):
+        return None
+    return {
+        "apiVersion": "admissionregistration.k8s.io/v1",
+        "kind": "MutatingWebhookConfiguration",
+        "name": meta.get("name"),
+        "uid": meta["uid"],
+    }
+
+
+def _needs_owner(obj: Mapping[str, Any], owner: Mapping[str, Any] | None) -> bool:
+    owners = (obj.get("metadata") or {}).get("ownerReferences") or []
+    return owner is not None and all(o.get("uid") != owner["uid"] for o in owners)
+
+
+def _owned(meta: Mapping[str, Any], owner: Mapping[str, Any] | None) -> dict[str, Any]:
+    """The metadata with `owner` among its ownerReferences (others kept)."""
+    if owner is None or not _needs_owner({"metadata": meta}, owner):
+        return dict(meta)
+    # An owner of the same name but another uid was deleted and made again: replace it.
+    kept = [o for o in meta.get("ownerReferences") or [] if o.get("kind") != owner["kind"]]
+    return {**meta, "ownerReferences": [*kept, dict(owner)]}

@@ -190,6 +190,7 @@ def _init_container(settings: InjectorSettings, annotations: Mapping[str, Any]) 
         raise InjectionError(str(exc)) from None
     args = ["init", f"--proxy-uid={settings.proxy_uid}"]
     args += [f"--service-cidr={c}" for c in settings.service_cidrs]
+    args += [f"--dns-server={a}" for a in settings.cluster_dns]
     args += [f"--exclude-port={p}" for p in dict.fromkeys(exclude_ports)]
     args += [f"--exclude-cidr={c}" for c in dict.fromkeys(exclude_cidrs)]
     return {
@@ -197,7 +198,8 @@ def _init_container(settings: InjectorSettings, annotations: Mapping[str, Any]) 
         "image": settings.image,
         "imagePullPolicy": settings.image_pull_policy,
         "command": ["meshlet"],
-        # DNS capture reads the pod's own /etc/resolv.conf: the nameservers its dnsPolicy gave it.
+        # Without --dns-server, DNS capture reads the pod's own /etc/resolv.conf: the
+        # nameservers its dnsPolicy gave it.
         "args": args,
         "resources": _copy(settings.init_resources),
         "securityContext": {

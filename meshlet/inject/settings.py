@@ -5,6 +5,7 @@
     controlPlane: meshlet.meshlet-system.svc:15010
     mode: native                      # or classic, for clusters without native sidecars
     serviceCIDRs: [10.96.0.0/12]
+    clusterDNS: [10.96.0.10]          # whose DNS is answered; default: resolv.conf's servers
     proxy: {resources: {requests: {cpu: 10m, memory: 64Mi}, limits: {memory: 256Mi}}}
 
 Every key is optional (defaults below); an unknown key or a bad value is an error
@@ -47,6 +48,8 @@ class InjectorSettings:
     system_namespace: str = defaults.SYSTEM_NAMESPACE
     cluster_domain: str = defaults.CLUSTER_DOMAIN
     service_cidrs: tuple[str, ...] = (defaults.SERVICE_CIDR,)
+    # The DNS servers whose queries the sidecar answers; empty: the pod's resolv.conf's.
+    cluster_dns: tuple[str, ...] = ()
     mode: str = NATIVE
     proxy_uid: int = defaults.PROXY_UID
     proxy_resources: Mapping[str, Mapping[str, str]] = field(
@@ -68,6 +71,7 @@ _KEYS = (
     "systemNamespace",
     "clusterDomain",
     "serviceCIDRs",
+    "clusterDNS",
     "mode",
     "proxy",
     "init",
@@ -110,6 +114,11 @@ def settings_from(data: object, where: str = "settings") -> InjectorSettings:
         )
         if not values["service_cidrs"]:
             raise SettingsError(f"{where}.serviceCIDRs is empty: nothing would be captured")
+    if "clusterDNS" in data:
+        values["cluster_dns"] = tuple(
+            _ip(a, f"{where}.clusterDNS[{i}]")
+            for i, a in enumerate(_list(data["clusterDNS"], f"{where}.clusterDNS"))
+        )
     if "excludeOutboundPorts" in data:
         values["exclude_ports"] = ports(
             data["excludeOutboundPorts"], f"{where}.excludeOutboundPorts"
@@ -242,3 +251,10 @@ def _list(value: object, where: str) -> list[object]:
     if not isinstance(value, list):
         raise SettingsError(f"{where}: expected a list, got {value!r}")
     return value
+
+
+def _ip(value: object, where: str) -> str:
+    try:
+        return str(ipaddress.ip_address(str(value)))
+    except ValueError:
+        raise SettingsError(f"{where}: {value!r} is not an IP address") from None

@@ -11,7 +11,7 @@ import json
 import logging
 import os
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from meshlet.admin_http import AdminServer, Response
@@ -36,14 +36,18 @@ def _stamp(path: Path) -> tuple[int, int, int] | None:
 
 class SettingsFile:
     """The injector's settings: the file's, read again when it changes (a ConfigMap update
-    swaps the mounted file); a file that turns bad keeps the last good settings."""
+    swaps the mounted file); a file that turns bad keeps the last good settings. `image`,
+    when given (--injector-image), wins over the file's."""
 
-    def __init__(self, path: str | None, report: Callable[[Sequence[str]], None]) -> None:
+    def __init__(
+        self, path: str | None, report: Callable[[Sequence[str]], None], image: str | None = None
+    ) -> None:
         self.path = Path(path) if path else None
         self._report = report
+        self._image = image
         self._stamp: tuple[int, int, int] | None = None
         self._loaded = False
-        self.current = InjectorSettings()
+        self.current = self._overridden(InjectorSettings())
         self._problem = ""
 
     def load(self) -> None:
@@ -56,7 +60,7 @@ class SettingsFile:
         first = not self._loaded
         self._stamp = stamp
         try:
-            self.current = load_settings(self.path)
+            self.current = self._overridden(load_settings(self.path))
         except SettingsError as exc:
             if first:
                 raise
@@ -71,6 +75,9 @@ class SettingsFile:
         self._loaded = True
         self._problem = ""
         self._report([])
+
+    def _overridden(self, settings: InjectorSettings) -> InjectorSettings:
+        return replace(settings, image=self._image) if self._image else settings
 
     async def watch(self) -> None:
         while True:
