@@ -2,7 +2,8 @@
 
 Each folder here is a small Go module of the project's own: `kube` (kube-apiserver,
 kube-controller-manager, kubectl and kube-proxy from k8s.io/kubernetes, in one
-`go build`), `etcd`, `coredns` (only the plugins the tests use) and `helm`. A
+`go build`), `etcd`, `coredns` (only the plugins the tests use), `helm` and `tilt`
+(which only pins a Tilt release: that is built in a copy of its own module). A
 module's binaries are cached under a key of its go.mod, go.sum, Go sources, build
 flags and Go version, so a second run builds nothing.
 
@@ -16,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import hashlib
+import json
 import os
 import re
 import shutil
@@ -40,6 +42,11 @@ def _kube_ldflags(version: str) -> list[str]:
     ]
 
 
+def _tilt_ldflags(version: str) -> list[str]:
+    # What Tilt's goreleaser stamps; `tilt version` prints it.
+    return [f"-X main.version={version.removeprefix('v')}"]
+
+
 def _helm_ldflags(version: str) -> list[str]:
     # An empty metadata: a release build, as Helm's Makefile makes for a tag.
     return [
@@ -54,8 +61,10 @@ class Module:
     # The module whose version names the build, as required in go.mod.
     upstream: str
     commands: tuple[str, ...]
-    # `tool`: the go.mod's tool directives; `.`: the folder's own main package.
+    # `tool`: the go.mod's tool directives; `.`: the folder's own main package;
+    # `./cmd/...`: that package of the upstream module, built in its own module.
     target: str = "tool"
+    cgo: bool = False
 
     @property
     def path(self) -> Path:
@@ -69,7 +78,9 @@ class Module:
         return found.group(1)
 
     def ldflags(self) -> list[str]:
-        extra = {"kube": _kube_ldflags, "helm": _helm_ldflags}.get(self.folder)
+        extra = {"kube": _kube_ldflags, "helm": _helm_ldflags, "tilt": _tilt_ldflags}.get(
+            self.folder
+        )
         return ["-s", "-w", *(extra(self.version()) if extra else [])]
 
 
@@ -82,6 +93,8 @@ MODULES = (
     Module("etcd", "go.etcd.io/etcd/server/v3", ("etcd",), target="."),
     Module("coredns", "github.com/coredns/coredns", ("coredns",), target="."),
     Module("helm", "helm.sh/helm/v4", ("helm",)),
+    # Tilt parses Tiltfiles' languages with tree-sitter, which is C: cgo.
+    Module("tilt", "github.com/tilt-dev/tilt", ("tilt",), target="./cmd/tilt", cgo=True),
 )
 
 
@@ -105,9 +118,38 @@ def _go_version(go: str) -> str:
     ).stdout.strip()
 
 
-def _go_env() -> dict[str, str]:
+def _go_env(cgo: bool = False) -> dict[str, str]:
     # The machine's Go, never one fetched because a go.mod asks for it.
-    return {**os.environ, "GOTOOLCHAIN": os.environ.get("GOTOOLCHAIN", "local"), "CGO_ENABLED": "0"}
+    toolchain = os.environ.get("GOTOOLCHAIN", "local")
+    return {**os.environ, "GOTOOLCHAIN": toolchain, "CGO_ENABLED": "1" if cgo else "0"}
+
+
+def _upstream_copy(module: Module, go: str, into: Path) -> Path:
+    """A writable copy of the pinned upstream module (checked against go.sum), to build
+    in: its own go.mod, replace directives and all, then applies."""
+    found = subprocess.run(
+        [go, "mod", "download", "-json", f"{module.upstream}@{module.version()}"],
+        check=True,
+        capture_output=True,
+        text=True,
+        cwd=module.path,
+        env={**_go_env(), "GOFLAGS": "-mod=readonly"},
+    )
+    source = into / "src"
+    shutil.copytree(json.loads(found.stdout)["Dir"], source, symlinks=True)
+    for path in (source, *source.rglob("*")):
+        if not path.is_symlink():
+            path.chmod(path.stat().st_mode | 0o200)
+    # Its vendor/ holds only modules.txt, and node_modules/ is the web UI's: neither builds.
+    for folder in ("vendor", "node_modules"):
+        shutil.rmtree(source / folder, ignore_errors=True)
+    # The web UI is embedded from pkg/assets/build, which a release fills with the
+    # compiled front end (npm); a placeholder page stands in for it here.
+    (source / "pkg/assets/build/index.html").write_text(
+        "<!doctype html><title>Tilt</title><p>Tilt's web UI is not built into this binary; "
+        "use the terminal UI or `tilt get`.\n"
+    )
+    return source
 
 
 def cache_dir(module: Module, go_version: str) -> Path:
@@ -133,13 +175,18 @@ def build(module: Module, go: str, go_version: str) -> Path:
     started = time.monotonic()
     print(f"== go build {module.folder} ({module.upstream} {module.version()})", flush=True)
     with tempfile.TemporaryDirectory(dir=target.parent, prefix=f".{module.folder}-") as tmp:
+        out = Path(tmp) / "bin"
         argv = [go, "build", "-trimpath", "-ldflags", " ".join(module.ldflags()), "-o"]
-        argv += [f"{tmp}/" if module.target == "tool" else f"{tmp}/{module.commands[0]}"]
-        subprocess.run([*argv, module.target], check=True, cwd=module.path, env=_go_env())
-        if not _complete(Path(tmp), module):
+        argv += [f"{out}/" if module.target == "tool" else f"{out}/{module.commands[0]}"]
+        where = module.path
+        if module.target.startswith("./cmd/"):
+            where = _upstream_copy(module, go, Path(tmp))
+            argv.append("-mod=mod")
+        subprocess.run([*argv, module.target], check=True, cwd=where, env=_go_env(module.cgo))
+        if not _complete(out, module):
             raise SystemExit(f"go build {module.folder} did not make {', '.join(module.commands)}")
         shutil.rmtree(target, ignore_errors=True)
-        os.rename(tmp, target)  # whole or not at all: a killed build leaves no half folder
+        os.rename(out, target)  # whole or not at all: a killed build leaves no half folder
     print(f"   {module.folder}: {time.monotonic() - started:.0f} s -> {target}", flush=True)
     return target
 

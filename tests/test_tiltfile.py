@@ -1,0 +1,168 @@
+"""The Tiltfile, with the real Tilt built from its Go module (tests/k8s/build.py).
+
+The cluster mode needs a container runtime and a local cluster, which this machine
+lacks: it is shown by evaluation (`tilt alpha tiltfile-result`), which builds and
+deploys nothing and never calls the cluster (its kubeconfig names a local cluster's
+context on an address nothing listens on). The local mode runs for real:
+`tilt ci -- --local` brings the control plane and the demo to green and exits.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import shlex
+import shutil
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from tests.k8s import build
+from tests.netlab import skip_unless_netns_and_nftables
+from tests.procs import free_port
+
+pytestmark = pytest.mark.timeout(300)
+
+ROOT = Path(__file__).resolve().parent.parent
+SITE = "/opt/meshlet/lib/python3.11/site-packages/meshlet"
+
+
+def binaries() -> dict[str, Path]:
+    found = build.binaries()
+    if isinstance(found, str):
+        pytest.skip(found)
+    return found
+
+
+def local_cluster_kubeconfig(folder: Path, context: str) -> Path:
+    path = folder / "kubeconfig"
+    cluster = {"server": "https://127.0.0.1:9"}  # discard: evaluation never connects
+    path.write_text(
+        yaml.safe_dump(
+            {
+                "apiVersion": "v1",
+                "kind": "Config",
+                "clusters": [{"name": context, "cluster": cluster}],
+                "users": [{"name": context, "user": {"token": "unused"}}],
+                "contexts": [{"name": context, "context": {"cluster": context, "user": context}}],
+                "current-context": context,
+            }
+        )
+    )
+    return path
+
+
+def tilt(
+    tmp_path: Path, *args: str, context: str = "kind-meshlet", timeout: float = 120
+) -> subprocess.CompletedProcess[str]:
+    found = binaries()
+    env = {
+        # Tilt's state (~/.tilt-dev) of the test's own; helm from the test cluster's build.
+        "HOME": str(tmp_path),
+        "PATH": f"{found['helm'].parent}:/usr/local/bin:/usr/bin:/bin",
+        "KUBECONFIG": str(local_cluster_kubeconfig(tmp_path, context)),
+    }
+    return subprocess.run(
+        [str(found["tilt"]), *args], capture_output=True, text=True, timeout=timeout,
+        cwd=ROOT, env=env,
+    )  # fmt: skip
+
+
+def evaluate(tmp_path: Path, *args: str) -> dict[str, Any]:
+    result = tilt(tmp_path, "alpha", "tiltfile-result", *args)
+    assert result.returncode == 0, result.stderr
+    found: dict[str, Any] = json.loads(result.stdout)
+    return found
+
+
+def manifests(result: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    return {m["Name"]: m for m in result["Manifests"]}
+
+
+def yaml_objects(manifest: dict[str, Any]) -> list[dict[str, Any]]:
+    return [o for o in yaml.safe_load_all(manifest["DeployTarget"]["yaml"]) if o]
+
+
+def test_on_a_local_cluster_it_builds_both_images_and_deploys_the_chart_and_the_demo(
+    tmp_path: Path,
+) -> None:
+    found = manifests(evaluate(tmp_path))
+    assert {name: m["Labels"] for name, m in found.items()} == {
+        "meshlet": {"control-plane": "control-plane"},
+        "namespaces": {"setup": "setup"},
+        "web": {"demo": "demo"},
+        "api": {"demo": "demo"},
+        "client": {"demo": "demo"},
+    }
+    control, sidecar = found["meshlet"]["ImageTargets"]
+    # The control plane: its dev target, live update syncing the code, then a restart.
+    assert control["selector"] == "ghcr.io/meshlet/meshlet-control-plane"
+    assert control["BuildDetails"]["target"] == "control-plane-dev"
+    spec = control["LiveUpdateSpec"]
+    assert spec["syncs"] == [{"localPath": "meshlet", "containerPath": SITE}]
+    assert spec["execs"][0]["args"] == ["sh", "-c", "kill -HUP 1"]
+    assert spec["stopPaths"] == ["pyproject.toml"]  # a dependency change rebuilds
+    # The sidecar: rewritten where the chart hands it to the injector.
+    assert sidecar["selector"] == "ghcr.io/meshlet/meshlet"
+    assert sidecar["BuildDetails"]["target"] == "sidecar"
+    assert sidecar["matchInEnvVars"] is True
+    chart = yaml_objects(found["meshlet"])
+    (deployment,) = [o for o in chart if o["kind"] == "Deployment"]
+    container = deployment["spec"]["template"]["spec"]["containers"][0]
+    assert {
+        "name": "MESHLET_INJECTOR_IMAGE",
+        "value": "ghcr.io/meshlet/meshlet:0.1.0",
+    } in container["env"]
+    assert container["securityContext"]["readOnlyRootFilesystem"] is False  # values-dev.yaml
+    kinds = sorted(o["kind"] for o in chart)
+    assert "MutatingWebhookConfiguration" in kinds and "ClusterRole" in kinds
+    forwards = found["meshlet"]["DeployTarget"]["portForwardTemplateSpec"]["forwards"]
+    assert [(f["localPort"], f["containerPort"]) for f in forwards] == [(15014, 15014)]
+    # The demo in an injected namespace.
+    names = {o["metadata"]["name"]: o for o in yaml_objects(found["namespaces"])}
+    assert sorted(names) == ["meshlet-demo", "meshlet-system"]
+    demo = names["meshlet-demo"]
+    assert demo["metadata"]["labels"]["meshlet.io/inject"] == "enabled"
+    for name in ("web", "api", "client"):
+        for obj in yaml_objects(found[name]):
+            assert obj["metadata"]["namespace"] == "meshlet-demo"
+
+
+def test_it_refuses_a_context_that_is_not_a_local_cluster(tmp_path: Path) -> None:
+    result = tilt(tmp_path, "alpha", "tiltfile-result", context="prod-eu-1")
+    assert result.returncode != 0
+    assert "prod-eu-1" in result.stdout + result.stderr
+
+
+def test_without_a_cluster_it_runs_the_control_plane_and_the_demo_locally(
+    tmp_path: Path,
+) -> None:
+    found = manifests(evaluate(tmp_path, "--", "--local"))
+    assert sorted(found) == ["control-plane", "demo"]
+    serve = found["control-plane"]["DeployTarget"]
+    assert serve["ServeCmd"]["Argv"][:4] == [
+        ".venv/bin/meshlet", "control-plane", "--manifests", "examples/demo",
+    ]  # fmt: skip
+    assert {Path(d).name for d in serve["Deps"]} >= {"meshlet", "demo"}  # restarts on change
+    demo = found["demo"]["DeployTarget"]
+    assert demo["UpdateCmdSpec"]["args"][:2] == [".venv/bin/meshlet", "demo"]
+    assert not found["control-plane"]["ImageTargets"]
+
+
+def test_tilt_ci_local_runs_to_green(tmp_path: Path) -> None:
+    skip_unless_netns_and_nftables()  # the demo's pods are network namespaces
+    # The README's command; Tilt's own web port and the control plane's free ones here.
+    argv = shlex.split("tilt ci -- --local")[1:]
+    argv[1:1] = ["--port=0", "--timeout=4m"]
+    argv += [f"--xds-port={free_port()}", f"--admin-port={free_port()}"]
+    result = tilt(tmp_path, *argv, timeout=290)
+    out = result.stdout + result.stderr
+    kept = re.search(r"stay in (\S+)", out)
+    if kept:  # the demo's logs, kept for a user: not for a test run
+        shutil.rmtree(kept.group(1), ignore_errors=True)
+    assert result.returncode == 0, out[-4000:]
+    assert "SUCCESS. All workloads are healthy." in out
+    assert re.search(r"total: \d+ requests, 0 failed", out), out[-4000:]
