@@ -2,9 +2,9 @@
 lists is a flag of that command, and every flag a command has is listed.
 
 A command line in the README is an indented code line starting with `meshlet`,
-`.venv/bin/meshlet` or `bash scripts/`. A synopsis (it has `[...]`) is checked
-against the command's parser; anything else must be one of RUNS below, each run
-here or named with the test that runs it.
+`.venv/bin/meshlet`, `bash scripts/`, `buildah`, `helm`, `kubectl` or `tilt`. A
+synopsis (it has `[...]`) is checked against the command's parser; anything else
+must be one of RUNS below, each run here or named with the test that runs it.
 """
 
 from __future__ import annotations
@@ -23,7 +23,9 @@ from tests.procs import free_port, get_json, http_get, running, wait_until
 
 ROOT = Path(__file__).resolve().parent.parent
 README = (ROOT / "README.md").read_text()
-COMMAND = re.compile(r"^    ((?:\.venv/bin/)?meshlet \S+|bash scripts/\S+)(.*)$")
+COMMAND = re.compile(
+    r"^    ((?:\.venv/bin/)?meshlet \S+|bash scripts/\S+|(?:buildah|helm|kubectl|tilt) \S+)(.*)$"
+)
 
 
 def code_lines() -> list[str]:
@@ -38,7 +40,7 @@ def commands() -> tuple[list[str], list[str]]:
         if not COMMAND.match(line):
             continue
         text = line.strip()
-        if "[" in text:
+        if "[" in text and text.split()[0].endswith("meshlet"):
             for more in lines[i + 1 :]:
                 if not more.strip().startswith("["):
                     break
@@ -130,7 +132,22 @@ def run_by(test_file: str, text: str) -> Callable[[Path], None]:
     return check
 
 
+def _image_and_chart_runs() -> dict[str, Callable[[Path], None]]:
+    """The install section's commands: each run, as shown, by the test that holds it."""
+    from tests.test_helm_install import README_INSTALL, README_UNINSTALL, README_UPGRADE
+    from tests.test_image import README_BUILDS
+
+    held = {
+        "tests/test_helm_install.py": [*README_INSTALL, README_UPGRADE, *README_UNINSTALL],
+        "tests/test_image.py": list(README_BUILDS.values()),
+    }
+    return {command: run_by(test_file, "README_") for test_file, commands in held.items()
+            for command in commands}  # fmt: skip
+
+
 RUNS: dict[str, Callable[[Path], None]] = {
+    **_image_and_chart_runs(),
+    "tilt ci -- --local": run_by("tests/test_tiltfile.py", 'shlex.split("tilt ci -- --local")'),
     "bash scripts/demo.sh": run_by("tests/test_demo.py", '"scripts/demo.sh"'),
     "bash scripts/test.sh": run_by(".ci/run", "bash scripts/test.sh"),
     ".venv/bin/meshlet control-plane --manifests examples/demo": (
