@@ -17,6 +17,8 @@ import subprocess
 import tempfile
 from pathlib import Path
 
+from tests.k8s.build import user_cache
+
 ROOT = Path(__file__).resolve().parent.parent
 DOCKERFILE = ROOT / "Dockerfile"
 HOST_CA = Path("/etc/ssl/certs/ca-certificates.crt")
@@ -30,11 +32,7 @@ def base_image() -> str:
 
 
 def store() -> Path:
-    env = os.environ.get("MESHLET_IMAGE_STORE")
-    if env:
-        return Path(env)
-    base = os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache")
-    return Path(base) / "meshlet" / "containers"
+    return user_cache("MESHLET_IMAGE_STORE", "containers")
 
 
 def missing() -> str | None:

@@ -102,6 +102,7 @@ def test_no_pip_compiler_or_cache_is_left(built: dict[str, str], target: str) ->
     )
     assert leftovers.stdout.split() == [], leftovers.stdout
 
+
 def test_the_kubernetes_client_is_only_in_the_control_planes(built: dict[str, str]) -> None:
     refused = images.run_in(built["sidecar"], "meshlet", "control-plane", "--manifests", "/tmp")
     assert refused.returncode == 2

@@ -98,12 +98,17 @@ MODULES = (
 )
 
 
-def cache_root() -> Path:
-    env = os.environ.get("MESHLET_K8S_CACHE")
-    if env:
-        return Path(env)
+def user_cache(env: str, name: str) -> Path:
+    """$env if set, else meshlet's folder `name` in the user's cache (outside the clone)."""
+    chosen = os.environ.get(env)
+    if chosen:
+        return Path(chosen)
     base = os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache")
-    return Path(base) / "meshlet" / "k8s"
+    return Path(base) / "meshlet" / name
+
+
+def cache_root() -> Path:
+    return user_cache("MESHLET_K8S_CACHE", "k8s")
 
 
 def go_binary() -> str | None:
