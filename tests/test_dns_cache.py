@@ -14,6 +14,7 @@ from meshlet.sidecar.dns.cache import (
     render,
     upstream_query,
 )
+from meshlet.sidecar.dns.rdata import name_at, valid_rdata
 from tests.test_dns_table import make_query
 
 QID = 0x1234
@@ -206,3 +207,46 @@ def test_response_cache_expiry_and_size() -> None:
     uncachable = read(upstream_reply(question, rcode=2), question)
     cache.put(b"x", uncachable, now=200.0)
     assert cache.get(b"x", 200.0) is None
+
+
+# --- upstream records: relayed only if a client can parse them ------------------------
+
+_NAME = b"\x03web\x07example\x00"  # at offset 0 of the message below
+
+
+@pytest.mark.parametrize(
+    ("rtype", "rdata", "good"),
+    [
+        (1, b"\xc0\x00\x02\x01", True),  # A: any 4 bytes
+        (1, b"\x01\x02\x03", False),
+        (28, bytes(16), True),
+        (28, bytes(4), False),  # an A's data under AAAA
+        (2, _NAME, True),  # NS
+        (2, b"\xc0\x00", True),  # a pointer back to a name
+        (2, b"\xc0\x00\x02\x01", False),  # bytes after the name
+        (2, b"\x80\x00", False),  # a reserved label type
+        (5, b"\xc0\xff", False),  # a pointer forward
+        (12, b"\x02ab", False),  # a name cut short
+        (15, b"\x00\x0a\xc0\x00", True),  # MX
+        (15, b"\x00\x0a", False),
+        (33, b"\x00\x01\x00\x02\x00\x50\xc0\x00", True),  # SRV
+        (6, _NAME + _NAME + bytes(20), True),  # SOA
+        (6, _NAME + _NAME + bytes(19), False),
+        (16, b"\x02hi\x00", True),  # TXT
+        (16, b"\x05hi", False),
+        (65, b"\x00\x01\x00\x00\x01\x00\x03\x02h2", True),  # HTTPS: alpn=h2
+        (65, b"\x00\x01\x00\x00\x03\x00\x00\x00\x01\x00\x00", False),  # keys not increasing
+        (65, b"\xc0\x00\x02\x01", False),
+        (99, b"", False),  # SPF: at least one string
+        (257, b"\xff\xff", True),  # a type it does not know: opaque
+    ],
+)
+def test_upstream_record_data_is_checked_by_type(rtype: int, rdata: bytes, good: bool) -> None:
+    message = _NAME + b"\x00" * 10 + rdata  # the record's data starts after a name
+    start = len(_NAME) + 10
+    assert valid_rdata(message, rtype, start, len(message)) is good
+
+
+def test_a_name_pointing_at_itself_is_refused() -> None:
+    assert name_at(b"\xc0\x00", 0) == -1
+    assert name_at(b"\x01a" * 130 + b"\x00", 0) == -1  # longer than 255 bytes

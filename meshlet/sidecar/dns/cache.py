@@ -15,6 +15,7 @@ from dataclasses import dataclass
 
 from meshlet.sidecar.dns import wire
 from meshlet.sidecar.dns.answer import client_limit
+from meshlet.sidecar.dns.rdata import name_at, valid_rdata
 
 _HEADER = struct.Struct("!HHHHHH")
 _RR_FIXED = struct.Struct("!HHIH")
@@ -78,15 +79,15 @@ def read_response(
     zeroed: list[int] = []
     total = ancount + nscount + arcount
     kept = total
-    cut = size
+    cut = -1
     for index in range(total):
         record_start = offset
-        offset = wire.skip_name(response, offset)
+        offset = name_at(response, offset)
         if offset < 0 or offset + 10 > size:
             return None
         rtype, _, ttl, rdlength = _RR_FIXED.unpack_from(response, offset)
         rdata_end = offset + 10 + rdlength
-        if rdata_end > size:
+        if rdata_end > size or not valid_rdata(response, rtype, offset + 10, rdata_end):
             return None
         if rtype == wire.TYPE_OPT:
             if index < ancount + nscount:
@@ -105,6 +106,8 @@ def read_response(
             minimum = _TTL.unpack_from(response, rdata_end - _SOA_MINIMUM_FROM_END)[0]
             negative_ttl = min(ttl, minimum)
         offset = rdata_end
+    if cut < 0:
+        cut = offset  # bytes after the last record are no part of the answer
     rcode = flags & 0xF
     if flags & _TC:
         seconds = 0
