@@ -26,20 +26,21 @@ RUN [ -n "$PIP_CERT" ] || unset PIP_CERT; \
  && /opt/build/bin/pip install -q "setuptools>=77" wheel \
  && /opt/build/bin/pip wheel -q --no-deps --no-build-isolation -w /wheels /src
 
-# A venv per target, at the path it runs from (a venv is not relocatable); pip goes.
+# A venv per target, at the path it runs from (a venv is not relocatable); pip and
+# setuptools go (nothing imports them at run time).
 FROM wheel AS venv-sidecar
 ARG PIP_CERT
 RUN [ -n "$PIP_CERT" ] || unset PIP_CERT; \
     python3 -m venv /opt/meshlet \
  && /opt/meshlet/bin/pip install -q /wheels/meshlet-*.whl \
- && /opt/meshlet/bin/pip uninstall -q -y pip
+ && /opt/meshlet/bin/pip uninstall -q -y pip setuptools
 
 FROM wheel AS venv-control-plane
 ARG PIP_CERT
 RUN [ -n "$PIP_CERT" ] || unset PIP_CERT; \
     python3 -m venv /opt/meshlet \
  && /opt/meshlet/bin/pip install -q "$(ls /wheels/meshlet-*.whl)[control-plane]" \
- && /opt/meshlet/bin/pip uninstall -q -y pip
+ && /opt/meshlet/bin/pip uninstall -q -y pip setuptools
 
 # --- runtime: what both targets share (and nodes pull once) ---
 FROM ${BASE} AS runtime

@@ -78,6 +78,14 @@ WRONG = [
     ({"serviceCIDRs": []}, "at '/serviceCIDRs'"),
     ({"clusterDNS": ["dns.local"]}, "at '/clusterDNS/0'"),
     ({"webhook": {"url": "http://10.0.0.1/inject"}}, "at '/webhook/url'"),
+    ({"serviceCIDRs": ["10.96.0.0/33"]}, "at '/serviceCIDRs/0'"),
+    ({"clusterDNS": ["999.1.1.1"]}, "at '/clusterDNS/0'"),
+    ({"clusterDNS": [":"]}, "at '/clusterDNS/0'"),
+    ({"webhook": {"url": "https://10.0.0.1/mutate"}}, "at '/webhook/url'"),
+    (
+        {"controlPlane": {"podLabels": {"app.kubernetes.io/name": "x"}}},
+        "invalid propertyName 'app.kubernetes.io/name'",
+    ),
     ({"controlPlane": {"replica": 2}}, "'replica'"),
     ({"sidecar": {"resources": {"limits": {"memory": "lots"}}}}, "/sidecar/resources/limits"),
 ]

@@ -95,8 +95,9 @@ def test_no_pip_compiler_or_cache_is_left(built: dict[str, str], target: str) ->
         image, "sh", "-c", "for t in pip pip3 gcc cc g++ make apt-get; do command -v $t; done"
     )
     assert tools.stdout.split() == ["/usr/bin/apt-get"], tools.stdout
-    modules = images.run_in(image, "python3", "-c", "import pip")
-    assert "No module named 'pip'" in modules.stderr
+    for module in ("pip", "setuptools"):
+        found = images.run_in(image, "python3", "-c", f"import {module}")
+        assert f"No module named '{module}'" in found.stderr
     leftovers = images.run_in(
         image, "sh", "-c", "find /var/lib/apt/lists /var/cache/apt /root/.cache -mindepth 1"
     )
@@ -109,10 +110,14 @@ def test_the_kubernetes_client_is_only_in_the_control_planes(built: dict[str, st
     assert "pip install 'meshlet[control-plane]'" in refused.stderr
     has = images.run_in(built["control-plane"], "python3", "-c", "import kubernetes, cryptography")
     assert has.returncode == 0, has.stderr
-    # And the sidecar's own commands never need it.
+    # And the sidecar's own commands never need it: what each imports when it runs.
     for command in ("sidecar", "init", "inject", "wait"):
         shown = images.run_in(built["sidecar"], "meshlet", command, "--help")
         assert shown.returncode == 0, shown.stderr
+    modules = ["meshlet.sidecar.app", "meshlet.capture.app", "meshlet.inject.command"]
+    modules += ["meshlet.commands.wait", "meshlet.sidecar.dns.resolv"]
+    imported = images.run_in(built["sidecar"], "python3", "-c", f"import {', '.join(modules)}")
+    assert imported.returncode == 0, imported.stderr
 
 
 def test_the_sidecar_image_adds_under_its_budget(built: dict[str, str]) -> None:

@@ -93,6 +93,7 @@ def injecting_plane(
     port: int,
     tmp_path: Path,
     account_name: str = "meshlet",
+    wait_ready: bool = True,
 ) -> Iterator[ControlPlane]:
     rules = keeper.rbac_rules(system, f"{configuration}-tls", configuration)
     settings = tmp_path / "injector.yaml"
@@ -107,6 +108,7 @@ def injecting_plane(
             None,
             tmp_path,
             kubeconfig=account.kubeconfig(),
+            wait_ready=wait_ready,
             extra_args=[
                 f"--webhook-address=127.0.0.1:{port}",
                 "--webhook-host=127.0.0.1",
@@ -409,3 +411,35 @@ def test_two_replicas_serve_one_certificate_and_one_holds_the_lease(
         assert served[0] == served[1]
         lease = leases.read_namespaced_lease(f"{configuration}-tls", namespace)
         assert lease.spec.holder_identity and not lease.spec.lease_transitions
+
+
+def test_nothing_is_made_before_the_webhook_configuration_exists(
+    kube: Cluster, namespace: str, tmp_path: Path
+) -> None:
+    """The Secret and Lease are made only with an owner (so `helm uninstall` leaves
+    neither): before the configuration exists the control plane waits, says so, and is
+    not ready; once it exists, it makes them owned by it."""
+    configuration, port = f"meshlet-injector-{namespace}", free_port()
+    with injecting_plane(kube, namespace, configuration, port, tmp_path, wait_ready=False) as plane:
+        wait_until(
+            lambda text: f"no MutatingWebhookConfiguration {configuration}" in text,
+            CONVERGE,
+            "the keeper to say it waits",
+            observe=lambda: str(plane.get_json("/debug/problems")),
+        )
+        assert plane.get("/readyz")[0] == 503
+        for kind in ("secret", "lease"):
+            got = kube.kubectl("get", kind, f"{configuration}-tls", "-n", namespace, check=False)
+            assert got.returncode != 0, got.stdout
+        with registered(kube, configuration, port):
+            wait_until(
+                lambda s: s == 200, CONVERGE, "ready", observe=lambda: plane.get("/readyz")[0]
+            )
+            secret = kube.core.read_namespaced_secret(f"{configuration}-tls", namespace)
+            (owner,) = secret.metadata.owner_references
+            assert (owner.kind, owner.name) == ("MutatingWebhookConfiguration", configuration)
+            lease = k8s.CoordinationV1Api(kube.api).read_namespaced_lease(
+                f"{configuration}-tls", namespace
+            )
+            assert [o.name for o in lease.metadata.owner_references] == [configuration]
+            assert plane.get_json("/debug/problems") == []

@@ -137,11 +137,14 @@ def _image_and_chart_runs() -> dict[str, Callable[[Path], None]]:
     from tests.test_helm_install import README_INSTALL, README_UNINSTALL, README_UPGRADE
     from tests.test_image import README_BUILDS
 
+    # (the test file, where it runs the list): the list's commands.
     held = {
-        "tests/test_helm_install.py": [*README_INSTALL, README_UPGRADE, *README_UNINSTALL],
-        "tests/test_image.py": list(README_BUILDS.values()),
+        ("tests/test_helm_install.py", "run(README_INSTALL["): README_INSTALL,
+        ("tests/test_helm_install.py", "run(README_UPGRADE)"): [README_UPGRADE],
+        ("tests/test_helm_install.py", "run(README_UNINSTALL["): README_UNINSTALL,
+        ("tests/test_image.py", "in README_BUILDS.items()"): list(README_BUILDS.values()),
     }
-    return {command: run_by(test_file, "README_") for test_file, commands in held.items()
+    return {command: run_by(test_file, where) for (test_file, where), commands in held.items()
             for command in commands}  # fmt: skip
 
 

@@ -85,6 +85,12 @@ class WebhookRunner:
                 "the webhook needs --webhook-cert-file and --webhook-key-file when it cannot"
                 " keep its own certificate on the Kubernetes API"
             )
+        loop = asyncio.get_running_loop()
+
+        def report(problems: Sequence[str]) -> None:
+            # Passes run on a thread; the registry belongs to the loop.
+            loop.call_soon_threadsafe(self._report, "webhook", tuple(problems))
+
         keeper = CertificateKeeper(
             self._api,
             KeeperConfig(
@@ -94,7 +100,7 @@ class WebhookRunner:
                 hosts=self.config.hosts(),
                 identity=replica_identity(),
             ),
-            lambda p: self._report("webhook", p),
+            report,
         )
         self._keeper = keeper
         self._tasks.append(asyncio.create_task(self._keep(keeper)))

@@ -7,9 +7,9 @@ keeps the MutatingWebhookConfiguration's `caBundle` equal to the CA; the others
 read it. Every pass runs on a thread (the `kubernetes` client blocks) and says
 what went wrong, if anything, through `report` (the control plane's problems).
 
-Both are owned by the MutatingWebhookConfiguration (an ownerReference, once it
-exists), so deleting it (`helm uninstall`) has the garbage collector delete what
-the control plane made at run time.
+Both are owned by the MutatingWebhookConfiguration (an ownerReference), so
+deleting it (`helm uninstall`) has the garbage collector delete what the control
+plane made at run time; without it, the keeper makes nothing and waits.
 
 RBAC: get/update on that Secret and that Lease by name, create for both (create
 cannot be narrowed to a name), get/patch on that MutatingWebhookConfiguration.
@@ -150,8 +150,6 @@ class CertificateKeeper:
         # A pass and a release never overlap; nothing is taken once stopped.
         self._lock = threading.Lock()
         self._stopped = False
-        # Whether the configuration has owned what this keeper made.
-        self._owned = False
 
     def step(self, now: datetime.datetime | None = None) -> Pass:
         """One pass (on a thread). Never raises: problems are reported."""
@@ -162,7 +160,7 @@ class CertificateKeeper:
                 found = self._step(now or _now())
             except ConfigurationGone as exc:
                 self._report([f"webhook certificate: {exc}"])
-                return Pass(self.config.interval)
+                return Pass(min(self.config.interval, 2.0))
             except Exception as exc:  # an unreachable API server, RBAC refusing, ...
                 problem = describe_failure(exc, self._server)
                 self._report([f"webhook certificate: {problem} (retrying)"])
@@ -173,14 +171,13 @@ class CertificateKeeper:
     def _step(self, now: datetime.datetime) -> Pass:
         configuration = self._read_configuration()
         owner = _owner_reference(configuration)
-        if owner is not None:
-            self._owned = True
-        elif self._owned:
-            # Deleted (`helm uninstall`): the garbage collector is deleting the Secret and
-            # the Lease it owned; making them again would leave them behind.
+        if owner is None:
+            # Not made yet, or deleted (`helm uninstall`: the garbage collector is deleting
+            # the Secret and Lease it owned). Nothing is made without an owner, so nothing
+            # is left behind, by this replica or by one started later.
             raise ConfigurationGone(
-                f"MutatingWebhookConfiguration {self.config.configuration} was deleted: "
-                "its Secret and Lease are not made again"
+                f"no MutatingWebhookConfiguration {self.config.configuration}: its Secret "
+                "and Lease are made once it exists (waiting)"
             )
         secret = self._read_secret()
         if secret is not None and secret.get("type") not in (None, _TLS):
