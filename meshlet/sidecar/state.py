@@ -13,24 +13,25 @@ from google.protobuf import any_pb2, json_format
 
 from meshlet._proto.meshlet.v1.nametable_pb2 import NameTable
 from meshlet.model import Endpoint, LbPolicy
+from meshlet.xds import contract
 
 
 @dataclass(frozen=True, slots=True)
 class OutlierConfig:
     # False when the cluster has no outlier_detection: never eject.
     enabled: bool = True
-    consecutive_failures: int = 5
-    interval_seconds: float = 5.0
-    base_ejection_seconds: float = 30.0
-    max_ejection_percent: int = 50
+    consecutive_failures: int = contract.OUTLIER_CONSECUTIVE_5XX
+    interval_seconds: float = contract.OUTLIER_INTERVAL_SECONDS
+    base_ejection_seconds: float = contract.OUTLIER_BASE_EJECTION_SECONDS
+    max_ejection_percent: int = contract.OUTLIER_MAX_EJECTION_PERCENT
 
 
 @dataclass(frozen=True, slots=True)
 class ClusterConfig:
     name: str
     lb_policy: LbPolicy = LbPolicy.ROUND_ROBIN
-    connect_timeout_seconds: float = 5.0
-    max_connections: int = 1024
+    connect_timeout_seconds: float = contract.CONNECT_TIMEOUT_SECONDS
+    max_connections: int = contract.MAX_CONNECTIONS
     outlier: OutlierConfig = OutlierConfig()
     prefer_same_zone: bool = False
     # ORIGINAL_DST (the passthrough cluster): connect to where the client meant to.
@@ -53,8 +54,8 @@ class ListenerConfig:
     # original destination, or to `cluster` (the passthrough) when there is none.
     use_original_dst: bool = False
     # tcp_proxy idle_timeout: a connection with no bytes either way for this long is
-    # closed; Envoy's default is one hour, 0 means never.
-    idle_timeout_seconds: float = 3600.0
+    # closed; 0 means never.
+    idle_timeout_seconds: float = contract.TCP_PROXY_IDLE_TIMEOUT_SECONDS
 
 
 @dataclass(frozen=True, slots=True)

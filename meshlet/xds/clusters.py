@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import datetime
+
 from envoy.config.cluster.v3 import cluster_pb2, outlier_detection_pb2
 from envoy.config.core.v3 import address_pb2, config_source_pb2, health_check_pb2
 from envoy.config.endpoint.v3 import endpoint_components_pb2, endpoint_pb2
@@ -14,17 +16,13 @@ from google.protobuf import duration_pb2, struct_pb2, wrappers_pb2
 from google.protobuf.message import Message
 
 from meshlet.model import Endpoint, Health, LbPolicy, Service, ServicePort
-from meshlet.xds import types
+from meshlet.xds import contract, types
 from meshlet.xds.wire import pack
 
-CONNECT_TIMEOUT_SECONDS = 5
-MAX_CONNECTIONS = 1024
-# Outlier detection: eject after this many consecutive failures, for a base
-# time that grows with each ejection, never more than this share of a cluster.
-CONSECUTIVE_FAILURES = 5
-BASE_EJECTION_SECONDS = 30
+# Outlier detection, where meshlet chooses other than Envoy's defaults (the rest
+# are in meshlet.xds.contract): look every 5 s, and eject up to half a cluster.
+OUTLIER_INTERVAL_SECONDS = 5
 MAX_EJECTION_PERCENT = 50
-METADATA_KEY = "meshlet"
 
 _POLICY_MESSAGES: dict[LbPolicy, tuple[str, type[Message]]] = {
     LbPolicy.ROUND_ROBIN: ("envoy.load_balancing_policies.round_robin", round_robin_pb2.RoundRobin),
@@ -41,6 +39,12 @@ _HEALTH = {
     Health.HEALTHY: health_check_pb2.HEALTHY,
     Health.DRAINING: health_check_pb2.DRAINING,
 }
+
+
+def _duration(seconds: float) -> duration_pb2.Duration:
+    duration = duration_pb2.Duration()
+    duration.FromTimedelta(datetime.timedelta(seconds=seconds))
+    return duration
 
 
 def _policy_entry(policy: LbPolicy) -> cluster_pb2.LoadBalancingPolicy.Policy:
@@ -65,27 +69,28 @@ def build_cluster(service: Service, name: str) -> cluster_pb2.Cluster:
     cluster = cluster_pb2.Cluster(
         name=name,
         type=cluster_pb2.Cluster.EDS,
-        connect_timeout=duration_pb2.Duration(seconds=CONNECT_TIMEOUT_SECONDS),
+        connect_timeout=_duration(contract.CONNECT_TIMEOUT_SECONDS),
         load_balancing_policy=_load_balancing_policy(service.lb_policy),
+        # Written out even where they equal Envoy's defaults: every peer reads the same.
         outlier_detection=outlier_detection_pb2.OutlierDetection(
-            consecutive_5xx=wrappers_pb2.UInt32Value(value=CONSECUTIVE_FAILURES),
-            interval=duration_pb2.Duration(seconds=5),
-            base_ejection_time=duration_pb2.Duration(seconds=BASE_EJECTION_SECONDS),
+            consecutive_5xx=wrappers_pb2.UInt32Value(value=contract.OUTLIER_CONSECUTIVE_5XX),
+            interval=_duration(OUTLIER_INTERVAL_SECONDS),
+            base_ejection_time=_duration(contract.OUTLIER_BASE_EJECTION_SECONDS),
             max_ejection_percent=wrappers_pb2.UInt32Value(value=MAX_EJECTION_PERCENT),
         ),
     )
     cluster.eds_cluster_config.eds_config.ads.SetInParent()
     cluster.eds_cluster_config.eds_config.resource_api_version = config_source_pb2.V3
     cluster.circuit_breakers.thresholds.add(
-        max_connections=wrappers_pb2.UInt32Value(value=MAX_CONNECTIONS)
+        max_connections=wrappers_pb2.UInt32Value(value=contract.MAX_CONNECTIONS)
     )
     info = struct_pb2.Struct()
-    info.update({"service": service.name, "namespace": service.namespace})
+    info.update({contract.SERVICE: service.name, contract.NAMESPACE: service.namespace})
     if service.prefer_same_zone:
-        info.update({"prefer_same_zone": True})
+        info.update({contract.PREFER_SAME_ZONE: True})
     if service.client_ip_affinity:
-        info.update({"client_ip_affinity": True})
-    cluster.metadata.filter_metadata[METADATA_KEY].CopyFrom(info)
+        info.update({contract.CLIENT_IP_AFFINITY: True})
+    cluster.metadata.filter_metadata[contract.METADATA_KEY].CopyFrom(info)
     return cluster
 
 
@@ -95,7 +100,7 @@ def build_passthrough_cluster() -> cluster_pb2.Cluster:
         name=types.PASSTHROUGH_CLUSTER,
         type=cluster_pb2.Cluster.ORIGINAL_DST,
         lb_policy=cluster_pb2.Cluster.CLUSTER_PROVIDED,
-        connect_timeout=duration_pb2.Duration(seconds=CONNECT_TIMEOUT_SECONDS),
+        connect_timeout=_duration(contract.CONNECT_TIMEOUT_SECONDS),
     )
 
 
