@@ -6,6 +6,8 @@ cache.py      upstream queries, reading their answers, the answer cache (pure)
 forwarder.py  UDP then TCP to the upstreams, retries, timeout, coalescing
 resolv.py     the pod's resolv.conf: nameservers, search, ndots (pure parse)
 server.py     UDP + TCP listeners on one address
+tcp.py        TCP connections, their table, flow control
+tcp_clock.py  TCP idle and per-message deadlines, who gives way when full (pure)
 """
 
 from meshlet.sidecar.dns.answer import Forward, answer

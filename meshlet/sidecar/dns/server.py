@@ -8,10 +8,9 @@ built (tables are immutable, swapped whole).
 UDP runs on the event loop (uvloop in the sidecar) through `udp.py`: the socket
 is drained in batches (recvmmsg/sendmmsg on Linux) and every datagram answered
 synchronously when the answer is local or cached; only queries that go
-upstream become tasks, at most `max_pending`. TCP (RFC 7766): several
-length-prefixed queries per connection, answered as they complete (local ones
-in order, forwarded ones when they come back), an idle timeout, reading paused
-while the client does not read or too many of its queries are upstream.
+upstream become tasks, at most `max_pending`. TCP (RFC 7766) through `tcp.py`:
+several queries per connection, an idle timeout and a deadline for each message
+that stray bytes do not extend, and a full table gives way to new connections.
 
 No input may stop the server: every query is handled inside a try, failures are
 counted in `errors` and logged (rate-limited), and the next query goes on.
@@ -23,11 +22,9 @@ import asyncio
 import contextlib
 import logging
 import socket
-import struct
 from collections.abc import Callable
-from typing import cast
 
-from meshlet.sidecar.dns import udp, wire
+from meshlet.sidecar.dns import tcp, udp, wire
 from meshlet.sidecar.dns.answer import Forward, answer, servfail
 from meshlet.sidecar.dns.forwarder import Forwarder
 from meshlet.sidecar.dns.observe import OnQuery, Source, labels
@@ -35,7 +32,6 @@ from meshlet.sidecar.dns.table import DnsTable
 
 log = logging.getLogger(__name__)
 
-_LENGTH = struct.Struct("!H")
 _UDP_RECEIVE_BUFFER = 1 << 20
 _LOG_FIRST_ERRORS = 10
 _LOG_EVERY_ERRORS = 1000
@@ -49,6 +45,7 @@ class DnsServer:
         *,
         max_udp: int = wire.EDNS_SIZE,
         tcp_idle_timeout: float = 10.0,
+        tcp_query_deadline: float = 2.0,
         max_tcp_connections: int = 256,
         max_tcp_pending_per_connection: int = 32,
         max_pending: int = 2048,
@@ -58,9 +55,13 @@ class DnsServer:
         self.table = table
         self.forwarder = forwarder
         self.max_udp = max_udp
-        self.tcp_idle_timeout = tcp_idle_timeout
-        self.max_tcp_connections = max_tcp_connections
-        self.max_tcp_pending_per_connection = max_tcp_pending_per_connection
+        # A message begun must be whole this soon after its first byte (miekg/dns,
+        # under CoreDNS, gives 2 s to read one too).
+        self.tcp_limits = tcp.TcpLimits(
+            idle_timeout=tcp_idle_timeout,
+            query_deadline=tcp_query_deadline,
+            max_pending_per_connection=max_tcp_pending_per_connection,
+        )
         self.max_pending = max_pending
         self.on_query = on_query
         # recvmmsg/sendmmsg where the platform has them; False: the recvfrom loop.
@@ -70,7 +71,7 @@ class DnsServer:
         self.address: tuple[str, int] = ("", 0)
         self._udp: socket.socket | None = None
         self._tcp: asyncio.Server | None = None
-        self._connections: set[_TcpConnection] = set()
+        self._connections = tcp.TcpConnections(max_tcp_connections)
         self._tasks: set[asyncio.Task[None]] = set()
 
     # --- lifecycle -------------------------------------------------------------
@@ -88,7 +89,7 @@ class DnsServer:
                 sock.setblocking(False)
                 bound = sock.getsockname()[1]
                 self._tcp = await loop.create_server(
-                    lambda: _TcpConnection(self), host, bound, reuse_address=True
+                    self._tcp_connection, host, bound, reuse_address=True
                 )
             except OSError:
                 sock.close()
@@ -105,8 +106,7 @@ class DnsServer:
     async def close(self) -> None:
         if self._tcp is not None:
             self._tcp.close()
-        for connection in list(self._connections):
-            connection.close()
+        self._connections.close_all()
         if self._udp is not None:
             with contextlib.suppress(ValueError, OSError):
                 asyncio.get_running_loop().remove_reader(self._udp.fileno())
@@ -120,6 +120,9 @@ class DnsServer:
         if self._tcp is not None:
             await self._tcp.wait_closed()
             self._tcp = None
+
+    def _tcp_connection(self) -> tcp.TcpConnection:
+        return tcp.TcpConnection(self.handle, self._connections, self.tcp_limits)
 
     # --- queries ---------------------------------------------------------------
 
@@ -205,117 +208,3 @@ class DnsServer:
         self.errors += 1
         if self.errors <= _LOG_FIRST_ERRORS or self.errors % _LOG_EVERY_ERRORS == 0:
             log.exception("DNS query failed (%d so far): %s", self.errors, query[:64].hex())
-
-
-class _TcpConnection(asyncio.Protocol):
-    def __init__(self, server: DnsServer) -> None:
-        self.server = server
-        self.transport: asyncio.Transport | None = None
-        self.buffer = bytearray()
-        self.pending = 0
-        self.paused_writing = False
-        self.paused_pending = False
-        self.last_active = 0.0
-        self.timer: asyncio.TimerHandle | None = None
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = cast(asyncio.Transport, transport)
-        server = self.server
-        if len(server._connections) >= server.max_tcp_connections:
-            self.transport.abort()
-            return
-        server._connections.add(self)
-        loop = asyncio.get_running_loop()
-        self.last_active = loop.time()
-        self.timer = loop.call_later(server.tcp_idle_timeout, self._check_idle)
-
-    def data_received(self, data: bytes) -> None:
-        self.last_active = asyncio.get_running_loop().time()
-        buffer = self.buffer
-        buffer += data
-        offset = 0
-        while len(buffer) - offset >= 2:
-            length = buffer[offset] << 8 | buffer[offset + 1]
-            end = offset + 2 + length
-            if end > len(buffer):
-                break
-            reply = _TcpReply(self)
-            if not self.server.handle(bytes(buffer[offset + 2 : end]), reply, None):
-                reply.release()
-            offset = end
-        del buffer[:offset]
-        self._update_reading()
-
-    def write(self, response: bytes) -> None:
-        transport = self.transport
-        if transport is not None and not transport.is_closing():
-            transport.write(_LENGTH.pack(len(response)) + response)
-            self.last_active = asyncio.get_running_loop().time()
-
-    def _update_reading(self) -> None:
-        transport = self.transport
-        if transport is None or transport.is_closing():
-            return
-        over = self.pending > self.server.max_tcp_pending_per_connection
-        if over != self.paused_pending:
-            self.paused_pending = over
-            if over and not self.paused_writing:
-                transport.pause_reading()
-            elif not over and not self.paused_writing:
-                transport.resume_reading()
-
-    def pause_writing(self) -> None:
-        self.paused_writing = True
-        if self.transport is not None and not self.paused_pending:
-            self.transport.pause_reading()
-
-    def resume_writing(self) -> None:
-        self.paused_writing = False
-        if (
-            self.transport is not None
-            and not self.paused_pending
-            and not self.transport.is_closing()
-        ):
-            self.transport.resume_reading()
-
-    def _check_idle(self) -> None:
-        loop = asyncio.get_running_loop()
-        idle = loop.time() - self.last_active
-        timeout = self.server.tcp_idle_timeout
-        if idle >= timeout and self.pending <= 0:
-            self.close()
-        else:
-            self.timer = loop.call_later(max(timeout - idle, 0.05), self._check_idle)
-
-    def close(self) -> None:
-        if self.transport is not None:
-            self.transport.close()
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        if self.timer is not None:
-            self.timer.cancel()
-        self.server._connections.discard(self)
-        self.transport = None
-
-
-class _TcpReply:
-    """Sends one response on a connection; counts as pending there until it has."""
-
-    __slots__ = ("connection", "done")
-
-    def __init__(self, connection: _TcpConnection) -> None:
-        self.connection = connection
-        self.done = False
-        connection.pending += 1
-
-    def __call__(self, response: bytes) -> None:
-        if not self.done:
-            self.release()
-            self.connection.write(response)
-
-    def release(self) -> None:
-        if not self.done:
-            self.done = True
-            connection = self.connection
-            connection.pending -= 1
-            connection._update_reading()
