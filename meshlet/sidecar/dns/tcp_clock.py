@@ -9,8 +9,8 @@ Two clocks per connection, and bytes that do not finish a message move neither:
 
 When the connection table is full, a new connection takes the place of the one
 idle longest with no query in flight: a client that dribbles bytes is idle by
-this count, so it cannot starve new ones (unbound and CoreDNS give way the same
-way, by shortening or ending idle connections rather than refusing new ones).
+this count, so held connections cannot starve new ones. Only when every one has
+a query in flight is the newcomer refused.
 
 No clock is read here: every call takes `now`.
 """
