@@ -28,8 +28,8 @@ from meshlet.sidecar.validate import (
     Update,
     ValidationError,
     apply_update,
-    validate_cluster,
-    validate_load_assignment,
+    decode_cluster,
+    decode_load_assignment,
 )
 from meshlet.xds import types
 from meshlet.xds.translate import translate
@@ -230,7 +230,7 @@ UNKNOWN_POLICY = any_pb2.Any(type_url="type.googleapis.com/example.Foo")
     ],
 )
 def test_load_balancing_policy(configure: Callable[[Cluster], None], expected: LbPolicy) -> None:
-    assert validate_cluster(WEB, _cluster(configure)).lb_policy is expected
+    assert decode_cluster(WEB, _cluster(configure)).lb_policy is expected
 
 
 def test_endpoint_health_maps_to_what_the_balancer_uses() -> None:
@@ -250,7 +250,7 @@ def test_endpoint_health_maps_to_what_the_balancer_uses() -> None:
         lb_endpoint = locality.lb_endpoints.add(health_status=status)
         lb_endpoint.endpoint.address.socket_address.address = f"10.1.0.{i}"
         lb_endpoint.endpoint.address.socket_address.port_value = 80
-    assert validate_load_assignment(WEB, assignment) == (
+    assert decode_load_assignment(WEB, assignment) == (
         Endpoint("10.1.0.0", 80, Health.HEALTHY, "zone-a"),
         Endpoint("10.1.0.1", 80, Health.HEALTHY, "zone-a"),
         Endpoint("10.1.0.2", 80, Health.DRAINING, "zone-a"),
@@ -343,6 +343,41 @@ def _http_filter(listener: Listener) -> None:
 
 def _srv_port_zero(table: NameTable) -> None:
     table.table["web.default.svc.cluster.local"].ports[0].port = 0
+
+
+def _srv_port_name(name: str) -> Callable[[NameTable], None]:
+    def change(table: NameTable) -> None:
+        table.table["web.default.svc.cluster.local"].ports[0].name = name
+
+    return change
+
+
+# A valid name of 245 characters: no room for "_http._tcp." or a pod's dashed IP before it.
+LONG = ".".join(["a" * 57] * 4) + ".svc.cluster.local"
+
+
+def _long_name(headless: bool) -> Callable[[NameTable], None]:
+    def change(table: NameTable) -> None:
+        entry = table.table[LONG]
+        entry.headless = headless
+        entry.ips.append("fd00::1:2:3:4")
+        entry.ports.add(name="http", port=80, protocol="tcp")
+
+    return change
+
+
+def _assignment(change: Callable[[ClusterLoadAssignment], None]) -> Callable[[Message], None]:
+    def break_it(message: Message) -> None:
+        assert isinstance(message, ClusterLoadAssignment)
+        change(message)
+
+    return break_it
+
+
+def _heavy_locality(assignment: ClusterLoadAssignment) -> None:
+    locality = assignment.endpoints[0]
+    locality.lb_endpoints[0].load_balancing_weight.value = 2**32 - 1
+    locality.lb_endpoints.add().CopyFrom(locality.lb_endpoints[0])
 
 
 BAD = {
@@ -478,6 +513,110 @@ BAD = {
         _name_table(_srv_port_zero),
         N + 'table["web.default.svc.cluster.local"].ports[0].port 0 is out of range 1-65535',
     ),
+    # What a hostile peer tries: numbers no enum names, values out of range, empty strings.
+    "lb-policy-no-enum-names": Bad(
+        types.CLUSTER,
+        WEB,
+        _cluster_change(_enum_policy(99)),
+        W + "lb_policy 99 is not a value of LbPolicy",
+    ),
+    "discovery-type-no-enum-names": Bad(
+        types.CLUSTER,
+        WEB,
+        _cluster_change(lambda c: setattr(c, "type", 42)),
+        W + "type 42 is not a value of DiscoveryType",
+    ),
+    "circuit-breaker-priority-no-enum-names": Bad(
+        types.CLUSTER,
+        WEB,
+        _cluster_change(lambda c: setattr(c.circuit_breakers.thresholds[0], "priority", 7)),
+        W + "circuit_breakers.thresholds[0].priority 7 is not a value of RoutingPriority",
+    ),
+    "connect-timeout-beyond-any-duration": Bad(
+        types.CLUSTER,
+        WEB,
+        _cluster_change(lambda c: setattr(c.connect_timeout, "seconds", 10**12)),
+        W + "connect_timeout (1000000000000s, 0ns) is not a valid duration",
+    ),
+    "outlier-interval-of-two-signs": Bad(
+        types.CLUSTER,
+        WEB,
+        _cluster_change(lambda c: setattr(c.outlier_detection.interval, "nanos", -1)),
+        W + "outlier_detection.interval (5s, -1ns) is not a valid duration",
+    ),
+    "outlier-consecutive-zero": Bad(
+        types.CLUSTER,
+        WEB,
+        _cluster_change(lambda c: setattr(c.outlier_detection.consecutive_5xx, "value", 0)),
+        W + "outlier_detection.consecutive_5xx must be at least 1",
+    ),
+    "metadata-service-empty": Bad(
+        types.CLUSTER,
+        WEB,
+        _cluster_change(lambda c: c.metadata.filter_metadata["meshlet"].update({"service": ""})),
+        W + 'metadata.filter_metadata["meshlet"].service "" is not a Kubernetes object name',
+    ),
+    "health-status-no-enum-names": Bad(
+        types.ENDPOINT,
+        WEB,
+        _assignment(lambda a: setattr(a.endpoints[0].lb_endpoints[0], "health_status", 42)),
+        f'ClusterLoadAssignment "{WEB}": endpoints[0].lb_endpoints[0].health_status 42 '
+        "is not a value of HealthStatus",
+    ),
+    "locality-weights-over-uint32": Bad(
+        types.ENDPOINT,
+        WEB,
+        _assignment(_heavy_locality),
+        f'ClusterLoadAssignment "{WEB}": endpoints[0] has weights that add up to over 2^32 - 1',
+    ),
+    "endpoint-address-empty": Bad(
+        types.ENDPOINT,
+        WEB,
+        _set_address("address", ""),
+        E + 'address "" is not an IP address',
+    ),
+    "endpoint-address-with-a-scope": Bad(
+        types.ENDPOINT,
+        WEB,
+        _set_address("address", "fe80::1%eth0"),
+        E + 'address "fe80::1%eth0" has a scope, which no mesh address has',
+    ),
+    "listener-address-empty": Bad(
+        types.LISTENER,
+        "10.96.0.10_80",
+        _listener(lambda lis: setattr(lis.address.socket_address, "address", "")),
+        L + 'address.socket_address.address "" is not an IP address',
+    ),
+    "listener-to-an-empty-cluster-name": Bad(
+        types.LISTENER,
+        "10.96.0.10_80",
+        _listener(_tcp_proxy(lambda p: setattr(p, "cluster", ""))),
+        L + f"{FIRST_FILTER} must name one cluster (weighted_clusters is not supported)",
+    ),
+    "listener-idle-timeout-beyond-nanos": Bad(
+        types.LISTENER,
+        "10.96.0.10_80",
+        _listener(_tcp_proxy(lambda p: setattr(p.idle_timeout, "nanos", 2_000_000_000))),
+        L + f"{FIRST_FILTER}.idle_timeout (0s, 2000000000ns) is not a valid duration",
+    ),
+    "srv-port-name-not-a-label": Bad(
+        types.NAME_TABLE,
+        "meshlet",
+        _name_table(_srv_port_name("http.x")),
+        N + 'table["web.default.svc.cluster.local"].ports[0].name "http.x" is not a DNS label',
+    ),
+    "srv-name-too-long": Bad(
+        types.NAME_TABLE,
+        "meshlet",
+        _name_table(_long_name(headless=False)),
+        N + f'table["{LONG}"].ports[0] makes an SRV name over 253 characters',
+    ),
+    "headless-pod-name-too-long": Bad(
+        types.NAME_TABLE,
+        "meshlet",
+        _name_table(_long_name(headless=True)),
+        N + f'table["{LONG}"].ips[0] makes a pod name over 253 characters',
+    ),
 }
 
 
@@ -514,6 +653,24 @@ def test_a_resource_of_another_type_is_rejected() -> None:
     with pytest.raises(ValidationError) as raised:
         apply_update(SidecarState(), update, DOMAIN)
     assert str(raised.value) == f'Cluster "x": is of type {types.ENDPOINT}, not {types.CLUSTER}'
+
+
+def test_a_nack_quotes_what_the_peer_chose_shortened() -> None:
+    """An 8 MB name is not echoed back: names are cut with an ellipsis, messages bounded."""
+    huge = "outbound|80||" + "a" * 8_000_000
+    cluster = _cluster(lambda c: setattr(c.eds_cluster_config, "service_name", "b" * 10_000))
+    cluster.name = huge
+    for update in (delta(types.CLUSTER, {huge: cluster}), sotw(types.CLUSTER, [cluster])):
+        with pytest.raises(ValidationError) as raised:
+            apply_update(SidecarState(), update, DOMAIN)
+        assert str(raised.value) == (
+            f'Cluster "{huge[:299]}…": eds_cluster_config.service_name "{"b" * 299}…" '
+            "is not supported (the load assignment must have the cluster's name)"
+        )
+    update = Update("type.googleapis.com/" + "x" * 100_000, "1", [])
+    with pytest.raises(ValidationError) as raised:
+        apply_update(SidecarState(), update, DOMAIN)
+    assert len(str(raised.value)) < 400
 
 
 def test_two_listeners_for_one_address_are_rejected() -> None:

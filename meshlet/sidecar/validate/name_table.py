@@ -1,0 +1,53 @@
+"""NameTable -> itself, checked (pure): every name the DNS server will build from it fits DNS."""
+
+from __future__ import annotations
+
+from meshlet._proto.meshlet.v1.nametable_pb2 import NameInfo, NameTable
+from meshlet.sidecar.validate import fields
+from meshlet.sidecar.validate.errors import Where
+from meshlet.xds.error_detail import quoted as q
+
+_SRV_PROTOCOLS = frozenset({"tcp", "udp", "sctp"})
+_MAX_NAME = 253  # characters of a DNS name without its trailing dot
+
+
+def _entry(where: Where, fqdn: str, info: NameInfo) -> None:
+    path = f'table["{q(fqdn)}"]'
+    for i, text in enumerate(info.ips):
+        ip = fields.ip(where, f"{path}.ips[{i}]", text)
+        # A headless service's pods get "<ip with dashes>.<fqdn>" names.
+        if info.headless and len(ip) + 1 + len(fqdn) > _MAX_NAME:
+            raise where.fail(f"{path}.ips[{i}] makes a pod name over {_MAX_NAME} characters")
+    if info.cname:
+        if info.ips:
+            raise where.fail(f"{path} has both a cname and ips")
+        if not fields.is_dns_name(info.cname):
+            raise where.fail(f'{path}.cname "{q(info.cname)}" is not a valid DNS name')
+    for i, port in enumerate(info.ports):
+        fields.port(where, f"{path}.ports[{i}].port", port.port)
+        if port.protocol not in _SRV_PROTOCOLS:
+            raise where.fail(
+                f'{path}.ports[{i}].protocol "{q(port.protocol)}" is not tcp, udp or sctp'
+            )
+        if not port.name:
+            continue  # no SRV name
+        if not fields.is_dns_label(port.name) or len(port.name) > 62:  # "_" makes 63
+            raise where.fail(f'{path}.ports[{i}].name "{q(port.name)}" is not a DNS label')
+        if len(f"_{port.name}._{port.protocol}.{fqdn}") > _MAX_NAME:
+            raise where.fail(f"{path}.ports[{i}] makes an SRV name over {_MAX_NAME} characters")
+
+
+def decode_name_table(name: str, table: NameTable, cluster_domain: str) -> NameTable:
+    """Checks every entry; the table itself is what the DNS server reads."""
+    where = Where("NameTable", name)
+    domain = cluster_domain.rstrip(".").lower()
+    suffix = "." + domain
+    for fqdn in sorted(table.table):
+        if fqdn != fqdn.lower():
+            raise where.fail(f"name {q(fqdn)} is not lower case")
+        if not fields.is_dns_name(fqdn):
+            raise where.fail(f'name "{q(fqdn)}" is not a valid DNS name')
+        if not fqdn.endswith(suffix):
+            raise where.fail(f"name {q(fqdn)} is outside the cluster domain {domain}")
+        _entry(where, fqdn, table.table[fqdn])
+    return table
