@@ -13,6 +13,7 @@ from envoy.service.discovery.v3.discovery_pb2 import DeltaDiscoveryRequest, Disc
 
 from meshlet.controlplane.cache import Resource, Snapshot
 from meshlet.xds import types
+from meshlet.xds.error_detail import bounded
 
 WILDCARD = "*"
 
@@ -156,7 +157,8 @@ def error_message(request: DiscoveryRequest | DeltaDiscoveryRequest) -> str | No
     if not request.HasField("error_detail"):
         return None
     detail = request.error_detail
-    return detail.message or f"rejected with code {detail.code} and no message"
+    # Any client can send any text: what is kept and shown of it is bounded.
+    return bounded(detail.message) or f"rejected with code {detail.code} and no message"
 
 
 _RANK = {t: i for i, t in enumerate(types.PUSH_ORDER)}

@@ -46,6 +46,7 @@ from meshlet.memory import release_freed_memory
 from meshlet.sidecar.state import SidecarState
 from meshlet.sidecar.validate import Received, Update, ValidationError, apply_update
 from meshlet.xds import types
+from meshlet.xds.error_detail import bounded, quoted
 
 log = logging.getLogger(__name__)
 
@@ -109,8 +110,10 @@ class XdsStatus:
     streams_connected: int = 0  # streams that got at least one response
     last_stream_error: str = ""
     next_retry_seconds: float | None = None
-    # By type URL, for every type the client subscribes to.
+    # By type URL, for every type the client subscribes to (and only those: a
+    # control plane chooses type URLs, so others are only counted).
     types: Mapping[str, TypeStatus] = field(default_factory=dict)
+    rejected_other_types: int = 0  # responses of a type never subscribed to
 
     def config_age(self, now: float) -> float | None:
         """Seconds since the last accepted update of any type (`now` from time.time())."""
@@ -259,8 +262,10 @@ class SotwSession:
 
     def update_of(self, response: DiscoveryResponse) -> Update:
         # Every later request of this type must carry this nonce, or the server
-        # takes it for a stale one and ignores it.
-        self._nonces[response.type_url] = response.nonce
+        # takes it for a stale one and ignores it. Only for types asked for: the
+        # control plane chooses type URLs, and this must not grow with them.
+        if response.type_url in SUBSCRIBED_TYPES:
+            self._nonces[response.type_url] = response.nonce
         return Update(
             type_url=response.type_url,
             version=response.version_info,
@@ -274,7 +279,9 @@ class SotwSession:
     def nack(
         self, response: DiscoveryResponse, state: SidecarState, error: str
     ) -> DiscoveryRequest:
-        return self._request(response.type_url, state, _error(error))
+        request = self._request(response.type_url, state, _error(error))
+        request.response_nonce = response.nonce
+        return request
 
     def resubscribe(self, state: SidecarState) -> list[DiscoveryRequest]:
         wanted = _eds_names(state)
@@ -356,8 +363,11 @@ class XdsClient:
         try:
             state = apply_update(self._state, update, self._domain)
         except ValidationError as exc:
-            self._rejected(update, str(exc))
-            return [session.nack(response, self._state, str(exc))]
+            return self._nack(session, response, update, str(exc))
+        except Exception as exc:  # a bug here must still be a NACK, not a dropped stream
+            log.exception("validating %s failed", quoted(update.type_url))
+            error = f"the sidecar failed on this response ({type(exc).__name__}: {exc})"
+            return self._nack(session, response, update, error)
         self._state = state
         self._accepted(update, state)
         try:
@@ -366,7 +376,17 @@ class XdsClient:
             log.exception("on_state failed for a new xDS state; the client carries on")
         return [session.ack(response, state), *session.resubscribe(state)]
 
+    def _nack(self, session: _Session, response: Any, update: Update, error: str) -> list[Any]:
+        error = bounded(error)
+        self._rejected(update, error)
+        return [session.nack(response, self._state, error)]
+
     def _set_type(self, type_url: str, **changes: Any) -> None:
+        if type_url not in SUBSCRIBED_TYPES:
+            return
+        for key in ("accepted_version", "rejected_version"):
+            if key in changes:  # chosen by the control plane: kept to a readable size
+                changes[key] = quoted(changes[key])
         current = self._status.types.get(type_url, TypeStatus())
         by_type = {**self._status.types, type_url: dataclasses.replace(current, **changes)}
         self._status = dataclasses.replace(self._status, types=by_type)
@@ -391,7 +411,13 @@ class XdsClient:
             log.info("first xDS config accepted from %s", self._address)
 
     def _rejected(self, update: Update, error: str) -> None:
-        log.warning("rejected %s version %r: %s", update.type_url, update.version, error)
+        log.warning(
+            "rejected %s version %s: %s", quoted(update.type_url), quoted(update.version), error
+        )
+        if update.type_url not in SUBSCRIBED_TYPES:
+            others = self._status.rejected_other_types + 1
+            self._status = dataclasses.replace(self._status, rejected_other_types=others)
+            return
         current = self._status.types.get(update.type_url, TypeStatus())
         self._set_type(
             update.type_url,
