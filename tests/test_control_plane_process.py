@@ -69,14 +69,21 @@ def test_a_bad_edit_is_reported_and_the_last_good_state_keeps_serving(tmp_path: 
         assert "Traceback" not in plane.process.log_text()
 
 
-def test_two_services_claiming_one_cluster_ip_keep_the_last_good_state(tmp_path: Path) -> None:
+def test_a_service_claiming_an_older_ones_cluster_ip_is_left_out(tmp_path: Path) -> None:
     folder = tmp_path / "manifests"
     folder.mkdir()
-    write_manifests(folder / "web.yaml", *web("10.1.0.1"))
+    older = web("10.1.0.1")
+    older[0]["metadata"]["creationTimestamp"] = "2024-01-01T00:00:00Z"
+    write_manifests(folder / "web.yaml", *older)
     with control_plane(folder, tmp_path) as plane:
+        # "other" sorts before "web", but has no creationTimestamp: web is older.
         write_manifests(
             folder / "other.yaml",
             service_manifest("other", "default", "10.96.0.10", [("http", 80, 80)]),
+        )
+        write_manifests(
+            folder / "db.yaml",
+            service_manifest("db", "default", "10.96.0.30", [("tcp", 5432, 5432)]),
         )
         problems = wait_until(
             bool,
@@ -84,8 +91,20 @@ def test_two_services_claiming_one_cluster_ip_keep_the_last_good_state(tmp_path:
             "the conflict to be reported",
             observe=lambda: plane.get_json("/debug/problems"),
         )
-        assert "10.96.0.10" in problems[0]
-        assert "other" not in str(plane.config()["cds"]["resources"])
+        assert problems == [
+            f"{folder / 'other.yaml'}: document 1 (Service default/other): ClusterIP 10.96.0.10"
+            f" is Service default/web's (in {folder / 'web.yaml'}: document 1), which has a"
+            " creationTimestamp and this one has none; this Service is left out"
+        ]
+        clusters = wait_until(
+            lambda names: "outbound|5432||db.default.svc.cluster.local" in names,
+            10,
+            "the other services to be served",
+            observe=lambda: set(plane.config()["cds"]["resources"]),
+        )
+        assert WEB_CLUSTER in clusters
+        assert not any("other" in name for name in clusters)
+        assert endpoints_served(plane.config()) == ["10.1.0.1"]
 
 
 def test_health_endpoints_and_metrics(tmp_path: Path) -> None:

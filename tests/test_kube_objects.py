@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import copy
-from dataclasses import replace
+import datetime
 from typing import Any
 
 import pytest
@@ -788,37 +788,32 @@ def test_empty_mesh() -> None:
     assert build_mesh([], []) == Mesh()
 
 
-def test_duplicate_service_is_a_conflict() -> None:
-    first = replace(parse_service(service()), origin="a.yaml: document 1")
-    second = replace(parse_service(service(clusterIP="10.96.0.21")), origin="b.yaml: document 2")
-    with pytest.raises(ManifestError) as caught:
-        build_mesh([first, second], [])
-    assert str(caught.value) == (
-        "b.yaml: document 2: Service shop/web is defined twice (also in a.yaml: document 1)"
-    )
+# Conflicting objects (a name or a ClusterIP twice) are resolved before the join:
+# tests/test_claims.py.
 
 
-def test_two_services_one_cluster_ip() -> None:
-    web = replace(parse_service(service("web")), origin="a.yaml: document 1")
-    api = replace(parse_service(service("api")), origin="b.yaml: document 3")
-    with pytest.raises(ManifestError) as caught:
-        build_mesh([web, api], [])
-    assert caught.value.location == "b.yaml: document 3"
-    assert caught.value.message == (
-        "Service shop/api claims ClusterIP 10.96.0.20, which Service shop/web already has"
-        " (also in a.yaml: document 1)"
-    )
+@pytest.mark.parametrize(
+    ("written", "seconds"),
+    [
+        ("2024-05-01T12:00:00Z", 1714564800.0),  # as the API returns it (JSON text)
+        ("2024-05-01T14:00:00+02:00", 1714564800.0),
+        (datetime.datetime(2024, 5, 1, 12, 0), 1714564800.0),  # unquoted in YAML: UTC
+        (datetime.datetime(2024, 5, 1, 12, 0, tzinfo=datetime.UTC), 1714564800.0),
+    ],
+)
+def test_creation_timestamp(written: object, seconds: float) -> None:
+    obj = with_(service(), "metadata.creationTimestamp", written)
+    assert parse_service(obj).created == seconds
+    slice_ = with_(endpoint_slice(), "metadata.creationTimestamp", written)
+    assert parse_endpoint_slice(slice_).created == seconds
 
 
-def test_dual_stack_ip_conflict_on_second_address() -> None:
-    web = parse_service(service("web", clusterIPs=["10.96.0.20", "fd00::20"]))
-    api = parse_service(service("api", clusterIP="fd00::0020"))
-    with pytest.raises(ManifestError, match="claims ClusterIP fd00::20, which Service shop/web"):
-        build_mesh([web, api], [])
+def test_no_creation_timestamp() -> None:
+    assert parse_service(service()).created is None
+    assert parse_endpoint_slice(endpoint_slice()).created is None
 
 
-def test_duplicate_slice_is_a_conflict() -> None:
-    slice_ = parse_endpoint_slice(endpoint_slice())
-    with pytest.raises(ManifestError) as caught:
-        build_mesh([], [slice_, slice_])
-    assert str(caught.value) == "EndpointSlice shop/web-abc12 is defined twice"
+@pytest.mark.parametrize("written", ["yesterday", 1714564800, datetime.date(2024, 5, 1)])
+def test_a_creation_timestamp_that_is_no_time(written: object) -> None:
+    with pytest.raises(ManifestError, match=r"metadata.creationTimestamp .* is not a time"):
+        parse_service(with_(service(), "metadata.creationTimestamp", written))

@@ -22,14 +22,18 @@ DATA = Path(__file__).parent / "data"
 WAIT = 3.0  # seconds a change may take before the test fails; changes take well under 1
 
 
-def service_yaml(name: str, ip: str, port: int = 80, namespace: str = "shop") -> str:
+def service_yaml(
+    name: str, ip: str, port: int = 80, namespace: str = "shop", created: str = ""
+) -> str:
+    # Unquoted, as kubectl prints it: YAML reads it as a timestamp.
+    timestamp = f"\n          creationTimestamp: {created}" if created else ""
     return textwrap.dedent(
         f"""\
         apiVersion: v1
         kind: Service
         metadata:
           name: {name}
-          namespace: {namespace}
+          namespace: {namespace}{timestamp}
         spec:
           clusterIP: {ip}
           ports:
@@ -307,19 +311,36 @@ def test_deleted_file_drops_out(tmp_path: Path) -> None:
     assert keys(source.load().mesh) == ["shop/api"]
 
 
-def test_conflict_keeps_last_good_mesh(tmp_path: Path) -> None:
-    (tmp_path / "a.yaml").write_text(service_yaml("web", "10.96.0.1"))
+def test_a_cluster_ip_conflict_serves_the_older_service_and_everything_else(
+    tmp_path: Path,
+) -> None:
+    # The older Service is in the file read last, so reading order cannot be what decides.
+    older, newer = tmp_path / "z-web.yaml", tmp_path / "a-api.yaml"
+    older.write_text(service_yaml("web", "10.96.0.1", created="2024-01-01T00:00:00Z"))
+    (tmp_path / "db.yaml").write_text(service_yaml("db", "10.96.0.3"))
     source = Loaded(tmp_path)
-    good = source.load()
-    (tmp_path / "b.yaml").write_text(service_yaml("api", "10.96.0.1"))
+    assert keys(source.load().mesh) == ["shop/db", "shop/web"]
+
+    newer.write_text(service_yaml("api", "10.96.0.1", created="2024-02-01T00:00:00Z"))
     result = source.load()
+    assert keys(result.mesh) == ["shop/db", "shop/web"]
     assert result.errors == (
-        f"{tmp_path / 'b.yaml'}: document 1: Service shop/api claims ClusterIP 10.96.0.1,"
-        f" which Service shop/web already has (also in {tmp_path / 'a.yaml'}: document 1)",
+        f"{newer}: document 1 (Service shop/api): ClusterIP 10.96.0.1 is Service shop/web's"
+        f" (in {older}: document 1), which is older (metadata.creationTimestamp); this"
+        " Service is left out",
     )
-    assert result.mesh == good.mesh
-    (tmp_path / "b.yaml").write_text(service_yaml("api", "10.96.0.2"))
-    assert keys(source.load().mesh) == ["shop/api", "shop/web"]
+    # A restart reads the same folder to the same choice.
+    assert Loaded(tmp_path).load() == result
+    # Everything else goes on: a change to another Service is served.
+    (tmp_path / "db.yaml").write_text(service_yaml("db", "10.96.0.3", port=81))
+    changed = source.load()
+    assert changed.mesh.services[0].ports[0].port == 81
+    assert changed.errors == result.errors
+    # The problem is the newer file's: fixing it clears it.
+    newer.write_text(service_yaml("api", "10.96.0.2", created="2024-02-01T00:00:00Z"))
+    fixed = source.load()
+    assert keys(fixed.mesh) == ["shop/api", "shop/db", "shop/web"]
+    assert fixed.errors == ()
 
 
 def test_missing_path_is_an_error_and_keeps_the_mesh(tmp_path: Path) -> None:

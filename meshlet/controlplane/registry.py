@@ -6,11 +6,13 @@ them with `kube_objects`, so a manifest and the API are held to the same rules:
 - an object that becomes invalid keeps its last good version, and is reported;
 - a new invalid object is left out, and is reported;
 - one bad object never holds back the others;
-- objects that conflict (the same Service twice, a ClusterIP claimed twice) keep
-  the last good Mesh, and the conflict is reported.
+- of two objects that conflict (the same Service twice, a ClusterIP claimed twice)
+  the older is served and the other left out and reported (`controlplane.claims`);
+- every problem belongs to one object or one source, and goes when it is fixed.
 
-`result()` is the Mesh to serve with every problem there is now. Nothing should be
-served before `is_synced`: every source has applied its first complete read.
+`result()` is the Mesh to serve with every problem there is now, bounded per file
+and in all (`controlplane.problems`). Nothing should be served before `is_synced`:
+every source has applied its first complete read.
 """
 
 from __future__ import annotations
@@ -19,6 +21,8 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import TypeVar
 
+from meshlet.controlplane import problems
+from meshlet.controlplane.claims import resolve
 from meshlet.controlplane.sources.base import Kind, ObjectEvent, ObjectKey
 from meshlet.controlplane.sources.kube_objects import (
     ManifestError,
@@ -45,9 +49,9 @@ class LoadResult:
     errors: tuple[str, ...] = ()
 
 
-def _located(event: ObjectEvent, exc: ManifestError) -> str:
-    where = f"{event.origin} ({event.key})" if event.origin else str(event.key)
-    return f"{where}: {exc.message}"
+def _located(key: ObjectKey, origin: str, message: str) -> str:
+    where = f"{origin} ({key})" if origin else str(key)
+    return f"{where}: {message}"
 
 
 class Registry:
@@ -62,7 +66,8 @@ class Registry:
         self._object_problems: dict[ObjectKey, str] = {}
         self._source_problems: dict[str, tuple[str, ...]] = {}
         self._mesh = Mesh()
-        self._conflict = ""
+        # Objects left out of the Mesh for a conflict with an older one, and why.
+        self._left_out: Mapping[ObjectKey, str] = {}
         self._stale = False  # objects changed since the Mesh was built
         # Counts every change of objects or problems: a cheap "anything new?".
         self.generation = 0
@@ -101,16 +106,18 @@ class Registry:
     def result(self) -> LoadResult:
         if self._stale:
             self._stale = False
-            try:
-                self._mesh = build_mesh(self._services.values(), self._slices.values())
-                self._conflict = ""
-            except ManifestError as exc:
-                self._conflict = str(exc)
+            claims = resolve(self._services, self._slices)
+            self._mesh = build_mesh(claims.services, claims.slices)
+            self._left_out = claims.left_out
         errors = [problem for source in self._source_problems.values() for problem in source]
-        errors += self._object_problems.values()
-        if self._conflict:
-            errors.append(self._conflict)
-        return LoadResult(self._mesh, tuple(errors))
+        # An object's scope is its file (manifests) or "" (the API): bounded per file.
+        located = [(key.scope, problem) for key, problem in self._object_problems.items()]
+        located += [
+            (key.scope, _located(key, self._origin(key), why))
+            for key, why in self._left_out.items()
+        ]
+        errors += problems.per_file(located)
+        return LoadResult(self._mesh, problems.bounded(errors))
 
     # --- inside ---------------------------------------------------------------
 
@@ -118,6 +125,10 @@ class Registry:
         self.generation += 1
         if self.on_change is not None:
             self.on_change()
+
+    def _origin(self, key: ObjectKey) -> str:
+        spec = self._services.get(key) or self._slices.get(key)
+        return spec.origin if spec is not None else ""
 
     def _apply_one(self, event: ObjectEvent) -> bool:
         if event.key.kind is Kind.SERVICE:
@@ -139,7 +150,7 @@ class Registry:
             spec = replace(parse(event.obj), origin=event.origin)
         except ManifestError as exc:
             # The last good version (if any) stays; the problem is the news.
-            problem = _located(event, exc)
+            problem = _located(key, event.origin, exc.message)
             if self._object_problems.get(key) == problem:
                 return False
             self._object_problems[key] = problem

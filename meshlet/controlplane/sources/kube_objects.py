@@ -11,6 +11,8 @@ refuse is refused here too, with the field path in the message.
 
 from __future__ import annotations
 
+import contextlib
+import datetime
 import ipaddress
 import json
 import re
@@ -73,6 +75,9 @@ class ServiceSpec:
     client_ip_affinity: bool = False
     prefer_same_zone: bool = False
     publish_not_ready: bool = False
+    # metadata.creationTimestamp (seconds since the epoch), None when a manifest has
+    # none: the older of two Services claiming one ClusterIP keeps it.
+    created: float | None = None
     # Where it came from ("web.yaml: document 2"), so conflicts can name both sides.
     origin: str = field(default="", compare=False)
 
@@ -107,6 +112,7 @@ class SliceSpec:
     ports: tuple[SlicePort, ...] = ()
     # Always empty for FQDN slices: the mesh routes to IPs only.
     endpoints: tuple[SliceEndpoint, ...] = ()
+    created: float | None = None
     origin: str = field(default="", compare=False)
 
     @property
@@ -181,6 +187,7 @@ def parse_service(obj: Mapping[str, object]) -> ServiceSpec:
         # Unknown values (newer Kubernetes) mean no preference rather than an error.
         prefer_same_zone=distribution in _PREFER_SAME_ZONE,
         publish_not_ready=_bool(spec, "publishNotReadyAddresses", "spec") or False,
+        created=_created(meta),
     )
 
 
@@ -298,15 +305,16 @@ def parse_endpoint_slice(obj: Mapping[str, object]) -> SliceSpec:
     if address_type not in _ADDRESS_TYPES:
         raise _not_one_of("addressType", address_type, _ADDRESS_TYPES)
     ports = _slice_ports(obj)
+    created = _created(meta)
     if address_type == "FQDN":
         # Not an error, just nothing the mesh can route to.
-        return SliceSpec(name, namespace, service_name, address_type, ports)
+        return SliceSpec(name, namespace, service_name, address_type, ports, created=created)
     version = 4 if address_type == "IPv4" else 6
     endpoints = tuple(
         _slice_endpoint(item, f"endpoints[{i}]", version)
         for i, item in enumerate(_list(obj, "endpoints", "endpoints"))
     )
-    return SliceSpec(name, namespace, service_name, address_type, ports, endpoints)
+    return SliceSpec(name, namespace, service_name, address_type, ports, endpoints, created)
 
 
 def _slice_ports(obj: Mapping[str, object]) -> tuple[SlicePort, ...]:
@@ -367,32 +375,14 @@ def _slice_endpoint(item: object, path: str, version: int) -> SliceEndpoint:
 
 
 def build_mesh(services: Iterable[ServiceSpec], slices: Iterable[SliceSpec]) -> Mesh:
-    """Join slices to their services; raise ManifestError on conflicting objects."""
-    by_key: dict[tuple[str, str], ServiceSpec] = {}
-    ip_owner: dict[str, ServiceSpec] = {}
-    for svc in services:
-        other = by_key.get((svc.namespace, svc.name))
-        if other is not None:
-            raise ManifestError(f"Service {svc.key} is defined twice{_also(other)}", svc.origin)
-        by_key[svc.namespace, svc.name] = svc
-        for ip in svc.cluster_ips:
-            owner = ip_owner.setdefault(ip, svc)
-            if owner is not svc:
-                raise ManifestError(
-                    f"Service {svc.key} claims ClusterIP {ip}, which Service {owner.key}"
-                    f" already has{_also(owner)}",
-                    svc.origin,
-                )
+    """Join slices to their services.
 
+    Names and ClusterIPs must be unique already: `controlplane.claims` decides
+    which of two conflicting objects is served.
+    """
+    by_key = {(svc.namespace, svc.name): svc for svc in services}
     slices_of: dict[tuple[str, str], list[SliceSpec]] = {}
-    seen: dict[tuple[str, str], SliceSpec] = {}
     for slice_ in slices:
-        other_slice = seen.get((slice_.namespace, slice_.name))
-        if other_slice is not None:
-            raise ManifestError(
-                f"EndpointSlice {slice_.key} is defined twice{_also(other_slice)}", slice_.origin
-            )
-        seen[slice_.namespace, slice_.name] = slice_
         # Slices of a Service that does not exist (yet) are simply not used.
         slices_of.setdefault((slice_.namespace, slice_.service_name), []).append(slice_)
 
@@ -402,10 +392,6 @@ def build_mesh(services: Iterable[ServiceSpec], slices: Iterable[SliceSpec]) -> 
             for key, svc in sorted(by_key.items(), key=lambda item: item[0])
         )
     )
-
-
-def _also(other: ServiceSpec | SliceSpec) -> str:
-    return f" (also in {other.origin})" if other.origin else ""
 
 
 def _service(svc: ServiceSpec, slices: Sequence[SliceSpec]) -> Service:
@@ -585,6 +571,26 @@ def _name(meta: Mapping[str, object], pattern: re.Pattern[str], what: str, limit
     if len(name) > limit or not pattern.fullmatch(name):
         raise ManifestError(f"metadata.name {_show(name)} is not {what}")
     return name
+
+
+def _created(meta: Mapping[str, object]) -> float | None:
+    """metadata.creationTimestamp as seconds since the epoch; YAML reads an unquoted
+    timestamp as a datetime, JSON (the API) gives the RFC 3339 text."""
+    value = meta.get("creationTimestamp")
+    if value is None:
+        return None
+    when = value if isinstance(value, datetime.datetime) else None
+    if isinstance(value, str):
+        with contextlib.suppress(ValueError):
+            when = datetime.datetime.fromisoformat(value)
+    if when is None:
+        raise ManifestError(
+            f"metadata.creationTimestamp {_show(value)} is not a time"
+            " (RFC 3339, as 2024-05-01T12:00:00Z)"
+        )
+    if when.tzinfo is None:  # Kubernetes writes UTC
+        when = when.replace(tzinfo=datetime.UTC)
+    return when.timestamp()
 
 
 def _namespace(meta: Mapping[str, object]) -> str:
