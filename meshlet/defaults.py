@@ -17,6 +17,9 @@ SIDECAR_ADMIN_PORT = 15000
 # Read-only, on the pod IP (Istio's numbers): the kubelet's probes and Prometheus.
 HEALTH_PORT = 15021
 METRICS_PORT = 15020
+# Where the injected sidecar keeps its last accepted config (an emptyDir): a
+# restart while the control plane is away serves from it.
+STATE_DIR = "/var/lib/meshlet"
 # The uid the sidecar runs as; capture never redirects its traffic.
 PROXY_UID = 1337
 

@@ -7,6 +7,7 @@ kubelet expands it (`$$` is a literal `$`; an unknown variable stays as written)
 
 from __future__ import annotations
 
+import os
 import re
 import sys
 from collections.abc import Mapping, Sequence
@@ -63,3 +64,21 @@ def pod_fields(pod: Mapping[str, Any], node: str, namespace: str) -> dict[str, s
 
 def find(containers: Sequence[Mapping[str, Any]], name: str) -> Mapping[str, Any]:
     return next(c for c in containers if c["name"] == name)
+
+
+def with_empty_dirs(
+    pod: Mapping[str, Any], container: Mapping[str, Any], env: Mapping[str, str], root: Path
+) -> dict[str, str]:
+    """`env` with every emptyDir the container mounts made a directory under `root`,
+    owned by the container's user. Without a mount namespace here, the directory stands
+    at its own path: env values that name the mount path are pointed at it."""
+    empty = {v["name"] for v in pod["spec"].get("volumes") or [] if "emptyDir" in v}
+    context = container.get("securityContext") or {}
+    moved = {}
+    for mount in container.get("volumeMounts") or []:
+        if mount["name"] in empty:
+            directory = root / mount["name"]
+            directory.mkdir(parents=True, exist_ok=True)
+            os.chown(directory, context.get("runAsUser", 0), context.get("runAsGroup", 0))
+            moved[mount["mountPath"]] = str(directory)
+    return {name: moved.get(value, value) for name, value in env.items()}

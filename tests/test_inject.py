@@ -276,3 +276,22 @@ def test_status_records_what_was_injected() -> None:
         "initContainers": ["meshlet-init", "meshlet-proxy"],
         "containers": [],
     }
+
+
+def test_the_sidecar_gets_an_empty_dir_for_its_config_beside_the_pods_own_volumes() -> None:
+    own = {"name": "data", "emptyDir": {}}
+    pod = {"metadata": {"name": "p"}, "spec": {"containers": [], "volumes": [own]}}
+    out = inject_pod(pod, "shop", settings()).pod
+    assert out["spec"]["volumes"] == [
+        own,
+        {"name": "meshlet-state", "emptyDir": {"sizeLimit": "64Mi"}},
+    ]
+    proxy = next(c for c in out["spec"]["initContainers"] if c["name"] == "meshlet-proxy")
+    assert proxy["volumeMounts"] == [{"name": "meshlet-state", "mountPath": "/var/lib/meshlet"}]
+    assert {"name": "MESHLET_STATE_DIR", "value": "/var/lib/meshlet"} in proxy["env"]
+    taken = {
+        "metadata": {"name": "p"},
+        "spec": {"containers": [], "volumes": [{"name": "meshlet-state", "emptyDir": {}}]},
+    }
+    with pytest.raises(InjectionError, match="already has a volume named meshlet-state"):
+        inject_pod(taken, "shop", settings())

@@ -27,9 +27,10 @@ import pytest
 from meshlet import defaults
 from meshlet.devmesh.mesh import DevMesh, Pod
 from meshlet.devmesh.stack import APP_UID, PYTHON, LocalMesh, ServiceSpec, pod_resolv_conf
-from meshlet.inject.pod import inject_pod
+from meshlet.inject.pod import STATE_VOLUME, inject_pod
 from meshlet.inject.settings import InjectorSettings
-from tests.container_run import container_argv, container_env, find, pod_fields
+from meshlet.sidecar.saved_state import FILE_NAME
+from tests.container_run import container_argv, container_env, find, pod_fields, with_empty_dirs
 from tests.netlab import skip_unless_netns_and_nftables
 from tests.procs import http_get, wait_until
 
@@ -124,7 +125,7 @@ def run_pod(
     )
     assert result.returncode == 0, result.stderr
     proxy = find([*init_containers, *regular], "meshlet-proxy")
-    env = container_env(proxy, fields)
+    env = with_empty_dirs(pod, proxy, container_env(proxy, fields), local.work / name)
     uid = proxy["securityContext"]["runAsUser"]
     sidecar = netns_pod.spawn(
         container_argv(proxy, env),
@@ -182,6 +183,9 @@ def test_the_injected_containers_capture_dns_and_services(mesh: LocalMesh) -> No
         assert status == 200 and '"client-7f9c.default"' in body
         metrics = http_get(f"http://{client.ip}:{defaults.METRICS_PORT}/stats/prometheus")
         assert metrics[0] == 200 and "meshlet_proxy_connections_total" in metrics[1]
+        # The sidecar keeps its config in the pod's emptyDir, for a restart.
+        saved = mesh.work / "client" / STATE_VOLUME / FILE_NAME
+        wait_until(saved.exists, 30, "the sidecar's saved config in its emptyDir")
 
 
 def job_pod(mode: str) -> dict[str, Any]:

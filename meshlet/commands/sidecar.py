@@ -136,6 +136,15 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         help=f"serve /stats/prometheus and /metrics here (:{defaults.METRICS_PORT} in a pod; "
         "default: not served)",
     )
+    add_flag(
+        p,
+        "--state-dir",
+        default=None,
+        metavar="DIR",
+        help="keep the last accepted config here, and serve from it at once after a "
+        f"restart while the control plane is away ({defaults.STATE_DIR}, an emptyDir, in "
+        "an injected pod; default: not kept)",
+    )
     p.set_defaults(run=_run)
 
 
@@ -163,5 +172,6 @@ def _run(args: argparse.Namespace) -> int:
             quit_endpoint=args.quit_endpoint,
             health_address=args.health_address,
             metrics_address=args.metrics_address,
+            state_dir=args.state_dir or None,
         )
     )

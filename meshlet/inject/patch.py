@@ -1,6 +1,6 @@
 """The JSONPatch (RFC 6902) that turns the pod the API server sent into the injected one.
 
-Whole fields are added or replaced (annotations, the container lists): what the
+Whole fields are added or replaced (annotations, the container and volume lists): what the
 injector changes, and nothing else, so what another webhook did elsewhere stays.
 """
 
@@ -14,6 +14,7 @@ _FIELDS = (
     (("metadata",), "annotations"),
     (("spec",), "initContainers"),
     (("spec",), "containers"),
+    (("spec",), "volumes"),
 )
 
 

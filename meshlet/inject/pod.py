@@ -47,6 +47,10 @@ NEVER_NAMESPACES = frozenset({"kube-system", "kube-public", "kube-node-lease"})
 ZONE_LABEL = "topology.kubernetes.io/zone"
 READY_PATH = "/healthz/ready"
 METRICS_PATH = "/stats/prometheus"
+# The sidecar's saved config: an emptyDir lives as long as the pod, so a restarted
+# sidecar container serves from it while the control plane is away.
+STATE_VOLUME = "meshlet-state"
+STATE_SIZE_LIMIT = "64Mi"
 
 
 class InjectionError(ValueError):
@@ -92,6 +96,9 @@ def inject_pod(pod: Mapping[str, Any], namespace: str, settings: InjectorSetting
     for name in (INIT_NAME, PROXY_NAME):
         if name in names:
             raise InjectionError(f"the pod already has a container named {name}")
+    volumes = spec.get("volumes") or []
+    if any(isinstance(v, Mapping) and v.get("name") == STATE_VOLUME for v in volumes):
+        raise InjectionError(f"the pod already has a volume named {STATE_VOLUME}")
     runs_as_proxy = _runs_as_proxy(spec, settings.proxy_uid, with_init=mode == NATIVE)
     if runs_as_proxy:
         reason = (
@@ -115,6 +122,10 @@ def inject_pod(pod: Mapping[str, Any], namespace: str, settings: InjectorSetting
         # so the app's own init containers keep the network they had.
         out_spec["initContainers"] = [*_containers(spec, "initContainers"), init]
         out_spec["containers"] = [proxy, *_containers(spec, "containers")]
+    out_spec["volumes"] = [
+        *(out_spec.get("volumes") or []),
+        {"name": STATE_VOLUME, "emptyDir": {"sizeLimit": STATE_SIZE_LIMIT}},
+    ]
     out_meta = out.setdefault("metadata", {})
     out_annotations = out_meta.setdefault("annotations", {})
     out_annotations[STATUS] = json.dumps(
@@ -242,6 +253,7 @@ def _proxy_container(
             {"name": "meshlet-metrics", "containerPort": defaults.METRICS_PORT, "protocol": "TCP"},
         ],
         "resources": resources,
+        "volumeMounts": [{"name": STATE_VOLUME, "mountPath": defaults.STATE_DIR}],
         "securityContext": {
             "runAsUser": settings.proxy_uid,
             "runAsGroup": settings.proxy_uid,
@@ -284,6 +296,7 @@ def _proxy_env(settings: InjectorSettings, mode: str) -> list[dict[str, Any]]:
         {"name": "MESHLET_HEALTH_ADDRESS", "value": f"0.0.0.0:{defaults.HEALTH_PORT}"},
         {"name": "MESHLET_METRICS_ADDRESS", "value": f"0.0.0.0:{defaults.METRICS_PORT}"},
         {"name": "MESHLET_DRAIN_SECONDS", "value": f"{settings.drain_seconds:g}"},
+        {"name": "MESHLET_STATE_DIR", "value": defaults.STATE_DIR},
         {"name": "MESHLET_LOG_LEVEL", "value": settings.log_level},
     ]
     if mode == CLASSIC:

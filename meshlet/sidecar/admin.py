@@ -91,8 +91,13 @@ def clusters(
 
 def _ready(status: Callable[[], XdsStatus]) -> Callable[[object], Response]:
     def ready(_: object) -> Response:
-        if not status().ready:
+        now = status()
+        if not now.ready:
             return Response.text("no config accepted yet\n", 503)
+        if now.stale:
+            # Still ready: the pod keeps serving (and stays in its Services) while the
+            # control plane is away.
+            return Response.text(f"ready, stale: serving the config saved in {now.restored_from}\n")
         return Response.text("ready\n")
 
     return ready

@@ -25,6 +25,7 @@ from meshlet.sidecar.proxy.metrics import ProxyMetrics
 from meshlet.sidecar.proxy.router import Router
 from meshlet.sidecar.proxy.server import OutboundProxy
 from meshlet.sidecar.state import SidecarState
+from meshlet.sidecar.state_file import StateFile
 from meshlet.sidecar.xds_client import XdsClient, XdsProtocol
 from meshlet.telemetry import Telemetry
 
@@ -59,6 +60,8 @@ class SidecarConfig:
     # Read-only, on the pod IP for the kubelet and Prometheus (None: not served).
     health_address: tuple[str, int] | None = None
     metrics_address: tuple[str, int] | None = None
+    # Where to keep the last accepted config for a restart (None: not kept).
+    state_dir: str | None = None
 
 
 DEFAULT_OUTBOUND_PORT = defaults.OUTBOUND_PORT
@@ -137,10 +140,14 @@ async def serve(config: SidecarConfig, stop: asyncio.Event) -> int:
         return 2
     dns_view = DnsView(config)
     router = Router(zone=config.zone)
+    saved = StateFile(config.state_dir, config.cluster_domain) if config.state_dir else None
+    restoring = True
 
     def on_state(state: SidecarState) -> None:
         dns_view.update(state)
         router.update(state)
+        if saved is not None and not restoring:
+            saved.note(state)
 
     client = XdsClient(
         grpc_address(*config.xds_address),
@@ -151,6 +158,11 @@ async def serve(config: SidecarConfig, stop: asyncio.Event) -> int:
         config.xds_protocol,
         on_state=on_state,
     )
+    if saved is not None:
+        restored = saved.load()
+        if restored is not None:
+            client.restore(restored.state, saved.path)
+    restoring = False
     _raise_open_files_limit()
     telemetry = Telemetry("meshlet-sidecar")
     metrics = SidecarMetrics(telemetry, client.status)
@@ -212,6 +224,8 @@ async def serve(config: SidecarConfig, stop: asyncio.Event) -> int:
             with contextlib.suppress(asyncio.CancelledError):
                 await xds
         await proxy.close()
+        if saved is not None:
+            await saved.close()
         for server in dns_servers:
             await server.close()
         await admin.close()

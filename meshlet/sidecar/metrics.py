@@ -43,6 +43,13 @@ class SidecarMetrics:
             description="Seconds since the last accepted xDS update",
         )
 
+        meter.create_observable_gauge(
+            "meshlet.xds.config.stale",
+            callbacks=[self._observe_stale],
+            description="1 while serving a config saved by an earlier run that the control "
+            "plane has not confirmed yet, else 0",
+        )
+
     def _observe_queries(self, _options: CallbackOptions) -> Iterable[Observation]:
         return [
             Observation(count, {"type": qtype, "rcode": rcode, "source": source})
@@ -60,3 +67,6 @@ class SidecarMetrics:
     def _observe_age(self, _options: CallbackOptions) -> Iterable[Observation]:
         age = self._xds_status().config_age(time.time())
         return [] if age is None else [Observation(age)]
+
+    def _observe_stale(self, _options: CallbackOptions) -> Iterable[Observation]:
+        return [Observation(1 if self._xds_status().stale else 0)]

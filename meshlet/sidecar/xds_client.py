@@ -15,7 +15,9 @@ the EDS clusters it holds (changed as clusters come and go), and the NameTable
 Ready: once (and from then on) the first CDS, LDS and NameTable responses were
 accepted and every EDS cluster held has had its load assignment (or word that it
 has none). A stream that breaks later does not make the client unready: it still
-serves its last good state.
+serves its last good state. A sidecar restarted while the control plane is away
+starts from the config an earlier run saved (`restore`): ready at once if that
+config is whole, and `stale` until the control plane's first accepted response.
 """
 
 from __future__ import annotations
@@ -110,6 +112,10 @@ class XdsStatus:
     streams_connected: int = 0  # streams that got at least one response
     last_stream_error: str = ""
     next_retry_seconds: float | None = None
+    # Serving a config saved by an earlier run (`restored_from`, the file) that no
+    # response from the control plane has confirmed yet.
+    stale: bool = False
+    restored_from: str = ""
     # By type URL, for every type the client subscribes to (and only those: a
     # control plane chooses type URLs, so others are only counted).
     types: Mapping[str, TypeStatus] = field(default_factory=dict)
@@ -355,6 +361,25 @@ class XdsClient:
     def status(self) -> XdsStatus:
         return self._status
 
+    def restore(self, state: SidecarState, origin: str) -> None:
+        """Serve `state` (saved by an earlier run) until the control plane answers.
+
+        Called before `run()`. The next stream resumes from it: delta names the
+        versions held, so the control plane sends only what changed since.
+        """
+        self._state = state
+        for type_url in SUBSCRIBED_TYPES:
+            if type_url in state.type_versions:
+                self._set_type(
+                    type_url,
+                    accepted_version=state.type_versions[type_url],
+                    resources=len(state.accepted.get(type_url, {})),
+                )
+        self._status = dataclasses.replace(
+            self._status, ready=is_complete(state), stale=True, restored_from=origin
+        )
+        self._on_state(state)
+
     # --- the pure-ish core: one response in, requests out --------------------
 
     def handle(self, session: _Session, response: Any) -> list[Any]:
@@ -406,6 +431,9 @@ class XdsClient:
             last_received=len(update.resources),
             last_removed=len(update.removed),
         )
+        if self._status.stale:
+            self._status = dataclasses.replace(self._status, stale=False)
+            log.info("config from %s again: no longer only the saved one", self._address)
         if not self._status.ready and is_complete(state):
             self._status = dataclasses.replace(self._status, ready=True)
             log.info("first xDS config accepted from %s", self._address)

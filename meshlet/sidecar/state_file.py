@@ -1,0 +1,145 @@
+"""The saved config on disk (`--state-dir`): read once at start, written after accepts.
+
+Writes are coalesced: after an accepted update the file is written once the
+quiet period has passed, with whatever is latest by then, so a burst of endpoint
+changes is one write, not one per change. Each write goes to a temporary file
+that replaces the old one (rename is atomic), so a crash leaves the old file or
+the new one, never half of one. Encoding and writing run off the event loop.
+Nothing here stops the sidecar: a file that cannot be read or written is one
+log line, and the sidecar goes on without it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import stat
+import threading
+import time
+from collections.abc import Callable
+
+from meshlet.sidecar.saved_state import FILE_NAME, Saved, SavedStateError, decode, encode
+from meshlet.sidecar.state import SidecarState
+
+log = logging.getLogger(__name__)
+
+# A saved file larger than this is not ours to trust (a 10,000-service mesh is ~10 MB).
+MAX_FILE_BYTES = 512 * 1024 * 1024
+
+
+def _read_regular(path: str) -> bytes:
+    # O_NONBLOCK: a FIFO put in our place must not hang the start.
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    with os.fdopen(fd, "rb") as f:
+        info = os.fstat(f.fileno())
+        if not stat.S_ISREG(info.st_mode):
+            raise SavedStateError("it is not a regular file")
+        if info.st_size > MAX_FILE_BYTES:
+            raise SavedStateError(f"it is {info.st_size} bytes, over {MAX_FILE_BYTES}")
+        return f.read(MAX_FILE_BYTES + 1)
+
+
+def _write_atomic(path: str, data: bytes) -> None:
+    directory = os.path.dirname(path) or "."
+    temporary = os.path.join(directory, f".{os.path.basename(path)}.{os.getpid()}.tmp")
+    try:
+        with open(temporary, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(temporary, path)
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(temporary)
+    dir_fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(dir_fd)  # the rename itself survives a crash
+    finally:
+        os.close(dir_fd)
+
+
+class StateFile:
+    def __init__(
+        self,
+        directory: str,
+        cluster_domain: str,
+        *,
+        quiet_seconds: float = 1.0,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.path = os.path.join(directory, FILE_NAME)
+        self._directory = directory
+        self._domain = cluster_domain
+        self._quiet = quiet_seconds
+        self._clock = clock
+        self._latest: SidecarState | None = None
+        self._task: asyncio.Task[None] | None = None
+        self._last_error = ""
+        # A write cancelled at shutdown may still run in its thread beside the last one.
+        self._writing = threading.Lock()
+        self.writes = 0  # files written, for the admin page and tests
+
+    def load(self) -> Saved | None:
+        """The saved config, or None (said in one log line) when there is none to use."""
+        try:
+            data = _read_regular(self.path)
+            saved = decode(data, self._domain)
+        except FileNotFoundError:
+            log.info("no saved config at %s: waiting for the control plane", self.path)
+            return None
+        except (OSError, SavedStateError) as exc:
+            why = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+            log.warning(
+                "saved config %s not used (%s): waiting for the control plane", self.path, why
+            )
+            return None
+        age = "" if saved.written_at is None else f", {self._clock() - saved.written_at:.0f}s old"
+        log.info(
+            "serving the config saved at %s (%d resources%s) until the control plane answers",
+            self.path,
+            sum(len(r) for r in saved.state.accepted.values()),
+            age,
+        )
+        return saved
+
+    def note(self, state: SidecarState) -> None:
+        """A newly accepted state: written once the quiet period has passed."""
+        self._latest = state
+        if self._task is None or self._task.done():
+            self._task = asyncio.get_running_loop().create_task(self._write_soon())
+
+    async def _write_soon(self) -> None:
+        while self._latest is not None:
+            await asyncio.sleep(self._quiet)
+            state, self._latest = self._latest, None
+            if state is not None:
+                await asyncio.to_thread(self._write, state)
+
+    def _write(self, state: SidecarState) -> None:
+        with self._writing:
+            self._write_now(state)
+
+    def _write_now(self, state: SidecarState) -> None:
+        try:
+            os.makedirs(self._directory, exist_ok=True)
+            _write_atomic(self.path, encode(state, self._domain, self._clock()))
+        except OSError as exc:
+            error = f"{exc.strerror or exc}"
+            if error != self._last_error:  # once per distinct failure, not once per update
+                log.warning("cannot save the config to %s: %s", self.path, error)
+            self._last_error = error
+            return
+        self._last_error = ""
+        self.writes += 1
+
+    async def close(self) -> None:
+        """Writes what is pending now (on shutdown), then stops."""
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+        state, self._latest = self._latest, None
+        if state is not None:
+            await asyncio.to_thread(self._write, state)
