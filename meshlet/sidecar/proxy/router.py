@@ -22,7 +22,7 @@ from meshlet.model import Endpoint, LbPolicy
 from meshlet.sidecar.proxy.balancer import ClusterBalancer
 from meshlet.sidecar.proxy.original_dst import destination_key
 from meshlet.sidecar.state import ClusterConfig, ListenerConfig, SidecarState
-from meshlet.xds import types
+from meshlet.xds import contract, types
 
 
 @dataclass(eq=False, slots=True)
@@ -68,7 +68,7 @@ class Route:
     cluster: ClusterRuntime
     # Hash the client's IP (ClientIP affinity, ring hash / maglev on the source).
     hash_source_ip: bool = False
-    idle_timeout: float = 3600.0
+    idle_timeout: float = contract.TCP_PROXY_IDLE_TIMEOUT_SECONDS
     passthrough: bool = False
     # A hashing policy without a source-IP hash: each connection hashes a random key.
     random_key: bool = False
