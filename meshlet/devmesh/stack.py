@@ -5,12 +5,16 @@ The client pod is set up as the injected sidecar would set up a real one: its
 resolv.conf names the cluster DNS VIP with the Kubernetes search path, `meshlet
 init` (as root, like an init container) redirects its service traffic and DNS,
 and the sidecar runs as the proxy uid, so its own connections pass untouched.
-Admin ports listen on the pod IPs, so the host can look at them over the bridge.
+Only `meshlet init` runs as root: the control plane and the backends run as
+uids of their own (keeping, as every process under another uid here, the right
+to read files: see netns.exec_argv). Admin ports listen on the pod IPs, so the
+host can look at them over the bridge.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import time
@@ -28,6 +32,9 @@ from meshlet.devmesh.mesh import DevMesh, DevMeshError, Pod
 PYTHON = sys.executable
 PROXY_UID = defaults.PROXY_UID
 APP_UID = 1000
+# nobody: the control plane needs no privilege; and not the proxy uid, which
+# capture lets through.
+CONTROL_PLANE_UID = 65534
 CLUSTER_DNS_VIP = "10.96.0.10"
 BACKEND_PORT = 8080
 XDS_PORT = defaults.XDS_PORT
@@ -124,6 +131,8 @@ class LocalMesh:
     control_plane: Pod | None = None
     client: Pod | None = None
     sidecar: subprocess.Popen[bytes] | None = None
+    control_plane_process: subprocess.Popen[bytes] | None = None
+    _sidecar_argv: list[str] = field(default_factory=list)
 
     @property
     def manifests(self) -> Path:
@@ -162,14 +171,27 @@ class LocalMesh:
         return path
 
     def start_control_plane(self) -> Pod:
-        pod = self.mesh.add_pod("cp")
+        """The control plane's pod and process (after `stop_control_plane`: the same pod)."""
+        pod = self.control_plane or self.mesh.add_pod("cp")
         argv = [PYTHON, "-m", "meshlet", "control-plane", f"--manifests={self.manifests}"]
         argv += [f"--xds-address={pod.ip}:{XDS_PORT}", f"--admin-address={pod.ip}:{CP_ADMIN_PORT}"]
         log = self.log("control-plane")
-        process = pod.spawn(argv, log)
+        process = pod.spawn(argv, log, uid=CONTROL_PLANE_UID)
         wait_for(f"http://{pod.ip}:{CP_ADMIN_PORT}/readyz", "the control plane", process, log)
         self.control_plane = pod
+        self.control_plane_process = process
         return pod
+
+    def stop_control_plane(self) -> None:
+        """The control plane's process ends; its pod (and IP) stays, unreachable."""
+        if self.control_plane_process is not None:
+            self.mesh.stop(self.control_plane_process)
+            self.control_plane_process = None
+
+    def state_dir(self, name: str = "client") -> Path:
+        """Where a client's sidecar keeps its config (an emptyDir: the pod's, not the
+        container's)."""
+        return self.work / f"sidecar-{name}-state"
 
     def add_client(self, name: str = "client", zone: str = "") -> Pod:
         """A pod with capture (meshlet init) and a ready sidecar running as the proxy uid."""
@@ -184,11 +206,29 @@ class LocalMesh:
         argv += [f"--admin-address={pod.ip}:{SIDECAR_ADMIN_PORT}"]
         if zone:
             argv.append(f"--zone={zone}")
-        log = self.log(f"sidecar-{name}")
-        self.sidecar = pod.spawn(argv, log, uid=PROXY_UID)
-        wait_for(self.sidecar_url("/ready"), "the sidecar", self.sidecar, log)
+        state = self.state_dir(name)
+        state.mkdir(exist_ok=True)
+        os.chown(state, PROXY_UID, PROXY_UID)
+        argv.append(f"--state-dir={state}")
         self.client = pod
+        self._sidecar_argv = argv
+        self.start_sidecar()
         return pod
+
+    def start_sidecar(self, ready: bool = True) -> None:
+        """The client's sidecar process, with the flags `add_client` gave it; returns once
+        it is ready (`ready` False: once its admin port answers, ready or not)."""
+        assert self.client is not None
+        log = self.log(f"sidecar-{self.client.name}")
+        self.sidecar = self.client.spawn(self._sidecar_argv, log, uid=PROXY_UID)
+        url = self.sidecar_url("/ready" if ready else "/config_dump")
+        wait_for(url, "the sidecar", self.sidecar, log)
+
+    def stop_sidecar(self) -> None:
+        """The client's sidecar ends as on SIGTERM (it drains, saves its config, exits)."""
+        if self.sidecar is not None:
+            self.mesh.stop(self.sidecar)
+            self.sidecar = None
 
     def sidecar_url(self, path: str) -> str:
         pod = self.client or self.mesh.pods["client"]
