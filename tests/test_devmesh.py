@@ -13,6 +13,14 @@ import pytest
 
 from meshlet.devmesh import netns
 from meshlet.devmesh.mesh import DevMesh, clear_stale
+from meshlet.devmesh.stack import (
+    APP_UID,
+    CONTROL_PLANE_UID,
+    CP_ADMIN_PORT,
+    LocalMesh,
+    ServiceSpec,
+    http_get,
+)
 from tests.netlab import skip_unless_netns_and_nftables
 from tests.procs import wait_until
 
@@ -150,3 +158,38 @@ def _pids_of_sleep_in(namespace: str) -> list[int]:
 
 def _gone(pid: int) -> bool:
     return not Path(f"/proc/{pid}").exists() or _zombie(pid)
+
+
+def _status(pid: int) -> dict[str, str]:
+    """/proc/<pid>/status as a dict (Uid, Gid, CapEff, ...)."""
+    lines = Path(f"/proc/{pid}/status").read_text().splitlines()
+    return {key: value.strip() for key, _, value in (line.partition(":") for line in lines)}
+
+
+CAP_DAC_READ_SEARCH = 2
+
+
+def test_the_demo_runs_its_control_plane_and_backends_without_root(tmp_path: Path) -> None:
+    work = tmp_path / "work"
+    work.mkdir()
+    work.chmod(0o755)
+    with DevMesh() as mesh:
+        local = LocalMesh(mesh, work)
+        local.add_backend("web-0", ready=True)
+        local.write_services([ServiceSpec("web", "10.96.0.20", 80, ("web-0",))])
+        cp = local.start_control_plane()  # returns once ready
+        # `ip netns exec` and `setpriv` exec: the PIDs the pods hold are the servers'.
+        [control_plane] = cp.processes
+        [backend] = local.backends["web-0"].pod.processes
+        status = _status(control_plane.pid)
+        assert status["Uid"].split() == [str(CONTROL_PLANE_UID)] * 4, status
+        assert status["Gid"].split() == [str(CONTROL_PLANE_UID)] * 4, status
+        assert status["Groups"] == ""
+        # Of root's powers, only reading files is kept (the checkout may sit in /root).
+        assert int(status["CapEff"], 16) == 1 << CAP_DAC_READ_SEARCH, status
+        assert _status(backend.pid)["Uid"].split() == [str(APP_UID)] * 4
+        # It read the manifests folder, and logs to its file.
+        code, body = http_get(f"http://{cp.ip}:{CP_ADMIN_PORT}/debug/config")
+        assert code == 200 and b"web.default.svc.cluster.local" in body
+        assert local.log("control-plane").stat().st_size > 0
+    assert leftovers(mesh.id) == []
