@@ -307,3 +307,25 @@ def test_sotw_explicit_star_then_empty_unsubscribes() -> None:
     [empty], _ = stream.on_request(request(types.CLUSTER, [], nonce=sotw(push).nonce), snap)
     assert not stream.watches[types.CLUSTER].wildcard
     assert sotw_names(empty) == []
+
+
+def test_types_the_server_never_serves_are_counted_not_watched() -> None:
+    snap = snapshot_of(web("10.0.0.1"))
+    sotw_stream, delta_stream = SotwStream(), DeltaStream()
+    for i in range(1000):  # a client choosing type URLs: no watch, no answer, each
+        unknown = f"type.googleapis.com/example.Nothing{i}"
+        assert sotw_stream.on_request(request(unknown), snap) == ([], False)
+        assert delta_stream.on_request(delta_request(unknown), snap) == ([], False)
+    for stream in (sotw_stream, delta_stream):
+        assert stream.watches == {} and stream.unknown_type_requests == 1000
+    # What it serves still works on the same stream.
+    [push], _ = delta_stream.on_request(delta_request(types.CLUSTER), snap)
+    assert delta(push).resources
+
+
+def test_a_node_id_of_any_size_is_kept_short() -> None:
+    stream = SotwStream()
+    hostile = request(types.CLUSTER)
+    hostile.node.id = "n" * 8_000_000
+    stream.on_request(hostile, snapshot_of(web("10.0.0.1")))
+    assert len(stream.node_id) <= 300

@@ -544,12 +544,6 @@ BAD = {
         _cluster_change(lambda c: setattr(c.outlier_detection.interval, "nanos", -1)),
         W + "outlier_detection.interval (5s, -1ns) is not a valid duration",
     ),
-    "outlier-consecutive-zero": Bad(
-        types.CLUSTER,
-        WEB,
-        _cluster_change(lambda c: setattr(c.outlier_detection.consecutive_5xx, "value", 0)),
-        W + "outlier_detection.consecutive_5xx must be at least 1",
-    ),
     "metadata-service-empty": Bad(
         types.CLUSTER,
         WEB,
@@ -744,3 +738,10 @@ def test_sotw_cluster_response_replaces_every_cluster() -> None:
     assert set(after.endpoints) == {WEB}
     assert set(after.accepted[types.CLUSTER]) == {types.PASSTHROUGH_CLUSTER, WEB}
     assert after.type_versions[types.CLUSTER] == "2"
+
+
+def test_consecutive_5xx_of_zero_turns_ejection_off_as_in_envoy() -> None:
+    cluster = Cluster()
+    cluster.CopyFrom(served()[types.CLUSTER][WEB])
+    cluster.outlier_detection.consecutive_5xx.value = 0
+    assert decode_cluster(WEB, cluster).outlier == OutlierConfig(enabled=False)

@@ -30,6 +30,8 @@ class DeltaStream(StreamState):
         """Handles one request; returns the responses to write and whether it was a NACK."""
         self.note_node(request.node.id, request.node.cluster)
         type_url = request.type_url
+        if not self.serves(type_url):
+            return [], False
         watch, first = self.watch_for(type_url)
         if first:
             watch.known = {sys.intern(n): v for n, v in request.initial_resource_versions.items()}

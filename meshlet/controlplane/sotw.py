@@ -30,6 +30,8 @@ class SotwStream(StreamState):
         """Handles one request; returns the responses to write and whether it was a NACK."""
         self.note_node(request.node.id, request.node.cluster)
         type_url = request.type_url
+        if not self.serves(type_url):
+            return [], False
         watch, first = self.watch_for(type_url)
         nack = False
         if request.response_nonce and watch.nonce:

@@ -13,7 +13,7 @@ from envoy.service.discovery.v3.discovery_pb2 import DeltaDiscoveryRequest, Disc
 
 from meshlet.controlplane.cache import Resource, Snapshot
 from meshlet.xds import types
-from meshlet.xds.error_detail import bounded
+from meshlet.xds.error_detail import bounded, quoted
 
 WILDCARD = "*"
 
@@ -74,11 +74,21 @@ class StreamState:
         self.watches: dict[str, TypeWatch] = {}
         self.generation = 0  # the snapshot generation this stream has caught up with
         self._nonce = 0
+        # Requests for a type this server never serves: counted, not watched (a
+        # client chooses type URLs, so a watch each would grow without bound).
+        self.unknown_type_requests = 0
 
     def note_node(self, node_id: str, cluster: str) -> None:
         # Only the first request must carry the node; later ones may leave it out.
         if node_id:
-            self.node_id, self.node_cluster = node_id, cluster
+            self.node_id, self.node_cluster = quoted(node_id), quoted(cluster)
+
+    def serves(self, type_url: str) -> bool:
+        """Whether this server has resources of `type_url`; counts the requests for others."""
+        if type_url in types.PUSH_ORDER:
+            return True
+        self.unknown_type_requests += 1
+        return False
 
     def next_nonce(self) -> str:
         self._nonce += 1
@@ -149,6 +159,7 @@ class StreamState:
             # The snapshot this stream has caught up with: every push it meant is computed.
             "generation": self.generation,
             "types": {types.short_name(t): w.status() for t, w in sorted(self.watches.items())},
+            "unknown_type_requests": self.unknown_type_requests,
         }
 
 

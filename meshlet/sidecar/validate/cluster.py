@@ -108,8 +108,10 @@ def _outlier(where: Where, cluster: Cluster) -> OutlierConfig:
     consecutive = contract.OUTLIER_CONSECUTIVE_5XX
     if od.HasField("consecutive_5xx"):
         consecutive = od.consecutive_5xx.value
-        if consecutive < 1:
-            raise where.fail(f"{path}.consecutive_5xx must be at least 1")
+        if consecutive == 0:
+            # As Envoy: 0 turns the detector off (Istio's consecutive5xxErrors: 0),
+            # and it is the only one meshlet runs.
+            return OutlierConfig(enabled=False)
     percent = contract.OUTLIER_MAX_EJECTION_PERCENT
     if od.HasField("max_ejection_percent"):
         percent = od.max_ejection_percent.value
