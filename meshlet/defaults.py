@@ -9,6 +9,9 @@ SERVICE_CIDR = "10.96.0.0/12"
 # The control plane.
 XDS_PORT = 15010
 CONTROL_PLANE_ADMIN_PORT = 15014
+# The largest manifest file read (--max-manifest-bytes): parsing takes some 60 times
+# a file's size in memory, so a hostile file costs a bounded amount.
+MAX_MANIFEST_BYTES = 4 * 1024 * 1024
 
 # The sidecar.
 OUTBOUND_PORT = 15001

@@ -161,6 +161,27 @@ def id_number(text: str) -> int:
     return int(text)
 
 
+_BYTE_UNITS = {"": 1, "Ki": 1024, "Mi": 1024**2, "Gi": 1024**3}
+
+
+def byte_size(text: str) -> int:
+    """A number of bytes, optionally in Ki, Mi or Gi (as Kubernetes writes quantities)."""
+    match = re.fullmatch(r"([0-9]+)(Ki|Mi|Gi)?", text.strip())
+    if match is None or int(match.group(1)) == 0:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not a size in bytes (a number, or with Ki, Mi or Gi: 4Mi)"
+        )
+    return int(match.group(1)) * _BYTE_UNITS[match.group(2) or ""]
+
+
+def byte_size_text(size: int) -> str:
+    """A `byte_size` as a flag's default shows it: 4194304 -> 4Mi."""
+    for unit in ("Gi", "Mi", "Ki"):
+        if size % _BYTE_UNITS[unit] == 0:
+            return f"{size // _BYTE_UNITS[unit]}{unit}"
+    return str(size)
+
+
 def seconds(text: str) -> float:
     try:
         value = float(text)

@@ -50,6 +50,8 @@ def test_flags_default_from_environment(monkeypatch: pytest.MonkeyPatch) -> None
         ([], {"MESHLET_OUTBOUND_PORT": "0"}, "'0' is not a port number 1-65535"),
         (["--cluster-domain", "a..b"], {}, "'a..b' is not a DNS domain"),
         ([], {"MESHLET_LOG_LEVEL": "verbose"}, "MESHLET_LOG_LEVEL='verbose': choose from"),
+        (["--max-manifest-bytes", "4MB"], {}, "'4MB' is not a size in bytes"),
+        ([], {"MESHLET_MAX_MANIFEST_BYTES": "0"}, "'0' is not a size in bytes"),
     ],
 )
 def test_bad_flags_exit_2_with_a_clear_message(
@@ -58,6 +60,18 @@ def test_bad_flags_exit_2_with_a_clear_message(
     result = run_meshlet("control-plane", "--manifests", "examples/manifests", *args, env=env)
     assert result.returncode == 2
     assert message in result.stderr
+
+
+def test_max_manifest_bytes_in_bytes_or_binary_units(monkeypatch: pytest.MonkeyPatch) -> None:
+    def parsed(*flags: str) -> int:
+        args = build_parser().parse_args(["control-plane", "--manifests", "x", *flags])
+        return int(args.max_manifest_bytes)
+
+    assert parsed() == 4 * 1024 * 1024
+    assert parsed("--max-manifest-bytes", "512Ki") == 512 * 1024
+    assert parsed("--max-manifest-bytes=1Gi") == 1024**3
+    monkeypatch.setenv("MESHLET_MAX_MANIFEST_BYTES", "1000")
+    assert parsed() == 1000
 
 
 def test_busy_xds_port_is_a_clear_error(tmp_path: Path) -> None:

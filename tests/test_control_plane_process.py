@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
+import os
+import signal
 import threading
 from collections.abc import Iterator
 from concurrent import futures
@@ -17,6 +20,7 @@ from tests.procs import (
     endpoint_slice_manifest,
     free_port,
     service_manifest,
+    stop_process,
     wait_until,
     write_atomically,
     write_manifests,
@@ -105,6 +109,150 @@ def test_a_service_claiming_an_older_ones_cluster_ip_is_left_out(tmp_path: Path)
         assert WEB_CLUSTER in clusters
         assert not any("other" in name for name in clusters)
         assert endpoints_served(plane.config()) == ["10.1.0.1"]
+
+
+def children(pid: int) -> dict[int, str]:
+    """The child processes of `pid`: their PIDs and command lines."""
+    found = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            stat = Path(f"/proc/{entry}/stat").read_text()
+            command = Path(f"/proc/{entry}/cmdline").read_bytes()
+        except OSError:  # ended meanwhile
+            continue
+        # The field after "(name)" is the state, then the parent's PID.
+        if int(stat.rsplit(")", 1)[1].split()[1]) == pid:
+            found[int(entry)] = command.replace(b"\0", b" ").decode(errors="replace")
+    return found
+
+
+def parser_of(pid: int) -> int | None:
+    """The control plane's manifest parser process, while one runs."""
+    found = [child for child, command in children(pid).items() if "parse_worker" in command]
+    return found[0] if found else None
+
+
+def big_service(name: str, ip: str, filler: int) -> dict[str, Any]:
+    """A valid Service some megabytes big: slow enough to parse to be caught at it."""
+    svc = service_manifest(name, "default", ip, [("http", 80, 80)])
+    svc["metadata"]["annotations"] = {f"example.com/note-{n}": "x" for n in range(filler)}
+    return svc
+
+
+def test_health_answers_while_a_big_manifest_is_parsed(tmp_path: Path) -> None:
+    folder = tmp_path / "manifests"
+    folder.mkdir()
+    write_manifests(folder / "web.yaml", *web("10.1.0.1"))
+    with control_plane(folder, tmp_path) as plane:
+        for attempt in range(3):
+            big = f"big{attempt}"
+            write_manifests(folder / "big.yaml", big_service(big, "10.96.0.40", 60_000))
+            parser = wait_until(
+                lambda: parser_of(plane.process.pid), 30, "a child process to parse big.yaml"
+            )
+            # Stopped, the parse cannot end: whatever answers now answers during it.
+            os.kill(parser, signal.SIGSTOP)
+            try:
+                clusters = str(plane.config()["cds"]["resources"])
+                if big in clusters:
+                    continue  # it was done before it was stopped: try a new file
+                assert plane.get("/healthz") == (200, "ok\n")
+                assert plane.get("/readyz")[0] == 200
+                assert endpoints_served(plane.config()) == ["10.1.0.1"]
+                assert parser_of(plane.process.pid) == parser
+            finally:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(parser, signal.SIGCONT)
+            break
+        else:
+            pytest.fail("every big file was parsed before its parser could be stopped")
+        wait_until(
+            lambda names: big in names,
+            60,
+            "the big Service to be served",
+            observe=lambda: str(plane.config()["cds"]["resources"]),
+        )
+        # The child ends with its reload: no memory of the big file stays behind.
+        wait_until(lambda: parser_of(plane.process.pid) is None, 30, "the parser to end")
+
+
+def test_stopping_ends_a_parse_in_progress(tmp_path: Path) -> None:
+    folder = tmp_path / "manifests"
+    folder.mkdir()
+    write_manifests(folder / "web.yaml", *web("10.1.0.1"))
+    with control_plane(folder, tmp_path) as plane:
+        write_manifests(folder / "big.yaml", big_service("big", "10.96.0.40", 60_000))
+        parser = wait_until(
+            lambda: parser_of(plane.process.pid), 30, "a child process to parse big.yaml"
+        )
+        os.kill(parser, signal.SIGSTOP)  # a parse that would never end by itself
+        try:
+            assert stop_process(plane.process.popen, timeout=20) == 0
+        finally:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(parser, signal.SIGCONT)
+        assert not Path(f"/proc/{parser}").exists()
+
+
+def test_a_file_over_max_manifest_bytes_is_its_own_problem(tmp_path: Path) -> None:
+    folder = tmp_path / "manifests"
+    folder.mkdir()
+    write_manifests(folder / "web.yaml", *web("10.1.0.1"))
+    with control_plane(folder, tmp_path, extra_args=["--max-manifest-bytes=4Ki"]) as plane:
+        write_manifests(
+            folder / "web.yaml", *web("10.1.0.2"), big_service("big", "10.96.0.40", 500)
+        )
+        write_manifests(
+            folder / "db.yaml",
+            service_manifest("db", "default", "10.96.0.30", [("tcp", 5432, 5432)]),
+        )
+        problems = wait_until(
+            lambda found: found and "db.default" in str(plane.config()["cds"]["resources"]),
+            10,
+            "the big file to be reported and the other served",
+            observe=lambda: plane.get_json("/debug/problems"),
+        )
+        size = (folder / "web.yaml").stat().st_size
+        assert problems == [
+            f"{folder / 'web.yaml'}: {size:,} bytes: over --max-manifest-bytes (4,096), so not"
+            " read; its last good objects stay"
+        ]
+        assert endpoints_served(plane.config()) == ["10.1.0.1"]
+
+
+def test_100000_broken_documents_are_a_few_lines_of_problems(tmp_path: Path) -> None:
+    folder = tmp_path / "manifests"
+    folder.mkdir()
+    write_manifests(folder / "web.yaml", *web("10.1.0.1"))
+    junk = folder / "junk.yaml"
+    with control_plane(folder, tmp_path) as plane:
+        write_atomically(junk, "--- nope\n" * 100_000)
+        problems = wait_until(
+            bool,
+            60,
+            "the broken file to be reported",
+            observe=lambda: plane.get_json("/debug/problems"),
+        )
+        assert len(problems) == 6
+        assert problems[-1] == f"{junk}: 99,995 more problems in this file (the first 5 are listed)"
+        status, body = plane.get("/debug/problems")
+        assert status == 200 and len(body) < 2000
+
+        def logged() -> int:
+            return sum(str(junk) in line for line in plane.process.log_text().splitlines())
+
+        assert logged() == 6
+        # Another reload (a change elsewhere) logs nothing of it again.
+        write_manifests(folder / "web.yaml", *web("10.1.0.2"))
+        wait_until(
+            lambda eps: eps == ["10.1.0.2"],
+            10,
+            "the change to be served",
+            observe=lambda: endpoints_served(plane.config()),
+        )
+        assert logged() == 6
 
 
 def test_health_endpoints_and_metrics(tmp_path: Path) -> None:

@@ -529,6 +529,16 @@ def test_inotify_reports_events_by_name(tmp_path: Path) -> None:
     assert any(e.mask & inotify.IN_CLOSE_WRITE for e in events)
 
 
+def test_inotify_drain_says_whether_anything_happened(tmp_path: Path) -> None:
+    with inotify.Inotify() as watcher:
+        watcher.add_watch(str(tmp_path))
+        assert not watcher.drain()
+        for n in range(100):
+            (tmp_path / f"f{n}.yaml").write_text("x")
+        assert watcher.drain()
+        assert not watcher.drain()  # all were read
+
+
 def test_inotify_add_watch_error(tmp_path: Path) -> None:
     with inotify.Inotify() as watcher, pytest.raises(FileNotFoundError):
         watcher.add_watch(str(tmp_path / "missing"))

@@ -8,6 +8,8 @@ import sys
 from meshlet import defaults
 from meshlet.flags import (
     add_flag,
+    byte_size,
+    byte_size_text,
     domain_name,
     host_port,
     host_port_or_off,
@@ -33,6 +35,15 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         metavar="PATH",
         help="serve a YAML file or folder of Service and EndpointSlice objects instead of "
         "watching the Kubernetes API",
+    )
+    add_flag(
+        p,
+        "--max-manifest-bytes",
+        type=byte_size,
+        default=byte_size_text(defaults.MAX_MANIFEST_BYTES),
+        metavar="SIZE",
+        help="the largest manifest file read (bytes, or with Ki, Mi or Gi); a bigger one is "
+        "a problem of its own and its last good objects stay",
     )
     add_flag(
         p,
@@ -196,6 +207,7 @@ def _run(args: argparse.Namespace) -> int:
         ControlPlaneConfig(
             webhook=webhook,
             manifests=args.manifests or None,
+            max_manifest_bytes=args.max_manifest_bytes,
             kubeconfig=args.kubeconfig or None,
             watch_namespaces=tuple(args.watch_namespace),
             xds_address=args.xds_address,

@@ -42,6 +42,7 @@ class ControlPlaneConfig:
     admin_address: tuple[str, int]
     # A folder of manifests, or None: the Kubernetes API.
     manifests: str | None = None
+    max_manifest_bytes: int = defaults.MAX_MANIFEST_BYTES
     kubeconfig: str | None = None
     watch_namespaces: tuple[str, ...] = ()
     cluster_domain: str = defaults.CLUSTER_DOMAIN
@@ -99,10 +100,15 @@ class _Rebuilds:
         self._registry = registry
         self._seen_at: float | None = None
 
-    def changed(self) -> None:
+    def changed(self, since: float | None = None) -> None:
+        """A change seen now, or at `since` (when reading it began): push latency
+        counts the wait and the reading too."""
+        seen_at = time.monotonic() if since is None else since
         if self._seen_at is None:
-            self._seen_at = time.monotonic()  # push latency counts the wait too
+            self._seen_at = seen_at
             asyncio.get_running_loop().call_later(COALESCE_SECONDS, self.run)
+        else:
+            self._seen_at = min(self._seen_at, seen_at)
 
     def run(self) -> None:
         seen_at, self._seen_at = self._seen_at or time.monotonic(), None
@@ -127,9 +133,10 @@ async def serve(config: ControlPlaneConfig, stop: asyncio.Event) -> int:
     rebuilds = _Rebuilds(plane, registry)
     sources_status: Callable[[], object]
     api = None
+    manifests: ManifestSource | None = None
     if config.manifests is not None:
-        manifests = ManifestSource(config.manifests, registry)
-        manifests.load()
+        source = manifests = ManifestSource(config.manifests, registry, config.max_manifest_bytes)
+        await source.reload()
         first = registry.result()
         if first.errors:
             for problem in first.errors:
@@ -142,12 +149,13 @@ async def serve(config: ControlPlaneConfig, stop: asyncio.Event) -> int:
         plane.apply(first, time.monotonic())
         registry.on_change = rebuilds.changed
 
-        def reload() -> None:
-            rebuilds.changed()  # push latency counts reading and parsing too
-            manifests.load()
+        async def reload() -> None:
+            started = time.monotonic()
+            await source.reload()
+            rebuilds.changed(since=started)
 
-        watch = manifests.watch(reload)
-        sources_status = lambda: {"manifests": manifests.path}  # noqa: E731
+        watch = source.watch(reload)
+        sources_status = lambda: {"manifests": source.path}  # noqa: E731
         not_ready = "no snapshot yet"
     else:
         try:
@@ -205,6 +213,8 @@ async def serve(config: ControlPlaneConfig, stop: asyncio.Event) -> int:
     try:
         await stop.wait()
     finally:
+        if manifests is not None:
+            manifests.stop()  # a parse in progress (a child process) ends now
         watcher.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await watcher

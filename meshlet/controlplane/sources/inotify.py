@@ -41,6 +41,9 @@ CHANGES = (
 _EVENT = struct.Struct("iIII")  # struct inotify_event: wd, mask, cookie, len; then the name
 # Room for at least one event with the longest name (NAME_MAX 255).
 _READ_SIZE = 64 * 1024
+# Reads per `drain`: a folder changed without pause (a hostile loop of creates and
+# deletes) must not keep the event loop in one callback; the rest waits a turn.
+_DRAIN_READS = 16
 
 
 @dataclass(frozen=True)
@@ -103,6 +106,17 @@ class Inotify:
                 name = os.fsdecode(data[offset : offset + length].rstrip(b"\0"))
                 offset += length
                 events.append(Event(wd, mask, cookie, name))
+
+    def drain(self) -> bool:
+        """Whether anything happened: the queued events are read and dropped, at most
+        `_DRAIN_READS` reads of them (the fd stays readable when more are left)."""
+        happened = False
+        for _ in range(_DRAIN_READS):
+            try:
+                happened |= bool(os.read(self._fd, _READ_SIZE))
+            except BlockingIOError:
+                break
+        return happened
 
     def close(self) -> None:
         if self._fd >= 0:

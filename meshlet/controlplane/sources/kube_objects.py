@@ -53,6 +53,10 @@ class ManifestError(ValueError):
     def __str__(self) -> str:
         return f"{self.location}: {self.message}" if self.location else self.message
 
+    def __reduce__(self) -> tuple[type[ManifestError], tuple[str, str]]:
+        # Both fields, so a child process that parsed a file can send its problems.
+        return ManifestError, (self.message, self.location)
+
 
 @dataclass(frozen=True)
 class PortSpec:

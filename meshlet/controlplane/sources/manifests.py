@@ -1,9 +1,11 @@
 """The manifest source: a YAML file or a folder of them, watched, reported to the registry.
 
-A file that stops parsing (bad YAML or JSON) keeps its last good objects and is
-reported with file and document. Objects in it that parse are handed to the
-registry as they are, which judges each one on its own (`controlplane.registry`).
-Only files that changed are read again.
+A file that stops parsing (bad YAML or JSON), cannot be read, is no regular
+file or is over the size limit keeps its last good objects and is reported with
+file (and document). Objects in it that parse are handed to the registry as they
+are, which judges each one on its own (`controlplane.registry`). Only files that
+changed are read again, and the reading and parsing happen off the event loop
+(`reload`): in a thread, big files in a child process (`parse_worker`).
 """
 
 from __future__ import annotations
@@ -11,144 +13,39 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
-import json
+import inspect
 import logging
 import os
+import threading
 import time
-from collections.abc import Callable, Iterator, Mapping
-from dataclasses import dataclass, replace
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field, replace
 
-import yaml
-
+from meshlet import defaults
+from meshlet.controlplane import problems
 from meshlet.controlplane.sources import inotify
-from meshlet.controlplane.sources.base import Kind, ObjectEvent, ObjectKey, Sink
-from meshlet.controlplane.sources.kube_objects import ManifestError, describe
+from meshlet.controlplane.sources.base import ObjectEvent, ObjectKey, Sink
+from meshlet.controlplane.sources.manifest_files import (
+    Found,
+    Unreadable,
+    read_bounded,
+    scan,
+)
+from meshlet.controlplane.sources.manifest_parse import Parsed, parse_manifest
+from meshlet.controlplane.sources.parse_worker import ParserProcess
 
 log = logging.getLogger(__name__)
 
 SOURCE = "manifests"
-_Loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
-_SUFFIXES = (".yaml", ".yml", ".json")
-_KINDS = {
-    ("v1", "Service"): Kind.SERVICE,
-    ("discovery.k8s.io/v1", "EndpointSlice"): Kind.ENDPOINT_SLICE,
-}
 # A file whose mtime is this close to when we last read it may have been written
 # again within one timestamp tick, unseen by (mtime, size, inode): read it again.
 _RACY_NS = 2_000_000_000
+# Files up to this size are parsed in the reading thread: quicker than starting a
+# child process, and too little work to hold the event loop back for long.
+IN_PROCESS_BYTES = 64 * 1024
 
 Stamp = tuple[int, int, int]  # mtime_ns, size, inode
 _UNREAD: Stamp = (-1, -1, -1)  # matches no file: read it next time
-
-
-@dataclass(frozen=True)
-class Parsed:
-    """The Services and EndpointSlices in one file, raw, and what is wrong with it."""
-
-    objects: tuple[ObjectEvent, ...] = ()
-    errors: tuple[ManifestError, ...] = ()
-    # False when the file could not be read to its end (bad YAML, JSON, UTF-8): its
-    # objects are then not known, and the last good ones stay.
-    complete: bool = True
-
-
-def parse_manifest(data: bytes, filename: str) -> Parsed:
-    """The Services and EndpointSlices in one file's bytes, and what is wrong with it."""
-    try:
-        text = data.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        error = ManifestError(f"not UTF-8 text: {exc.reason}", filename)
-        return Parsed(errors=(error,), complete=False)
-    objects: dict[ObjectKey, ObjectEvent] = {}
-    errors: list[ManifestError] = []
-    number = 0
-    try:
-        for number, doc in enumerate(_documents(text, filename), start=1):
-            for where, obj in _objects(doc, f"{filename}: document {number}"):
-                try:
-                    key = _key(obj, filename)
-                except ManifestError as exc:
-                    label = f" ({describe(obj)})" if isinstance(obj, Mapping) else ""
-                    errors.append(ManifestError(exc.message, where + label))
-                    continue
-                if key is None:
-                    continue  # Deployments, ConfigMaps, ... may share the folder
-                first = objects.get(key)
-                if first is not None:
-                    message = f"{key} is defined twice (also in {first.origin})"
-                    errors.append(ManifestError(message, where))
-                    continue
-                assert isinstance(obj, Mapping)
-                objects[key] = ObjectEvent(key, obj, where)
-    except yaml.YAMLError as exc:
-        error = ManifestError(_yaml_problem(exc), f"{filename}: document {number + 1}")
-        return Parsed(errors=(*errors, error), complete=False)
-    except json.JSONDecodeError as exc:
-        message = f"invalid JSON: {exc.msg} at line {exc.lineno}, column {exc.colno}"
-        return Parsed(errors=(ManifestError(message, filename),), complete=False)
-    except RecursionError:
-        error = ManifestError("nested too deeply to be a Kubernetes object", filename)
-        return Parsed(errors=(error,), complete=False)
-    return Parsed(tuple(objects.values()), tuple(errors))
-
-
-def _key(obj: object, scope: str) -> ObjectKey | None:
-    """Who the object is, or None for kinds the mesh does not read."""
-    if not isinstance(obj, Mapping):
-        raise ManifestError(f"expected a Kubernetes object (a mapping), got {_type_name(obj)}")
-    api_version, kind = obj.get("apiVersion"), obj.get("kind")
-    if not api_version or not kind:
-        raise ManifestError("apiVersion and kind are required")
-    found = _KINDS.get((api_version, kind)) if isinstance(api_version, str) else None
-    if found is None:
-        return None
-    meta = obj.get("metadata")
-    if not isinstance(meta, Mapping):
-        raise ManifestError("metadata must be a mapping with a name")
-    name, namespace = meta.get("name"), meta.get("namespace") or "default"
-    if not isinstance(name, str) or not name:
-        raise ManifestError("metadata.name is missing")
-    if not isinstance(namespace, str):
-        raise ManifestError("metadata.namespace must be a string")
-    return ObjectKey(found, namespace, name, scope)
-
-
-def _documents(text: str, filename: str) -> Iterator[object]:
-    if filename.lower().endswith(".json"):
-        yield json.loads(text)
-    else:
-        yield from yaml.load_all(text, Loader=_Loader)
-
-
-def _objects(doc: object, where: str) -> Iterator[tuple[str, object]]:
-    """The objects of one document, a `List` (kubectl get -o yaml) unwrapped."""
-    if isinstance(doc, Mapping):
-        kind, items = doc.get("kind"), doc.get("items")
-        if isinstance(kind, str) and kind.endswith("List") and isinstance(items, list):
-            for i, item in enumerate(items):
-                if isinstance(item, Mapping) and "kind" not in item and kind != "List":
-                    # API lists (ServiceList, ...) leave kind and apiVersion off their items.
-                    api_version = doc.get("apiVersion")
-                    item = {"apiVersion": api_version, "kind": kind.removesuffix("List"), **item}
-                yield f"{where}, items[{i}]", item
-            return
-    if doc is not None:  # None: an empty document, e.g. after a trailing `---`
-        yield where, doc
-
-
-def _type_name(value: object) -> str:
-    names = {list: "a list", str: "a string", int: "a number", float: "a number", bool: "a boolean"}
-    return names.get(type(value), type(value).__name__)
-
-
-def _yaml_problem(exc: yaml.YAMLError) -> str:
-    if isinstance(exc, yaml.MarkedYAMLError) and exc.problem_mark is not None:
-        mark = exc.problem_mark
-        return f"invalid YAML: {exc.problem} at line {mark.line + 1}, column {mark.column + 1}"
-    return f"invalid YAML: {exc}"
-
-
-# --- Files on disk -------------------------------------------------------------
 
 
 @dataclass(frozen=True)
@@ -161,51 +58,106 @@ class _File:
     errors: tuple[str, ...]
 
 
+@dataclass
+class _Pass:
+    """What one pass over PATH found to tell the sink."""
+
+    events: list[ObjectEvent] = field(default_factory=list)
+    # PATH itself could not be read: nothing else is known.
+    failed: str = ""
+
+
 class ManifestSource:
     """Services and EndpointSlices from PATH, a manifest file or a folder of them."""
 
-    def __init__(self, path: str | os.PathLike[str], sink: Sink) -> None:
+    def __init__(
+        self,
+        path: str | os.PathLike[str],
+        sink: Sink,
+        max_bytes: int = defaults.MAX_MANIFEST_BYTES,
+    ) -> None:
         self.path = os.fspath(path)
+        self.max_bytes = max_bytes
         self._sink = sink
         self._files: dict[str, _File] = {}
+        self._folder_errors: tuple[str, ...] = ()
         self._synced = False
+        # One pass at a time; the parser of the pass running now, to stop it.
+        self._pass_lock = threading.Lock()
+        self._parser: ParserProcess | None = None
 
     def load(self) -> None:
-        """Read what changed since the last load and report it to the sink."""
-        try:
-            found, _ = _scan(self.path)
-        except OSError as exc:
+        """Read what changed since the last load and report it to the sink (blocking)."""
+        self._report(self._read())
+
+    async def reload(self) -> None:
+        """`load()` with the reading and parsing in a thread, so the loop goes on serving."""
+        self._report(await asyncio.to_thread(self._read))
+
+    def stop(self) -> None:
+        """End a parse in progress: the control plane is stopping."""
+        parser = self._parser
+        if parser is not None:
+            parser.kill()
+
+    def _report(self, found: _Pass) -> None:
+        if found.failed:
             # PATH gone or unreadable is a problem, not "every service deleted".
-            problem = f"{exc.filename or self.path}: cannot read: {exc.strerror or exc}"
-            self._sink.source_problems(SOURCE, (problem, *self._errors()))
+            self._sink.source_problems(SOURCE, (found.failed, *self._errors()))
             return
-        events: list[ObjectEvent] = []
-        for name in sorted(self._files.keys() - found.keys()):
-            events += _deleted(self._files.pop(name).keys)
-        for name in sorted(found):
-            events += self._refresh(name, found[name])
-        self._sink.apply(events)
+        self._sink.apply(found.events)
         self._sink.source_problems(SOURCE, self._errors())
         if not self._synced:
             self._synced = True
             self._sink.synced()
 
     def _errors(self) -> list[str]:
-        return [error for name in sorted(self._files) for error in self._files[name].errors]
+        errors = list(self._folder_errors)
+        return errors + [e for name in sorted(self._files) for e in self._files[name].errors]
 
-    def _refresh(self, name: str, stat: os.stat_result) -> list[ObjectEvent]:
-        stamp = (stat.st_mtime_ns, stat.st_size, stat.st_ino)
+    def _read(self) -> _Pass:
+        with self._pass_lock, ParserProcess() as parser:
+            self._parser = parser
+            try:
+                return self._read_with(parser)
+            finally:
+                self._parser = None
+
+    def _read_with(self, parser: ParserProcess) -> _Pass:
+        try:
+            tree = scan(self.path)
+        except OSError as exc:
+            return _Pass(failed=f"{exc.filename or self.path}: cannot read: {exc.strerror or exc}")
+        self._folder_errors = tuple(tree.unreadable[name] for name in sorted(tree.unreadable))
+        found = _Pass()
+        for name in sorted(self._files.keys() - tree.files.keys()):
+            if not tree.hides(name):  # in a folder that cannot be listed now: not known
+                found.events += _deleted(self._files.pop(name).keys)
+        for name in sorted(tree.files):
+            if parser.killed:
+                break
+            found.events += self._refresh(name, tree.files[name], parser)
+        return found
+
+    def _refresh(self, name: str, entry: Found, parser: ParserProcess) -> list[ObjectEvent]:
         old = self._files.get(name)
+        keys = old.keys if old is not None else frozenset()
+        read_ns = time.time_ns()
+        if isinstance(entry, OSError):  # a symlink loop, ...
+            problem = f"{name}: cannot read: {entry.strerror or entry}"
+            self._files[name] = _File(_UNREAD, read_ns, b"", keys, (problem,))
+            return []
+        stamp = (entry.st_mtime_ns, entry.st_size, entry.st_ino)
         if old is not None and old.stamp == stamp and stamp[0] + _RACY_NS < old.read_ns:
             return []
-        read_ns = time.time_ns()
-        keys = old.keys if old is not None else frozenset()
         try:
-            with open(name, "rb") as file:
-                data = file.read()
+            data = read_bounded(name, entry, self.max_bytes)
         except FileNotFoundError:  # deleted since the scan
             self._files.pop(name, None)
             return _deleted(keys)
+        except Unreadable as exc:
+            self._files[name] = _File(stamp, read_ns, b"", keys, (f"{name}: {exc}",))
+            return []
         except OSError as exc:
             problem = f"{name}: cannot read: {exc.strerror or exc}"
             # No stamp: `chmod` back changes only the ctime, and the file must be read then.
@@ -215,8 +167,9 @@ class ManifestSource:
         if old is not None and old.digest == digest:
             self._files[name] = replace(old, stamp=stamp, read_ns=read_ns)
             return []
-        parsed = parse_manifest(data, name)
-        errors = tuple(str(error) for error in parsed.errors)
+        small = len(data) <= IN_PROCESS_BYTES
+        parsed = parse_manifest(data, name) if small else parser.parse(data, name)
+        errors = _listed(parsed, name)
         if not parsed.complete:
             self._files[name] = _File(stamp, read_ns, digest, keys, errors)
             return []
@@ -227,7 +180,7 @@ class ManifestSource:
 
     async def watch(
         self,
-        on_change: Callable[[], None],
+        on_change: Callable[[], Awaitable[None] | None],
         *,
         quiet: float = 0.02,
         max_delay: float = 0.5,
@@ -235,7 +188,8 @@ class ManifestSource:
         poll_interval: float = 0.5,
         rescan_interval: float = 5.0,
     ) -> None:
-        """Call `on_change` (then `load()` is worth calling) after changes under PATH.
+        """Call `on_change` (then `reload()` is worth calling) after changes under PATH;
+        when it returns an awaitable, that is awaited before the watch goes on.
 
         A burst of changes gives one call: `quiet` seconds after the last change,
         at most `max_delay` after the first. inotify wakes us at once; without it
@@ -260,7 +214,9 @@ class ManifestSource:
                     watcher.sync()
                 seen = _fingerprint(self.path)
                 try:
-                    on_change()
+                    done = on_change()
+                    if inspect.isawaitable(done):
+                        await done
                 except Exception:
                     # One bad reload must not end the watch: later edits still count.
                     log.exception("handling a manifest change failed")
@@ -274,47 +230,25 @@ def _deleted(keys: frozenset[ObjectKey]) -> list[ObjectEvent]:
     return [ObjectEvent(key, None) for key in sorted(keys, key=str)]
 
 
-def _scan(root: str) -> tuple[dict[str, os.stat_result], list[str]]:
-    """Manifest files (with their stat) and folders under root, hidden ones skipped.
-
-    Symlinks are followed, so a mounted ConfigMap is read through its visible names
-    and its `..data` internals are never walked twice.
-    """
-    stat = os.stat(root)
-    if not os.path.isdir(root):
-        return {root: stat}, []
-    files: dict[str, os.stat_result] = {}
-    folders: list[str] = []
-    visited: set[tuple[int, int]] = set()
-    pending = [(root, stat)]
-    while pending:
-        folder, folder_stat = pending.pop()
-        if (folder_stat.st_dev, folder_stat.st_ino) in visited:  # a symlink loop
-            continue
-        visited.add((folder_stat.st_dev, folder_stat.st_ino))
-        folders.append(folder)
-        with os.scandir(folder) as entries:
-            for entry in entries:
-                if entry.name.startswith("."):
-                    continue
-                try:
-                    entry_stat = entry.stat()
-                    is_dir = entry.is_dir()
-                except FileNotFoundError:  # a dangling symlink or just deleted
-                    continue
-                if is_dir:
-                    pending.append((entry.path, entry_stat))
-                elif entry.name.lower().endswith(_SUFFIXES):
-                    files[entry.path] = entry_stat
-    return files, sorted(folders)
+def _listed(parsed: Parsed, name: str) -> tuple[str, ...]:
+    errors = tuple(str(error) for error in parsed.errors)
+    if parsed.unlisted:
+        errors += (problems.more_in_file(name, parsed.unlisted),)
+    return errors
 
 
 def _fingerprint(root: str) -> dict[str, Stamp] | None:
     try:
-        files, _ = _scan(root)
+        files = scan(root).files
     except OSError:
         return None
-    return {name: (st.st_mtime_ns, st.st_size, st.st_ino) for name, st in files.items()}
+    return {name: _stamp(found) for name, found in files.items()}
+
+
+def _stamp(found: Found) -> Stamp:
+    if isinstance(found, OSError):
+        return _UNREAD
+    return found.st_mtime_ns, found.st_size, found.st_ino
 
 
 async def _wait(event: asyncio.Event, seconds: float) -> bool:
@@ -359,14 +293,14 @@ class _TreeWatcher:
 
     def drain_into(self, wake: asyncio.Event) -> None:
         assert self._inotify is not None
-        if self._inotify.read_events():
+        if self._inotify.drain():
             wake.set()
 
     def sync(self) -> None:
         """Watch the folders there are now: new subfolders, PATH created or replaced."""
         assert self._inotify is not None
         try:
-            _, folders = _scan(self._root)
+            folders = scan(self._root).folders
         except OSError:
             folders = []
         if not folders:

@@ -1,0 +1,317 @@
+"""The manifest source against a folder a hostile user fills: what is no regular file,
+symlink loops, files too big, floods of broken documents, big files parsed in a child.
+
+Each hostile file is a problem of its own and every other file goes on being read.
+The files that would hang or exhaust a reader without the fix are loaded in a child
+process with a memory limit and a timeout, so this test run survives the old code.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import threading
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from meshlet.controlplane import problems
+from meshlet.controlplane.registry import Registry
+from meshlet.controlplane.sources.manifest_files import Unreadable, read_bounded
+from meshlet.controlplane.sources.manifest_parse import parse_manifest
+from meshlet.controlplane.sources.manifests import IN_PROCESS_BYTES, ManifestSource
+from meshlet.controlplane.sources.parse_worker import ParserProcess
+from tests.test_manifests import Loaded, keys, service_yaml
+
+# Loads PATH once and prints the services and problems; bounded in memory, so reading
+# /dev/zero to its end fails here instead of taking the machine's memory.
+_LOAD = """
+import json, resource, sys
+resource.setrlimit(resource.RLIMIT_AS, (2 << 30, 2 << 30))
+from meshlet.controlplane.registry import Registry
+from meshlet.controlplane.sources.manifests import ManifestSource
+registry = Registry()
+ManifestSource(sys.argv[1], registry).load()
+result = registry.result()
+print(json.dumps({"services": [s.key for s in result.mesh.services], "errors": result.errors}))
+"""
+
+
+def load_in_child(path: Path) -> dict[str, Any]:
+    """One load of PATH in a child process; a hang is a failure (the child is then
+    killed by its PID), as is running out of its memory."""
+    done = subprocess.run(
+        [sys.executable, "-c", _LOAD, str(path)], capture_output=True, text=True, timeout=60
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    result: dict[str, Any] = json.loads(done.stdout)
+    return result
+
+
+def make_fifo(path: Path) -> None:
+    os.mkfifo(path)
+
+
+def make_socket(path: Path) -> None:
+    with socket.socket(socket.AF_UNIX) as sock:
+        sock.bind(str(path))  # the socket file stays after the socket is closed
+
+
+def link_to_dev_zero(path: Path) -> None:
+    path.symlink_to("/dev/zero")
+
+
+def link_in_a_loop(path: Path) -> None:
+    other = path.with_name("other.yaml")
+    path.symlink_to(other.name)
+    other.symlink_to(path.name)
+
+
+@pytest.mark.parametrize(
+    ("make", "problems_of"),
+    [
+        pytest.param(
+            make_fifo,
+            {"x.yaml": "not a regular file (a FIFO): only regular files are read"},
+            id="fifo",
+        ),
+        pytest.param(
+            link_to_dev_zero,
+            {"x.yaml": "not a regular file (a character device): only regular files are read"},
+            id="dev-zero",
+        ),
+        pytest.param(
+            make_socket,
+            {"x.yaml": "not a regular file (a socket): only regular files are read"},
+            id="socket",
+        ),
+        pytest.param(
+            link_in_a_loop,
+            {
+                "other.yaml": "cannot read: Too many levels of symbolic links",
+                "x.yaml": "cannot read: Too many levels of symbolic links",
+            },
+            id="symlink-loop",
+        ),
+    ],
+)
+def test_what_is_no_regular_file_is_a_problem_of_its_own(
+    tmp_path: Path, make: Any, problems_of: dict[str, str]
+) -> None:
+    (tmp_path / "web.yaml").write_text(service_yaml("web", "10.96.0.1"))
+    make(tmp_path / "x.yaml")
+    result = load_in_child(tmp_path)
+    assert result["services"] == ["shop/web"]
+    assert result["errors"] == [f"{tmp_path / name}: {why}" for name, why in problems_of.items()]
+
+
+def test_a_symlink_loop_never_stops_the_other_updates(tmp_path: Path) -> None:
+    web = tmp_path / "web.yaml"
+    web.write_text(service_yaml("web", "10.96.0.1"))
+    source = Loaded(tmp_path)
+    source.load()
+    link_in_a_loop(tmp_path / "loop.yaml")
+    (tmp_path / "api.yaml").write_text(service_yaml("api", "10.96.0.2"))
+    web.write_text(service_yaml("web", "10.96.0.1", port=81))
+    result = source.load()
+    assert keys(result.mesh) == ["shop/api", "shop/web"]
+    assert result.mesh.services[1].ports[0].port == 81
+    assert len(result.errors) == 2
+    # Undone: its problems go.
+    (tmp_path / "loop.yaml").unlink()
+    (tmp_path / "other.yaml").unlink()
+    assert source.load().errors == ()
+
+
+def test_a_good_file_turned_into_a_fifo_keeps_its_last_objects(tmp_path: Path) -> None:
+    path = tmp_path / "web.yaml"
+    path.write_text(service_yaml("web", "10.96.0.1"))
+    source = Loaded(tmp_path)
+    good = source.load()
+    path.unlink()
+    os.mkfifo(path)
+    result = source.load()
+    assert result.mesh == good.mesh
+    assert result.errors == (f"{path}: not a regular file (a FIFO): only regular files are read",)
+
+
+# Loads PATH, makes FOLDER unlistable, loads again, and prints what the second load gave.
+_LOAD_WITHOUT_FOLDER = """
+import json, os, sys
+from meshlet.controlplane.registry import Registry
+from meshlet.controlplane.sources.manifests import ManifestSource
+root, folder = sys.argv[1], sys.argv[2]
+registry = Registry()
+source = ManifestSource(root, registry)
+source.load()
+os.chmod(folder, 0)
+try:
+    source.load()
+finally:
+    os.chmod(folder, 0o755)
+result = registry.result()
+print(json.dumps({"services": [s.key for s in result.mesh.services], "errors": result.errors}))
+"""
+
+
+def without_root_powers() -> list[str]:
+    """A prefix for a child's argv under which a folder of mode 0 cannot be listed: root
+    can list any, so root's child runs without the capabilities that allow it."""
+    if os.geteuid() != 0:
+        return []
+    setpriv = shutil.which("setpriv")
+    if setpriv is None:
+        pytest.skip("running as root and no setpriv (util-linux) to drop CAP_DAC_*")
+    return [setpriv, "--bounding-set=-dac_override,-dac_read_search"]
+
+
+def test_a_folder_that_cannot_be_listed_keeps_its_files_objects(tmp_path: Path) -> None:
+    team = tmp_path / "team"
+    team.mkdir()
+    (team / "api.yaml").write_text(service_yaml("api", "10.96.0.2"))
+    (tmp_path / "web.yaml").write_text(service_yaml("web", "10.96.0.1"))
+    done = subprocess.run(
+        [
+            *without_root_powers(),
+            sys.executable,
+            "-c",
+            _LOAD_WITHOUT_FOLDER,
+            str(tmp_path),
+            str(team),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    result = json.loads(done.stdout)
+    assert result["services"] == ["shop/api", "shop/web"]
+    assert result["errors"] == [f"{team}: cannot read: Permission denied"]
+
+
+# --- Size ----------------------------------------------------------------------
+
+
+def test_a_file_over_the_limit_is_a_problem_and_its_last_objects_stay(tmp_path: Path) -> None:
+    path = tmp_path / "web.yaml"
+    path.write_text(service_yaml("web", "10.96.0.1"))
+    registry = Registry()
+    source = ManifestSource(tmp_path, registry, max_bytes=1000)
+    source.load()
+    good = registry.result()
+    assert keys(good.mesh) == ["shop/web"]
+
+    (tmp_path / "api.yaml").write_text(service_yaml("api", "10.96.0.2"))
+    path.write_text(service_yaml("web", "10.96.0.9") + "# padding\n" * 100)
+    source.load()
+    result = registry.result()
+    assert [s.cluster_ips for s in result.mesh.services] == [("10.96.0.2",), ("10.96.0.1",)]
+    size = path.stat().st_size
+    assert result.errors == (
+        f"{path}: {size:,} bytes: over --max-manifest-bytes (1,000), so not read;"
+        " its last good objects stay",
+    )
+    path.write_text(service_yaml("web", "10.96.0.9"))
+    source.load()
+    assert registry.result().errors == ()
+
+
+def test_a_file_holding_more_than_its_stat_says_is_read_only_to_the_limit() -> None:
+    # /proc's files say 0 bytes and hold more, as a file growing since its stat would.
+    maps = "/proc/self/maps"
+    assert os.stat(maps).st_size == 0
+    with pytest.raises(Unreadable, match=r"^more than 1,000 bytes: over --max-manifest-bytes"):
+        read_bounded(maps, os.stat(maps), 1000)
+
+
+# --- Floods of problems ----------------------------------------------------------
+
+
+def test_100000_broken_documents_are_five_problems_and_a_count(tmp_path: Path) -> None:
+    path = tmp_path / "junk.yaml"
+    path.write_text("--- nope\n" * 100_000)
+    (tmp_path / "web.yaml").write_text(service_yaml("web", "10.96.0.1"))
+    result = Loaded(tmp_path).load()
+    assert keys(result.mesh) == ["shop/web"]
+    assert result.errors == (
+        *(
+            f"{path}: document {n}: expected a Kubernetes object (a mapping), got a string"
+            for n in range(1, problems.PER_FILE + 1)
+        ),
+        f"{path}: 99,995 more problems in this file (the first 5 are listed)",
+    )
+
+
+def test_thousands_of_invalid_services_in_one_file_are_a_few_problems(tmp_path: Path) -> None:
+    path = tmp_path / "bad.yaml"
+    path.write_text(
+        "".join(
+            f"---\napiVersion: v1\nkind: Service\nmetadata: {{name: s{n}}}\nspec: {{type: Bad}}\n"
+            for n in range(20_000)
+        )
+    )
+    errors = Loaded(tmp_path).load().errors
+    assert len(errors) == problems.PER_FILE + 1
+    assert errors[0] == (
+        f'{path}: document 1 (Service default/s0): spec.type "Bad" is not one of'
+        " ClusterIP, NodePort, LoadBalancer, ExternalName"
+    )
+    assert errors[-1] == f"{path}: 19,995 more problems in this file (the first 5 are listed)"
+
+
+def test_problems_of_many_files_are_bounded_in_all(tmp_path: Path) -> None:
+    for n in range(300):
+        (tmp_path / f"f{n:03}.yaml").write_text("nope\n")
+    errors = Loaded(tmp_path).load().errors
+    assert len(errors) == problems.IN_ALL + 1
+    assert errors[-1] == "and 200 more lines of problems, not listed (300 in all)"
+
+
+# --- Big files, parsed in a child process -----------------------------------------
+
+
+def big_service(name: str, ip: str) -> str:
+    """A valid Service over IN_PROCESS_BYTES: its bulk in annotations."""
+    notes = "".join(f"    example.com/note-{n}: filler\n" for n in range(IN_PROCESS_BYTES // 20))
+    return service_yaml(name, ip).replace(
+        "  namespace: shop\n", "  namespace: shop\n  annotations:\n" + notes, 1
+    )
+
+
+def test_a_big_file_parses_in_a_child_as_it_would_here(tmp_path: Path) -> None:
+    path = tmp_path / "big.yaml"
+    path.write_text(big_service("big", "10.96.0.4"))
+    data = path.read_bytes()
+    assert len(data) > IN_PROCESS_BYTES
+    with ParserProcess() as parser:
+        assert parser.parse(data, str(path)) == parse_manifest(data, str(path))
+        pid = parser.pid
+    assert pid is not None and not Path(f"/proc/{pid}").exists()
+    assert keys(Loaded(tmp_path).load().mesh) == ["shop/big"]
+
+
+def test_a_parser_process_that_dies_is_a_problem_of_its_file() -> None:
+    data = big_service("big", "10.96.0.4").encode()
+    with ParserProcess() as parser:
+        parser.parse(b"", "warm.yaml")  # started, and waiting for the next file
+        pid = parser.pid
+        assert pid is not None
+        os.kill(pid, signal.SIGSTOP)  # so the next file cannot be parsed before the kill
+        results: list[Any] = []
+        parsing = threading.Thread(target=lambda: results.append(parser.parse(data, "big.yaml")))
+        parsing.start()
+        try:
+            os.kill(pid, signal.SIGKILL)
+        finally:
+            parsing.join()
+    (parsed,) = results
+    assert not parsed.complete
+    assert [str(e) for e in parsed.errors] == [
+        "big.yaml: not parsed: the parser process was killed by signal 9 (out of memory?)"
+    ]
