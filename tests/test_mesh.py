@@ -12,16 +12,13 @@ from __future__ import annotations
 import contextlib
 import signal
 import subprocess
-import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 
-from meshlet.devmesh import netns
-from meshlet.devmesh.mesh import DevMesh
 from meshlet.devmesh.stack import APP_UID, PROXY_UID, PYTHON, LocalMesh, ServiceSpec, http_get
-from tests.netlab import skip_unless_netns_and_nftables
+from tests.local_mesh import local_mesh
 from tests.procs import wait_until
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -33,24 +30,8 @@ WEB_CLUSTER = "outbound|80||web.default.svc.cluster.local"
 
 @pytest.fixture
 def stack(tmp_path: Path) -> Iterator[LocalMesh]:
-    skip_unless_netns_and_nftables()
-    work = Path(tempfile.mkdtemp(prefix="meshlet-e2e-", dir=tmp_path))
-    work.chmod(0o755)
-    with DevMesh() as mesh:
-        local = LocalMesh(mesh, work)
-        for name in WEB.backends:
-            local.add_backend(name)
-        local.write_services([WEB])
-        local.start_control_plane()
-        local.add_client()
+    with local_mesh(tmp_path, WEB) as local:
         yield local
-        started = [p.pid for pod in mesh.pods.values() for p in pod.processes]
-    # Whatever the test did, nothing of the mesh is left: not a namespace (and so no
-    # nftables table, no process inside one), link or /etc/netns folder.
-    assert not [n for n in netns.names() if mesh.id in n]
-    assert not [link for link in netns.links() if mesh.id in link]
-    assert not list(netns.NETNS_ETC_DIR.glob(f"*{mesh.id}*"))
-    assert not [p for p in started if Path(f"/proc/{p}").exists()]
 
 
 def requests(stack: LocalMesh, count: int) -> dict[str, object]:

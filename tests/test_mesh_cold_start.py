@@ -8,18 +8,15 @@ the whole mesh is removed after the test, also when it fails.
 
 from __future__ import annotations
 
-import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from meshlet.devmesh import netns
-from meshlet.devmesh.mesh import DevMesh
 from meshlet.devmesh.stack import APP_UID, PYTHON, LocalMesh, ServiceSpec, http_get
 from meshlet.sidecar.saved_state import FILE_NAME
-from tests.netlab import skip_unless_netns_and_nftables
+from tests.local_mesh import local_mesh
 from tests.procs import wait_until
 
 WEB_IP = "10.96.0.20"
@@ -29,20 +26,8 @@ WEB = ServiceSpec("web", WEB_IP, 80, ("web-0", "web-1", "web-2"))
 
 @pytest.fixture
 def stack(tmp_path: Path) -> Iterator[LocalMesh]:
-    skip_unless_netns_and_nftables()
-    work = Path(tempfile.mkdtemp(prefix="meshlet-e2e-", dir=tmp_path))
-    work.chmod(0o755)
-    with DevMesh() as mesh:
-        local = LocalMesh(mesh, work)
-        for name in WEB.backends:
-            local.add_backend(name)
-        local.write_services([WEB])
-        local.start_control_plane()
-        local.add_client()
+    with local_mesh(tmp_path, WEB) as local:
         yield local
-        started = [p.pid for pod in mesh.pods.values() for p in pod.processes]
-    assert not [n for n in netns.names() if mesh.id in n]
-    assert not [p for p in started if Path(f"/proc/{p}").exists()]
 
 
 def _xds(stack: LocalMesh) -> dict[str, Any]:
