@@ -134,28 +134,6 @@ def test_bad_watch_namespace_is_refused() -> None:
     assert "'Shop_1' is not a namespace name" in result.stderr
 
 
-def test_bad_manifest_at_start_up_exits_2_naming_file_and_document(tmp_path: Path) -> None:
-    (tmp_path / "good.yaml").write_text((ROOT / "examples/manifests/services.yaml").read_text())
-    (tmp_path / "bad.yaml").write_text(
-        "apiVersion: v1\nkind: Service\nmetadata: {name: ok}\nspec: {clusterIP: 10.96.9.9, "
-        "ports: [{port: 80}]}\n---\napiVersion: v1\nkind: Service\nmetadata: {name: broken}\n"
-        "spec:\n  clusterIP: 10.96.9.10\n  ports: [{port: 70000}]\n"
-    )
-    result = run_meshlet(
-        "control-plane",
-        "--manifests",
-        str(tmp_path),
-        "--xds-address",
-        "127.0.0.1:0",
-        "--admin-address",
-        "127.0.0.1:0",
-    )
-    assert result.returncode == 2
-    assert "bad.yaml" in result.stderr
-    assert "document 2" in result.stderr
-    assert "70000" in result.stderr
-
-
 def test_manifests_path_that_does_not_exist(tmp_path: Path) -> None:
     result = run_meshlet(
         "control-plane",

@@ -73,6 +73,24 @@ def test_a_bad_edit_is_reported_and_the_last_good_state_keeps_serving(tmp_path: 
         assert "Traceback" not in plane.process.log_text()
 
 
+def test_problems_at_start_are_reported_and_the_rest_is_served(tmp_path: Path) -> None:
+    folder = tmp_path / "manifests"
+    folder.mkdir()
+    write_manifests(folder / "web.yaml", *web("10.1.0.1"))
+    (folder / "bad.yaml").write_text(
+        "apiVersion: v1\nkind: Service\nmetadata: {name: ok}\nspec: {clusterIP: 10.96.9.9, "
+        "ports: [{port: 80}]}\n---\napiVersion: v1\nkind: Service\nmetadata: {name: broken}\n"
+        "spec:\n  clusterIP: 10.96.9.10\n  ports: [{port: 70000}]\n"
+    )
+    with control_plane(folder, tmp_path) as plane:
+        assert plane.get("/readyz")[0] == 200
+        assert endpoints_served(plane.config()) == ["10.1.0.1"]
+        assert "outbound|80||ok.default.svc.cluster.local" in plane.config()["cds"]["resources"]
+        [problem] = plane.get_json("/debug/problems")
+        assert "bad.yaml" in problem and "document 2" in problem and "70000" in problem
+        assert problem in plane.process.log_text()
+
+
 def test_a_service_claiming_an_older_ones_cluster_ip_is_left_out(tmp_path: Path) -> None:
     folder = tmp_path / "manifests"
     folder.mkdir()

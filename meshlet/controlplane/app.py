@@ -7,6 +7,7 @@ import contextlib
 import dataclasses
 import gc
 import logging
+import os
 import sys
 import time
 from collections.abc import Callable
@@ -135,18 +136,20 @@ async def serve(config: ControlPlaneConfig, stop: asyncio.Event) -> int:
     api = None
     manifests: ManifestSource | None = None
     if config.manifests is not None:
-        source = manifests = ManifestSource(config.manifests, registry, config.max_manifest_bytes)
-        await source.reload()
-        first = registry.result()
-        if first.errors:
-            for problem in first.errors:
-                print(f"meshlet control-plane: {problem}", file=sys.stderr)
+        try:
+            os.stat(config.manifests)
+        except OSError as exc:
             print(
-                "meshlet control-plane: fix the manifests above; nothing was served",
+                f"meshlet control-plane: --manifests {config.manifests}: {exc.strerror}",
                 file=sys.stderr,
             )
             return 2
-        plane.apply(first, time.monotonic())
+        source = manifests = ManifestSource(config.manifests, registry, config.max_manifest_bytes)
+        await source.reload()
+        # Problems at start are reported (log, /debug/problems) and the rest is served,
+        # as on any later reload: a restarted control plane never stops serving the
+        # whole mesh over one wrong object.
+        plane.apply(registry.result(), time.monotonic())
         registry.on_change = rebuilds.changed
 
         async def reload() -> None:
