@@ -23,6 +23,11 @@ METRICS_PORT = 15020
 # Where the injected sidecar keeps its last accepted config (an emptyDir): a
 # restart while the control plane is away serves from it.
 STATE_DIR = "/var/lib/meshlet"
+# The largest saved config written or read (some 12 MB at 10,000 services), and the
+# emptyDir's sizeLimit: room for the file and the temporary one that replaces it (the
+# kubelet evicts a pod over its limit rather than failing the write).
+STATE_FILE_MAX_BYTES = 32 * 1024 * 1024
+STATE_DIR_SIZE_LIMIT = f"{2 * STATE_FILE_MAX_BYTES // (1024 * 1024)}Mi"
 # The uid the sidecar runs as; capture never redirects its traffic.
 PROXY_UID = 1337
 

@@ -329,3 +329,15 @@ def test_a_node_id_of_any_size_is_kept_short() -> None:
     hostile.node.id = "n" * 8_000_000
     stream.on_request(hostile, snapshot_of(web("10.0.0.1")))
     assert len(stream.node_id) <= 300
+
+
+def test_what_a_client_chose_is_shown_short_in_its_status() -> None:
+    stream = SotwStream()
+    names = [WEB_CLUSTER, *(f"{i:04d}" + "x" * 10_000 for i in range(999))]
+    snap = snapshot_of(web("10.0.0.1"))
+    [push], _ = stream.on_request(request(types.ENDPOINT, names), snap)
+    ack = request(types.ENDPOINT, names, nonce=sotw(push).nonce, version="v" * 1_000_000)
+    stream.on_request(ack, snap)
+    eds = stream.status()["types"]["eds"]  # type: ignore[index]
+    assert eds["subscribed_count"] == 1000 and len(eds["subscribed"]) == 100
+    assert all(len(n) <= 300 for n in eds["subscribed"]) and len(eds["version_acked"]) <= 300

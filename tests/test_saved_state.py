@@ -72,6 +72,8 @@ def _document(state: SidecarState) -> dict[str, object]:
         (lambda d: d["types"][0]["resources"][0].__setitem__(2, "AAAA"), "the validator refuses"),
         (lambda d: d["types"][0]["resources"].append([1, 2]), "resource is malformed"),
         (lambda d: d["types"][1].update(empty="x"), "without endpoints is malformed"),
+        (lambda d: d["types"][0].update(resources=None), "cds resources are not a list"),
+        (lambda d: d["types"][0].update(resources=5), "cds resources are not a list"),
         # A listener whose cluster is not in the file: what the live validator refuses too.
         (lambda d: d["types"].pop(0), "the validator refuses it: Listener"),
     ],
@@ -88,6 +90,11 @@ def test_a_cut_short_file_is_refused(cut: int) -> None:
     data = encode(_state(), DOMAIN, 0.0)
     with pytest.raises(SavedStateError, match="not whole JSON"):
         decode(data[:cut], DOMAIN)
+
+
+def test_json_nested_past_any_of_ours_is_refused() -> None:
+    with pytest.raises(SavedStateError, match="nested too deep"):
+        decode(b"[" * 200_000 + b"]" * 200_000, DOMAIN)
 
 
 def test_bytes_that_are_not_text_are_refused() -> None:
@@ -150,7 +157,7 @@ async def test_writes_are_coalesced_atomic_and_read_back(tmp_path: Path) -> None
     state = _state()
     for _ in range(50):  # a burst of accepted updates
         state_file.note(state)
-    await asyncio.sleep(1.0)  # the quiet period, and then some: written (once) by now
+    await asyncio.sleep(0.5)  # whether the write began by now or close makes it: once
     await state_file.close()
     assert state_file.writes == 1
     assert os.listdir(os.path.dirname(state_file.path)) == ["xds-state.json"]  # no temporaries
@@ -209,3 +216,41 @@ def test_endpoints_are_kept_as_sent() -> None:
     cluster = "outbound|80||web.default.svc.cluster.local"
     assert {e.address for e in back.endpoints[cluster]} == {"10.0.0.1", "10.0.0.2"}
     assert all(isinstance(e, Endpoint) for e in back.endpoints[cluster])
+
+
+async def test_a_config_over_the_limit_is_not_saved_and_no_older_one_stays(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    small = sidecar_state(Mesh((web("10.0.0.1"),)))
+    limit = len(encode(small, DOMAIN, 0.0)) + 100
+    state_file = _file(tmp_path, quiet_seconds=0.01, max_bytes=limit)
+    state_file.note(small)
+    await state_file.close()
+    caplog.set_level(logging.WARNING, "meshlet.sidecar.state_file")
+    bigger = StateFile(os.path.dirname(state_file.path), DOMAIN, max_bytes=limit)
+    bigger.note(_state())
+    await bigger.close()
+    assert (state_file.writes, bigger.writes) == (1, 0)
+    assert "over" in caplog.records[0].getMessage()
+    assert os.listdir(os.path.dirname(state_file.path)) == []
+
+
+def test_a_temporary_file_left_by_a_crash_is_removed_at_start(tmp_path: Path) -> None:
+    state_file = _placed(tmp_path)
+    leftover = Path(os.path.dirname(state_file.path)) / ".xds-state.json.4242.tmp"
+    leftover.write_bytes(b"half a write")
+    state_file.load()
+    assert not leftover.exists()
+
+
+async def test_close_waits_for_a_write_under_way(tmp_path: Path) -> None:
+    state_file = _file(tmp_path, quiet_seconds=0)
+    state_file.note(_state())
+    for _ in range(100_000):  # until the write has begun, in its thread
+        if state_file._inflight is not None:
+            break
+        await asyncio.sleep(0)
+    assert state_file._inflight is not None
+    await state_file.close()
+    assert state_file.writes == 1
+    assert os.listdir(os.path.dirname(state_file.path)) == ["xds-state.json"]

@@ -16,6 +16,8 @@ from meshlet.xds import types
 from meshlet.xds.error_detail import bounded, quoted
 
 WILDCARD = "*"
+# Subscribed names a stream's status lists (it counts them all).
+MAX_NAMES_SHOWN = 100
 
 
 @dataclass(frozen=True)
@@ -53,12 +55,16 @@ class TypeWatch:
         return (self.wildcard and not resource.on_demand) or resource.name in self.names
 
     def status(self) -> dict[str, object]:
+        # A client chooses the names it subscribes to and the versions it ACKs: shown
+        # short, and at most MAX_NAMES_SHOWN names (with the count of all).
+        names = sorted(self.names)
         return {
             "wildcard": self.wildcard,
-            "subscribed": sorted(self.names),
+            "subscribed": [quoted(n) for n in names[:MAX_NAMES_SHOWN]],
+            "subscribed_count": len(names),
             "resources": len(self.known),
             "version_sent": self.version_sent,
-            "version_acked": self.version_acked,
+            "version_acked": quoted(self.version_acked),
             "version_nacked": self.version_nacked,
             "last_nack": self.last_nack,
             "nacks": self.nacks,

@@ -50,7 +50,6 @@ METRICS_PATH = "/stats/prometheus"
 # The sidecar's saved config: an emptyDir lives as long as the pod, so a restarted
 # sidecar container serves from it while the control plane is away.
 STATE_VOLUME = "meshlet-state"
-STATE_SIZE_LIMIT = "64Mi"
 
 
 class InjectionError(ValueError):
@@ -124,7 +123,7 @@ def inject_pod(pod: Mapping[str, Any], namespace: str, settings: InjectorSetting
         out_spec["containers"] = [proxy, *_containers(spec, "containers")]
     out_spec["volumes"] = [
         *(out_spec.get("volumes") or []),
-        {"name": STATE_VOLUME, "emptyDir": {"sizeLimit": STATE_SIZE_LIMIT}},
+        {"name": STATE_VOLUME, "emptyDir": {"sizeLimit": defaults.STATE_DIR_SIZE_LIMIT}},
     ]
     out_meta = out.setdefault("metadata", {})
     out_annotations = out_meta.setdefault("annotations", {})

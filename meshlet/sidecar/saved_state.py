@@ -83,8 +83,11 @@ def _updates(document: dict[str, Any]) -> Iterator[Update]:
         if not isinstance(entry, dict) or not isinstance(entry.get("type_url"), str):
             raise SavedStateError("a type entry has no type_url")
         type_url = entry["type_url"]
+        resources = entry.get("resources", [])
+        if not isinstance(resources, list):
+            raise SavedStateError(f"the {types.short_name(type_url)} resources are not a list")
         received = []
-        for item in entry.get("resources", []):
+        for item in resources:
             if not (isinstance(item, list) and len(item) == 3):
                 raise SavedStateError(f"a {types.short_name(type_url)} resource is malformed")
             if not all(isinstance(x, str) for x in item):
@@ -109,6 +112,8 @@ def decode(data: bytes, cluster_domain: str) -> Saved:
         raise SavedStateError(f"it is not whole JSON ({exc.msg} at byte {exc.pos})") from None
     except UnicodeDecodeError:
         raise SavedStateError("it is not UTF-8 text") from None
+    except RecursionError:
+        raise SavedStateError("it is nested too deep to be one of ours") from None
     if not isinstance(document, dict):
         raise SavedStateError("it is not a JSON object")
     if document.get("format") != FORMAT:

@@ -20,30 +20,43 @@ import threading
 import time
 from collections.abc import Callable
 
+from meshlet.defaults import STATE_FILE_MAX_BYTES
 from meshlet.sidecar.saved_state import FILE_NAME, Saved, SavedStateError, decode, encode
 from meshlet.sidecar.state import SidecarState
 
 log = logging.getLogger(__name__)
 
-# A saved file larger than this is not ours to trust (a 10,000-service mesh is ~10 MB).
-MAX_FILE_BYTES = 512 * 1024 * 1024
 
-
-def _read_regular(path: str) -> bytes:
+def _read_regular(path: str, limit: int) -> bytes:
     # O_NONBLOCK: a FIFO put in our place must not hang the start.
     fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
     with os.fdopen(fd, "rb") as f:
         info = os.fstat(f.fileno())
         if not stat.S_ISREG(info.st_mode):
             raise SavedStateError("it is not a regular file")
-        if info.st_size > MAX_FILE_BYTES:
-            raise SavedStateError(f"it is {info.st_size} bytes, over {MAX_FILE_BYTES}")
-        return f.read(MAX_FILE_BYTES + 1)
+        if info.st_size > limit:
+            raise SavedStateError(f"it is {info.st_size} bytes, over {limit}")
+        return f.read(limit + 1)
+
+
+def _temporary(path: str, pid: int | str) -> str:
+    return os.path.join(os.path.dirname(path) or ".", f".{os.path.basename(path)}.{pid}.tmp")
+
+
+def _remove_leftovers(path: str) -> None:
+    """Temporary files of an earlier run that died mid-write: they count against the
+    emptyDir's size."""
+    directory, prefix = os.path.dirname(path) or ".", f".{os.path.basename(path)}."
+    with contextlib.suppress(OSError), os.scandir(directory) as entries:
+        for entry in entries:
+            if entry.name.startswith(prefix) and entry.name.endswith(".tmp"):
+                with contextlib.suppress(OSError):
+                    os.unlink(entry.path)
 
 
 def _write_atomic(path: str, data: bytes) -> None:
     directory = os.path.dirname(path) or "."
-    temporary = os.path.join(directory, f".{os.path.basename(path)}.{os.getpid()}.tmp")
+    temporary = _temporary(path, os.getpid())
     try:
         with open(temporary, "wb") as f:
             f.write(data)
@@ -67,12 +80,15 @@ class StateFile:
         cluster_domain: str,
         *,
         quiet_seconds: float = 1.0,
+        max_bytes: int = STATE_FILE_MAX_BYTES,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.path = os.path.join(directory, FILE_NAME)
         self._directory = directory
         self._domain = cluster_domain
         self._quiet = quiet_seconds
+        self._max_bytes = max_bytes
+        self._inflight: asyncio.Future[None] | None = None
         self._clock = clock
         self._latest: SidecarState | None = None
         self._task: asyncio.Task[None] | None = None
@@ -83,8 +99,9 @@ class StateFile:
 
     def load(self) -> Saved | None:
         """The saved config, or None (said in one log line) when there is none to use."""
+        _remove_leftovers(self.path)
         try:
-            data = _read_regular(self.path)
+            data = _read_regular(self.path, self._max_bytes)
             saved = decode(data, self._domain)
         except FileNotFoundError:
             log.info("no saved config at %s: waiting for the control plane", self.path)
@@ -93,6 +110,14 @@ class StateFile:
             why = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
             log.warning(
                 "saved config %s not used (%s): waiting for the control plane", self.path, why
+            )
+            return None
+        except Exception as exc:  # a file no check foresaw must not stop the start either
+            log.warning(
+                "saved config %s not used (%s: %s): waiting for the control plane",
+                self.path,
+                type(exc).__name__,
+                exc,
             )
             return None
         age = "" if saved.written_at is None else f", {self._clock() - saved.written_at:.0f}s old"
@@ -115,16 +140,29 @@ class StateFile:
             await asyncio.sleep(self._quiet)
             state, self._latest = self._latest, None
             if state is not None:
-                await asyncio.to_thread(self._write, state)
+                # Shielded: a write under way finishes even when this task is cancelled
+                # (close waits for it).
+                self._inflight = asyncio.ensure_future(asyncio.to_thread(self._write, state))
+                await asyncio.shield(self._inflight)
 
     def _write(self, state: SidecarState) -> None:
         with self._writing:
             self._write_now(state)
 
     def _write_now(self, state: SidecarState) -> None:
+        data = encode(state, self._domain, self._clock())
         try:
+            if len(data) > self._max_bytes:
+                # Over the emptyDir's room. An older file must not outlive it: after a
+                # restart it would send connections to endpoints long gone.
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(self.path)
+                raise OSError(
+                    f"the config is {len(data)} bytes, over {self._max_bytes}; "
+                    "the older saved one is removed"
+                )
             os.makedirs(self._directory, exist_ok=True)
-            _write_atomic(self.path, encode(state, self._domain, self._clock()))
+            _write_atomic(self.path, data)
         except OSError as exc:
             error = f"{exc.strerror or exc}"
             if error != self._last_error:  # once per distinct failure, not once per update
@@ -135,11 +173,13 @@ class StateFile:
         self.writes += 1
 
     async def close(self) -> None:
-        """Writes what is pending now (on shutdown), then stops."""
+        """Waits for a write under way, writes what is pending now (on shutdown), stops."""
         if self._task is not None:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
+        if self._inflight is not None:
+            await self._inflight
         state, self._latest = self._latest, None
         if state is not None:
             await asyncio.to_thread(self._write, state)
