@@ -28,7 +28,7 @@ import pytest
 import uvloop
 
 from meshlet.sidecar.app import ipv6_loopback
-from meshlet.sidecar.dns import DnsServer, DnsTable, Forwarder, QueryCounts, build_dns_table
+from meshlet.sidecar.dns import DnsServer, DnsTable, Forwarder, QueryCounts, build_dns_table, tcp
 from tests.procs import Process, free_port, running, stop_process, wait_until
 from tests.test_dns_table import mesh_table
 
@@ -125,7 +125,7 @@ class Harness:
 
 
 async def start_harness(
-    upstream_port: int, table: DnsTable | None, tcp_idle_timeout: float = 10.0
+    upstream_port: int, table: DnsTable | None, tcp_idle_timeout: float = tcp.IDLE_TIMEOUT
 ) -> Harness:
     forwarder = Forwarder(
         [("127.0.0.1", upstream_port)], timeout=UPSTREAM_TIMEOUT, attempt_timeout=0.25

@@ -1,4 +1,5 @@
-"""DNS over TCP against clients that hold connections and dribble bytes, on real sockets.
+"""DNS over TCP against clients that hold connections, dribble bytes or wait on upstream,
+on real sockets.
 
 The upstream is a UDP socket that never answers, so a forwarded query stays in
 flight for as long as a test needs; mesh names are answered locally.
@@ -12,13 +13,14 @@ import socket
 import struct
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import dns.asyncquery
 import dns.message
 import pytest
 
-from meshlet.sidecar.dns import DnsServer, Forwarder, build_dns_table
+from meshlet.sidecar.dns import DnsServer, Forwarder, build_dns_table, tcp
 from tests.test_dns_table import mesh_table
 
 TABLE = build_dns_table(mesh_table(), "default", "cluster.local", ttl=5)
@@ -146,15 +148,44 @@ async def test_a_full_table_of_dribbling_connections_gives_way_to_a_new_query(
         assert await holders[0].closed_by_server() == b""
 
 
-async def test_a_connection_with_a_query_in_flight_does_not_give_way(
+async def wait_upstream(client: Client, name: str, qid: int) -> None:
+    """Leave a query for `name` in flight to the silent upstream, and know it was read."""
+    # Forwarded, then a local one: its answer shows the server read both.
+    client.writer.write(_framed(name, "A", qid) + _framed("web", "A", qid + 1))
+    assert (await asyncio.wait_for(_read_framed(client.reader), 10)).id == qid + 1
+
+
+async def test_a_full_table_of_connections_waiting_upstream_gives_way_to_a_new_query(
+    silent_upstream: int, clients: list[Client]
+) -> None:
+    # Every connection has a query that never comes back (the forwarder waits longer
+    # than the test), so none is idle and neither clock closes any.
+    limit = 16
+    options = {"max_tcp_connections": limit, "tcp_idle_timeout": LONG, "tcp_query_deadline": LONG}
+    async with serving(silent_upstream, **options) as server:
+        holders = []
+        for index in range(limit):
+            holder = await connect(server, clients)
+            await wait_upstream(holder, f"held-{index}.example.test", 2 * index)
+            holders.append(holder)
+
+        for qid in range(3):
+            query = dns.message.make_query("web.default.svc.cluster.local", "A", id=qid)
+            host, port = server.address
+            response = await dns.asyncquery.tcp(query, host, port=port, timeout=10)
+            assert addresses(response) == ["10.96.0.10"]
+        # The one whose query waited longest gave way, its query unanswered; the rest stay.
+        assert await holders[0].closed_by_server() == b""
+        assert addresses(await holders[-1].ask("web", 1000)) == ["10.96.0.10"]
+
+
+async def test_an_idle_connection_gives_way_before_one_with_a_query_in_flight(
     silent_upstream: int, clients: list[Client]
 ) -> None:
     options = {"max_tcp_connections": 2, "tcp_idle_timeout": LONG, "tcp_query_deadline": LONG}
     async with serving(silent_upstream, **options) as server:
         waiting = await connect(server, clients)
-        # Forwarded to the silent upstream, then a local one: its answer shows both were read.
-        waiting.writer.write(_framed("www.example.test", "A", 1) + _framed("web", "A", 2))
-        assert (await asyncio.wait_for(_read_framed(waiting.reader), 10)).id == 2
+        await wait_upstream(waiting, "www.example.test", 1)
         idle = await connect(server, clients)
         assert addresses(await idle.ask("web", 3)) == ["10.96.0.10"]
 
@@ -185,3 +216,10 @@ async def test_dribbled_bytes_do_not_keep_a_connection_from_its_idle_timeout(
         assert addresses(await holder.ask("web", 1)) == ["10.96.0.10"]
         holder.dribble(NEVER_WHOLE, every=0.1)  # a byte far more often than the idle timeout
         assert await holder.closed_by_server() == b""
+
+
+def test_the_readme_states_the_tcp_defaults() -> None:
+    readme = " ".join((Path(__file__).resolve().parent.parent / "README.md").read_text().split())
+    assert f"at most {tcp.MAX_CONNECTIONS} connections" in readme
+    assert f"within {tcp.QUERY_DEADLINE:g} s of its first byte" in readme
+    assert f"closed after {tcp.IDLE_TIMEOUT:g} s without" in readme

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 import pytest
 
-from meshlet.sidecar.dns.tcp_clock import TcpClock, longest_idle
+from meshlet.sidecar.dns.tcp_clock import TcpClock, gives_way
 
 IDLE, DEADLINE = 10.0, 2.0
 
@@ -74,15 +74,24 @@ def test_the_next_check_is_the_earliest_deadline(
 class Held:
     name: str
     clock: TcpClock
-    pending: int = 0
+    pending_since: float | None = None  # when its oldest query in flight arrived
 
 
 def test_the_longest_idle_without_a_query_in_flight_gives_way() -> None:
-    busy = Held("busy", clock(0.0), pending=1)
+    busy = Held("busy", clock(0.0), pending_since=0.5)
     dribbler = Held("dribbler", clock(1.0))
     dribbler.clock.buffered(9.0, partial=True, consumed=False)  # recent bytes do not count
     fresh = Held("fresh", clock(8.0))
-    assert longest_idle([busy, fresh, dribbler]) is dribbler
-    assert longest_idle([busy, fresh]) is fresh
-    assert longest_idle([busy]) is None
-    assert longest_idle([]) is None
+    assert gives_way([busy, fresh, dribbler]) is dribbler
+    assert gives_way([busy, fresh]) is fresh
+    assert gives_way([]) is None
+
+
+def test_with_every_one_waiting_the_oldest_query_in_flight_gives_way() -> None:
+    # Its later queries were answered, so it is not the one idle longest.
+    stuck = Held("waiting since 3, answered at 8", clock(8.0), pending_since=3.0)
+    quiet = Held("waiting since 5", clock(5.0), pending_since=5.0)
+    recent = Held("waiting since 9", clock(9.0), pending_since=9.0)
+    assert gives_way([quiet, recent, stuck]) is stuck
+    assert gives_way([recent, quiet]) is quiet
+    assert gives_way([recent]) is recent

@@ -10,7 +10,9 @@ is drained in batches (recvmmsg/sendmmsg on Linux) and every datagram answered
 synchronously when the answer is local or cached; only queries that go
 upstream become tasks, at most `max_pending`. TCP (RFC 7766) through `tcp.py`:
 several queries per connection, an idle timeout and a deadline for each message
-that stray bytes do not extend, and a full table gives way to new connections.
+that stray bytes do not extend, and a full table always makes room for a new
+connection (one idle with nothing in flight gives way first, else the one whose
+oldest query has waited longest).
 
 No input may stop the server: every query is handled inside a try, failures are
 counted in `errors` and logged (rate-limited), and the next query goes on.
@@ -44,10 +46,10 @@ class DnsServer:
         forwarder: Forwarder,
         *,
         max_udp: int = wire.EDNS_SIZE,
-        tcp_idle_timeout: float = 10.0,
-        tcp_query_deadline: float = 2.0,
-        max_tcp_connections: int = 256,
-        max_tcp_pending_per_connection: int = 32,
+        tcp_idle_timeout: float = tcp.IDLE_TIMEOUT,
+        tcp_query_deadline: float = tcp.QUERY_DEADLINE,
+        max_tcp_connections: int = tcp.MAX_CONNECTIONS,
+        max_tcp_pending_per_connection: int = tcp.MAX_PENDING_PER_CONNECTION,
         max_pending: int = 2048,
         on_query: OnQuery | None = None,
         udp_batching: bool = True,
@@ -55,8 +57,6 @@ class DnsServer:
         self.table = table
         self.forwarder = forwarder
         self.max_udp = max_udp
-        # A message begun must be whole this soon after its first byte (miekg/dns,
-        # under CoreDNS, gives 2 s to read one too).
         self.tcp_limits = tcp.TcpLimits(
             idle_timeout=tcp_idle_timeout,
             query_deadline=tcp_query_deadline,

@@ -4,6 +4,8 @@ Several length-prefixed queries per connection, answered as they complete (local
 ones in order, forwarded ones when they come back). Reading pauses while the
 client does not read or too many of its queries are upstream. Deadlines and the
 choice of which connection gives way are in `tcp_clock.py`; this is the I/O.
+
+The defaults below are the DNS server's (`DnsServer` takes each as a parameter).
 """
 
 from __future__ import annotations
@@ -11,15 +13,27 @@ from __future__ import annotations
 import asyncio
 import logging
 import struct
+from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import cast
 
-from meshlet.sidecar.dns.tcp_clock import Expiry, TcpClock, longest_idle
+from meshlet.sidecar.dns.tcp_clock import Expiry, TcpClock, gives_way
 
 log = logging.getLogger(__name__)
 
 _LENGTH = struct.Struct("!H")
+
+# A connection with no complete query or response for this long, and no query in
+# flight, is closed.
+IDLE_TIMEOUT = 10.0
+# A message begun must be whole this soon after its first byte (miekg/dns, under
+# CoreDNS, gives 2 s to read one too).
+QUERY_DEADLINE = 2.0
+# Open connections at most; when full, a new one takes the place of another.
+MAX_CONNECTIONS = 256
+# Reading pauses while more than this many of a connection's queries are in flight.
+MAX_PENDING_PER_CONNECTION = 32
 
 # The server's query handler: (query, reply, max_udp=None) -> whether reply will be called.
 Handle = Callable[[bytes, Callable[[bytes], None], None], bool]
@@ -33,18 +47,22 @@ class TcpLimits:
 
 
 class TcpConnections:
-    """The open connections, at most `limit`; a new one evicts the one idle longest."""
+    """The open connections, at most `limit`; a new one always gets in, in the place
+    of the one `gives_way` picks."""
 
     def __init__(self, limit: int) -> None:
         self.limit = limit
         self.open: set[TcpConnection] = set()
 
     def admit(self, connection: TcpConnection) -> bool:
+        """False only when `limit` is 0."""
         if len(self.open) >= self.limit:
-            victim = longest_idle(self.open)
-            if victim is None:  # every one has a query in flight: the newcomer waits its turn
+            victim = gives_way(self.open)
+            if victim is None:
                 return False
-            victim.shut("evicted")
+            victim.shut(
+                "evicted" if victim.pending_since is None else "evicted, queries unanswered"
+            )
         self.open.add(connection)
         return True
 
@@ -60,7 +78,8 @@ class TcpConnection(asyncio.Protocol):
         self.limits = limits
         self.transport: asyncio.Transport | None = None
         self.buffer = bytearray()
-        self.pending = 0
+        # Queries not yet answered, in the order they arrived, with when they did.
+        self.in_flight: OrderedDict[TcpReply, float] = OrderedDict()
         self.paused_writing = False
         self.paused_pending = False
         self.clock = TcpClock(limits.idle_timeout, limits.query_deadline, 0.0)
@@ -80,18 +99,19 @@ class TcpConnection(asyncio.Protocol):
         buffer = self.buffer
         buffer += data
         offset = 0
+        now = loop.time()
         while len(buffer) - offset >= 2:
             length = buffer[offset] << 8 | buffer[offset + 1]
             end = offset + 2 + length
             if end > len(buffer):
                 break
-            self.clock.active(loop.time())
-            reply = TcpReply(self)
+            self.clock.active(now)
+            reply = TcpReply(self, now)
             if not self.handle(bytes(buffer[offset + 2 : end]), reply, None):
                 reply.release()
             offset = end
         del buffer[:offset]
-        self.clock.buffered(loop.time(), partial=bool(buffer), consumed=offset > 0)
+        self.clock.buffered(now, partial=bool(buffer), consumed=offset > 0)
         self._update_reading()
         self._schedule(loop)
 
@@ -100,6 +120,17 @@ class TcpConnection(asyncio.Protocol):
         if transport is not None and not transport.is_closing():
             transport.write(_LENGTH.pack(len(response)) + response)
             self.clock.active(asyncio.get_running_loop().time())
+
+    @property
+    def pending(self) -> int:
+        return len(self.in_flight)
+
+    @property
+    def pending_since(self) -> float | None:
+        """When the oldest query still in flight arrived; None with none in flight."""
+        for since in self.in_flight.values():
+            return since
+        return None
 
     # --- flow control ----------------------------------------------------------------
 
@@ -183,14 +214,14 @@ class TcpConnection(asyncio.Protocol):
 
 
 class TcpReply:
-    """Sends one response on a connection; counts as pending there until it has."""
+    """Sends one response on a connection; in flight there, since `now`, until it has."""
 
     __slots__ = ("connection", "done")
 
-    def __init__(self, connection: TcpConnection) -> None:
+    def __init__(self, connection: TcpConnection, now: float) -> None:
         self.connection = connection
         self.done = False
-        connection.pending += 1
+        connection.in_flight[self] = now
 
     def __call__(self, response: bytes) -> None:
         if not self.done:
@@ -201,5 +232,5 @@ class TcpReply:
         if not self.done:
             self.done = True
             connection = self.connection
-            connection.pending -= 1
+            del connection.in_flight[self]
             connection._update_reading()

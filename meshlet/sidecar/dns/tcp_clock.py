@@ -7,10 +7,12 @@ Two clocks per connection, and bytes that do not finish a message move neither:
   its body). Past `query_deadline` it is closed, however slowly the bytes trickle
   in. It does not run while the server itself has paused reading.
 
-When the connection table is full, a new connection takes the place of the one
-idle longest with no query in flight: a client that dribbles bytes is idle by
-this count, so held connections cannot starve new ones. Only when every one has
-a query in flight is the newcomer refused.
+When the connection table is full, a new connection always gets a place: it
+takes that of the one idle longest with no query in flight (a client that
+dribbles bytes is idle by this count), or, when every one has a query in flight,
+that of the one whose oldest query has waited longest. That connection's queries
+go unanswered, which a client retries; held connections, idle or with queries
+that never come back, cannot starve new ones.
 
 No clock is read here: every call takes `now`.
 """
@@ -73,18 +75,26 @@ class _Held(Protocol):
     def clock(self) -> TcpClock: ...
 
     @property
-    def pending(self) -> int: ...
+    def pending_since(self) -> float | None:
+        """When its oldest query still in flight arrived; None with none in flight."""
+        ...
 
 
 H = TypeVar("H", bound=_Held)
 
 
-def longest_idle(connections: Iterable[H]) -> H | None:
-    """The connection to give way to a new one: no query in flight, idle longest."""
-    victim: H | None = None
+def gives_way(connections: Iterable[H]) -> H | None:
+    """The connection to close for a new one: with no query in flight, the one idle
+    longest; else the one whose oldest query in flight has waited longest. None
+    only when there is none."""
+    idle: H | None = None
+    waiting: H | None = None
+    waiting_since = 0.0
     for connection in connections:
-        if connection.pending <= 0 and (
-            victim is None or connection.clock.last_active < victim.clock.last_active
-        ):
-            victim = connection
-    return victim
+        since = connection.pending_since
+        if since is None:
+            if idle is None or connection.clock.last_active < idle.clock.last_active:
+                idle = connection
+        elif waiting is None or since < waiting_since:
+            waiting, waiting_since = connection, since
+    return idle if idle is not None else waiting
