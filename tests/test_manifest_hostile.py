@@ -316,3 +316,124 @@ def test_a_parser_process_that_dies_is_a_problem_of_its_file() -> None:
     assert [str(e) for e in parsed.errors] == [
         "big.yaml: not parsed: the parser process was killed by signal 9 (out of memory?)"
     ]
+
+
+# --- Values PyYAML cannot build ---------------------------------------------------
+
+BAD_DATE = "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: dates}\ndata: {day: 2024-02-30}\n"
+
+
+def with_a_bad_date(big: bool) -> str:
+    """A file whose second document holds a date that does not exist; over
+    IN_PROCESS_BYTES (parsed in the child) when `big`."""
+    first = big_service("big", "10.96.0.4") if big else service_yaml("z", "10.96.0.4")
+    return first + "---\n" + BAD_DATE
+
+
+BAD_DATE_PROBLEM = (
+    "{path}: document 2: invalid YAML: a value that cannot be read (day is out of range for month)"
+)
+sizes = pytest.mark.parametrize("big", [False, True], ids=["in-process", "in-the-child"])
+
+
+@pytest.mark.parametrize(
+    "value", ["2024-02-30", '!!float "x"', "!!int 12x"], ids=["date", "float", "int"]
+)
+def test_a_value_yaml_cannot_build_is_a_problem_not_an_exception(value: str) -> None:
+    parsed = parse_manifest(f"a: {value}\n".encode(), "x.yaml")
+    assert not parsed.complete
+    [error] = parsed.errors
+    assert str(error).startswith("x.yaml: document 1: invalid YAML: a value that cannot be read (")
+
+
+@sizes
+def test_a_bad_value_at_start_is_a_problem_of_its_file(tmp_path: Path, big: bool) -> None:
+    (tmp_path / "a.yaml").write_text(service_yaml("a", "10.96.0.1"))
+    bad = tmp_path / "z.yaml"
+    bad.write_text(with_a_bad_date(big))
+    loaded = Loaded(tmp_path)
+    result = loaded.load()
+    assert keys(result.mesh) == ["shop/a"]
+    assert result.errors == (BAD_DATE_PROBLEM.format(path=bad),)
+    bad.write_text(with_a_bad_date(big).replace("2024-02-30", "2024-02-29"))
+    fixed = loaded.load()
+    assert fixed.errors == ()
+    assert keys(fixed.mesh) == ["shop/a", "shop/big" if big else "shop/z"]
+
+
+@sizes
+def test_a_bad_value_on_reload_loses_no_other_change(tmp_path: Path, big: bool) -> None:
+    a = tmp_path / "a.yaml"
+    a.write_text(service_yaml("a", "10.96.0.1"))
+    loaded = Loaded(tmp_path)
+    loaded.load()
+    # One pass: a.yaml changes, and z.yaml (read after it) cannot be read whole.
+    a.write_text(service_yaml("a", "10.96.0.1", port=81))
+    bad = tmp_path / "z.yaml"
+    bad.write_text(with_a_bad_date(big))
+    result = loaded.load()
+    assert result.mesh.services[0].ports[0].port == 81
+    assert result.errors == (BAD_DATE_PROBLEM.format(path=bad),)
+    bad.unlink()
+    gone = loaded.load()
+    assert gone.errors == ()
+    assert gone.mesh.services[0].ports[0].port == 81
+
+
+def test_a_big_bad_value_is_the_childs_answer_not_its_crash(tmp_path: Path) -> None:
+    data = with_a_bad_date(big=True).encode()
+    assert len(data) > IN_PROCESS_BYTES
+    with ParserProcess() as parser:
+        parsed = parser.parse(data, "z.yaml")
+        here = parse_manifest(data, "z.yaml")
+        assert (parsed.objects, parsed.complete) == (here.objects, False)
+        assert [str(e) for e in parsed.errors] == [str(e) for e in here.errors]
+        # The same child goes on parsing the next file.
+        assert parser.parse(big_service("big", "10.96.0.4").encode(), "big.yaml").complete
+
+
+# Loads PATH with no file descriptors to spare for the parser's pipes, then again with
+# them, and prints what each load gave.
+_LOAD_WITHOUT_FDS = """
+import json, os, resource, sys
+from meshlet.controlplane.registry import Registry
+from meshlet.controlplane.sources.manifests import ManifestSource
+registry = Registry()
+source = ManifestSource(sys.argv[1], registry)
+soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+highest = max(int(fd) for fd in os.listdir("/proc/self/fd"))
+while (fd := os.open(os.devnull, os.O_RDONLY)) <= highest:
+    pass  # the gaps below the highest descriptor are filled
+os.close(fd)
+# Three to spare: enough to list the folder and read a file, not for two pipes.
+resource.setrlimit(resource.RLIMIT_NOFILE, (highest + 4, hard))
+try:
+    source.load()
+finally:
+    resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+loads = [registry.result()]
+source.load()
+loads.append(registry.result())
+print(json.dumps([{"services": [s.key for s in r.mesh.services], "errors": r.errors}
+                  for r in loads]))
+"""
+
+
+def test_a_parser_process_that_cannot_start_is_a_problem_and_tried_again(tmp_path: Path) -> None:
+    (tmp_path / "a.yaml").write_text(service_yaml("a", "10.96.0.1"))
+    big = tmp_path / "big.yaml"
+    big.write_text(big_service("big", "10.96.0.4"))
+    done = subprocess.run(
+        [sys.executable, "-c", _LOAD_WITHOUT_FDS, str(tmp_path)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    without, with_fds = json.loads(done.stdout)
+    assert without == {
+        "services": ["shop/a"],
+        "errors": [f"{big}: cannot read: Too many open files"],
+    }
+    # Nothing changed on disk, and yet it is read again: it was never read whole.
+    assert with_fds == {"services": ["shop/a", "shop/big"], "errors": []}

@@ -41,7 +41,19 @@ class Parsed:
 
 
 def parse_manifest(data: bytes, filename: str) -> Parsed:
-    """The Services and EndpointSlices in one file's bytes, and what is wrong with it."""
+    """The Services and EndpointSlices in one file's bytes, and what is wrong with it.
+
+    Never raises: whatever stops the reading (a value PyYAML cannot build, as the
+    date 2024-02-30, included) is a problem of this file, which is then incomplete.
+    """
+    try:
+        return _parse(data, filename)
+    except Exception as exc:  # a failure nothing below foresaw: still only this file's
+        why = "out of memory" if isinstance(exc, MemoryError) else f"{type(exc).__name__}: {exc}"
+        return Parsed(errors=(ManifestError(f"not parsed: {why}", filename),), complete=False)
+
+
+def _parse(data: bytes, filename: str) -> Parsed:
     try:
         text = data.decode("utf-8")
     except UnicodeDecodeError as exc:
@@ -68,12 +80,14 @@ def parse_manifest(data: bytes, filename: str) -> Parsed:
                     continue
                 assert isinstance(obj, Mapping)
                 objects[key] = ObjectEvent(key, obj, where)
-    except yaml.YAMLError as exc:
-        error = ManifestError(_yaml_problem(exc), f"{filename}: document {number + 1}")
-        return Parsed(errors=(*errors.listed, error), unlisted=errors.unlisted, complete=False)
     except json.JSONDecodeError as exc:
         message = f"invalid JSON: {exc.msg} at line {exc.lineno}, column {exc.colno}"
         return Parsed(errors=(ManifestError(message, filename),), complete=False)
+    except (yaml.YAMLError, ValueError) as exc:
+        # ValueError (JSON's own is caught above): a scalar PyYAML cannot build, as
+        # 2024-02-30 or !!float "x", in any document (a ConfigMap's too).
+        error = ManifestError(_yaml_problem(exc), f"{filename}: document {number + 1}")
+        return Parsed(errors=(*errors.listed, error), unlisted=errors.unlisted, complete=False)
     except RecursionError:
         error = ManifestError("nested too deeply to be a Kubernetes object", filename)
         return Parsed(errors=(error,), complete=False)
@@ -143,8 +157,10 @@ def _type_name(value: object) -> str:
     return names.get(type(value), type(value).__name__)
 
 
-def _yaml_problem(exc: yaml.YAMLError) -> str:
+def _yaml_problem(exc: yaml.YAMLError | ValueError) -> str:
     if isinstance(exc, yaml.MarkedYAMLError) and exc.problem_mark is not None:
         mark = exc.problem_mark
         return f"invalid YAML: {exc.problem} at line {mark.line + 1}, column {mark.column + 1}"
+    if isinstance(exc, ValueError):
+        return f"invalid YAML: a value that cannot be read ({exc})"
     return f"invalid YAML: {exc}"

@@ -60,8 +60,11 @@ class _File:
 
 @dataclass
 class _Pass:
-    """What one pass over PATH found to tell the sink."""
+    """What one pass over PATH found: the events to tell the sink, and the file table
+    that holds once they are told (never before: a pass is applied whole or not at all)."""
 
+    files: dict[str, _File] = field(default_factory=dict)
+    folder_errors: tuple[str, ...] = ()
     events: list[ObjectEvent] = field(default_factory=list)
     # PATH itself could not be read: nothing else is known.
     failed: str = ""
@@ -79,6 +82,7 @@ class ManifestSource:
         self.path = os.fspath(path)
         self.max_bytes = max_bytes
         self._sink = sink
+        # The files as the sink knows them: changed only with the events that say so.
         self._files: dict[str, _File] = {}
         self._folder_errors: tuple[str, ...] = ()
         self._synced = False
@@ -106,6 +110,9 @@ class ManifestSource:
             self._sink.source_problems(SOURCE, (found.failed, *self._errors()))
             return
         self._sink.apply(found.events)
+        # Only now: had the events not reached the sink, the next pass finds the same
+        # changes again, as the stamps and digests it compares with are the old ones.
+        self._files, self._folder_errors = found.files, found.folder_errors
         self._sink.source_problems(SOURCE, self._errors())
         if not self._synced:
             self._synced = True
@@ -128,55 +135,59 @@ class ManifestSource:
             tree = scan(self.path)
         except OSError as exc:
             return _Pass(failed=f"{exc.filename or self.path}: cannot read: {exc.strerror or exc}")
-        self._folder_errors = tuple(tree.unreadable[name] for name in sorted(tree.unreadable))
-        found = _Pass()
-        for name in sorted(self._files.keys() - tree.files.keys()):
+        found = _Pass(files=dict(self._files))
+        found.folder_errors = tuple(tree.unreadable[name] for name in sorted(tree.unreadable))
+        for name in sorted(found.files.keys() - tree.files.keys()):
             if not tree.hides(name):  # in a folder that cannot be listed now: not known
-                found.events += _deleted(self._files.pop(name).keys)
+                found.events += _deleted(found.files.pop(name).keys)
         for name in sorted(tree.files):
             if parser.killed:
                 break
-            found.events += self._refresh(name, tree.files[name], parser)
+            old = found.files.get(name)
+            try:
+                new, events = self._refresh(name, tree.files[name], old, parser)
+            except Exception as exc:  # starting the parser failed (EMFILE), ...: this file's
+                log.debug("reading %s failed", name, exc_info=True)
+                new, events = _unread(name, old, _reason(exc)), []
+            if new is None:
+                found.files.pop(name, None)
+            else:
+                found.files[name] = new
+            found.events += events
         return found
 
-    def _refresh(self, name: str, entry: Found, parser: ParserProcess) -> list[ObjectEvent]:
-        old = self._files.get(name)
+    def _refresh(
+        self, name: str, entry: Found, old: _File | None, parser: ParserProcess
+    ) -> tuple[_File | None, list[ObjectEvent]]:
+        """The file's new entry (None: it is gone) and the events its change makes."""
         keys = old.keys if old is not None else frozenset()
         read_ns = time.time_ns()
         if isinstance(entry, OSError):  # a symlink loop, ...
-            problem = f"{name}: cannot read: {entry.strerror or entry}"
-            self._files[name] = _File(_UNREAD, read_ns, b"", keys, (problem,))
-            return []
+            return _unread(name, old, entry.strerror or str(entry)), []
         stamp = (entry.st_mtime_ns, entry.st_size, entry.st_ino)
         if old is not None and old.stamp == stamp and stamp[0] + _RACY_NS < old.read_ns:
-            return []
+            return old, []
         try:
             data = read_bounded(name, entry, self.max_bytes)
         except FileNotFoundError:  # deleted since the scan
-            self._files.pop(name, None)
-            return _deleted(keys)
+            return None, _deleted(keys)
         except Unreadable as exc:
-            self._files[name] = _File(stamp, read_ns, b"", keys, (f"{name}: {exc}",))
-            return []
+            return _File(stamp, read_ns, b"", keys, (f"{name}: {exc}",)), []
         except OSError as exc:
-            problem = f"{name}: cannot read: {exc.strerror or exc}"
             # No stamp: `chmod` back changes only the ctime, and the file must be read then.
-            self._files[name] = _File(_UNREAD, read_ns, b"", keys, (problem,))
-            return []
+            return _unread(name, old, exc.strerror or str(exc)), []
         digest = hashlib.blake2b(data, digest_size=16).digest()
         if old is not None and old.digest == digest:
-            self._files[name] = replace(old, stamp=stamp, read_ns=read_ns)
-            return []
+            return replace(old, stamp=stamp, read_ns=read_ns), []
         small = len(data) <= IN_PROCESS_BYTES
         parsed = parse_manifest(data, name) if small else parser.parse(data, name)
         errors = _listed(parsed, name)
         if not parsed.complete:
-            self._files[name] = _File(stamp, read_ns, digest, keys, errors)
-            return []
+            return _File(stamp, read_ns, digest, keys, errors), []
         new_keys = frozenset(event.key for event in parsed.objects)
-        self._files[name] = _File(stamp, read_ns, digest, new_keys, errors)
         # Every object of a changed file goes again; the registry drops what is equal.
-        return [*parsed.objects, *_deleted(keys - new_keys)]
+        events = [*parsed.objects, *_deleted(keys - new_keys)]
+        return _File(stamp, read_ns, digest, new_keys, errors), events
 
     async def watch(
         self,
@@ -224,6 +235,19 @@ class ManifestSource:
             if watcher is not None:
                 loop.remove_reader(watcher.fileno())
                 watcher.close()
+
+
+def _unread(name: str, old: _File | None, why: str) -> _File:
+    """A file that could not be read now: its last good objects stay, and it is read
+    again on the next pass whatever its stamp says."""
+    keys = old.keys if old is not None else frozenset()
+    return _File(_UNREAD, time.time_ns(), b"", keys, (f"{name}: cannot read: {why}",))
+
+
+def _reason(exc: Exception) -> str:
+    if isinstance(exc, OSError) and exc.strerror:
+        return exc.strerror
+    return f"{type(exc).__name__}: {exc}"
 
 
 def _deleted(keys: frozenset[ObjectKey]) -> list[ObjectEvent]:

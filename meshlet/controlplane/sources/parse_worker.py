@@ -139,6 +139,8 @@ def main() -> None:
             parsed = parse_manifest(data, filename)
         except MemoryError:
             parsed = _failed(filename, "not parsed: out of memory")
+        except Exception as exc:  # this file's problem; the next file is parsed as ever
+            parsed = _failed(filename, f"not parsed: {type(exc).__name__}: {exc}")
         try:
             _write_frame(stdout, pickle.dumps(parsed, pickle.HIGHEST_PROTOCOL))
         except BrokenPipeError:
