@@ -249,15 +249,18 @@ def control_plane(
     extra_args: Sequence[str] = (),
     ready_timeout: float = 30.0,
     wait_ready: bool = True,
+    argv_prefix: Sequence[str] = (),
 ) -> Iterator[ControlPlane]:
     """Run `meshlet control-plane` until the block ends, on `manifests` or else on the
-    Kubernetes API of `kubeconfig`; ready when yielded (unless not `wait_ready`)."""
+    Kubernetes API of `kubeconfig`; ready when yielded (unless not `wait_ready`).
+    `argv_prefix` runs it under another program (setpriv, say)."""
     # A fixed xds_port lets a test restart the control plane where clients expect it.
     xds_port = xds_port or free_port()
     admin_port = free_port()
     if outbound_port is None:
         outbound_port = free_port("0.0.0.0")
     argv = [
+        *argv_prefix,
         PYTHON,
         "-m",
         "meshlet",

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import signal
 import threading
@@ -16,6 +17,7 @@ import pytest
 from opentelemetry.proto.collector.metrics.v1 import metrics_service_pb2, metrics_service_pb2_grpc
 
 from tests.procs import (
+    ControlPlane,
     control_plane,
     endpoint_slice_manifest,
     free_port,
@@ -25,6 +27,7 @@ from tests.procs import (
     write_atomically,
     write_manifests,
 )
+from tests.test_manifest_hostile import without_root_powers
 
 WEB_CLUSTER = "outbound|80||web.default.svc.cluster.local"
 
@@ -73,7 +76,7 @@ def test_a_bad_edit_is_reported_and_the_last_good_state_keeps_serving(tmp_path: 
         assert "Traceback" not in plane.process.log_text()
 
 
-def test_problems_at_start_are_reported_and_the_rest_is_served(tmp_path: Path) -> None:
+def test_wrong_objects_at_start_are_reported_and_the_rest_is_served(tmp_path: Path) -> None:
     folder = tmp_path / "manifests"
     folder.mkdir()
     write_manifests(folder / "web.yaml", *web("10.1.0.1"))
@@ -89,6 +92,71 @@ def test_problems_at_start_are_reported_and_the_rest_is_served(tmp_path: Path) -
         [problem] = plane.get_json("/debug/problems")
         assert "bad.yaml" in problem and "document 2" in problem and "70000" in problem
         assert problem in plane.process.log_text()
+
+
+NOT_READY = (503, "waiting for every manifest file to be read whole (see /debug/problems)\n")
+
+
+def assert_nothing_served_for(plane: ControlPlane, problem: str) -> None:
+    problems = wait_until(
+        bool, 30, "the problem to be reported", observe=lambda: plane.get_json("/debug/problems")
+    )
+    assert problems == [problem]
+    assert plane.get("/readyz") == NOT_READY
+    status, body = plane.get("/debug/config")
+    assert (status, json.loads(body)) == (503, {"error": "no snapshot yet"})
+    assert f"{problem} (nothing is served until the sources are read whole)" in (
+        plane.process.log_text()
+    )
+
+
+def test_a_file_not_read_whole_at_start_holds_everything_back_until_fixed(
+    tmp_path: Path,
+) -> None:
+    folder = tmp_path / "manifests"
+    folder.mkdir()
+    write_manifests(folder / "web.yaml", *web("10.1.0.1"))
+    db = service_manifest("db", "default", "10.96.0.30", [("tcp", 5432, 5432)])
+    bad = folder / "db.yaml"
+    # Not a wrong object but a file whose objects are not known: no day 30 in February.
+    write_manifests(bad, db, {"apiVersion": "v1", "kind": "ConfigMap", "data": {}})
+    bad.write_text(bad.read_text().replace("data: {}", "data: {day: 2024-02-30}"))
+    with control_plane(folder, tmp_path, wait_ready=False) as plane:
+        assert_nothing_served_for(
+            plane,
+            f"{bad}: document 2: invalid YAML: a value that cannot be read"
+            " (day is out of range for month)",
+        )
+        write_manifests(bad, db)
+        wait_until(
+            lambda status: status == 200, 30, "ready", observe=lambda: plane.get("/readyz")[0]
+        )
+        clusters = plane.config()["cds"]["resources"]
+        assert "outbound|5432||db.default.svc.cluster.local" in clusters
+        assert endpoints_served(plane.config()) == ["10.1.0.1"]
+        assert plane.get_json("/debug/problems") == []
+        assert "Traceback" not in plane.process.log_text()
+
+
+def test_a_folder_that_cannot_be_listed_at_start_holds_everything_back(tmp_path: Path) -> None:
+    folder = tmp_path / "manifests"
+    folder.mkdir()
+    write_manifests(folder / "web.yaml", *web("10.1.0.1"))
+    folder.chmod(0)
+    try:
+        # Not as root, who can list any folder.
+        with control_plane(
+            folder, tmp_path, wait_ready=False, argv_prefix=without_root_powers()
+        ) as plane:
+            assert_nothing_served_for(plane, f"{folder}: cannot read: Permission denied")
+            folder.chmod(0o755)
+            wait_until(
+                lambda status: status == 200, 30, "ready", observe=lambda: plane.get("/readyz")[0]
+            )
+            assert endpoints_served(plane.config()) == ["10.1.0.1"]
+            assert plane.get_json("/debug/problems") == []
+    finally:
+        folder.chmod(0o755)
 
 
 def test_a_service_claiming_an_older_ones_cluster_ip_is_left_out(tmp_path: Path) -> None:

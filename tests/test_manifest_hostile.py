@@ -437,3 +437,115 @@ def test_a_parser_process_that_cannot_start_is_a_problem_and_tried_again(tmp_pat
     }
     # Nothing changed on disk, and yet it is read again: it was never read whole.
     assert with_fds == {"services": ["shop/a", "shop/big"], "errors": []}
+
+
+# --- At start: nothing is served before every file was read whole ------------------
+
+
+def write_bad_yaml(path: Path) -> None:
+    path.write_text("kind: Service\n  bad: [indent\n")
+
+
+def write_too_big(path: Path) -> None:
+    path.write_text(service_yaml("x", "10.96.0.9") + "# padding\n" * 1000)
+
+
+@pytest.mark.parametrize(
+    "make",
+    [write_bad_yaml, write_too_big, make_fifo, link_in_a_loop, lambda p: p.write_text(BAD_DATE)],
+    ids=["bad-yaml", "over-the-limit", "fifo", "symlink-loop", "bad-date"],
+)
+def test_a_file_not_read_whole_at_start_holds_back_synced(tmp_path: Path, make: Any) -> None:
+    (tmp_path / "web.yaml").write_text(service_yaml("web", "10.96.0.1"))
+    bad = tmp_path / "x.yaml"
+    make(bad)
+    registry = Registry()
+    source = ManifestSource(tmp_path, registry, max_bytes=4096)
+    source.load()
+    # Its objects are not known: serving the rest would tell clients they are gone.
+    assert not registry.is_synced
+    assert registry.result().errors
+    source.load()  # still so
+    assert not registry.is_synced
+    for path in (bad, tmp_path / "other.yaml"):
+        path.unlink(missing_ok=True)
+    bad.write_text(service_yaml("x", "10.96.0.9"))
+    source.load()
+    assert registry.is_synced
+    result = registry.result()
+    assert (keys(result.mesh), result.errors) == (["shop/web", "shop/x"], ())
+
+
+def test_wrong_objects_at_start_are_served_around(tmp_path: Path) -> None:
+    (tmp_path / "web.yaml").write_text(
+        service_yaml("web", "10.96.0.1") + "---\n" + service_yaml("bad", "10.96.0.2", port=70000)
+    )
+    (tmp_path / "api.yaml").write_text(service_yaml("api", "10.96.0.1"))  # web's ClusterIP
+    registry = Registry()
+    ManifestSource(tmp_path, registry).load()
+    assert registry.is_synced
+    result = registry.result()
+    assert keys(result.mesh) == ["shop/api"]  # api comes first by name: web is left out
+    assert len(result.errors) == 2
+
+
+def test_a_file_failing_after_the_first_sync_keeps_its_objects(tmp_path: Path) -> None:
+    path = tmp_path / "web.yaml"
+    path.write_text(service_yaml("web", "10.96.0.1"))
+    registry = Registry()
+    source = ManifestSource(tmp_path, registry)
+    source.load()
+    assert registry.is_synced
+    write_bad_yaml(path)
+    source.load()
+    assert registry.is_synced
+    assert keys(registry.result().mesh) == ["shop/web"]
+
+
+# Loads ROOT with FOLDER (ROOT itself, or a folder in it) unlistable, then listable,
+# and prints what each load gave.
+_SYNC_WITHOUT_FOLDER = """
+import json, os, sys
+from meshlet.controlplane.registry import Registry
+from meshlet.controlplane.sources.manifests import ManifestSource
+root, folder = sys.argv[1], sys.argv[2]
+registry = Registry()
+source = ManifestSource(root, registry)
+loads = []
+for mode in (0, 0o755):
+    os.chmod(folder, mode)
+    source.load()
+    result = registry.result()
+    loads.append({"synced": registry.is_synced, "errors": result.errors,
+                  "services": [s.key for s in result.mesh.services]})
+print(json.dumps(loads))
+"""
+
+
+@pytest.mark.parametrize("unlisted", [".", "team"], ids=["the-root", "a-folder-in-it"])
+def test_a_folder_that_cannot_be_listed_at_start_holds_back_synced(
+    tmp_path: Path, unlisted: str
+) -> None:
+    root = tmp_path / "manifests"
+    (root / "team").mkdir(parents=True)
+    (root / "team" / "api.yaml").write_text(service_yaml("api", "10.96.0.2"))
+    (root / "web.yaml").write_text(service_yaml("web", "10.96.0.1"))
+    folder = (root / unlisted).resolve()
+    done = subprocess.run(
+        [
+            *without_root_powers(),
+            sys.executable,
+            "-c",
+            _SYNC_WITHOUT_FOLDER,
+            str(root),
+            str(folder),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    unlistable, listable = json.loads(done.stdout)
+    assert unlistable["synced"] is False
+    assert unlistable["errors"] == [f"{folder}: cannot read: Permission denied"]
+    assert listable == {"synced": True, "errors": [], "services": ["shop/api", "shop/web"]}

@@ -60,13 +60,17 @@ class ControlPlane:
         self.problems: list[str] = []
         self._mesh: Mesh | None = None
 
-    def report(self, errors: tuple[str, ...]) -> None:
+    def report(self, errors: tuple[str, ...], synced: bool = True) -> None:
         """The problems there are now; each new one is logged once."""
         if list(errors) == self.problems:
             return
+        if synced:
+            consequence = "the last good state keeps being served"
+        else:
+            consequence = "nothing is served until the sources are read whole"
         for problem in errors:
             if problem not in self.problems:
-                log.error("%s (the last good state keeps being served)", problem)
+                log.error("%s (%s)", problem, consequence)
         if self.problems and not errors:
             log.info("all problems fixed")
         self.problems[:] = errors
@@ -116,7 +120,7 @@ class _Rebuilds:
         result = self._registry.result()
         if not self._registry.is_synced:
             # Never a partial config: nothing is served before every first list.
-            self._plane.report(result.errors)
+            self._plane.report(result.errors, synced=False)
             return
         try:
             self._plane.apply(result, seen_at)
@@ -146,10 +150,11 @@ async def serve(config: ControlPlaneConfig, stop: asyncio.Event) -> int:
             return 2
         source = manifests = ManifestSource(config.manifests, registry, config.max_manifest_bytes)
         await source.reload()
-        # Problems at start are reported (log, /debug/problems) and the rest is served,
-        # as on any later reload: a restarted control plane never stops serving the
-        # whole mesh over one wrong object.
-        plane.apply(registry.result(), time.monotonic())
+        # A wrong object at start is reported and the rest served, as on any later
+        # reload. A file not read whole (nor the folder) holds the source's `synced`
+        # back: nothing is served (a restarted control plane never tells clients that
+        # the services of an unreadable file are gone) until a reload reads it.
+        rebuilds.run()
         registry.on_change = rebuilds.changed
 
         async def reload() -> None:
@@ -159,7 +164,7 @@ async def serve(config: ControlPlaneConfig, stop: asyncio.Event) -> int:
 
         watch = source.watch(reload)
         sources_status = lambda: {"manifests": source.path}  # noqa: E731
-        not_ready = "no snapshot yet"
+        not_ready = "waiting for every manifest file to be read whole (see /debug/problems)"
     else:
         try:
             client = load_client(config.kubeconfig)

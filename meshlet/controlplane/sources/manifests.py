@@ -2,8 +2,10 @@
 
 A file that stops parsing (bad YAML or JSON), cannot be read, is no regular
 file or is over the size limit keeps its last good objects and is reported with
-file (and document). Objects in it that parse are handed to the registry as they
-are, which judges each one on its own (`controlplane.registry`). Only files that
+file (and document). Before the first pass in which every file was read whole
+there are no last good objects, so the source is not `synced` until then and
+nothing is served. Objects in a file that parse are handed to the registry as
+they are, which judges each one on its own (`controlplane.registry`). Only files that
 changed are read again, and the reading and parsing happen off the event loop
 (`reload`): in a thread, big files in a child process (`parse_worker`).
 """
@@ -56,6 +58,9 @@ class _File:
     # The objects of the last complete read (none if never): what the registry has.
     keys: frozenset[ObjectKey]
     errors: tuple[str, ...]
+    # The last read did not give the file's objects (unreadable, over the limit, bad
+    # YAML): until a first pass without any such file, nothing may be served.
+    failed: bool = False
 
 
 @dataclass
@@ -68,6 +73,13 @@ class _Pass:
     events: list[ObjectEvent] = field(default_factory=list)
     # PATH itself could not be read: nothing else is known.
     failed: str = ""
+    # Stopped before every file was read (the control plane is stopping).
+    cut_short: bool = False
+
+    def whole(self) -> bool:
+        """Every file under PATH was read and parsed to its end: what is there is known."""
+        failed = any(entry.failed for entry in self.files.values())
+        return not (self.failed or self.folder_errors or self.cut_short or failed)
 
 
 class ManifestSource:
@@ -114,7 +126,9 @@ class ManifestSource:
         # changes again, as the stamps and digests it compares with are the old ones.
         self._files, self._folder_errors = found.files, found.folder_errors
         self._sink.source_problems(SOURCE, self._errors())
-        if not self._synced:
+        # Not before every file is known: a file that cannot be read has no last good
+        # objects yet, and serving the rest would tell every client they are gone.
+        if not self._synced and found.whole():
             self._synced = True
             self._sink.synced()
 
@@ -142,6 +156,7 @@ class ManifestSource:
                 found.events += _deleted(found.files.pop(name).keys)
         for name in sorted(tree.files):
             if parser.killed:
+                found.cut_short = True
                 break
             old = found.files.get(name)
             try:
@@ -172,7 +187,7 @@ class ManifestSource:
         except FileNotFoundError:  # deleted since the scan
             return None, _deleted(keys)
         except Unreadable as exc:
-            return _File(stamp, read_ns, b"", keys, (f"{name}: {exc}",)), []
+            return _File(stamp, read_ns, b"", keys, (f"{name}: {exc}",), failed=True), []
         except OSError as exc:
             # No stamp: `chmod` back changes only the ctime, and the file must be read then.
             return _unread(name, old, exc.strerror or str(exc)), []
@@ -183,7 +198,7 @@ class ManifestSource:
         parsed = parse_manifest(data, name) if small else parser.parse(data, name)
         errors = _listed(parsed, name)
         if not parsed.complete:
-            return _File(stamp, read_ns, digest, keys, errors), []
+            return _File(stamp, read_ns, digest, keys, errors, failed=True), []
         new_keys = frozenset(event.key for event in parsed.objects)
         # Every object of a changed file goes again; the registry drops what is equal.
         events = [*parsed.objects, *_deleted(keys - new_keys)]
@@ -241,7 +256,7 @@ def _unread(name: str, old: _File | None, why: str) -> _File:
     """A file that could not be read now: its last good objects stay, and it is read
     again on the next pass whatever its stamp says."""
     keys = old.keys if old is not None else frozenset()
-    return _File(_UNREAD, time.time_ns(), b"", keys, (f"{name}: cannot read: {why}",))
+    return _File(_UNREAD, time.time_ns(), b"", keys, (f"{name}: cannot read: {why}",), True)
 
 
 def _reason(exc: Exception) -> str:
