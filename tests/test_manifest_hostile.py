@@ -21,14 +21,16 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 
 from meshlet.controlplane import problems
 from meshlet.controlplane.registry import Registry
 from meshlet.controlplane.sources.manifest_files import Unreadable, read_bounded
 from meshlet.controlplane.sources.manifest_parse import parse_manifest
+from meshlet.controlplane.sources.manifest_yaml import reused_nodes
 from meshlet.controlplane.sources.manifests import IN_PROCESS_BYTES, ManifestSource
 from meshlet.controlplane.sources.parse_worker import ParserProcess
-from tests.test_manifests import Loaded, keys, service_yaml
+from tests.test_manifests import Loaded, addresses, keys, service_yaml, slice_yaml
 
 # Loads PATH once and prints the services and problems; bounded in memory, so reading
 # /dev/zero to its end fails here instead of taking the machine's memory.
@@ -549,3 +551,93 @@ def test_a_folder_that_cannot_be_listed_at_start_holds_back_synced(
     assert unlistable["synced"] is False
     assert unlistable["errors"] == [f"{folder}: cannot read: Permission denied"]
     assert listable == {"synced": True, "errors": [], "services": ["shop/api", "shop/web"]}
+
+
+# --- YAML aliases -------------------------------------------------------------------
+
+ALIAS_PROBLEM = (
+    "{path}: document 1: YAML aliases repeat more than 100,000 nodes in this file, too many"
+    " to decode: anchors re-used that often are refused"
+)
+
+
+def aliased_slice(addresses: int, endpoints: int, padding: int = 0) -> str:
+    """An EndpointSlice whose every endpoint is an alias of one list of addresses: a
+    few bytes a line that stand for addresses x endpoints values."""
+    listed = ", ".join(f"10.1.{n // 250}.{n % 250 + 1}" for n in range(addresses))
+    return (
+        slice_yaml("web").replace("endpoints:\n", f"x-addresses: &all [{listed}]\nendpoints:\n")
+        + "- addresses: *all\n" * endpoints
+        + "# padding\n" * padding
+    )
+
+
+def test_how_much_an_alias_stands_for_is_counted_whole() -> None:
+    root = yaml.compose("a: &a [1, 2, [3]]\nb: *a\nc: {d: *a}\n")
+    assert root is not None
+    # Each alias stands for the list, its two numbers, the inner list and its number.
+    assert reused_nodes(root) == 2 * 5
+    assert reused_nodes(yaml.compose("a: &a {b: 1}\nc: [*a, *a, *a]\n")) == 3 * 3
+
+
+@pytest.mark.parametrize("big", [False, True], ids=["in-process", "in-the-child"])
+def test_an_anchor_reused_too_often_is_refused_before_it_is_decoded(
+    tmp_path: Path, big: bool
+) -> None:
+    # 1,000 endpoints, each the same 1,000 addresses: 30 KB for a million values.
+    bomb = tmp_path / "bomb.yaml"
+    bomb.write_text(aliased_slice(1000, 1000, padding=4000 if big else 0))
+    assert (bomb.stat().st_size > IN_PROCESS_BYTES) is big
+    (tmp_path / "web.yaml").write_text(service_yaml("web", "10.96.0.1"))
+    registry = Registry()
+    ManifestSource(tmp_path, registry).load()
+    result = registry.result()
+    assert result.errors == (ALIAS_PROBLEM.format(path=bomb),)
+    assert keys(result.mesh) == ["shop/web"]
+    assert not registry.is_synced  # a file not read whole
+
+
+def test_anchors_nested_in_anchors_are_refused() -> None:
+    levels = ["a0: &a0 [x, x, x, x, x, x, x, x, x, x]"]
+    levels += [f"a{n}: &a{n} [{', '.join([f'*a{n - 1}'] * 10)}]" for n in range(1, 10)]
+    [error] = parse_manifest("\n".join(levels).encode(), "laughs.yaml").errors
+    assert str(error) == ALIAS_PROBLEM.format(path="laughs.yaml")
+
+
+def test_the_alias_budget_is_the_files_not_each_documents() -> None:
+    # Each document re-uses 60,000 nodes: under the budget alone, over it together.
+    document = "kind: ConfigMap\napiVersion: v1\ndata:\n"
+    document += "  x: &a [" + ", ".join(["1"] * 20_000) + "]\n  y: [*a, *a, *a]\n"
+    parsed = parse_manifest(f"{document}---\n{document}".encode(), "two.yaml")
+    assert [str(e) for e in parsed.errors] == [
+        ALIAS_PROBLEM.format(path="two.yaml").replace("document 1", "document 2")
+    ]
+    assert parse_manifest(document.encode(), "one.yaml").errors == ()
+
+
+def test_an_alias_inside_its_own_anchor_is_refused() -> None:
+    parsed = parse_manifest(b"spec: &s {ports: [*s]}\n", "loop.yaml")
+    assert not parsed.complete
+    assert [str(e) for e in parsed.errors] == [
+        "loop.yaml: document 1: a YAML alias refers to a node that holds it:"
+        " a structure without end"
+    ]
+
+
+def test_anchors_as_people_write_them_are_read(tmp_path: Path) -> None:
+    # Anchors hold within one document: a List of both objects.
+    (tmp_path / "web.yaml").write_text(
+        "apiVersion: v1\nkind: List\nitems:\n"
+        "- apiVersion: v1\n  kind: Service\n  metadata:\n    name: web\n    namespace: shop\n"
+        "    labels: &labels {app: web, tier: front}\n"
+        "  spec: {clusterIP: 10.96.0.1, ports: &ports [{name: http, port: 80}]}\n"
+        "- apiVersion: discovery.k8s.io/v1\n  kind: EndpointSlice\n"
+        "  metadata: {name: web-1, namespace: shop, labels: {<<: *labels,"
+        " kubernetes.io/service-name: web}}\n"
+        "  addressType: IPv4\n  ports: *ports\n"
+        "  endpoints:\n  - {addresses: [10.1.0.1], conditions: &ready {ready: true}}\n"
+        "  - {addresses: [10.1.0.2], conditions: *ready}\n"
+    )
+    result = Loaded(tmp_path).load()
+    assert result.errors == ()
+    assert addresses(result.mesh, "shop/web") == ["10.1.0.1", "10.1.0.2"]

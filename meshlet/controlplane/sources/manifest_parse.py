@@ -1,10 +1,11 @@
 """One manifest file's bytes -> the Services and EndpointSlices in it, raw, and its problems.
 
 Pure, so it runs wherever suits: in the reading thread for small files, in a
-child process for big ones (`parse_worker`). YAML (multi-document) or JSON; a
-`List` (kubectl get -o yaml) is unwrapped; kinds the mesh does not read are
-skipped. Only the first few problems of a file are kept, and the rest counted:
-a file of 100,000 broken documents is 5 problems and a number.
+child process for big ones (`parse_worker`). YAML (multi-document, with what
+its aliases stand for bounded: `manifest_yaml`) or JSON; a `List` (kubectl get
+-o yaml) is unwrapped; kinds the mesh does not read are skipped. Only the first
+few problems of a file are kept, and the rest counted: a file of 100,000 broken
+documents is 5 problems and a number.
 """
 
 from __future__ import annotations
@@ -18,8 +19,8 @@ import yaml
 from meshlet.controlplane import problems
 from meshlet.controlplane.sources.base import Kind, ObjectEvent, ObjectKey
 from meshlet.controlplane.sources.kube_objects import ManifestError, describe
+from meshlet.controlplane.sources.manifest_yaml import AliasError, documents
 
-_Loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 _KINDS = {
     ("v1", "Service"): Kind.SERVICE,
     ("discovery.k8s.io/v1", "EndpointSlice"): Kind.ENDPOINT_SLICE,
@@ -83,6 +84,9 @@ def _parse(data: bytes, filename: str) -> Parsed:
     except json.JSONDecodeError as exc:
         message = f"invalid JSON: {exc.msg} at line {exc.lineno}, column {exc.colno}"
         return Parsed(errors=(ManifestError(message, filename),), complete=False)
+    except AliasError as exc:
+        error = ManifestError(str(exc), f"{filename}: document {number + 1}")
+        return Parsed(errors=(*errors.listed, error), unlisted=errors.unlisted, complete=False)
     except (yaml.YAMLError, ValueError) as exc:
         # ValueError (JSON's own is caught above): a scalar PyYAML cannot build, as
         # 2024-02-30 or !!float "x", in any document (a ConfigMap's too).
@@ -133,7 +137,7 @@ def _documents(text: str, filename: str) -> Iterator[object]:
     if filename.lower().endswith(".json"):
         yield json.loads(text)
     else:
-        yield from yaml.load_all(text, Loader=_Loader)
+        yield from documents(text)
 
 
 def _objects(doc: object, where: str) -> Iterator[tuple[str, object]]:
