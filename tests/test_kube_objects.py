@@ -428,6 +428,14 @@ def test_slice_condition_defaults(
     assert (ep.ready, ep.serving, ep.terminating) == (ready, serving, terminating)
 
 
+def test_a_slice_at_the_api_servers_caps_is_read() -> None:
+    addresses = [f"10.1.0.{n}" for n in range(1, 101)]
+    endpoints = [{"addresses": addresses}] * 1000
+    spec = parse_endpoint_slice(endpoint_slice(endpoints=endpoints))
+    assert len(spec.endpoints) == 1000
+    assert spec.endpoints[0].addresses == tuple(addresses)
+
+
 def test_slice_without_ports_and_endpoints() -> None:
     obj = endpoint_slice()
     obj["ports"] = None
@@ -512,6 +520,23 @@ SLICE = endpoint_slice()
             'ports[0].protocol "QUIC" is not one of TCP, UDP, SCTP',
         ),
         (with_(SLICE, "endpoints", "10.1.0.1"), 'endpoints must be a list, not "10.1.0.1"'),
+        # The API server's caps, before any entry is looked at.
+        (
+            endpoint_slice(endpoints=[endpoint("10.1.0.1")] * 1001),
+            "endpoints has 1,001 entries, at most 1,000 are allowed",
+        ),
+        (
+            endpoint_slice(address_type="FQDN", endpoints=[endpoint("a.example")] * 1001),
+            "endpoints has 1,001 entries, at most 1,000 are allowed",
+        ),
+        (
+            endpoint_slice(endpoints=[{"addresses": ["10.1.0.1"] * 101}]),
+            "endpoints[0].addresses has 101 entries, at most 100 are allowed",
+        ),
+        (
+            endpoint_slice(ports=[{"name": "http", "port": 80}] * 20_001),
+            "ports has 20,001 entries, at most 20,000 are allowed",
+        ),
     ],
 )
 def test_invalid_slice(obj: dict[str, Any], message: str) -> None:

@@ -36,6 +36,11 @@ _DNS1035_LABEL = re.compile(r"[a-z]([-a-z0-9]*[a-z0-9])?")
 _DNS1123_SUBDOMAIN = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*")
 # IANA service name: what a named targetPort must look like.
 _IANA_SVC_NAME = re.compile(r"[a-z0-9]([a-z0-9]|-(?!-))*")
+# The API server's caps on one EndpointSlice (pkg/apis/discovery/validation), checked
+# before anything in those lists is decoded. A Service's ports have none there.
+MAX_SLICE_ENDPOINTS = 1000
+MAX_ENDPOINT_ADDRESSES = 100
+MAX_SLICE_PORTS = 20_000
 
 
 class ManifestError(ValueError):
@@ -310,13 +315,13 @@ def parse_endpoint_slice(obj: Mapping[str, object]) -> SliceSpec:
         raise _not_one_of("addressType", address_type, _ADDRESS_TYPES)
     ports = _slice_ports(obj)
     created = _created(meta)
+    raw = _at_most(_list(obj, "endpoints", "endpoints"), MAX_SLICE_ENDPOINTS, "endpoints")
     if address_type == "FQDN":
         # Not an error, just nothing the mesh can route to.
         return SliceSpec(name, namespace, service_name, address_type, ports, created=created)
     version = 4 if address_type == "IPv4" else 6
     endpoints = tuple(
-        _slice_endpoint(item, f"endpoints[{i}]", version)
-        for i, item in enumerate(_list(obj, "endpoints", "endpoints"))
+        _slice_endpoint(item, f"endpoints[{i}]", version) for i, item in enumerate(raw)
     )
     return SliceSpec(name, namespace, service_name, address_type, ports, endpoints, created)
 
@@ -324,7 +329,7 @@ def parse_endpoint_slice(obj: Mapping[str, object]) -> SliceSpec:
 def _slice_ports(obj: Mapping[str, object]) -> tuple[SlicePort, ...]:
     ports: list[SlicePort] = []
     names: dict[str, int] = {}
-    for i, item in enumerate(_list(obj, "ports", "ports")):
+    for i, item in enumerate(_at_most(_list(obj, "ports", "ports"), MAX_SLICE_PORTS, "ports")):
         path = f"ports[{i}]"
         entry = _as_mapping(item, path)
         name = _string(entry, "name", f"{path}.name")
@@ -347,6 +352,7 @@ def _slice_endpoint(item: object, path: str, version: int) -> SliceEndpoint:
     raw = _list(entry, "addresses", f"{path}.addresses")
     if not raw:
         raise ManifestError(f"{path}.addresses is empty: an endpoint needs an address")
+    _at_most(raw, MAX_ENDPOINT_ADDRESSES, f"{path}.addresses")
     addresses = []
     for i, value in enumerate(raw):
         where = f"{path}.addresses[{i}]"
@@ -519,6 +525,12 @@ def _list(obj: Mapping[str, object], key: str, path: str) -> Sequence[object]:
     if not isinstance(value, list):
         raise ManifestError(f"{path} must be a list, not {_show(value)}")
     return value
+
+
+def _at_most(items: Sequence[object], limit: int, path: str) -> Sequence[object]:
+    if len(items) > limit:
+        raise ManifestError(f"{path} has {len(items):,} entries, at most {limit:,} are allowed")
+    return items
 
 
 def _string_value(value: object, path: str) -> str:
