@@ -9,6 +9,7 @@ run or taking the machine's memory.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import shutil
@@ -18,14 +19,19 @@ import subprocess
 import sys
 import threading
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import pytest
 import yaml
 
 from meshlet.controlplane import problems
 from meshlet.controlplane.registry import Registry
-from meshlet.controlplane.sources.manifest_files import Unreadable, read_bounded
+from meshlet.controlplane.sources.manifest_files import (
+    MAX_FOLDERS,
+    Unreadable,
+    read_bounded,
+    scan,
+)
 from meshlet.controlplane.sources.manifest_parse import parse_manifest
 from meshlet.controlplane.sources.manifest_yaml import reused_nodes
 from meshlet.controlplane.sources.manifests import IN_PROCESS_BYTES, ManifestSource
@@ -641,3 +647,142 @@ def test_anchors_as_people_write_them_are_read(tmp_path: Path) -> None:
     result = Loaded(tmp_path).load()
     assert result.errors == ()
     assert addresses(result.mesh, "shop/web") == ["10.1.0.1", "10.1.0.2"]
+
+
+# --- Folders: symlinks out of PATH, too many, scanned off the loop ---------------------
+
+
+def test_a_symlinked_folder_is_followed_only_inside_path(tmp_path: Path) -> None:
+    root, elsewhere = tmp_path / "manifests", tmp_path / "elsewhere"
+    (root / "teams" / "shop").mkdir(parents=True)
+    (root / "teams" / "shop" / "web.yaml").write_text(service_yaml("web", "10.96.0.1"))
+    (root / "shop").symlink_to("teams/shop")  # inside: followed, and read once
+    elsewhere.mkdir()
+    (elsewhere / "stray.yaml").write_text(service_yaml("stray", "10.96.0.9"))
+    (root / "usr").symlink_to(elsewhere)
+    (root / "up").symlink_to("..")  # PATH's parent, which holds elsewhere too
+    registry = Registry()
+    ManifestSource(root, registry).load()
+    result = registry.result()
+    assert keys(result.mesh) == ["shop/web"]
+    assert result.errors == (
+        f"{root / 'up'}: a symlink to {tmp_path}, a folder outside {root}: not followed",
+        f"{root / 'usr'}: a symlink to {elsewhere}, a folder outside {root}: not followed",
+    )
+    # What is left out was never a part of the mesh: nothing is held back for it.
+    assert registry.is_synced
+    # teams/shop is walked once, by the name that comes first.
+    tree = scan(str(root))
+    assert tree.folders == [str(root), str(root / "shop"), str(root / "teams")]
+    assert list(tree.files) == [str(root / "shop" / "web.yaml")]
+
+
+def test_a_projected_volumes_folders_are_read(tmp_path: Path) -> None:
+    # kubelet's layout for a volume with items in subfolders: `team -> ..data/team`.
+    version = tmp_path / "..2025_01_20_14_02_51.123456789"
+    (version / "team").mkdir(parents=True)
+    (version / "team" / "web.yaml").write_text(service_yaml("web", "10.96.0.1"))
+    (tmp_path / "..data").symlink_to(version.name)
+    (tmp_path / "team").symlink_to("..data/team")
+    result = Loaded(tmp_path).load()
+    assert (keys(result.mesh), result.errors) == (["shop/web"], ())
+
+
+def make_folders(root: Path, count: int) -> list[Path]:
+    folders = [root / f"f{n:04}" for n in range(count)]
+    for folder in folders:
+        folder.mkdir(parents=True)
+    return folders
+
+
+def test_more_folders_than_the_limit_are_a_problem_and_not_walked(tmp_path: Path) -> None:
+    root = tmp_path / "manifests"
+    # PATH and MAX_FOLDERS - 1 folders in it are walked; the last one is not.
+    folders = make_folders(root, MAX_FOLDERS)
+    (folders[0] / "web.yaml").write_text(service_yaml("web", "10.96.0.1"))
+    (folders[-1] / "api.yaml").write_text(service_yaml("api", "10.96.0.2"))
+    tree = scan(str(root))
+    assert len(tree.folders) == MAX_FOLDERS
+    assert tree.unwalked == {str(folders[-1])}
+    registry = Registry()
+    source = ManifestSource(root, registry)
+    source.load()
+    result = registry.result()
+    assert result.errors == (
+        f"{root}: more than 1,000 folders: only the first 1,000 (in name order) are read;"
+        " the files in the others keep their last good objects",
+    )
+    assert keys(result.mesh) == ["shop/web"]
+    assert not registry.is_synced  # the files past the limit are not known
+    folders[-2].rmdir()
+    source.load()
+    assert registry.is_synced
+    assert (keys(registry.result().mesh), registry.result().errors) == (
+        ["shop/api", "shop/web"],
+        (),
+    )
+    # After the first sync, files past the limit keep their last good objects: two
+    # folders more, first by name, and api.yaml's is past it again.
+    make_folders(root / "a", 1)
+    source.load()
+    assert keys(registry.result().mesh) == ["shop/api", "shop/web"]
+    assert len(registry.result().errors) == 1
+
+
+class ScandirThreads:
+    """The names of the threads that list folders under `root` (from Python's audit
+    events: nothing of meshlet's is replaced), while `recording`."""
+
+    hooked: ClassVar[list[ScandirThreads]] = []
+
+    def __init__(self, root: Path) -> None:
+        self.root = str(root)
+        self.names: list[str] = []
+        self.recording = False
+        if not ScandirThreads.hooked:
+            sys.addaudithook(ScandirThreads._audit)  # for the whole run: it cannot be removed
+        ScandirThreads.hooked.append(self)
+
+    @staticmethod
+    def _audit(event: str, args: tuple[Any, ...]) -> None:
+        if event != "os.scandir":
+            return
+        for recorder in ScandirThreads.hooked:
+            if recorder.recording and str(args[0]).startswith(recorder.root):
+                recorder.names.append(threading.current_thread().name)
+
+    def close(self) -> None:
+        ScandirThreads.hooked.remove(self)
+
+
+@pytest.mark.parametrize("use_inotify", [True, False], ids=["inotify", "polling"])
+async def test_the_watch_and_reload_scan_off_the_event_loop(
+    tmp_path: Path, use_inotify: bool
+) -> None:
+    (tmp_path / "team").mkdir()
+    registry = Registry()
+    source = ManifestSource(tmp_path, registry)
+    await source.reload()
+    changed = asyncio.Event()
+
+    async def on_change() -> None:
+        await source.reload()
+        changed.set()
+
+    threads = ScandirThreads(tmp_path)
+    threads.recording = True
+    watch = asyncio.create_task(
+        source.watch(on_change, use_inotify=use_inotify, poll_interval=0.05, rescan_interval=0.05)
+    )
+    try:
+        (tmp_path / "team" / "web.yaml").write_text(service_yaml("web", "10.96.0.1"))
+        await asyncio.wait_for(changed.wait(), 10)
+    finally:
+        threads.recording = False
+        threads.close()
+        watch.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await watch
+    assert keys(registry.result().mesh) == ["shop/web"]
+    assert threads.names
+    assert threading.current_thread().name not in threads.names

@@ -412,11 +412,11 @@ class Changes:
 async def watching(path: Path, use_inotify: bool, **options: float) -> AsyncIterator[Changes]:
     changes = Changes()
     options.setdefault("poll_interval", 0.1)  # polling mode: quicker than the 0.5 s default
-    task = asyncio.create_task(
-        ManifestSource(path, Registry()).watch(changes, use_inotify=use_inotify, **options)
-    )
-    # One turn of the loop: watch() sets up its watches and baseline before it first waits.
-    await asyncio.sleep(0)
+    watched = ManifestSource(path, Registry())
+    # A change is one since this pass read PATH, whenever the watch gets to look.
+    watched.load()
+    task = asyncio.create_task(watched.watch(changes, use_inotify=use_inotify, **options))
+    await asyncio.sleep(0)  # one turn of the loop: the watch has opened inotify
     try:
         yield changes
     finally:
@@ -562,8 +562,9 @@ async def test_a_failing_callback_does_not_end_the_watch(tmp_path: Path) -> None
             raise RuntimeError("a reload that went wrong")
         second.set()
 
-    task = asyncio.create_task(ManifestSource(tmp_path, Registry()).watch(on_change, quiet=0.01))
-    await asyncio.sleep(0)
+    watched = ManifestSource(tmp_path, Registry())
+    watched.load()  # what the watch compares with
+    task = asyncio.create_task(watched.watch(on_change, quiet=0.01))
     try:
         (tmp_path / "a.yaml").write_text(service_yaml("web", "10.96.0.1"))
         await asyncio.wait_for(first.wait(), 10)

@@ -5,8 +5,11 @@ forever, a symlink to /dev/zero would never end. Symlinks are followed (a
 mounted ConfigMap is all symlinks), so a file is judged by what it leads to:
 stat before opening (a device is never opened), open without blocking, check the
 open descriptor again (the name may have changed in between), and read at most
-one byte more than the limit. What cannot be found or read is a problem of that
-one file or folder, never of the whole folder.
+one byte more than the limit. A symlinked folder is followed only when it leads
+to a folder under PATH (a ConfigMap's links all do): `manifests/usr -> /usr`
+would read every `*.yaml` of the system and watch each of its folders. At most
+`MAX_FOLDERS` folders are walked. What cannot be found or read is a problem of
+that one file or folder, never of the whole folder.
 """
 
 from __future__ import annotations
@@ -17,12 +20,15 @@ from dataclasses import dataclass, field
 
 SUFFIXES = (".yaml", ".yml", ".json")
 _CHUNK = 1 << 20
+# Folders walked under PATH, each an inotify watch: far more than a tree of
+# manifests has, far fewer than the watches a user may hold (8,192 on older kernels).
+MAX_FOLDERS = 1000
 
 # A manifest's stat, or why it has none (a symlink loop, say).
 Found = os.stat_result | OSError
 
 
-@dataclass(frozen=True)
+@dataclass
 class Tree:
     """What a scan of PATH found."""
 
@@ -31,10 +37,34 @@ class Tree:
     folders: list[str] = field(default_factory=list)
     # Folders that could not be listed, and why: the files in them are not known now.
     unreadable: dict[str, str] = field(default_factory=dict)
+    # Folders past MAX_FOLDERS, not walked: the files in them are not known either.
+    unwalked: set[str] = field(default_factory=set)
+    too_many: str = ""
+    # Symlinks to folders outside PATH, not followed, and why.
+    outside: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def complete(self) -> bool:
+        """Every folder under PATH was listed: the files found are all there are."""
+        return not (self.unreadable or self.unwalked)
+
+    def problems(self) -> tuple[str, ...]:
+        found = [self.unreadable[name] for name in sorted(self.unreadable)]
+        found += [self.too_many] if self.too_many else []
+        return (*found, *(self.outside[name] for name in sorted(self.outside)))
 
     def hides(self, name: str) -> bool:
-        """True when `name` is under a folder that could not be listed."""
-        return any(name.startswith(folder + os.sep) for folder in self.unreadable)
+        """True when `name` is under a folder that could not be listed or walked."""
+        hidden = self.unreadable.keys() | self.unwalked
+        if not hidden:
+            return False
+        folder = os.path.dirname(name)
+        while folder not in hidden:
+            parent = os.path.dirname(folder)
+            if parent == folder:
+                return False
+            folder = parent
+        return True
 
 
 class Unreadable(Exception):
@@ -42,16 +72,18 @@ class Unreadable(Exception):
 
 
 def scan(root: str) -> Tree:
-    """Manifest files and folders under root (hidden ones skipped); raises OSError only
-    when root itself cannot be read.
+    """Manifest files and folders under root (hidden ones skipped), walked in name order;
+    raises OSError only when root itself cannot be read.
 
-    Symlinks are followed, so a mounted ConfigMap is read through its visible names
-    and its `..data` internals are never walked twice; a folder reached twice (a
-    symlink loop of folders) is walked once.
+    Symlinks are followed, folders only to where they stay under root, so a mounted
+    ConfigMap is read through its visible names and its `..data` internals are
+    never walked twice; a folder reached twice (a symlink loop of folders) is
+    walked once.
     """
     root_stat = os.stat(root)
     if not stat.S_ISDIR(root_stat.st_mode):
         return Tree(files={root: root_stat})
+    real_root = os.path.realpath(root)
     tree = Tree()
     visited: set[tuple[int, int]] = set()
     pending = [(root, root_stat)]
@@ -59,16 +91,25 @@ def scan(root: str) -> Tree:
         folder, folder_stat = pending.pop()
         if (folder_stat.st_dev, folder_stat.st_ino) in visited:
             continue
+        if len(visited) >= MAX_FOLDERS:
+            tree.unwalked.update([folder, *(name for name, _ in pending)])
+            tree.too_many = (
+                f"{root}: more than {MAX_FOLDERS:,} folders: only the first {MAX_FOLDERS:,}"
+                " (in name order) are read; the files in the others keep their last good"
+                " objects"
+            )
+            break
         visited.add((folder_stat.st_dev, folder_stat.st_ino))
         try:
             with os.scandir(folder) as listing:
-                entries = list(listing)
+                entries = sorted(listing, key=lambda entry: entry.name)
         except OSError as exc:
             if folder == root:
                 raise
             tree.unreadable[folder] = f"{folder}: cannot read: {exc.strerror or exc}"
             continue
         tree.folders.append(folder)
+        subfolders = []
         for entry in entries:
             if entry.name.startswith("."):
                 continue
@@ -82,9 +123,16 @@ def scan(root: str) -> Tree:
                     tree.files[entry.path] = exc
                 continue
             if stat.S_ISDIR(entry_stat.st_mode):
-                pending.append((entry.path, entry_stat))
+                real = os.path.realpath(entry.path) if entry.is_symlink() else real_root
+                if os.path.commonpath([real, real_root]) != real_root:
+                    tree.outside[entry.path] = (
+                        f"{entry.path}: a symlink to {real}, a folder outside {root}: not followed"
+                    )
+                    continue
+                subfolders.append((entry.path, entry_stat))
             elif is_manifest:
                 tree.files[entry.path] = entry_stat
+        pending += reversed(subfolders)  # the first by name is walked first
     tree.folders.sort()
     return tree
 

@@ -5,15 +5,15 @@ file or is over the size limit keeps its last good objects and is reported with
 file (and document). Before the first pass in which every file was read whole
 there are no last good objects, so the source is not `synced` until then and
 nothing is served. Objects in a file that parse are handed to the registry as
-they are, which judges each one on its own (`controlplane.registry`). Only files that
-changed are read again, and the reading and parsing happen off the event loop
-(`reload`): in a thread, big files in a child process (`parse_worker`).
+they are, which judges each one on its own (`controlplane.registry`). Only files
+that changed are read again. Scanning PATH (for `reload` and for `watch`),
+reading and parsing happen in one thread of the source's, big files parsed in a
+child process (`parse_worker`); the registry decodes the objects on the loop.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import hashlib
 import inspect
 import logging
@@ -21,19 +21,27 @@ import os
 import threading
 import time
 from collections.abc import Awaitable, Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 
 from meshlet import defaults
 from meshlet.controlplane import problems
-from meshlet.controlplane.sources import inotify
 from meshlet.controlplane.sources.base import ObjectEvent, ObjectKey, Sink
 from meshlet.controlplane.sources.manifest_files import (
     Found,
+    Tree,
     Unreadable,
     read_bounded,
     scan,
 )
 from meshlet.controlplane.sources.manifest_parse import Parsed, parse_manifest
+from meshlet.controlplane.sources.manifest_watch import (
+    Fingerprint,
+    TreeWatcher,
+    fingerprint,
+    settle,
+    wait,
+)
 from meshlet.controlplane.sources.parse_worker import ParserProcess
 
 log = logging.getLogger(__name__)
@@ -73,13 +81,16 @@ class _Pass:
     events: list[ObjectEvent] = field(default_factory=list)
     # PATH itself could not be read: nothing else is known.
     failed: str = ""
-    # Stopped before every file was read (the control plane is stopping).
+    # A folder under PATH could not be listed (or was past the limit), or the pass
+    # stopped before every file was read (the control plane is stopping).
     cut_short: bool = False
+    # What the scan of this pass found, for the watch to compare with.
+    seen: Fingerprint = None
 
     def whole(self) -> bool:
         """Every file under PATH was read and parsed to its end: what is there is known."""
         failed = any(entry.failed for entry in self.files.values())
-        return not (self.failed or self.folder_errors or self.cut_short or failed)
+        return not (self.failed or self.cut_short or failed)
 
 
 class ManifestSource:
@@ -101,14 +112,21 @@ class ManifestSource:
         # One pass at a time; the parser of the pass running now, to stop it.
         self._pass_lock = threading.Lock()
         self._parser: ParserProcess | None = None
+        # The thread that scans and reads PATH for `reload` and `watch`, one job at a time.
+        self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="manifests")
+        # What the last pass that read PATH saw, for `watch`.
+        self._passes = 0
+        self._pass_seen: Fingerprint = None
 
     def load(self) -> None:
         """Read what changed since the last load and report it to the sink (blocking)."""
         self._report(self._read())
 
     async def reload(self) -> None:
-        """`load()` with the reading and parsing in a thread, so the loop goes on serving."""
-        self._report(await asyncio.to_thread(self._read))
+        """`load()` with the scan, reading and parsing in a thread, so the loop goes on
+        serving."""
+        loop = asyncio.get_running_loop()
+        self._report(await loop.run_in_executor(self._thread, self._read))
 
     def stop(self) -> None:
         """End a parse in progress: the control plane is stopping."""
@@ -117,6 +135,8 @@ class ManifestSource:
             parser.kill()
 
     def _report(self, found: _Pass) -> None:
+        self._passes += 1
+        self._pass_seen = found.seen
         if found.failed:
             # PATH gone or unreadable is a problem, not "every service deleted".
             self._sink.source_problems(SOURCE, (found.failed, *self._errors()))
@@ -149,8 +169,9 @@ class ManifestSource:
             tree = scan(self.path)
         except OSError as exc:
             return _Pass(failed=f"{exc.filename or self.path}: cannot read: {exc.strerror or exc}")
-        found = _Pass(files=dict(self._files))
-        found.folder_errors = tuple(tree.unreadable[name] for name in sorted(tree.unreadable))
+        found = _Pass(files=dict(self._files), seen=fingerprint(tree))
+        found.folder_errors = tree.problems()
+        found.cut_short = not tree.complete
         for name in sorted(found.files.keys() - tree.files.keys()):
             if not tree.hides(name):  # in a folder that cannot be listed now: not known
                 found.events += _deleted(found.files.pop(name).keys)
@@ -220,25 +241,28 @@ class ManifestSource:
         A burst of changes gives one call: `quiet` seconds after the last change,
         at most `max_delay` after the first. inotify wakes us at once; without it
         PATH is polled every `poll_interval`, and with it re-scanned every
-        `rescan_interval` in case an event was lost. Runs until cancelled.
+        `rescan_interval` in case an event was lost. Changes are changes since the
+        last pass read PATH (since the watch began, if none did). The scans run in
+        the reading thread. Runs until cancelled.
         """
         loop = asyncio.get_running_loop()
         wake = asyncio.Event()
-        watcher = _TreeWatcher(self.path) if use_inotify else None
+        watcher = TreeWatcher(self.path) if use_inotify else None
         if watcher is not None and not watcher.open():
             watcher = None
         try:
             if watcher is not None:
                 loop.add_reader(watcher.fileno(), watcher.drain_into, wake)
             interval = rescan_interval if watcher is not None else poll_interval
-            seen = _fingerprint(self.path)
+            now = await self._survey(watcher)
+            seen = self._pass_seen if self._passes else now
             while True:
-                if not await _wait(wake, interval) and _fingerprint(self.path) == seen:
+                # Nothing new yet: wait for inotify, or look again after `interval`.
+                if now == seen and not await wait(wake, interval):
+                    now = await self._survey(None)
                     continue
-                await _settle(wake, quiet, max_delay)
-                if watcher is not None:
-                    watcher.sync()
-                seen = _fingerprint(self.path)
+                await settle(wake, quiet, max_delay)
+                seen = await self._survey(watcher)
                 try:
                     done = on_change()
                     if inspect.isawaitable(done):
@@ -246,10 +270,26 @@ class ManifestSource:
                 except Exception:
                     # One bad reload must not end the watch: later edits still count.
                     log.exception("handling a manifest change failed")
+                now = seen
         finally:
             if watcher is not None:
                 loop.remove_reader(watcher.fileno())
                 watcher.close()
+
+    async def _survey(self, watcher: TreeWatcher | None) -> Fingerprint:
+        """PATH's fingerprint, scanned in the reading thread; with `watcher`, every
+        folder found is watched first (and scanned again if one was new)."""
+        loop = asyncio.get_running_loop()
+        while True:
+            tree = await loop.run_in_executor(self._thread, self._scan_quietly)
+            if watcher is None or not watcher.sync(tree.folders if tree is not None else []):
+                return fingerprint(tree)
+
+    def _scan_quietly(self) -> Tree | None:
+        try:
+            return scan(self.path)
+        except OSError:
+            return None
 
 
 def _unread(name: str, old: _File | None, why: str) -> _File:
@@ -274,84 +314,3 @@ def _listed(parsed: Parsed, name: str) -> tuple[str, ...]:
     if parsed.unlisted:
         errors += (problems.more_in_file(name, parsed.unlisted),)
     return errors
-
-
-def _fingerprint(root: str) -> dict[str, Stamp] | None:
-    try:
-        files = scan(root).files
-    except OSError:
-        return None
-    return {name: _stamp(found) for name, found in files.items()}
-
-
-def _stamp(found: Found) -> Stamp:
-    if isinstance(found, OSError):
-        return _UNREAD
-    return found.st_mtime_ns, found.st_size, found.st_ino
-
-
-async def _wait(event: asyncio.Event, seconds: float) -> bool:
-    try:
-        async with asyncio.timeout(seconds):
-            await event.wait()
-    except TimeoutError:
-        return False
-    return True
-
-
-async def _settle(wake: asyncio.Event, quiet: float, max_delay: float) -> None:
-    """Return once no change came for `quiet` seconds, or `max_delay` after the start."""
-    deadline = asyncio.get_running_loop().time() + max_delay
-    while True:
-        wake.clear()
-        remaining = deadline - asyncio.get_running_loop().time()
-        if remaining <= 0 or not await _wait(wake, min(quiet, remaining)):
-            wake.clear()
-            return
-
-
-class _TreeWatcher:
-    """inotify watches on every folder under PATH (or on a single file's folder)."""
-
-    def __init__(self, root: str) -> None:
-        self._root = root
-        self._inotify: inotify.Inotify | None = None
-        self._watches: dict[str, int] = {}
-
-    def open(self) -> bool:
-        try:
-            self._inotify = inotify.Inotify()
-        except OSError:
-            return False
-        self.sync()
-        return True
-
-    def fileno(self) -> int:
-        assert self._inotify is not None
-        return self._inotify.fileno()
-
-    def drain_into(self, wake: asyncio.Event) -> None:
-        assert self._inotify is not None
-        if self._inotify.drain():
-            wake.set()
-
-    def sync(self) -> None:
-        """Watch the folders there are now: new subfolders, PATH created or replaced."""
-        assert self._inotify is not None
-        try:
-            folders = scan(self._root).folders
-        except OSError:
-            folders = []
-        if not folders:
-            # A single file, or PATH not there yet: its folder sees it (re)appear.
-            folders = [os.path.dirname(os.path.abspath(self._root))]
-        for folder in self._watches.keys() - set(folders):
-            self._inotify.rm_watch(self._watches.pop(folder))
-        for folder in folders:
-            # A folder gone already is fine: the next event or re-scan covers it.
-            with contextlib.suppress(OSError):
-                self._watches[folder] = self._inotify.add_watch(folder)
-
-    def close(self) -> None:
-        if self._inotify is not None:
-            self._inotify.close()
