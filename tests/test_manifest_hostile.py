@@ -427,6 +427,66 @@ print(json.dumps([{"services": [s.key for s in r.mesh.services], "errors": r.err
 """
 
 
+# Reloads PATH with no file descriptors to spare for the parser's pipes, then watches
+# it with them and no file changing, and prints what the reload and the watch gave.
+_WATCH_WITHOUT_FDS = """
+import asyncio, json, os, resource, sys
+from meshlet.controlplane.registry import Registry
+from meshlet.controlplane.sources.manifests import ManifestSource
+
+def outcome(registry):
+    result = registry.result()
+    return {"services": [s.key for s in result.mesh.services], "errors": result.errors,
+            "synced": registry.is_synced}
+
+async def main():
+    registry = Registry()
+    source = ManifestSource(sys.argv[1], registry)
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    highest = max(int(fd) for fd in os.listdir("/proc/self/fd"))
+    while (fd := os.open(os.devnull, os.O_RDONLY)) <= highest:
+        pass
+    os.close(fd)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (highest + 4, hard))
+    try:
+        await source.reload()
+    finally:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+    first = outcome(registry)
+    tried = asyncio.Event()
+    async def on_change():
+        await source.reload()
+        tried.set()
+    watch = asyncio.create_task(source.watch(on_change, use_inotify=False, poll_interval=0.05,
+                                             rescan_interval=0.2))
+    await asyncio.wait_for(tried.wait(), 30)
+    watch.cancel()
+    print(json.dumps([first, outcome(registry)]))
+
+asyncio.run(main())
+"""
+
+
+def test_a_file_that_failed_to_be_read_is_tried_again_unchanged(tmp_path: Path) -> None:
+    (tmp_path / "a.yaml").write_text(service_yaml("a", "10.96.0.1"))
+    big = tmp_path / "big.yaml"
+    big.write_text(big_service("big", "10.96.0.4"))
+    done = subprocess.run(
+        [sys.executable, "-c", _WATCH_WITHOUT_FDS, str(tmp_path)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    failed, retried = json.loads(done.stdout)
+    assert failed == {
+        "services": ["shop/a"],
+        "errors": [f"{big}: cannot read: Too many open files"],
+        "synced": False,
+    }
+    assert retried == {"services": ["shop/a", "shop/big"], "errors": [], "synced": True}
+
+
 def test_a_parser_process_that_cannot_start_is_a_problem_and_tried_again(tmp_path: Path) -> None:
     (tmp_path / "a.yaml").write_text(service_yaml("a", "10.96.0.1"))
     big = tmp_path / "big.yaml"

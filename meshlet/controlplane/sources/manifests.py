@@ -242,8 +242,10 @@ class ManifestSource:
         at most `max_delay` after the first. inotify wakes us at once; without it
         PATH is polled every `poll_interval`, and with it re-scanned every
         `rescan_interval` in case an event was lost. Changes are changes since the
-        last pass read PATH (since the watch began, if none did). The scans run in
-        the reading thread. Runs until cancelled.
+        last pass read PATH (since the watch began, if none did). A file that could
+        not be read (EIO, EMFILE: what may pass by itself) counts as changed every
+        `rescan_interval`, so it is tried again. The scans run in the reading
+        thread. Runs until cancelled.
         """
         loop = asyncio.get_running_loop()
         wake = asyncio.Event()
@@ -256,11 +258,14 @@ class ManifestSource:
             interval = rescan_interval if watcher is not None else poll_interval
             now = await self._survey(watcher)
             seen = self._pass_seen if self._passes else now
+            retry_at = loop.time() + rescan_interval
             while True:
                 # Nothing new yet: wait for inotify, or look again after `interval`.
                 if now == seen and not await wait(wake, interval):
                     now = await self._survey(None)
-                    continue
+                    retry = loop.time() >= retry_at and self._any_unread()
+                    if now == seen and not retry:
+                        continue
                 await settle(wake, quiet, max_delay)
                 seen = await self._survey(watcher)
                 try:
@@ -271,6 +276,7 @@ class ManifestSource:
                     # One bad reload must not end the watch: later edits still count.
                     log.exception("handling a manifest change failed")
                 now = seen
+                retry_at = loop.time() + rescan_interval
         finally:
             if watcher is not None:
                 loop.remove_reader(watcher.fileno())
@@ -284,6 +290,9 @@ class ManifestSource:
             tree = await loop.run_in_executor(self._thread, self._scan_quietly)
             if watcher is None or not watcher.sync(tree.folders if tree is not None else []):
                 return fingerprint(tree)
+
+    def _any_unread(self) -> bool:
+        return any(entry.stamp == _UNREAD for entry in self._files.values())
 
     def _scan_quietly(self) -> Tree | None:
         try:
