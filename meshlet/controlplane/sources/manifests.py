@@ -286,10 +286,13 @@ class ManifestSource:
         """PATH's fingerprint, scanned in the reading thread; with `watcher`, every
         folder found is watched first (and scanned again if one was new)."""
         loop = asyncio.get_running_loop()
-        while True:
+        # A few rounds at most: folders made as fast as they are scanned are the
+        # re-scan's to find.
+        for _ in range(3):
             tree = await loop.run_in_executor(self._thread, self._scan_quietly)
             if watcher is None or not watcher.sync(tree.folders if tree is not None else []):
-                return fingerprint(tree)
+                break
+        return fingerprint(tree)
 
     def _any_unread(self) -> bool:
         return any(entry.stamp == _UNREAD for entry in self._files.values())
