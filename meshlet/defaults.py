@@ -8,6 +8,11 @@ SERVICE_CIDR = "10.96.0.0/12"
 
 # The control plane.
 XDS_PORT = 15010
+# How long a client's xDS connection lives before the control plane asks it to go
+# (GOAWAY) and it reconnects, resuming from what it holds: clients spread over the
+# replicas again after one restarts (Istio's MaxServerConnectionAge is 30 minutes
+# too). gRPC adds +-10 % jitter, so clients that came together do not leave together.
+XDS_MAX_STREAM_AGE_SECONDS = 1800.0
 CONTROL_PLANE_ADMIN_PORT = 15014
 # The largest manifest file read (--max-manifest-bytes): parsing takes some 60 times
 # a file's size in memory, so a hostile file costs a bounded amount.

@@ -296,3 +296,33 @@ async def test_a_name_table_of_another_domain_is_nacked(
             assert set(state.listeners) == {("10.96.0.10", 80)}
             assert state.name_table is None
             assert not car.client.ready, "ready needs an accepted NameTable"
+
+
+@pytest.mark.parametrize("protocol", ["delta", "sotw"])
+async def test_a_stream_past_its_age_is_asked_to_go_and_resumes_with_nothing_lost(
+    tmp_path: Path, protocol: XdsProtocol
+) -> None:
+    folder = tmp_path / "manifests"
+    folder.mkdir()
+    write_manifests(folder / "web.yaml", *service("web", "10.96.0.10", 80, 8080, ["10.1.0.1"]))
+    with control_plane(folder, tmp_path, extra_args=["--max-stream-age=1"]) as plane:
+        async with sidecar(plane.xds_address, protocol, "aged") as side:
+            await until(lambda: side.client.status(), lambda s: s.ready, "the first config")
+            # Asked to go (GOAWAY) about every second, it reconnects each time.
+            await until(
+                lambda: side.client.status().streams_connected,
+                lambda n: n >= 3,
+                "the sidecar to be asked to reconnect twice",
+            )
+            status = side.client.status()
+            assert status.ready and addresses(side.state, WEB) == ["10.1.0.1"]
+            assert all(t.rejected == 0 for t in status.types.values())
+            if protocol == "delta":  # resumed from what it held: nothing sent again
+                assert status.types[types.CLUSTER].last_received == 0
+            # A change after the reconnects still reaches it.
+            write_manifests(
+                folder / "web.yaml", *service("web", "10.96.0.10", 80, 8080, ["10.1.0.2"])
+            )
+            await until(
+                lambda: addresses(side.state, WEB), lambda a: a == ["10.1.0.2"], "the change"
+            )

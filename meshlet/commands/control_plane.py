@@ -15,6 +15,7 @@ from meshlet.flags import (
     host_port_or_off,
     namespace_name,
     port_number,
+    seconds,
 )
 
 # The top-level packages of the `control-plane` extra (pyproject.toml).
@@ -91,6 +92,16 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         type=port_number,
         default=str(defaults.OUTBOUND_PORT),
         help="port of the sidecars' virtual outbound listener",
+    )
+    add_flag(
+        p,
+        "--max-stream-age",
+        type=seconds,
+        default=f"{defaults.XDS_MAX_STREAM_AGE_SECONDS:g}",
+        metavar="SECONDS",
+        help="after about this long (+-10 %%) a client's xDS connection is asked to go and "
+        "reconnects, resuming from what it holds, so clients spread over replicas again; "
+        "0: never",
     )
     _webhook_flags(p)
     p.set_defaults(run=_run)
@@ -214,5 +225,6 @@ def _run(args: argparse.Namespace) -> int:
             admin_address=args.admin_address,
             cluster_domain=args.cluster_domain,
             outbound_port=args.outbound_port,
+            max_stream_age=args.max_stream_age,
         )
     )

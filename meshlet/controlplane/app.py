@@ -49,6 +49,7 @@ class ControlPlaneConfig:
     cluster_domain: str = defaults.CLUSTER_DOMAIN
     outbound_port: int = defaults.OUTBOUND_PORT
     webhook: WebhookConfig | None = None
+    max_stream_age: float = defaults.XDS_MAX_STREAM_AGE_SECONDS
 
 
 class ControlPlane:
@@ -197,7 +198,9 @@ async def serve(config: ControlPlaneConfig, stop: asyncio.Event) -> int:
         log.info("injection webhook off: serving manifests, and no --webhook-cert-file given")
     telemetry = Telemetry("meshlet-control-plane")
     ads = AdsServer(plane.cache, ControlPlaneMetrics(telemetry, lambda: plane.cache.snapshot))
-    grpc_server, xds_port = await start_server(ads, grpc_address(*config.xds_address))
+    grpc_server, xds_port = await start_server(
+        ads, grpc_address(*config.xds_address), max_stream_age=config.max_stream_age
+    )
 
     def webhook_ready() -> str:
         # A replica is an endpoint of the Service the API server calls: ready only once

@@ -10,6 +10,7 @@ from typing import Any
 import grpc
 from envoy.service.discovery.v3.discovery_pb2 import DeltaDiscoveryRequest, DiscoveryRequest
 
+from meshlet import defaults
 from meshlet.controlplane.cache import SnapshotCache
 from meshlet.controlplane.delta import DeltaStream
 from meshlet.controlplane.metrics import ControlPlaneMetrics
@@ -136,19 +137,32 @@ def _protocol(stream: SotwStream | DeltaStream) -> str:
     return "delta" if isinstance(stream, DeltaStream) else "sotw"
 
 
+# After the GOAWAY of a connection past its age (defaults.XDS_MAX_STREAM_AGE_SECONDS),
+# how long a stream may still run before it is closed.
+STREAM_AGE_GRACE_SECONDS = 10.0
+
+
 async def start_server(
-    ads: AdsServer, address: str, max_streams: int = 100_000
+    ads: AdsServer,
+    address: str,
+    max_streams: int = 100_000,
+    max_stream_age: float = defaults.XDS_MAX_STREAM_AGE_SECONDS,
 ) -> tuple[grpc.aio.Server, int]:
-    """Starts the gRPC server; returns it and the port it bound (for address ...:0)."""
-    server = grpc.aio.server(
-        options=[
-            ("grpc.max_concurrent_streams", max_streams),
-            # Sidecars keep their stream open for days; let them keep it alive.
-            ("grpc.http2.min_ping_interval_without_data_ms", 5_000),
-            ("grpc.keepalive_permit_without_calls", 1),
-            ("grpc.so_reuseport", 0),
+    """Starts the gRPC server; returns it and the port it bound (for address ...:0).
+    `max_stream_age` 0: a connection lives as long as its client keeps it."""
+    options: list[tuple[str, int]] = [
+        ("grpc.max_concurrent_streams", max_streams),
+        # Sidecars keep their stream open for days; let them keep it alive.
+        ("grpc.http2.min_ping_interval_without_data_ms", 5_000),
+        ("grpc.keepalive_permit_without_calls", 1),
+        ("grpc.so_reuseport", 0),
+    ]
+    if max_stream_age > 0:
+        options += [
+            ("grpc.max_connection_age_ms", int(max_stream_age * 1000)),
+            ("grpc.max_connection_age_grace_ms", int(STREAM_AGE_GRACE_SECONDS * 1000)),
         ]
-    )
+    server = grpc.aio.server(options=options)
     server.add_generic_rpc_handlers([ads.handler()])
     try:
         port = server.add_insecure_port(address)
