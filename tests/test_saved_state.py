@@ -6,15 +6,19 @@ import asyncio
 import json
 import logging
 import os
+import time
+from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
+from envoy.config.core.v3.base_pb2 import Node
 
 from meshlet.model import Endpoint, Mesh, Service, ServicePort
 from meshlet.sidecar.saved_state import FORMAT, SavedStateError, decode, encode
 from meshlet.sidecar.state import SidecarState
 from meshlet.sidecar.state_file import StateFile
-from meshlet.sidecar.xds_client import XdsClient, is_complete
+from meshlet.sidecar.xds_client import DeltaSession, XdsClient, is_complete
 from meshlet.xds import types
 from tests.xds_fixtures import DOMAIN, api, sidecar_state, web
 
@@ -33,8 +37,6 @@ def _state() -> SidecarState:
     idle = "outbound|7000||idle.default.svc.cluster.local"
     held = {n: r for n, r in state.accepted[types.ENDPOINT].items() if n != idle}
     accepted = {**state.accepted, types.ENDPOINT: held}
-    from dataclasses import replace
-
     return replace(state, accepted=accepted, endpoints={**state.endpoints, idle: ()})
 
 
@@ -109,6 +111,15 @@ def test_the_file_names_its_format_first_for_a_reader() -> None:
 # --- the file -------------------------------------------------------------------
 
 
+async def _until(condition: Callable[[], bool], what: str, within: float = 30.0) -> None:
+    """Until `condition()` holds, letting the loop (and the writer's thread) run."""
+    deadline = time.monotonic() + within
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        await asyncio.sleep(0.01)
+
+
 def _file(tmp_path: Path, **kwargs: float) -> StateFile:
     return StateFile(str(tmp_path / "state"), DOMAIN, **kwargs)
 
@@ -157,8 +168,8 @@ async def test_writes_are_coalesced_atomic_and_read_back(tmp_path: Path) -> None
     state = _state()
     for _ in range(50):  # a burst of accepted updates
         state_file.note(state)
-    await asyncio.sleep(0.5)  # whether the write began by now or close makes it: once
-    await state_file.close()
+    await _until(lambda: state_file.writes == 1, "the quiet period's write")
+    await state_file.close()  # nothing left to write: the burst was one write
     assert state_file.writes == 1
     assert os.listdir(os.path.dirname(state_file.path)) == ["xds-state.json"]  # no temporaries
     saved = state_file.load()
@@ -179,10 +190,9 @@ async def test_a_directory_that_cannot_be_written_warns_once(
     blocker.write_text("a file where the directory should be")
     state_file = _file(tmp_path, quiet_seconds=0.01)
     caplog.set_level(logging.WARNING, "meshlet.sidecar.state_file")
-    for _ in range(3):
+    for _ in range(3):  # three attempts: close writes what is pending
         state_file.note(_state())
-        await asyncio.sleep(0.1)
-    await state_file.close()
+        await state_file.close()
     assert state_file.writes == 0
     assert len([r for r in caplog.records if "cannot save the config" in r.getMessage()]) == 1
 
@@ -196,10 +206,6 @@ def test_a_restored_client_is_ready_and_stale_and_resumes_with_its_versions() ->
     assert status.ready and status.stale and status.restored_from == "/x/xds-state.json"
     assert seen == [state]
     assert status.types[types.CLUSTER].accepted_version == "1"
-    from envoy.config.core.v3.base_pb2 import Node
-
-    from meshlet.sidecar.xds_client import DeltaSession
-
     opening = DeltaSession(Node(id="n")).opening(client.state)
     by_type = {r.type_url: r for r in opening}
     assert dict(by_type[types.CLUSTER].initial_resource_versions) == {
@@ -246,11 +252,7 @@ def test_a_temporary_file_left_by_a_crash_is_removed_at_start(tmp_path: Path) ->
 async def test_close_waits_for_a_write_under_way(tmp_path: Path) -> None:
     state_file = _file(tmp_path, quiet_seconds=0)
     state_file.note(_state())
-    for _ in range(100_000):  # until the write has begun, in its thread
-        if state_file._inflight is not None:
-            break
-        await asyncio.sleep(0)
-    assert state_file._inflight is not None
+    await _until(lambda: state_file._inflight is not None, "the write to begin, in its thread")
     await state_file.close()
     assert state_file.writes == 1
     assert os.listdir(os.path.dirname(state_file.path)) == ["xds-state.json"]

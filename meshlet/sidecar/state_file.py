@@ -16,7 +16,6 @@ import contextlib
 import logging
 import os
 import stat
-import threading
 import time
 from collections.abc import Callable
 
@@ -73,6 +72,14 @@ def _write_atomic(path: str, data: bytes) -> None:
         os.close(dir_fd)
 
 
+def _why(exc: Exception) -> str:
+    if isinstance(exc, OSError) and exc.strerror:
+        return exc.strerror
+    if isinstance(exc, SavedStateError):
+        return str(exc)
+    return f"{type(exc).__name__}: {exc}"  # a file no check foresaw
+
+
 class StateFile:
     def __init__(
         self,
@@ -93,8 +100,6 @@ class StateFile:
         self._latest: SidecarState | None = None
         self._task: asyncio.Task[None] | None = None
         self._last_error = ""
-        # A write cancelled at shutdown may still run in its thread beside the last one.
-        self._writing = threading.Lock()
         self.writes = 0  # files written, for the admin page and tests
 
     def load(self) -> Saved | None:
@@ -106,18 +111,11 @@ class StateFile:
         except FileNotFoundError:
             log.info("no saved config at %s: waiting for the control plane", self.path)
             return None
-        except (OSError, SavedStateError) as exc:
-            why = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+        except Exception as exc:  # whatever the file holds, the start goes on
             log.warning(
-                "saved config %s not used (%s): waiting for the control plane", self.path, why
-            )
-            return None
-        except Exception as exc:  # a file no check foresaw must not stop the start either
-            log.warning(
-                "saved config %s not used (%s: %s): waiting for the control plane",
+                "saved config %s not used (%s): waiting for the control plane",
                 self.path,
-                type(exc).__name__,
-                exc,
+                _why(exc),
             )
             return None
         age = "" if saved.written_at is None else f", {self._clock() - saved.written_at:.0f}s old"
@@ -146,10 +144,7 @@ class StateFile:
                 await asyncio.shield(self._inflight)
 
     def _write(self, state: SidecarState) -> None:
-        with self._writing:
-            self._write_now(state)
-
-    def _write_now(self, state: SidecarState) -> None:
+        # One write at a time: the next waits for this one, and so does close.
         data = encode(state, self._domain, self._clock())
         try:
             if len(data) > self._max_bytes:
@@ -157,9 +152,9 @@ class StateFile:
                 # restart it would send connections to endpoints long gone.
                 with contextlib.suppress(FileNotFoundError):
                     os.unlink(self.path)
+                # No size in the text: it is logged once however the size changes.
                 raise OSError(
-                    f"the config is {len(data)} bytes, over {self._max_bytes}; "
-                    "the older saved one is removed"
+                    f"the config is over {self._max_bytes} bytes; the older saved one is removed"
                 )
             os.makedirs(self._directory, exist_ok=True)
             _write_atomic(self.path, data)
