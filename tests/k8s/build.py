@@ -1,10 +1,9 @@
 """Build the test cluster's binaries from their Go modules, cached outside the clone.
 
 Each folder here is a small Go module of the project's own: `kube` (kube-apiserver,
-kube-controller-manager and kubectl from k8s.io/kubernetes, in one `go build`; its
-go.mod pins kube-proxy too, built once a test or benchmark runs it), `etcd`,
-`coredns` (only the plugins the tests use), `helm` and `tilt` (which only pins a
-Tilt release: that is built in a copy of its own module). A
+kube-controller-manager, kubectl and kube-proxy from k8s.io/kubernetes, in one
+`go build`), `etcd`, `coredns` (only the plugins the tests use), `helm` and `tilt`
+(which only pins a Tilt release: that is built in a copy of its own module). A
 module's binaries are cached under a key of its go.mod, go.sum, Go sources, build
 flags and Go version, so a second run builds nothing.
 
@@ -89,7 +88,7 @@ MODULES = (
     Module(
         "kube",
         "k8s.io/kubernetes",
-        ("kube-apiserver", "kube-controller-manager", "kubectl"),
+        ("kube-apiserver", "kube-controller-manager", "kubectl", "kube-proxy"),
     ),
     Module("etcd", "go.etcd.io/etcd/server/v3", ("etcd",), target="."),
     Module("coredns", "github.com/coredns/coredns", ("coredns",), target="."),
