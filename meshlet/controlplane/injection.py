@@ -85,12 +85,6 @@ class WebhookRunner:
                 "the webhook needs --webhook-cert-file and --webhook-key-file when it cannot"
                 " keep its own certificate on the Kubernetes API"
             )
-        loop = asyncio.get_running_loop()
-
-        def report(problems: Sequence[str]) -> None:
-            # Passes run on a thread; the registry belongs to the loop.
-            loop.call_soon_threadsafe(self._report, "webhook", tuple(problems))
-
         keeper = CertificateKeeper(
             self._api,
             KeeperConfig(
@@ -100,7 +94,6 @@ class WebhookRunner:
                 hosts=self.config.hosts(),
                 identity=replica_identity(),
             ),
-            report,
         )
         self._keeper = keeper
         self._tasks.append(asyncio.create_task(self._keep(keeper)))
@@ -112,6 +105,7 @@ class WebhookRunner:
     async def _keep(self, keeper: CertificateKeeper) -> None:
         while True:
             found = await asyncio.to_thread(keeper.step)
+            self._report("webhook", found.problems)  # on the loop, which owns the registry
             # Swapped on the loop's thread, between handshakes, never under one.
             if found.serving is not None and self.serving.load(found.serving):
                 log.info("webhook: serving the certificate of Secret %s", self.config.secret)

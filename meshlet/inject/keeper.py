@@ -4,8 +4,8 @@ The CA and the serving certificate live in one Secret in the control plane's own
 namespace, so every replica serves the same certificate. The replica holding a
 Lease writes it (makes it at first, renews the serving certificate in time) and
 keeps the MutatingWebhookConfiguration's `caBundle` equal to the CA; the others
-read it. Every pass runs on a thread (the `kubernetes` client blocks) and says
-what went wrong, if anything, through `report` (the control plane's problems).
+read it. Every pass runs on a thread (the `kubernetes` client blocks) and returns
+what went wrong, if anything, with its result (for the control plane's problems).
 
 Both are owned by the MutatingWebhookConfiguration (an ownerReference), so
 deleting it (`helm uninstall`) has the garbage collector delete what the control
@@ -23,7 +23,7 @@ import json
 import logging
 import threading
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -86,6 +86,8 @@ class Pass:
 
     wait: float
     serving: KeyPair | None = None
+    # What went wrong in this pass (empty: nothing), for the control plane's problems.
+    problems: tuple[str, ...] = ()
 
 
 def _now() -> datetime.datetime:
@@ -123,8 +125,8 @@ def _certificates(bundle: bytes) -> list[bytes]:
     return [part.strip() + b"\n" + end + b"\n" for part in bundle.split(end)[:-1]]
 
 
-class ConfigurationGone(Exception):
-    pass
+class NoConfiguration(Exception):
+    """The MutatingWebhookConfiguration is not there (yet, or any more)."""
 
 
 class CertificateKeeper:
@@ -132,7 +134,6 @@ class CertificateKeeper:
         self,
         api: k8s.ApiClient,
         config: KeeperConfig,
-        report: Callable[[Sequence[str]], None],
         monotonic: Callable[[], float] = time.monotonic,
     ) -> None:
         # Raw JSON in and out (_preload_content=False): no model objects, as the source.
@@ -141,7 +142,6 @@ class CertificateKeeper:
         self._webhooks: Any = k8s.AdmissionregistrationV1Api(api)
         self._server = str(api.configuration.host)
         self.config = config
-        self._report = report
         self._monotonic = monotonic
         self.holder = False
         # Lease expiry by our own clock, as client-go: when did its record last change?
@@ -152,33 +152,29 @@ class CertificateKeeper:
         self._stopped = False
 
     def step(self, now: datetime.datetime | None = None) -> Pass:
-        """One pass (on a thread). Never raises: problems are reported."""
+        """One pass (on a thread). Never raises: what went wrong is in its `problems`."""
         with self._lock:
             if self._stopped:
                 return Pass(self.config.interval)
             try:
-                found = self._step(now or _now())
-            except ConfigurationGone as exc:
-                self._report([f"webhook certificate: {exc}"])
-                return Pass(min(self.config.interval, 2.0))
+                return self._step(now or _now())
+            except NoConfiguration as exc:
+                return Pass(min(self.config.interval, 2.0), None, (f"webhook certificate: {exc}",))
             except Exception as exc:  # an unreachable API server, RBAC refusing, ...
-                problem = describe_failure(exc, self._server)
-                self._report([f"webhook certificate: {problem} (retrying)"])
-                return Pass(min(self.config.interval, 5.0))
-        self._report([])
-        return found
+                problem = f"webhook certificate: {describe_failure(exc, self._server)} (retrying)"
+                return Pass(min(self.config.interval, 5.0), None, (problem,))
 
     def _step(self, now: datetime.datetime) -> Pass:
         configuration = self._read_configuration()
-        owner = _owner_reference(configuration)
-        if owner is None:
+        if configuration is None:
             # Not made yet, or deleted (`helm uninstall`: the garbage collector is deleting
             # the Secret and Lease it owned). Nothing is made without an owner, so nothing
             # is left behind, by this replica or by one started later.
-            raise ConfigurationGone(
+            raise NoConfiguration(
                 f"no MutatingWebhookConfiguration {self.config.configuration}: its Secret "
                 "and Lease are made once it exists (waiting)"
             )
+        owner = _owner_reference(configuration)
         secret = self._read_secret()
         if secret is not None and secret.get("type") not in (None, _TLS):
             raise ValueError(
@@ -206,8 +202,9 @@ class CertificateKeeper:
             log.info("webhook: serving certificate for %s issued", ", ".join(self.config.hosts))
         assert ca is not None and serving is not None
         if good and self.holder and secret is not None and _needs_owner(secret, owner):
-            self._write_secret(secret, ca, serving, owner)  # made before the configuration
-        if self.holder and configuration is not None:
+            # Of an older version, or of a configuration deleted and made again (a new uid).
+            self._write_secret(secret, ca, serving, owner)
+        if self.holder:
             self._keep_ca_bundle(configuration, ca, new_ca)
         return Pass(self.config.interval, serving)
 
@@ -239,7 +236,7 @@ class CertificateKeeper:
         old: Mapping[str, Any] | None,
         ca: KeyPair,
         serving: KeyPair,
-        owner: Mapping[str, Any] | None,
+        owner: Mapping[str, Any],
     ) -> bool:
         data = {
             _CA_CERT: _b64(ca.cert),
@@ -285,7 +282,7 @@ class CertificateKeeper:
 
     # --- the Lease ------------------------------------------------------------------
 
-    def _hold_lease(self, now: datetime.datetime, owner: Mapping[str, Any] | None) -> bool:
+    def _hold_lease(self, now: datetime.datetime, owner: Mapping[str, Any]) -> bool:
         """Take or renew the Lease; True when this replica holds it now."""
         name, namespace = self.config.secret, self.config.namespace
         stamp = now.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
@@ -405,30 +402,27 @@ class CertificateKeeper:
             )
 
 
-def _owner_reference(configuration: Mapping[str, Any] | None) -> dict[str, Any] | None:
-    """The configuration as the owner of the Secret and the Lease. No blockOwnerDeletion:
-    deleting the configuration must never wait on them."""
-    if configuration is None:
-        return None
+def _owner_reference(configuration: Mapping[str, Any]) -> dict[str, Any]:
+    """The configuration (as the API server returned it: it has a uid) as the owner of
+    the Secret and the Lease. No blockOwnerDeletion: deleting the configuration must
+    never wait on them."""
     meta = configuration.get("metadata") or {}
-    if not meta.get("uid"):
-        return None
     return {
         "apiVersion": "admissionregistration.k8s.io/v1",
         "kind": "MutatingWebhookConfiguration",
         "name": meta.get("name"),
-        "uid": meta["uid"],
+        "uid": meta.get("uid", ""),
     }
 
 
-def _needs_owner(obj: Mapping[str, Any], owner: Mapping[str, Any] | None) -> bool:
+def _needs_owner(obj: Mapping[str, Any], owner: Mapping[str, Any]) -> bool:
     owners = (obj.get("metadata") or {}).get("ownerReferences") or []
-    return owner is not None and all(o.get("uid") != owner["uid"] for o in owners)
+    return all(o.get("uid") != owner["uid"] for o in owners)
 
 
-def _owned(meta: Mapping[str, Any], owner: Mapping[str, Any] | None) -> dict[str, Any]:
+def _owned(meta: Mapping[str, Any], owner: Mapping[str, Any]) -> dict[str, Any]:
     """The metadata with `owner` among its ownerReferences (others kept)."""
-    if owner is None or not _needs_owner({"metadata": meta}, owner):
+    if not _needs_owner({"metadata": meta}, owner):
         return dict(meta)
     # An owner of the same name but another uid was deleted and made again: replace it.
     kept = [o for o in meta.get("ownerReferences") or [] if o.get("kind") != owner["kind"]]
