@@ -14,7 +14,8 @@ from meshlet.sidecar.dns.cache import (
     render,
     upstream_query,
 )
-from meshlet.sidecar.dns.rdata import name_at, valid_rdata
+from meshlet.sidecar.dns.rdata import valid_rdata
+from meshlet.sidecar.dns.wire import name_at
 from tests.test_dns_table import make_query
 
 QID = 0x1234

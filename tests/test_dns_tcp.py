@@ -125,13 +125,26 @@ async def serving(upstream: int, **tcp_options: Any) -> AsyncIterator[DnsServer]
     assert server.errors == 0
 
 
+def no_clocks(limit: int) -> dict[str, float]:
+    """A table of `limit` connections that neither clock closes during a test."""
+    return {"max_tcp_connections": limit, "tcp_idle_timeout": LONG, "tcp_query_deadline": LONG}
+
+
+async def newcomers_answered(server: DnsServer, count: int = 3) -> None:
+    """New connections, each asking one query the table answers, are answered."""
+    host, port = server.address
+    for qid in range(count):
+        query = dns.message.make_query("web.default.svc.cluster.local", "A", id=qid)
+        response = await dns.asyncquery.tcp(query, host, port=port, timeout=10)
+        assert addresses(response) == ["10.96.0.10"]
+
+
 async def test_a_full_table_of_dribbling_connections_gives_way_to_a_new_query(
     silent_upstream: int, clients: list[Client]
 ) -> None:
     # Neither clock closes anything during the test: only giving way lets a query in.
     limit = 32
-    options = {"max_tcp_connections": limit, "tcp_idle_timeout": LONG, "tcp_query_deadline": LONG}
-    async with serving(silent_upstream, **options) as server:
+    async with serving(silent_upstream, **no_clocks(limit)) as server:
         holders = []
         for qid in range(limit):
             holder = await connect(server, clients)
@@ -139,11 +152,7 @@ async def test_a_full_table_of_dribbling_connections_gives_way_to_a_new_query(
             holder.dribble(NEVER_WHOLE, every=0.2)
             holders.append(holder)
 
-        for qid in range(3):
-            query = dns.message.make_query("web.default.svc.cluster.local", "A", id=qid)
-            host, port = server.address
-            response = await dns.asyncquery.tcp(query, host, port=port, timeout=10)
-            assert addresses(response) == ["10.96.0.10"]
+        await newcomers_answered(server)
         # The one idle longest gave way to the first newcomer.
         assert await holders[0].closed_by_server() == b""
 
@@ -161,19 +170,14 @@ async def test_a_full_table_of_connections_waiting_upstream_gives_way_to_a_new_q
     # Every connection has a query that never comes back (the forwarder waits longer
     # than the test), so none is idle and neither clock closes any.
     limit = 16
-    options = {"max_tcp_connections": limit, "tcp_idle_timeout": LONG, "tcp_query_deadline": LONG}
-    async with serving(silent_upstream, **options) as server:
+    async with serving(silent_upstream, **no_clocks(limit)) as server:
         holders = []
         for index in range(limit):
             holder = await connect(server, clients)
             await wait_upstream(holder, f"held-{index}.example.test", 2 * index)
             holders.append(holder)
 
-        for qid in range(3):
-            query = dns.message.make_query("web.default.svc.cluster.local", "A", id=qid)
-            host, port = server.address
-            response = await dns.asyncquery.tcp(query, host, port=port, timeout=10)
-            assert addresses(response) == ["10.96.0.10"]
+        await newcomers_answered(server)
         # The one whose query waited longest gave way, its query unanswered; the rest stay.
         assert await holders[0].closed_by_server() == b""
         assert addresses(await holders[-1].ask("web", 1000)) == ["10.96.0.10"]
@@ -182,8 +186,7 @@ async def test_a_full_table_of_connections_waiting_upstream_gives_way_to_a_new_q
 async def test_an_idle_connection_gives_way_before_one_with_a_query_in_flight(
     silent_upstream: int, clients: list[Client]
 ) -> None:
-    options = {"max_tcp_connections": 2, "tcp_idle_timeout": LONG, "tcp_query_deadline": LONG}
-    async with serving(silent_upstream, **options) as server:
+    async with serving(silent_upstream, **no_clocks(2)) as server:
         waiting = await connect(server, clients)
         await wait_upstream(waiting, "www.example.test", 1)
         idle = await connect(server, clients)

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 from meshlet.sidecar.dns import wire
 from meshlet.sidecar.dns.answer import client_limit
-from meshlet.sidecar.dns.rdata import name_at, valid_rdata
+from meshlet.sidecar.dns.rdata import valid_rdata
 
 _HEADER = struct.Struct("!HHHHHH")
 _RR_FIXED = struct.Struct("!HHIH")
@@ -79,10 +79,9 @@ def read_response(
     zeroed: list[int] = []
     total = ancount + nscount + arcount
     kept = total
-    cut = -1
     for index in range(total):
         record_start = offset
-        offset = name_at(response, offset)
+        offset = wire.name_at(response, offset)
         if offset < 0 or offset + 10 > size:
             return None
         rtype, _, ttl, rdlength = _RR_FIXED.unpack_from(response, offset)
@@ -102,11 +101,11 @@ def read_response(
         ttls.append(ttl)
         if index < ancount:
             answer_ttl = ttl if answer_ttl is None else min(answer_ttl, ttl)
-        elif index < ancount + nscount and rtype == wire.TYPE_SOA and rdlength >= 22:
+        elif index < ancount + nscount and rtype == wire.TYPE_SOA:  # valid: 20 bytes at its end
             minimum = _TTL.unpack_from(response, rdata_end - _SOA_MINIMUM_FROM_END)[0]
             negative_ttl = min(ttl, minimum)
         offset = rdata_end
-    if cut < 0:
+    else:
         cut = offset  # bytes after the last record are no part of the answer
     rcode = flags & 0xF
     if flags & _TC:

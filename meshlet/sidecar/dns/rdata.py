@@ -5,7 +5,7 @@ Types not listed here are relayed as they came (RFC 3597: opaque data)."""
 
 from __future__ import annotations
 
-from meshlet.sidecar.dns.wire import MAX_LABEL, MAX_NAME
+from meshlet.sidecar.dns.wire import name_at
 
 _NAME_ONLY = {2, 3, 4, 5, 7, 8, 9, 12, 39}  # NS MD MF CNAME MB MG MR PTR DNAME
 _TWO_NAMES = {14, 17}  # MINFO RP
@@ -13,37 +13,6 @@ _PREFERENCE_NAME = {15, 18, 21, 36}  # MX AFSDB RT KX
 _FIXED = {1: 4, 28: 16}  # A AAAA
 _STRINGS = {16, 99}  # TXT SPF
 _SOA, _SRV, _SVCB, _HTTPS = 6, 33, 64, 65
-
-
-def name_at(data: bytes, offset: int) -> int:
-    """The offset just past a possibly compressed name at `offset` if it decodes (every
-    pointer strictly backwards, no reserved label type, at most 255 bytes), else -1."""
-    after = -1
-    limit = offset  # a pointer must point before the name or pointer that led to it
-    total = 0
-    position = offset
-    while position < len(data):
-        length = data[position]
-        if length == 0:
-            return (position + 1 if after < 0 else after) if total < MAX_NAME else -1
-        kind = length & 0xC0
-        if kind == 0xC0:
-            if position + 2 > len(data):
-                return -1
-            target = ((length & 0x3F) << 8) | data[position + 1]
-            if target >= limit:
-                return -1
-            if after < 0:
-                after = position + 2
-            limit = position = target
-            continue
-        if kind or length > MAX_LABEL:
-            return -1  # 0x40 and 0x80 are reserved label types
-        total += length + 1
-        if total >= MAX_NAME:
-            return -1
-        position += length + 1
-    return -1
 
 
 def _names(data: bytes, offset: int, count: int) -> int:

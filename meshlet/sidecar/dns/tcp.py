@@ -13,7 +13,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import struct
-from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import cast
@@ -78,8 +77,8 @@ class TcpConnection(asyncio.Protocol):
         self.limits = limits
         self.transport: asyncio.Transport | None = None
         self.buffer = bytearray()
-        # Queries not yet answered, in the order they arrived, with when they did.
-        self.in_flight: OrderedDict[TcpReply, float] = OrderedDict()
+        # Queries not yet answered, in the order they arrived (a dict keeps it), with when.
+        self.in_flight: dict[TcpReply, float] = {}
         self.paused_writing = False
         self.paused_pending = False
         self.clock = TcpClock(limits.idle_timeout, limits.query_deadline, 0.0)
@@ -91,8 +90,9 @@ class TcpConnection(asyncio.Protocol):
             self.transport.abort()
             return
         loop = asyncio.get_running_loop()
-        self.clock.active(loop.time())
-        self._schedule(loop)
+        now = loop.time()
+        self.clock.active(now)
+        self._schedule(loop, now)
 
     def data_received(self, data: bytes) -> None:
         loop = asyncio.get_running_loop()
@@ -113,7 +113,7 @@ class TcpConnection(asyncio.Protocol):
         del buffer[:offset]
         self.clock.buffered(now, partial=bool(buffer), consumed=offset > 0)
         self._update_reading()
-        self._schedule(loop)
+        self._schedule(loop, now)
 
     def write(self, response: bytes) -> None:
         transport = self.transport
@@ -128,9 +128,7 @@ class TcpConnection(asyncio.Protocol):
     @property
     def pending_since(self) -> float | None:
         """When the oldest query still in flight arrived; None with none in flight."""
-        for since in self.in_flight.values():
-            return since
-        return None
+        return next(iter(self.in_flight.values()), None)
 
     # --- flow control ----------------------------------------------------------------
 
@@ -166,16 +164,17 @@ class TcpConnection(asyncio.Protocol):
         elif not was_reading and self.reading:
             transport.resume_reading()
             loop = asyncio.get_running_loop()
-            self.clock.reading_resumed(loop.time())
-            self._schedule(loop)
+            now = loop.time()
+            self.clock.reading_resumed(now)
+            self._schedule(loop, now)
 
     # --- deadlines -------------------------------------------------------------------
 
-    def _schedule(self, loop: asyncio.AbstractEventLoop) -> None:
+    def _schedule(self, loop: asyncio.AbstractEventLoop, now: float) -> None:
         """Keep the one timer at or before the earliest deadline that applies."""
-        due = self.clock.next_check(loop.time(), pending=self.pending, reading=self.reading)
-        timer = self.timer
-        if timer is not None and not timer.cancelled() and timer.when() <= due:
+        due = self.clock.next_check(now, pending=self.pending, reading=self.reading)
+        timer = self.timer  # never a cancelled one: each cancel is replaced or cleared
+        if timer is not None and timer.when() <= due:
             return
         if timer is not None:
             timer.cancel()
@@ -186,11 +185,12 @@ class TcpConnection(asyncio.Protocol):
         if self.transport is None:
             return
         loop = asyncio.get_running_loop()
-        expiry = self.clock.expired(loop.time(), pending=self.pending, reading=self.reading)
+        now = loop.time()
+        expiry = self.clock.expired(now, pending=self.pending, reading=self.reading)
         if expiry is not None:
             self.shut(expiry)
         else:
-            self._schedule(loop)
+            self._schedule(loop, now)
 
     def shut(self, why: Expiry | str) -> None:
         """Close, and leave the table at once so the slot is free now."""

@@ -141,6 +141,38 @@ def skip_name(data: bytes, offset: int) -> int:
     return -1
 
 
+def name_at(data: bytes, offset: int) -> int:
+    """The offset just past a possibly compressed name at `offset` if it decodes (every
+    pointer strictly backwards, no reserved label type, at most 255 bytes), else -1:
+    the strict form of `skip_name`, for names a client will follow (upstream answers)."""
+    after = -1
+    limit = offset  # a pointer must point before the name or pointer that led to it
+    total = 0
+    position = offset
+    while position < len(data):
+        length = data[position]
+        if length == 0:
+            return position + 1 if after < 0 else after
+        kind = length & 0xC0
+        if kind == 0xC0:
+            if position + 2 > len(data):
+                return -1
+            target = ((length & 0x3F) << 8) | data[position + 1]
+            if target >= limit:
+                return -1
+            if after < 0:
+                after = position + 2
+            limit = position = target
+            continue
+        if kind or length > MAX_LABEL:
+            return -1  # 0x40 and 0x80 are reserved label types
+        total += length + 1
+        if total >= MAX_NAME:
+            return -1
+        position += length + 1
+    return -1
+
+
 def is_subdomain(name: bytes, zone: bytes) -> bool:
     """Whether wire name `name` is `zone` or below it, on label boundaries (both lower case)."""
     if not name.endswith(zone):
