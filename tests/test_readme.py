@@ -137,15 +137,19 @@ def _image_and_chart_runs() -> dict[str, Callable[[Path], None]]:
     from tests.test_helm_install import README_INSTALL, README_UNINSTALL, README_UPGRADE
     from tests.test_image import README_BUILDS
 
-    # (the test file, where it runs the list): the list's commands.
-    held = {
-        ("tests/test_helm_install.py", "run(README_INSTALL["): README_INSTALL,
-        ("tests/test_helm_install.py", "run(README_UPGRADE)"): [README_UPGRADE],
-        ("tests/test_helm_install.py", "run(README_UNINSTALL["): README_UNINSTALL,
-        ("tests/test_image.py", "in README_BUILDS.items()"): list(README_BUILDS.values()),
+    install = "tests/test_helm_install.py"
+    # Each command, and where the test that holds it runs it (a list's by its index).
+    runs = {
+        **{c: run_by(install, f"run(README_INSTALL[{i}])") for i, c in enumerate(README_INSTALL)},
+        README_UPGRADE: run_by(install, "run(README_UPGRADE)"),
+        **{
+            c: run_by(install, f"run(README_UNINSTALL[{i}])")
+            for i, c in enumerate(README_UNINSTALL)
+        },
     }
-    return {command: run_by(test_file, where) for (test_file, where), commands in held.items()
-            for command in commands}  # fmt: skip
+    # The image test runs every build of its list in one loop.
+    builds = run_by("tests/test_image.py", "in README_BUILDS.items()")
+    return runs | {command: builds for command in README_BUILDS.values()}
 
 
 RUNS: dict[str, Callable[[Path], None]] = {

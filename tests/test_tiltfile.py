@@ -77,7 +77,11 @@ def tilt(
             out, err = process.communicate(timeout=timeout)
         except subprocess.TimeoutExpired:
             os.killpg(process.pid, signal.SIGTERM)
-            out, err = process.communicate(timeout=30)
+            try:
+                out, err = process.communicate(timeout=30)
+            except subprocess.TimeoutExpired:  # the group outlived its grace: it goes now
+                os.killpg(process.pid, signal.SIGKILL)
+                out, err = process.communicate()
             raise AssertionError(
                 f"tilt {' '.join(args)} timed out:\n{out[-3000:]}{err[-3000:]}"
             ) from None
