@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TypeVar
 
 import pytest
 from envoy.config.cluster.v3.cluster_pb2 import Cluster
@@ -288,12 +289,21 @@ def _set_address(path: str, value: str) -> Callable[[Message], None]:
     return break_it
 
 
-def _listener(change: Callable[[Listener], None]) -> Callable[[Message], None]:
+M = TypeVar("M", bound=Message)
+
+
+def _as(kind: type[M], change: Callable[[M], None]) -> Callable[[Message], None]:
+    """`change` for a resource of `kind`, as the cases' mutators take it."""
+
     def break_it(message: Message) -> None:
-        assert isinstance(message, Listener)
+        assert isinstance(message, kind)
         change(message)
 
     return break_it
+
+
+def _listener(change: Callable[[Listener], None]) -> Callable[[Message], None]:
+    return _as(Listener, change)
 
 
 def _tcp_proxy(change: Callable[[TcpProxy], None]) -> Callable[[Listener], None]:
@@ -307,19 +317,11 @@ def _tcp_proxy(change: Callable[[TcpProxy], None]) -> Callable[[Listener], None]
 
 
 def _cluster_change(change: Callable[[Cluster], None]) -> Callable[[Message], None]:
-    def break_it(message: Message) -> None:
-        assert isinstance(message, Cluster)
-        change(message)
-
-    return break_it
+    return _as(Cluster, change)
 
 
 def _name_table(change: Callable[[NameTable], None]) -> Callable[[Message], None]:
-    def break_it(message: Message) -> None:
-        assert isinstance(message, NameTable)
-        change(message)
-
-    return break_it
+    return _as(NameTable, change)
 
 
 def _add_name(name: str, ip: str = "10.96.0.99") -> Callable[[NameTable], None]:
@@ -367,11 +369,7 @@ def _long_name(headless: bool) -> Callable[[NameTable], None]:
 
 
 def _assignment(change: Callable[[ClusterLoadAssignment], None]) -> Callable[[Message], None]:
-    def break_it(message: Message) -> None:
-        assert isinstance(message, ClusterLoadAssignment)
-        change(message)
-
-    return break_it
+    return _as(ClusterLoadAssignment, change)
 
 
 def _heavy_locality(assignment: ClusterLoadAssignment) -> None:

@@ -30,11 +30,10 @@ from meshlet.sidecar.validate import Received, Update, ValidationError, apply_up
 from meshlet.xds import types
 from meshlet.xds.translate import Generated, translate
 from meshlet.xds.wire import pack
+from tests.xds_fixtures import DOMAIN, sidecar_state
 
-DOMAIN = "cluster.local"
 CASES = 3000
 SEED = 11
-ORDER = (types.CLUSTER, types.ENDPOINT, types.LISTENER, types.NAME_TABLE)
 
 
 def mesh() -> Mesh:
@@ -79,16 +78,6 @@ def mesh() -> Mesh:
 
 def served() -> list[Generated]:
     return [g for g in translate(mesh(), DOMAIN) if not g.on_demand]
-
-
-def base_state(resources: list[Generated]) -> SidecarState:
-    state = SidecarState()
-    for type_url in ORDER:
-        received = [
-            Received(g.name, "1", pack(g.message)) for g in resources if g.type_url == type_url
-        ]
-        state = apply_update(state, Update(type_url, "1", received), DOMAIN)
-    return state
 
 
 # --- mutations ------------------------------------------------------------------------
@@ -277,7 +266,7 @@ def changed(before: SidecarState, after: SidecarState, cluster: str) -> bool:
 
 def test_a_mutated_resource_is_a_state_or_a_validation_error() -> None:
     resources = served()
-    state = base_state(resources)
+    state = sidecar_state(mesh())  # what a sidecar holds after taking them all
     outcomes = {"accepted": 0, "rejected": 0}
     for index in range(CASES):
         update = case(index, resources).update

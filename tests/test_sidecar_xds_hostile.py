@@ -146,3 +146,5 @@ def test_responses_of_types_never_asked_for_are_nacked_and_only_counted(
     assert set(status.types) == set(SUBSCRIBED_TYPES)
     assert status.rejected_other_types == 1000
     assert all(t.rejected == 0 for t in status.types.values())
+    if isinstance(session, SotwSession):
+        assert session._nonces == {}  # no nonce kept for a type never asked for

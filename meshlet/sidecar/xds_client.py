@@ -268,10 +268,8 @@ class SotwSession:
 
     def update_of(self, response: DiscoveryResponse) -> Update:
         # Every later request of this type must carry this nonce, or the server
-        # takes it for a stale one and ignores it. Only for types asked for: the
-        # control plane chooses type URLs, and this must not grow with them.
-        if response.type_url in SUBSCRIBED_TYPES:
-            self._nonces[response.type_url] = response.nonce
+        # takes it for a stale one and ignores it. (Only types asked for get here.)
+        self._nonces[response.type_url] = response.nonce
         return Update(
             type_url=response.type_url,
             version=response.version_info,
@@ -384,6 +382,13 @@ class XdsClient:
 
     def handle(self, session: _Session, response: Any) -> list[Any]:
         """Validates and applies one response; returns the requests to send back."""
+        if response.type_url not in SUBSCRIBED_TYPES:
+            # The control plane chooses type URLs: counted, never kept by name.
+            others = self._status.rejected_other_types + 1
+            self._status = dataclasses.replace(self._status, rejected_other_types=others)
+            error = f"type {quoted(response.type_url)} is not one the sidecar asked for"
+            log.warning("rejected a response: %s", error)
+            return [session.nack(response, self._state, error)]
         update = session.update_of(response)
         try:
             state = apply_update(self._state, update, self._domain)
@@ -407,8 +412,6 @@ class XdsClient:
         return [session.nack(response, self._state, error)]
 
     def _set_type(self, type_url: str, **changes: Any) -> None:
-        if type_url not in SUBSCRIBED_TYPES:
-            return
         for key in ("accepted_version", "rejected_version"):
             if key in changes:  # chosen by the control plane: kept to a readable size
                 changes[key] = quoted(changes[key])
@@ -442,10 +445,6 @@ class XdsClient:
         log.warning(
             "rejected %s version %s: %s", quoted(update.type_url), quoted(update.version), error
         )
-        if update.type_url not in SUBSCRIBED_TYPES:
-            others = self._status.rejected_other_types + 1
-            self._status = dataclasses.replace(self._status, rejected_other_types=others)
-            return
         current = self._status.types.get(update.type_url, TypeStatus())
         self._set_type(
             update.type_url,

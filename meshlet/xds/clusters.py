@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import datetime
-
 from envoy.config.cluster.v3 import cluster_pb2, outlier_detection_pb2
 from envoy.config.core.v3 import address_pb2, config_source_pb2, health_check_pb2
 from envoy.config.endpoint.v3 import endpoint_components_pb2, endpoint_pb2
@@ -21,8 +19,8 @@ from meshlet.xds.wire import pack
 
 # Outlier detection, where meshlet chooses other than Envoy's defaults (the rest
 # are in meshlet.xds.contract): look every 5 s, and eject up to half a cluster.
-OUTLIER_INTERVAL_SECONDS = 5
-MAX_EJECTION_PERCENT = 50
+_OUTLIER_INTERVAL_SECONDS = 5
+_MAX_EJECTION_PERCENT = 50
 
 _POLICY_MESSAGES: dict[LbPolicy, tuple[str, type[Message]]] = {
     LbPolicy.ROUND_ROBIN: ("envoy.load_balancing_policies.round_robin", round_robin_pb2.RoundRobin),
@@ -42,9 +40,14 @@ _HEALTH = {
 
 
 def _duration(seconds: float) -> duration_pb2.Duration:
-    duration = duration_pb2.Duration()
-    duration.FromTimedelta(datetime.timedelta(seconds=seconds))
-    return duration
+    whole = int(seconds)
+    return duration_pb2.Duration(seconds=whole, nanos=round((seconds - whole) * 1e9))
+
+
+# Made once: every cluster carries the same three (a message field copies them).
+_CONNECT_TIMEOUT = _duration(contract.CONNECT_TIMEOUT_SECONDS)
+_OUTLIER_INTERVAL = _duration(_OUTLIER_INTERVAL_SECONDS)
+_BASE_EJECTION = _duration(contract.OUTLIER_BASE_EJECTION_SECONDS)
 
 
 def _policy_entry(policy: LbPolicy) -> cluster_pb2.LoadBalancingPolicy.Policy:
@@ -69,14 +72,14 @@ def build_cluster(service: Service, name: str) -> cluster_pb2.Cluster:
     cluster = cluster_pb2.Cluster(
         name=name,
         type=cluster_pb2.Cluster.EDS,
-        connect_timeout=_duration(contract.CONNECT_TIMEOUT_SECONDS),
+        connect_timeout=_CONNECT_TIMEOUT,
         load_balancing_policy=_load_balancing_policy(service.lb_policy),
         # Written out even where they equal Envoy's defaults: every peer reads the same.
         outlier_detection=outlier_detection_pb2.OutlierDetection(
             consecutive_5xx=wrappers_pb2.UInt32Value(value=contract.OUTLIER_CONSECUTIVE_5XX),
-            interval=_duration(OUTLIER_INTERVAL_SECONDS),
-            base_ejection_time=_duration(contract.OUTLIER_BASE_EJECTION_SECONDS),
-            max_ejection_percent=wrappers_pb2.UInt32Value(value=MAX_EJECTION_PERCENT),
+            interval=_OUTLIER_INTERVAL,
+            base_ejection_time=_BASE_EJECTION,
+            max_ejection_percent=wrappers_pb2.UInt32Value(value=_MAX_EJECTION_PERCENT),
         ),
     )
     cluster.eds_cluster_config.eds_config.ads.SetInParent()
@@ -100,7 +103,7 @@ def build_passthrough_cluster() -> cluster_pb2.Cluster:
         name=types.PASSTHROUGH_CLUSTER,
         type=cluster_pb2.Cluster.ORIGINAL_DST,
         lb_policy=cluster_pb2.Cluster.CLUSTER_PROVIDED,
-        connect_timeout=_duration(contract.CONNECT_TIMEOUT_SECONDS),
+        connect_timeout=_CONNECT_TIMEOUT,
     )
 
 

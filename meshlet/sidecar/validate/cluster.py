@@ -40,18 +40,17 @@ _LB_BY_ENUM = {
     Cluster.RING_HASH: LbPolicy.RING_HASH,
     Cluster.MAGLEV: LbPolicy.MAGLEV,
 }
-# Unsupported policies a message lists before it says how many more there were.
-_LISTED = 5
+_PRIORITIES = frozenset(base_pb2.RoutingPriority.values())
 
 
 def _discovery(where: Where, cluster: Cluster) -> bool:
     """Checks how the cluster finds its endpoints; True for ORIGINAL_DST."""
     if cluster.HasField("cluster_type"):
         raise where.fail(f"cluster_type {q(cluster.cluster_type.name)} is not supported")
-    kind = fields.enum_name(where, "type", Cluster.DiscoveryType, cluster.type)
     if cluster.type == Cluster.ORIGINAL_DST:
         return True
     if cluster.type != Cluster.EDS:
+        kind = fields.enum_name(where, "type", Cluster.DiscoveryType, cluster.type)
         raise where.fail(
             f"type {kind} is not supported (meshlet supports EDS over ADS and ORIGINAL_DST)"
         )
@@ -69,20 +68,24 @@ def _discovery(where: Where, cluster: Cluster) -> bool:
 
 def _lb_policy(where: Where, cluster: Cluster) -> LbPolicy:
     if cluster.HasField("load_balancing_policy"):
-        seen = []
         for entry in cluster.load_balancing_policy.policies:
-            config = entry.typed_extension_config
-            policy = _LB_BY_TYPE.get(config.typed_config.type_url)
-            if policy is not None:
-                return policy
-            seen.append(q(config.name) or fields.type_name(config.typed_config))
-        listed = ", ".join(seen[:_LISTED]) or "an empty list"
-        if len(seen) > _LISTED:
-            listed += f" and {len(seen) - _LISTED} more"
+            found = _LB_BY_TYPE.get(entry.typed_extension_config.typed_config.type_url)
+            if found is not None:
+                return found
+        entries = cluster.load_balancing_policy.policies
+        listed = fields.listing(
+            [
+                q(e.typed_extension_config.name)
+                or fields.type_name(e.typed_extension_config.typed_config)
+                for e in entries[: fields.LISTED]
+            ],
+            len(entries),
+            "an empty list",
+        )
         raise where.fail(f"load_balancing_policy has no policy meshlet supports (got {listed})")
-    name = fields.enum_name(where, "lb_policy", Cluster.LbPolicy, cluster.lb_policy)
     policy = _LB_BY_ENUM.get(cluster.lb_policy)
     if policy is None:
+        name = fields.enum_name(where, "lb_policy", Cluster.LbPolicy, cluster.lb_policy)
         raise where.fail(f"lb_policy {name} is not supported")
     return policy
 
@@ -90,8 +93,9 @@ def _lb_policy(where: Where, cluster: Cluster) -> LbPolicy:
 def _max_connections(where: Where, cluster: Cluster) -> int:
     found: int | None = None
     for i, threshold in enumerate(cluster.circuit_breakers.thresholds):
-        path = f"circuit_breakers.thresholds[{i}].priority"
-        fields.enum_name(where, path, base_pb2.RoutingPriority, threshold.priority)
+        if threshold.priority not in _PRIORITIES:
+            path = f"circuit_breakers.thresholds[{i}].priority"
+            fields.enum_name(where, path, base_pb2.RoutingPriority, threshold.priority)
         # The first of a priority counts, as in Envoy; HIGH is for requests the proxy never sees.
         if found is None and threshold.priority == base_pb2.DEFAULT:
             found = contract.MAX_CONNECTIONS
@@ -158,7 +162,11 @@ def _metadata(where: Where, cluster: Cluster) -> dict[str, bool | str]:
     return out
 
 
-def decode_cluster(name: str, cluster: Cluster) -> ClusterConfig:
+def decode_cluster(
+    name: str, cluster: Cluster, outliers: dict[OutlierConfig, OutlierConfig] | None = None
+) -> ClusterConfig:
+    """The cluster's config; equal outlier settings are one object through `outliers`
+    (most clusters share one)."""
     where = Where("Cluster", name)
     original_destination = _discovery(where, cluster)
     if cluster.HasField("transport_socket"):
@@ -169,12 +177,15 @@ def decode_cluster(name: str, cluster: Cluster) -> ClusterConfig:
     if cluster.HasField("connect_timeout"):
         connect_timeout = fields.positive_seconds(where, "connect_timeout", cluster.connect_timeout)
     metadata = _metadata(where, cluster)
+    outlier = _outlier(where, cluster)
+    if outliers is not None:
+        outlier = outliers.setdefault(outlier, outlier)
     return ClusterConfig(
         name=name,
         lb_policy=lb_policy,
         connect_timeout_seconds=connect_timeout,
         max_connections=_max_connections(where, cluster),
-        outlier=_outlier(where, cluster),
+        outlier=outlier,
         prefer_same_zone=bool(metadata.get(contract.PREFER_SAME_ZONE, False)),
         original_destination=original_destination,
         service=str(metadata.get(contract.SERVICE, "")),

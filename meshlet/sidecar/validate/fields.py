@@ -77,6 +77,16 @@ def positive_seconds(where: Where, path: str, duration: duration_pb2.Duration) -
     return value
 
 
+# Items a message names before it says how many more there were.
+LISTED = 5
+
+
+def listing(shown: list[str], total: int, empty: str) -> str:
+    """`shown` (the first LISTED of `total`) joined, with how many more; `empty` for none."""
+    more = total - len(shown)
+    return ", ".join(shown) + (f" and {more} more" if more > 0 else "") or empty
+
+
 def enum_name(where: Where, path: str, enum: EnumTypeWrapper, value: int) -> str:
     """The name of `value` in `enum`: a number the enum does not name is an error."""
     try:

@@ -12,13 +12,11 @@ from meshlet.xds import contract
 from meshlet.xds.error_detail import quoted as q
 
 _TCP_PROXY = "type.googleapis.com/" + tcp_proxy_pb2.TcpProxy.DESCRIPTOR.full_name
-_LISTED = 5  # filters a message names before it says how many more there were
 
 
 def _filters_seen(chain: listener_components_pb2.FilterChain) -> str:
-    seen = [q(f.name) or fields.type_name(f.typed_config) for f in chain.filters[:_LISTED]]
-    more = len(chain.filters) - _LISTED
-    return ", ".join(seen) + (f" and {more} more" if more > 0 else "") or "none"
+    shown = [q(f.name) or fields.type_name(f.typed_config) for f in chain.filters[: fields.LISTED]]
+    return fields.listing(shown, len(chain.filters), "none")
 
 
 def _tcp_proxy(where: Where, path: str, proxy: tcp_proxy_pb2.TcpProxy) -> tuple[bool, float]:

@@ -43,9 +43,12 @@ def decode_load_assignment(
             if total > _MAX_LOCALITY_WEIGHT:
                 raise where.fail(f"endpoints[{i}] has weights that add up to over 2^32 - 1")
             status = lb_endpoint.health_status
-            fields.enum_name(where, f"{path}.health_status", health_check_pb2.HealthStatus, status)
             health = _HEALTH.get(status)
             if health is None:
-                continue  # unhealthy, timed out or degraded: not a place to send connections
+                # A number HealthStatus does not name is an error; the others (unhealthy,
+                # timed out, degraded) are no place to send connections.
+                enum = health_check_pb2.HealthStatus
+                fields.enum_name(where, f"{path}.health_status", enum, status)
+                continue
             out.append(Endpoint(ip, port, health, zone, lb_endpoint.endpoint.hostname, weight))
     return tuple(out)

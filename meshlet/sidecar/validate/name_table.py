@@ -12,7 +12,7 @@ _MAX_NAME = 253  # characters of a DNS name without its trailing dot
 
 
 def _entry(where: Where, fqdn: str, info: NameInfo) -> None:
-    path = f'table["{q(fqdn)}"]'
+    path = f'table["{fqdn}"]'  # a valid DNS name by now: short and printable
     for i, text in enumerate(info.ips):
         ip = fields.ip(where, f"{path}.ips[{i}]", text)
         # A headless service's pods get "<ip with dashes>.<fqdn>" names.
@@ -33,7 +33,7 @@ def _entry(where: Where, fqdn: str, info: NameInfo) -> None:
             continue  # no SRV name
         if not fields.is_dns_label(port.name) or len(port.name) > 62:  # "_" makes 63
             raise where.fail(f'{path}.ports[{i}].name "{q(port.name)}" is not a DNS label')
-        if len(f"_{port.name}._{port.protocol}.{fqdn}") > _MAX_NAME:
+        if len(port.name) + len(port.protocol) + len(fqdn) + 4 > _MAX_NAME:  # _n._p.fqdn
             raise where.fail(f"{path}.ports[{i}] makes an SRV name over {_MAX_NAME} characters")
 
 

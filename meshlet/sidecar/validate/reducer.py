@@ -21,7 +21,6 @@ from google.protobuf import any_pb2
 from meshlet._proto.meshlet.v1.nametable_pb2 import NameTable
 from meshlet.sidecar.state import (
     AcceptedResource,
-    ClusterConfig,
     ListenerConfig,
     OutlierConfig,
     SidecarState,
@@ -134,12 +133,9 @@ def _versions(state: SidecarState, update: Update) -> dict[str, str]:
 def _apply_clusters(state: SidecarState, update: Update, _domain: str) -> SidecarState:
     accepted, removed = _start(state, update, state.clusters)
     clusters = {n: c for n, c in state.clusters.items() if n not in removed}
-    # Most clusters share one outlier setting: one object for each distinct one.
-    outliers = {c.outlier: c.outlier for c in clusters.values()}
+    outliers: dict[OutlierConfig, OutlierConfig] = {}  # one object per distinct setting
     for item in _decoded(update, cluster_pb2.Cluster, lambda c: c.name):
-        config = decode_cluster(item.name, item.message)
-        shared = outliers.setdefault(config.outlier, config.outlier)
-        clusters[item.name] = _with_outlier(config, shared)
+        clusters[item.name] = decode_cluster(item.name, item.message, outliers)
         accepted[item.name] = item.accepted
 
     # A cluster's endpoints go with it. A listener may still point at a removed
@@ -160,12 +156,6 @@ def _apply_clusters(state: SidecarState, update: Update, _domain: str) -> Sideca
         accepted=_accepted(state, {types.CLUSTER: accepted, types.ENDPOINT: eds_accepted}),
         type_versions=_versions(state, update),
     )
-
-
-def _with_outlier(config: ClusterConfig, outlier: OutlierConfig) -> ClusterConfig:
-    if outlier is config.outlier:
-        return config
-    return dataclasses.replace(config, outlier=outlier)
 
 
 def _apply_endpoints(state: SidecarState, update: Update, _domain: str) -> SidecarState:
