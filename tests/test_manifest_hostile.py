@@ -18,8 +18,9 @@ import socket
 import subprocess
 import sys
 import threading
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any
 
 import pytest
 import yaml
@@ -52,14 +53,22 @@ print(json.dumps({"services": [s.key for s in result.mesh.services], "errors": r
 """
 
 
-def load_in_child(path: Path) -> dict[str, Any]:
-    """One load of PATH in a child process; a hang is a failure (the child is then
-    killed by its PID), as is running out of its memory."""
+def run_child(script: str, *args: object, prefix: Sequence[str] = ()) -> Any:
+    """What `script` printed as JSON, run with `args` in a child process (under `prefix`);
+    a hang is a failure (the child is then killed by its PID), as is a failed child."""
     done = subprocess.run(
-        [sys.executable, "-c", _LOAD, str(path)], capture_output=True, text=True, timeout=60
+        [*prefix, sys.executable, "-c", script, *map(str, args)],
+        capture_output=True,
+        text=True,
+        timeout=60,
     )
     assert done.returncode == 0, done.stderr[-3000:]
-    result: dict[str, Any] = json.loads(done.stdout)
+    return json.loads(done.stdout)
+
+
+def load_in_child(path: Path) -> dict[str, Any]:
+    """One load of PATH in a child process, bounded in memory (see _LOAD)."""
+    result: dict[str, Any] = run_child(_LOAD, path)
     return result
 
 
@@ -185,21 +194,7 @@ def test_a_folder_that_cannot_be_listed_keeps_its_files_objects(tmp_path: Path) 
     team.mkdir()
     (team / "api.yaml").write_text(service_yaml("api", "10.96.0.2"))
     (tmp_path / "web.yaml").write_text(service_yaml("web", "10.96.0.1"))
-    done = subprocess.run(
-        [
-            *without_root_powers(),
-            sys.executable,
-            "-c",
-            _LOAD_WITHOUT_FOLDER,
-            str(tmp_path),
-            str(team),
-        ],
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
-    assert done.returncode == 0, done.stderr[-3000:]
-    result = json.loads(done.stdout)
+    result = run_child(_LOAD_WITHOUT_FOLDER, tmp_path, team, prefix=without_root_powers())
     assert result["services"] == ["shop/api", "shop/web"]
     assert result["errors"] == [f"{team}: cannot read: Permission denied"]
 
@@ -400,33 +395,6 @@ def test_a_big_bad_value_is_the_childs_answer_not_its_crash(tmp_path: Path) -> N
         assert parser.parse(big_service("big", "10.96.0.4").encode(), "big.yaml").complete
 
 
-# Loads PATH with no file descriptors to spare for the parser's pipes, then again with
-# them, and prints what each load gave.
-_LOAD_WITHOUT_FDS = """
-import json, os, resource, sys
-from meshlet.controlplane.registry import Registry
-from meshlet.controlplane.sources.manifests import ManifestSource
-registry = Registry()
-source = ManifestSource(sys.argv[1], registry)
-soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-highest = max(int(fd) for fd in os.listdir("/proc/self/fd"))
-while (fd := os.open(os.devnull, os.O_RDONLY)) <= highest:
-    pass  # the gaps below the highest descriptor are filled
-os.close(fd)
-# Three to spare: enough to list the folder and read a file, not for two pipes.
-resource.setrlimit(resource.RLIMIT_NOFILE, (highest + 4, hard))
-try:
-    source.load()
-finally:
-    resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
-loads = [registry.result()]
-source.load()
-loads.append(registry.result())
-print(json.dumps([{"services": [s.key for s in r.mesh.services], "errors": r.errors}
-                  for r in loads]))
-"""
-
-
 # Reloads PATH with no file descriptors to spare for the parser's pipes, then watches
 # it with them and no file changing, and prints what the reload and the watch gave.
 _WATCH_WITHOUT_FDS = """
@@ -471,40 +439,13 @@ def test_a_file_that_failed_to_be_read_is_tried_again_unchanged(tmp_path: Path) 
     (tmp_path / "a.yaml").write_text(service_yaml("a", "10.96.0.1"))
     big = tmp_path / "big.yaml"
     big.write_text(big_service("big", "10.96.0.4"))
-    done = subprocess.run(
-        [sys.executable, "-c", _WATCH_WITHOUT_FDS, str(tmp_path)],
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
-    assert done.returncode == 0, done.stderr[-3000:]
-    failed, retried = json.loads(done.stdout)
+    failed, retried = run_child(_WATCH_WITHOUT_FDS, tmp_path)
     assert failed == {
         "services": ["shop/a"],
         "errors": [f"{big}: cannot read: Too many open files"],
         "synced": False,
     }
     assert retried == {"services": ["shop/a", "shop/big"], "errors": [], "synced": True}
-
-
-def test_a_parser_process_that_cannot_start_is_a_problem_and_tried_again(tmp_path: Path) -> None:
-    (tmp_path / "a.yaml").write_text(service_yaml("a", "10.96.0.1"))
-    big = tmp_path / "big.yaml"
-    big.write_text(big_service("big", "10.96.0.4"))
-    done = subprocess.run(
-        [sys.executable, "-c", _LOAD_WITHOUT_FDS, str(tmp_path)],
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
-    assert done.returncode == 0, done.stderr[-3000:]
-    without, with_fds = json.loads(done.stdout)
-    assert without == {
-        "services": ["shop/a"],
-        "errors": [f"{big}: cannot read: Too many open files"],
-    }
-    # Nothing changed on disk, and yet it is read again: it was never read whole.
-    assert with_fds == {"services": ["shop/a", "shop/big"], "errors": []}
 
 
 # --- At start: nothing is served before every file was read whole ------------------
@@ -599,21 +540,9 @@ def test_a_folder_that_cannot_be_listed_at_start_holds_back_synced(
     (root / "team" / "api.yaml").write_text(service_yaml("api", "10.96.0.2"))
     (root / "web.yaml").write_text(service_yaml("web", "10.96.0.1"))
     folder = (root / unlisted).resolve()
-    done = subprocess.run(
-        [
-            *without_root_powers(),
-            sys.executable,
-            "-c",
-            _SYNC_WITHOUT_FOLDER,
-            str(root),
-            str(folder),
-        ],
-        capture_output=True,
-        text=True,
-        timeout=60,
+    unlistable, listable = run_child(
+        _SYNC_WITHOUT_FOLDER, root, folder, prefix=without_root_powers()
     )
-    assert done.returncode == 0, done.stderr[-3000:]
-    unlistable, listable = json.loads(done.stdout)
     assert unlistable["synced"] is False
     assert unlistable["errors"] == [f"{folder}: cannot read: Permission denied"]
     assert listable == {"synced": True, "errors": [], "services": ["shop/api", "shop/web"]}
@@ -789,35 +718,9 @@ def test_more_folders_than_the_limit_are_a_problem_and_not_walked(tmp_path: Path
     assert len(registry.result().errors) == 1
 
 
-class ScandirThreads:
-    """The names of the threads that list folders under `root` (from Python's audit
-    events: nothing of meshlet's is replaced), while `recording`."""
-
-    hooked: ClassVar[list[ScandirThreads]] = []
-
-    def __init__(self, root: Path) -> None:
-        self.root = str(root)
-        self.names: list[str] = []
-        self.recording = False
-        if not ScandirThreads.hooked:
-            sys.addaudithook(ScandirThreads._audit)  # for the whole run: it cannot be removed
-        ScandirThreads.hooked.append(self)
-
-    @staticmethod
-    def _audit(event: str, args: tuple[Any, ...]) -> None:
-        if event != "os.scandir":
-            return
-        for recorder in ScandirThreads.hooked:
-            if recorder.recording and str(args[0]).startswith(recorder.root):
-                recorder.names.append(threading.current_thread().name)
-
-    def close(self) -> None:
-        ScandirThreads.hooked.remove(self)
-
-
 @pytest.mark.parametrize("use_inotify", [True, False], ids=["inotify", "polling"])
 async def test_the_watch_and_reload_scan_off_the_event_loop(
-    tmp_path: Path, use_inotify: bool
+    tmp_path: Path, use_inotify: bool, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     (tmp_path / "team").mkdir()
     registry = Registry()
@@ -829,8 +732,16 @@ async def test_the_watch_and_reload_scan_off_the_event_loop(
         await source.reload()
         changed.set()
 
-    threads = ScandirThreads(tmp_path)
-    threads.recording = True
+    # The threads that list folders under tmp_path (os.scandir is looked up at each call).
+    listed_by: list[str] = []
+    real_scandir = os.scandir
+
+    def recording(path: Any = ".") -> Any:
+        if str(path).startswith(str(tmp_path)):
+            listed_by.append(threading.current_thread().name)
+        return real_scandir(path)
+
+    monkeypatch.setattr(os, "scandir", recording)
     watch = asyncio.create_task(
         source.watch(on_change, use_inotify=use_inotify, poll_interval=0.05, rescan_interval=0.05)
     )
@@ -838,11 +749,9 @@ async def test_the_watch_and_reload_scan_off_the_event_loop(
         (tmp_path / "team" / "web.yaml").write_text(service_yaml("web", "10.96.0.1"))
         await asyncio.wait_for(changed.wait(), 10)
     finally:
-        threads.recording = False
-        threads.close()
         watch.cancel()
         with pytest.raises(asyncio.CancelledError):
             await watch
     assert keys(registry.result().mesh) == ["shop/web"]
-    assert threads.names
-    assert threading.current_thread().name not in threads.names
+    assert listed_by
+    assert threading.current_thread().name not in listed_by

@@ -519,16 +519,6 @@ async def test_watch_closes_inotify_on_cancel(tmp_path: Path) -> None:
     assert inotify_fds() == before
 
 
-def test_inotify_reports_events_by_name(tmp_path: Path) -> None:
-    with inotify.Inotify() as watcher:
-        assert watcher.read_events() == []
-        wd = watcher.add_watch(str(tmp_path))
-        (tmp_path / "web.yaml").write_text("x")
-        events = watcher.read_events()
-    assert [(e.wd, e.name) for e in events if e.mask & inotify.IN_CREATE] == [(wd, "web.yaml")]
-    assert any(e.mask & inotify.IN_CLOSE_WRITE for e in events)
-
-
 def test_inotify_drain_says_whether_anything_happened(tmp_path: Path) -> None:
     with inotify.Inotify() as watcher:
         watcher.add_watch(str(tmp_path))

@@ -8,8 +8,6 @@ from __future__ import annotations
 
 import ctypes
 import os
-import struct
-from dataclasses import dataclass
 from types import TracebackType
 from typing import NoReturn
 
@@ -21,9 +19,6 @@ IN_CREATE = 0x00000100
 IN_DELETE = 0x00000200
 IN_DELETE_SELF = 0x00000400
 IN_MOVE_SELF = 0x00000800
-IN_Q_OVERFLOW = 0x00004000
-IN_IGNORED = 0x00008000
-IN_ISDIR = 0x40000000
 
 # Everything that can change what a folder of manifests holds. Plain writes are
 # seen at close (IN_CLOSE_WRITE); IN_ATTRIB catches `touch` and link-count changes.
@@ -38,20 +33,11 @@ CHANGES = (
     | IN_ATTRIB
 )
 
-_EVENT = struct.Struct("iIII")  # struct inotify_event: wd, mask, cookie, len; then the name
 # Room for at least one event with the longest name (NAME_MAX 255).
 _READ_SIZE = 64 * 1024
 # Reads per `drain`: a folder changed without pause (a hostile loop of creates and
 # deletes) must not keep the event loop in one callback; the rest waits a turn.
 _DRAIN_READS = 16
-
-
-@dataclass(frozen=True)
-class Event:
-    wd: int
-    mask: int
-    cookie: int
-    name: str
 
 
 class Inotify:
@@ -90,22 +76,6 @@ class Inotify:
     def rm_watch(self, wd: int) -> None:
         # Fails harmlessly when the kernel already dropped it (folder deleted).
         self._rm(self._fd, wd)
-
-    def read_events(self) -> list[Event]:
-        """Every event queued so far; empty when none (the fd never blocks)."""
-        events: list[Event] = []
-        while True:
-            try:
-                data = os.read(self._fd, _READ_SIZE)
-            except BlockingIOError:
-                return events
-            offset = 0
-            while offset + _EVENT.size <= len(data):
-                wd, mask, cookie, length = _EVENT.unpack_from(data, offset)
-                offset += _EVENT.size
-                name = os.fsdecode(data[offset : offset + length].rstrip(b"\0"))
-                offset += length
-                events.append(Event(wd, mask, cookie, name))
 
     def drain(self) -> bool:
         """Whether anything happened: the queued events are read and dropped, at most
