@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import shutil
 import socket
 import ssl
 import subprocess
@@ -21,6 +22,8 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+import pytest
 
 # Re-exported: the tests build their manifests with the local mesh's helpers.
 from meshlet.devmesh.manifests import endpoint_slice_manifest as endpoint_slice_manifest
@@ -231,6 +234,15 @@ class ControlPlane:
         found = [c for c in self.clients() if c.get("node") == node_id]
         return found[-1] if found else None
 
+    def wait_ready(self, timeout: float = 30.0) -> None:
+        """Until /readyz answers 200; a control plane that exits fails at once."""
+
+        def ready() -> int:
+            self.process.check_alive()
+            return http_get(self.url("/readyz"), timeout=2)[0]
+
+        wait_until(lambda status: status == 200, timeout, "/readyz to be 200", observe=ready)
+
     def metrics(self) -> str:
         status, body = self.get("/metrics")
         if status != 200:
@@ -280,13 +292,17 @@ def control_plane(
     log = tmp_path / f"control-plane-{admin_port}.log"
     with running(argv, "meshlet control-plane", log) as process:
         plane = ControlPlane(process, manifests, xds_port, admin_port, outbound_port)
-
-        def ready() -> int:
-            process.check_alive()
-            return http_get(plane.url("/readyz"), timeout=2)[0]
-
         if wait_ready:
-            wait_until(
-                lambda status: status == 200, ready_timeout, "/readyz to be 200", observe=ready
-            )
+            plane.wait_ready(ready_timeout)
         yield plane
+
+
+def without_root_powers() -> list[str]:
+    """A prefix for a child's argv under which a folder of mode 0 cannot be listed: root
+    can list any, so root's child runs without the capabilities that allow it."""
+    if os.geteuid() != 0:
+        return []
+    setpriv = shutil.which("setpriv")
+    if setpriv is None:
+        pytest.skip("running as root and no setpriv (util-linux) to drop CAP_DAC_*")
+    return [setpriv, "--bounding-set=-dac_override,-dac_read_search"]

@@ -24,10 +24,10 @@ from tests.procs import (
     service_manifest,
     stop_process,
     wait_until,
+    without_root_powers,
     write_atomically,
     write_manifests,
 )
-from tests.test_manifest_hostile import without_root_powers
 
 WEB_CLUSTER = "outbound|80||web.default.svc.cluster.local"
 
@@ -128,9 +128,7 @@ def test_a_file_not_read_whole_at_start_holds_everything_back_until_fixed(
             " (day is out of range for month)",
         )
         write_manifests(bad, db)
-        wait_until(
-            lambda status: status == 200, 30, "ready", observe=lambda: plane.get("/readyz")[0]
-        )
+        plane.wait_ready()
         clusters = plane.config()["cds"]["resources"]
         assert "outbound|5432||db.default.svc.cluster.local" in clusters
         assert endpoints_served(plane.config()) == ["10.1.0.1"]
@@ -150,9 +148,7 @@ def test_a_folder_that_cannot_be_listed_at_start_holds_everything_back(tmp_path:
         ) as plane:
             assert_nothing_served_for(plane, f"{folder}: cannot read: Permission denied")
             folder.chmod(0o755)
-            wait_until(
-                lambda status: status == 200, 30, "ready", observe=lambda: plane.get("/readyz")[0]
-            )
+            plane.wait_ready()
             assert endpoints_served(plane.config()) == ["10.1.0.1"]
             assert plane.get_json("/debug/problems") == []
     finally:

@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-import shutil
 import signal
 import socket
 import subprocess
@@ -37,6 +36,7 @@ from meshlet.controlplane.sources.manifest_parse import parse_manifest
 from meshlet.controlplane.sources.manifest_yaml import reused_nodes
 from meshlet.controlplane.sources.manifests import IN_PROCESS_BYTES, ManifestSource
 from meshlet.controlplane.sources.parse_worker import ParserProcess
+from tests.procs import without_root_powers
 from tests.test_manifests import Loaded, addresses, keys, service_yaml, slice_yaml
 
 # Loads PATH once and prints the services and problems; bounded in memory, so reading
@@ -176,17 +176,6 @@ finally:
 result = registry.result()
 print(json.dumps({"services": [s.key for s in result.mesh.services], "errors": result.errors}))
 """
-
-
-def without_root_powers() -> list[str]:
-    """A prefix for a child's argv under which a folder of mode 0 cannot be listed: root
-    can list any, so root's child runs without the capabilities that allow it."""
-    if os.geteuid() != 0:
-        return []
-    setpriv = shutil.which("setpriv")
-    if setpriv is None:
-        pytest.skip("running as root and no setpriv (util-linux) to drop CAP_DAC_*")
-    return [setpriv, "--bounding-set=-dac_override,-dac_read_search"]
 
 
 def test_a_folder_that_cannot_be_listed_keeps_its_files_objects(tmp_path: Path) -> None:

@@ -106,15 +106,17 @@ class _Rebuilds:
         self._registry = registry
         self._seen_at: float | None = None
 
-    def changed(self, since: float | None = None) -> None:
-        """A change seen now, or at `since` (when reading it began): push latency
-        counts the wait and the reading too."""
-        seen_at = time.monotonic() if since is None else since
+    def changed(self) -> None:
+        """The registry changed (objects, problems or sync): apply it soon."""
         if self._seen_at is None:
-            self._seen_at = seen_at
+            self._seen_at = time.monotonic()
             asyncio.get_running_loop().call_later(COALESCE_SECONDS, self.run)
-        else:
-            self._seen_at = min(self._seen_at, seen_at)
+
+    def seen_since(self, since: float) -> None:
+        """A change pending now was there when reading it began, at `since`: push
+        latency counts the reading too. No change pending: nothing to do."""
+        if self._seen_at is not None:
+            self._seen_at = min(self._seen_at, since)
 
     def run(self) -> None:
         seen_at, self._seen_at = self._seen_at or time.monotonic(), None
@@ -161,7 +163,7 @@ async def serve(config: ControlPlaneConfig, stop: asyncio.Event) -> int:
         async def reload() -> None:
             started = time.monotonic()
             await source.reload()
-            rebuilds.changed(since=started)
+            rebuilds.seen_since(started)
 
         watch = source.watch(reload)
         sources_status = lambda: {"manifests": source.path}  # noqa: E731

@@ -18,7 +18,6 @@ import hashlib
 import inspect
 import logging
 import os
-import threading
 import time
 from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -109,13 +108,13 @@ class ManifestSource:
         self._files: dict[str, _File] = {}
         self._folder_errors: tuple[str, ...] = ()
         self._synced = False
-        # One pass at a time; the parser of the pass running now, to stop it.
-        self._pass_lock = threading.Lock()
+        # The parser of the pass running now, to stop it. Passes never overlap: `reload`
+        # and `watch` run theirs on one thread, and `load` is for when nothing else runs.
         self._parser: ParserProcess | None = None
         # The thread that scans and reads PATH for `reload` and `watch`, one job at a time.
         self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="manifests")
-        # What the last pass that read PATH saw, for `watch`.
-        self._passes = 0
+        # What the last pass that read PATH saw, for `watch`, once one has.
+        self._read_once = False
         self._pass_seen: Fingerprint = None
 
     def load(self) -> None:
@@ -135,8 +134,7 @@ class ManifestSource:
             parser.kill()
 
     def _report(self, found: _Pass) -> None:
-        self._passes += 1
-        self._pass_seen = found.seen
+        self._read_once, self._pass_seen = True, found.seen
         if found.failed:
             # PATH gone or unreadable is a problem, not "every service deleted".
             self._sink.source_problems(SOURCE, (found.failed, *self._errors()))
@@ -157,7 +155,7 @@ class ManifestSource:
         return errors + [e for name in sorted(self._files) for e in self._files[name].errors]
 
     def _read(self) -> _Pass:
-        with self._pass_lock, ParserProcess() as parser:
+        with ParserProcess() as parser:
             self._parser = parser
             try:
                 return self._read_with(parser)
@@ -257,7 +255,7 @@ class ManifestSource:
                 loop.add_reader(watcher.fileno(), watcher.drain_into, wake)
             interval = rescan_interval if watcher is not None else poll_interval
             now = await self._survey(watcher)
-            seen = self._pass_seen if self._passes else now
+            seen = self._pass_seen if self._read_once else now
             retry_at = loop.time() + rescan_interval
             while True:
                 # Nothing new yet: wait for inotify, or look again after `interval`.
