@@ -197,7 +197,7 @@ class ManifestSource:
         keys = old.keys if old is not None else frozenset()
         read_ns = time.time_ns()
         if isinstance(entry, OSError):  # a symlink loop, ...
-            return _unread(name, old, entry.strerror or str(entry)), []
+            return _unread(name, old, _reason(entry)), []
         stamp = (entry.st_mtime_ns, entry.st_size, entry.st_ino)
         if old is not None and old.stamp == stamp and stamp[0] + _RACY_NS < old.read_ns:
             return old, []
@@ -209,7 +209,7 @@ class ManifestSource:
             return _File(stamp, read_ns, b"", keys, (f"{name}: {exc}",), failed=True), []
         except OSError as exc:
             # No stamp: `chmod` back changes only the ctime, and the file must be read then.
-            return _unread(name, old, exc.strerror or str(exc)), []
+            return _unread(name, old, _reason(exc)), []
         digest = hashlib.blake2b(data, digest_size=16).digest()
         if old is not None and old.digest == digest:
             return replace(old, stamp=stamp, read_ns=read_ns), []
