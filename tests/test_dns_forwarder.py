@@ -8,6 +8,7 @@ was asked. Nothing of meshlet's is replaced.
 from __future__ import annotations
 
 import asyncio
+import errno
 import struct
 import time
 from collections.abc import AsyncIterator, Callable
@@ -65,25 +66,37 @@ async def upstream(
     behave: Behaviour, delay: float = 0.0, tcp: Behaviour | None = None
 ) -> AsyncIterator[tuple[Upstream, tuple[str, int]]]:
     loop = asyncio.get_running_loop()
-    transport, protocol = await loop.create_datagram_endpoint(
-        lambda: Upstream(behave, delay), local_addr=("127.0.0.1", 0)
-    )
-    port = transport.get_extra_info("sockname")[1]
-    server = None
-    if tcp is not None:
-        answer_tcp = tcp
 
-        async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-            try:
-                (length,) = struct.unpack("!H", await reader.readexactly(2))
-                request = dnslib.DNSRecord.parse(await reader.readexactly(length))
-                for response in answer_tcp(request):
-                    writer.write(struct.pack("!H", len(response)) + response)
-                await writer.drain()
-            finally:
-                writer.close()
+    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        assert tcp is not None
+        try:
+            (length,) = struct.unpack("!H", await reader.readexactly(2))
+            request = dnslib.DNSRecord.parse(await reader.readexactly(length))
+            for response in tcp(request):
+                writer.write(struct.pack("!H", len(response)) + response)
+            await writer.drain()
+        finally:
+            writer.close()
 
-        server = await asyncio.start_server(serve, "127.0.0.1", port)
+    # The UDP port the kernel picks may be taken for TCP by another process on
+    # the host: pick again rather than fail.
+    for _ in range(20):
+        transport, protocol = await loop.create_datagram_endpoint(
+            lambda: Upstream(behave, delay), local_addr=("127.0.0.1", 0)
+        )
+        port = transport.get_extra_info("sockname")[1]
+        if tcp is None:
+            server = None
+            break
+        try:
+            server = await asyncio.start_server(serve, "127.0.0.1", port)
+            break
+        except OSError as error:
+            transport.close()
+            if error.errno != errno.EADDRINUSE:
+                raise
+    else:
+        raise RuntimeError("no loopback port free for both UDP and TCP in 20 tries")
     try:
         yield protocol, ("127.0.0.1", port)
     finally:
