@@ -631,14 +631,14 @@ class GoControlPlane:
 
     name = "go-control-plane"
 
-    def __init__(self, binary: str, folder: str, gomaxprocs: int) -> None:
+    def __init__(self, binary: str, folder: str, gomaxprocs: int, label: str) -> None:
         self.folder = folder
         self.loaded_at = 0.0
         self._buffer = b""
         env = dict(os.environ)
         if gomaxprocs:
             env["GOMAXPROCS"] = str(gomaxprocs)
-        self.log_path = os.path.join(folder, "go-control-plane.log")
+        self.log_path = os.path.join(folder, f"go-control-plane-{label}.log")
         with open(self.log_path, "wb") as log:
             self.proc = subprocess.Popen(
                 [binary],
@@ -649,9 +649,13 @@ class GoControlPlane:
                 start_new_session=True,
             )
         self.pid = self.proc.pid
-        line = self._line(30)
-        if not line.startswith("xds "):
-            raise RuntimeError(f"go-control-plane said {line!r}, not its address")
+        try:
+            line = self._line(30)
+            if not line.startswith("xds "):
+                raise RuntimeError(f"go-control-plane said {line!r}, not its address")
+        except BaseException:
+            self.stop()  # not yet on the caller's stack
+            raise
         self.target = line.split()[1]
         self.port = int(self.target.rsplit(":", 1)[1])
 
@@ -1176,7 +1180,7 @@ def run_round(
 
     # Connect: each worker paces its share in batches, waiting for each batch to sync.
     if profiler:
-        profiler.start(f"connect-{source}-N{result.n}")
+        profiler.start(f"connect-{source}-{n_delta}d{n_sotw}s")
     cpu0, wcpu0 = cpu_seconds(server.pid), workers.cpu_seconds()
     started = time.monotonic()
     per_worker_batch = max(1, args.batch // w)
@@ -1200,7 +1204,7 @@ def run_round(
     # One endpoint change, made the way this source makes it.
     workers.all(("expect", change.cluster, change.address, change.present), 30)
     if profiler:
-        profiler.start(f"push-{source}-N{result.n}")
+        profiler.start(f"push-{source}-{n_delta}d{n_sotw}s")
     before = server.push_started()
     cpu1, wcpu1 = cpu_seconds(server.pid), workers.cpu_seconds()
     changed_at = change.apply()
@@ -1324,8 +1328,9 @@ def report(rounds: list[Round], args: argparse.Namespace, notes: Sequence[str]) 
         if r.server == "meshlet":
             server = f"{r.server_mean_ms:.0f} ms" if r.server_mean_ms is not None else "n/a"
             print(
-                f"  push: snapshot logged {snapshot} after the change (20 ms debounce included); "
-                f"the control plane's own mean EDS push latency (snapshot -> write done) {server}"
+                f"  push: snapshot logged {snapshot} after the change"
+                + (" (its 20 ms quiet wait included); " if r.source == "manifests" else "; ")
+                + f"the control plane's own mean EDS push latency (snapshot -> write done) {server}"
             )
         else:
             print(f"  push: SetSnapshot returned {snapshot} after the load command was sent")
@@ -1385,7 +1390,8 @@ def report(rounds: list[Round], args: argparse.Namespace, notes: Sequence[str]) 
     for r in ours:
         kb = r.kb_per_stream
         print(
-            f"  issue 2: under {GOAL_KB_PER_CLIENT:.0f} KB per connected client at N={r.n}: "
+            f"  issue 2: under {GOAL_KB_PER_CLIENT:.0f} KB per connected client at N={r.n}"
+            f"{'' if r.n_sotw else ' (delta)'}: "
             f"{kb:.1f} KB  {'PASS' if kb < GOAL_KB_PER_CLIENT else 'MISS'}"
         )
 
@@ -1402,13 +1408,14 @@ def report(rounds: list[Round], args: argparse.Namespace, notes: Sequence[str]) 
         istio_rate = ISTIO_PUSH_SIDECARS / (ISTIO_PUSH_MS / 1000)
         kb = r.kb_per_stream
         mem = f"istiod/ours = {lo / kb:.0f}-{hi / kb:.0f}x" if kb > 0 else "n/a"
+        shape = f"N={r.n}{'' if r.n_sotw else ' (delta)'}"
         print(
-            f"  N={r.n}: push: all {len(r.every)} streams in {r.every[-1]:.0f} ms = "
+            f"  {shape}: push: all {len(r.every)} streams in {r.every[-1]:.0f} ms = "
             f"{ours_rate:,.0f} clients/s vs Istio > {istio_rate:,.0f} sidecars/s: "
             f"ours/Istio <= {ours_rate / istio_rate:.1f}x"
         )
         print(
-            f"  {'':>{len(str(r.n)) + 2}}memory: {kb:.1f} KB vs istiod {lo:.0f}-{hi:.0f} KB "
+            f"  {'':>{len(shape)}}  memory: {kb:.1f} KB vs istiod {lo:.0f}-{hi:.0f} KB "
             f"per client: {mem}"
         )
     print(
@@ -1493,26 +1500,38 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     return args
 
 
+GO_NOTES = [
+    "go-control-plane: its snapshot cache (ADS, one snapshot for every node, a version per "
+    "type) and ADS server, loaded with the clusters, listeners and load assignments read "
+    "from meshlet (checked equal); meshlet's NameTable is not in it (the cache has no slot "
+    "for a custom type) and no client here asks for it",
+    "meshlet's change is a rewritten EndpointSlice file (its file watch, 20 ms quiet wait, "
+    "parse and translate included); go-control-plane's is the load of a snapshot file the "
+    "bench wrote before (read, decode, SetSnapshot)",
+    "(delta) rows: fresh servers, delta clients alone (go-control-plane's SotW EDS "
+    "responses carry every load assignment, meshlet's the changed one, and the clients "
+    "decode them on the same CPUs)",
+]
+
+
 def run_manifests(
     args: argparse.Namespace,
     folder: str,
     stack: contextlib.ExitStack,
     workers: Workers,
     rounds: list[Round],
-    notes: list[str],
+    go_binary: str | None,
+    shapes: Sequence[tuple[int, int]],
+    label: str,
+    first_index: int,
 ) -> None:
-    """meshlet on a manifest folder and go-control-plane on what meshlet serves, round by
-    round: for each N, meshlet's round, then go-control-plane's with the same change."""
-    go_binary = None
-    if args.go_control_plane:
-        try:
-            go_binary = build_go_peer()
-        except (RuntimeError, OSError) as exc:
-            notes.append(f"go-control-plane left out: {exc}")
-    manifests = os.path.join(folder, "manifests")
+    """Fresh servers: meshlet on a manifest folder and go-control-plane on what meshlet
+    serves; for each (delta, SotW) shape, meshlet's round, then go-control-plane's with
+    the same change."""
+    manifests = os.path.join(folder, f"manifests-{label}")
     os.mkdir(manifests)
     write_manifests(manifests, args.services)
-    meshlet = MeshletServer(["--manifests", manifests], folder, "manifests")
+    meshlet = MeshletServer(["--manifests", manifests], folder, f"manifests-{label}")
     stack.callback(meshlet.stop)
     meshlet.wait_ready(60)
     held = dump(meshlet.target)
@@ -1523,9 +1542,9 @@ def run_manifests(
     )
     go: GoControlPlane | None = None
     if go_binary is not None:
-        go = GoControlPlane(go_binary, folder, args.go_maxprocs)
+        go = GoControlPlane(go_binary, folder, args.go_maxprocs, label)
         stack.callback(go.stop)
-        go.load(go.write_snapshot(held, "snapshot-0.pb"))
+        go.load(go.write_snapshot(held, f"snapshot-{label}-start.pb"))
         diff = differences(held, dump(go.target))
         if diff:
             raise RuntimeError(
@@ -1536,24 +1555,10 @@ def run_manifests(
             f"{args.go_maxprocs or 'default'}): the same {counts(held)}",
             flush=True,
         )
-        notes.append(
-            "go-control-plane: its snapshot cache (ADS, one snapshot for every node, a "
-            "version per type) and ADS server, loaded with the clusters, listeners and load "
-            "assignments read from meshlet (checked equal); meshlet's NameTable is not in it "
-            "(the cache has no slot for a custom type) and no client here asks for it"
-        )
-        notes.append(
-            "meshlet's change is a rewritten EndpointSlice file (its watch, 20 ms debounce, "
-            "parse and translate included); go-control-plane's is the load of a snapshot "
-            "file the bench wrote before (read, decode, SetSnapshot)"
-        )
     profiler = Profiler(args.profile, meshlet.pid) if args.profile else None
     if args.profile:
         os.makedirs(args.profile, exist_ok=True)
-    shapes = [(n, n) for n in args.clients]
-    if args.delta_clients:
-        shapes.append((args.delta_clients, 0))
-    for index, (n_delta, n_sotw) in enumerate(shapes):
+    for index, (n_delta, n_sotw) in enumerate(shapes, first_index):
         what = f"N={max(n_delta, n_sotw)}" + ("" if n_sotw else " delta only")
         print(f"{what}: meshlet, {n_delta} delta + {n_sotw} SotW clients ...", flush=True)
         change = manifest_change(index, args.services, manifests)
@@ -1563,7 +1568,7 @@ def run_manifests(
         if go is None:
             continue
         # meshlet's own bytes after the change: what go-control-plane serves next.
-        path = go.write_snapshot(dump(meshlet.target), f"snapshot-{index + 1}.pb")
+        path = go.write_snapshot(dump(meshlet.target), f"snapshot-{label}-{index}.pb")
         load = functools.partial(go.load, path)
         g = run_round(
             index,
@@ -1621,7 +1626,7 @@ def run_kubernetes(
         False,
         lambda: flip_ready(discovery, target),
     )
-    r = run_round(len(args.clients) + 1, "kubernetes", n, 0, args, workers, meshlet, change, None)
+    r = run_round(len(args.clients) + 2, "kubernetes", n, 0, args, workers, meshlet, change, None)
     rounds.append(r)
     print(f"k8s: meshlet: synced in {r.connect_s:.1f} s; push p99 {r.p99:.1f} ms", flush=True)
 
@@ -1640,8 +1645,31 @@ def main(argv: Sequence[str] | None = None) -> int:
         with contextlib.ExitStack() as stack:
             workers = Workers(args.workers)
             stack.callback(workers.stop)
+            go_binary = None
+            if args.go_control_plane:
+                try:
+                    go_binary = build_go_peer()
+                except (RuntimeError, OSError) as exc:
+                    notes.append(f"go-control-plane left out: {exc}")
+                else:
+                    notes += GO_NOTES if args.delta_clients else GO_NOTES[:-1]
+            mixed = [(n, n) for n in args.clients]
             with contextlib.ExitStack() as servers:
-                run_manifests(args, folder, servers, workers, rounds, notes)
+                run_manifests(args, folder, servers, workers, rounds, go_binary, mixed, "mixed", 0)
+            if args.delta_clients:
+                # New processes: RSS per stream would be off on a heap the rounds before grew.
+                with contextlib.ExitStack() as servers:
+                    run_manifests(
+                        args,
+                        folder,
+                        servers,
+                        workers,
+                        rounds,
+                        go_binary,
+                        [(args.delta_clients, 0)],
+                        "delta",
+                        len(mixed),
+                    )
             if args.kubernetes_clients:
                 with contextlib.ExitStack() as cluster:
                     run_kubernetes(args, folder, cluster, workers, rounds, notes)
