@@ -191,9 +191,8 @@ class Client:
         # cluster carries the address (present) or no longer does (not present).
         self.expect: tuple[str, str, bool] | None = None
         self.seen_at: float | None = None
-        self.received: collections.Counter[str] = (
-            collections.Counter()
-        )  # responses, resources by type
+        # Responses by type URL, and resources under the type URL + RESOURCES.
+        self.received: collections.Counter[str] = collections.Counter()
         self.error: str | None = None
         self.closing = False
         self.task: asyncio.Task[None] | None = None
@@ -627,7 +626,7 @@ class MeshletServer:
 class GoControlPlane:
     """bench/go_control_plane: go-control-plane's snapshot cache and ADS server, fed the
     resources meshlet served (serialized Any protos in a file) over a line protocol on
-    its stdin, so both servers hold the same bytes."""
+    its stdin, so both servers hold the same resources."""
 
     name = "go-control-plane"
 
