@@ -1364,17 +1364,16 @@ def report(rounds: list[Round], args: argparse.Namespace, notes: Sequence[str]) 
     ours = [r for r in rounds if r.server == "meshlet" and r.source == "manifests"]
     print()
     print("goals:")
-    at_goal = [
-        (m, g) for m, g in pairs if m.source == "manifests" and m.n_sotw and m.n == GOAL_P99_AT
-    ]
-    if at_goal:
-        m, g = at_goal[0]
+    at_goal = [(m, g) for m, g in pairs if m.source == "manifests" and m.n == GOAL_P99_AT]
+    # The delta rows too: there both servers send each client the changed resource alone.
+    for m, g in at_goal:
         ok = m.p99 <= g.p99 and not sum(m.missed.values())
         print(
-            f"  issue 12: meshlet's p99 at most 1.0x go-control-plane's at N={GOAL_P99_AT}: "
-            f"{m.p99:.1f} / {g.p99:.1f} ms = {ratio(m.p99, g.p99)}  {'PASS' if ok else 'MISS'}"
+            f"  issue 12: meshlet's p99 at most 1.0x go-control-plane's at N={GOAL_P99_AT}"
+            f"{'' if m.n_sotw else ' (delta)'}: {m.p99:.1f} / {g.p99:.1f} ms = "
+            f"{ratio(m.p99, g.p99)}  {'PASS' if ok else 'MISS'}"
         )
-    else:
+    if not at_goal:
         print(f"  issue 12: p99 vs go-control-plane at N={GOAL_P99_AT}: not measured")
     at_n = [r for r in ours if r.n_sotw and r.n == GOAL_P99_AT]
     if at_n:
