@@ -105,15 +105,11 @@ def test_api_server_outage_then_back_past_a_compaction(
         # untouched api service.
         assert status["services"]["events"] == told_before["services"], status
         assert status["endpointslices"]["events"] > told_before["endpointslices"], status
-        # Once that stream has caught up with the snapshot served now, every push it
-        # meant was computed: none was, and its client got none.
+        # That stream subscribes to none of what changed, so it was not even woken: it
+        # is still at the snapshot it last caught up with, and its client got nothing.
         served = plane.get_json("/debug/config")["generation"]
-        wait_until(
-            lambda generation: generation == served,
-            CONVERGE,
-            "the api-only stream to catch up",
-            observe=lambda: (plane.client("api-only") or {}).get("generation"),
-        )
+        caught_up = (plane.client("api-only") or {}).get("generation")
+        assert isinstance(caught_up, int) and caught_up < served, (caught_up, served)
         assert eds_sent(plane, "api-only") == sent_before
         assert api_only.count() == 1
 

@@ -11,9 +11,11 @@ import pytest
 from meshlet.controlplane.sources.kube_objects import (
     ManifestError,
     PortSpec,
+    ServiceSpec,
     SliceEndpoint,
     SlicePort,
-    build_mesh,
+    SliceSpec,
+    join_service,
     parse_endpoint_slice,
     parse_service,
 )
@@ -70,6 +72,16 @@ def endpoint_slice(
         "ports": [{"name": "http", "port": 8080, "protocol": "TCP"}] if ports is None else ports,
         "endpoints": [endpoint("10.1.0.1")] if endpoints is None else endpoints,
     }
+
+
+def build_mesh(services: list[ServiceSpec], slices: list[SliceSpec]) -> Mesh:
+    """Each Service joined to its slices, as the registry joins them one at a time."""
+    joined = [
+        join_service(svc, [s for s in slices if (s.namespace, s.service_name) == svc_id])
+        for svc in services
+        for svc_id in ((svc.namespace, svc.name),)
+    ]
+    return Mesh(tuple(sorted(joined, key=lambda s: (s.namespace, s.name))))
 
 
 def mesh_of(services: list[dict[str, Any]], slices: list[dict[str, Any]]) -> Mesh:

@@ -15,7 +15,8 @@ from dataclasses import dataclass
 
 from meshlet import defaults
 from meshlet.controlplane.admin import build_admin
-from meshlet.controlplane.cache import SnapshotCache, build_snapshot
+from meshlet.controlplane.builder import SnapshotBuilder
+from meshlet.controlplane.cache import SnapshotCache
 from meshlet.controlplane.injection import WebhookConfig, WebhookRunner
 from meshlet.controlplane.metrics import ControlPlaneMetrics
 from meshlet.controlplane.registry import LoadResult, Registry
@@ -25,10 +26,8 @@ from meshlet.controlplane.sources.kubernetes import KubernetesSource
 from meshlet.controlplane.sources.manifests import ManifestSource
 from meshlet.flags import grpc_address
 from meshlet.inject.settings import SettingsError
-from meshlet.model import Mesh
 from meshlet.process import run_until_signal
 from meshlet.telemetry import Telemetry
-from meshlet.xds.translate import translate
 
 log = logging.getLogger(__name__)
 
@@ -53,13 +52,15 @@ class ControlPlaneConfig:
 
 
 class ControlPlane:
-    """Turns each new Mesh into a snapshot; the streams take it from there."""
+    """Turns each change of the Services into a snapshot; the streams take it from there."""
 
     def __init__(self, config: ControlPlaneConfig) -> None:
         self.config = config
         self.cache = SnapshotCache()
         self.problems: list[str] = []
-        self._mesh: Mesh | None = None
+        self.builder = SnapshotBuilder(config.cluster_domain, config.outbound_port)
+        # After a failed build the registry's news of it is gone: look at everything.
+        self._look_at_all = True
 
     def report(self, errors: tuple[str, ...], synced: bool = True) -> None:
         """The problems there are now; each new one is logged once."""
@@ -78,18 +79,21 @@ class ControlPlane:
 
     def apply(self, result: LoadResult, seen_at: float) -> None:
         self.report(result.errors)
-        if result.mesh == self._mesh:
+        changed = None if self._look_at_all else result.changed
+        self._look_at_all = True
+        snapshot = self.builder.build(result.services, changed, seen_at)
+        self._look_at_all = False
+        if snapshot is None:
             return
-        generated = translate(result.mesh, self.config.cluster_domain, self.config.outbound_port)
-        snapshot = build_snapshot(generated, self.cache.snapshot, seen_at)
         first = self.cache.snapshot is None
         self.cache.publish(snapshot)
-        # Only now: a mesh whose snapshot failed to build is tried again next time.
-        self._mesh = result.mesh
+        built = self.builder.report
         log.info(
-            "snapshot %d: %d services, %s",
+            "snapshot %d: %d services (%d rebuilt, %d resources serialized), %s",
             snapshot.generation,
-            len(result.mesh.services),
+            len(result.services),
+            len(built.services),
+            built.count(),
             ", ".join(f"{n} {t.rsplit('.', 1)[-1]}" for t, n in snapshot.counts().items()),
         )
         if first:

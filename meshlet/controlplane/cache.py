@@ -8,9 +8,10 @@ from __future__ import annotations
 
 import hashlib
 import sys
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
+from meshlet.controlplane.interests import Interests
 from meshlet.xds import types, wire
 from meshlet.xds.translate import Generated
 
@@ -46,16 +47,26 @@ def _digest(*parts: bytes) -> str:
     return h.hexdigest()
 
 
+# How many generations of change a Snapshot remembers: a stream that skipped fewer
+# (it was not woken for changes it has no interest in, or was slow to write) looks
+# only at what changed since; one further behind compares everything it holds.
+HISTORY = 64
+
+Changes = Mapping[str, frozenset[str]]
+
+
 @dataclass(frozen=True)
 class Snapshot:
     generation: int
     resources: Mapping[str, Mapping[str, Resource]]
-    # One version per type: a hash of its resources' names and versions.
+    # One version per type: a combination of its resources' names and versions.
     type_versions: Mapping[str, str]
     # Names added, changed or removed since generation - 1, per type.
-    changed: Mapping[str, frozenset[str]]
+    changed: Changes
     # When the source change that led here was seen (monotonic seconds).
     built_at: float
+    # The `changed` of the generations before this one, oldest first.
+    history: tuple[Changes, ...] = ()
 
     def of_type(self, type_url: str) -> Mapping[str, Resource]:
         return self.resources.get(type_url, {})
@@ -63,11 +74,36 @@ class Snapshot:
     def counts(self) -> dict[str, int]:
         return {t: len(r) for t, r in self.resources.items()}
 
+    def changed_since(self, generation: int, type_url: str) -> frozenset[str] | None:
+        """Names of `type_url` changed after `generation`, or None when that is too
+        long ago to say (then every name must be looked at)."""
+        behind = self.generation - generation
+        if behind <= 0:
+            return frozenset()
+        if behind > len(self.history) + 1:
+            return None
+        if behind == 1:
+            return self.changed.get(type_url, frozenset())
+        steps = (*self.history[len(self.history) - behind + 1 :], self.changed)
+        return frozenset().union(*(step.get(type_url, frozenset()) for step in steps))
 
-def _check_consistent(resources: Mapping[str, Mapping[str, Resource]]) -> None:
+
+def type_version(hashes: int) -> str:
+    return f"{hashes:016x}"
+
+
+def resource_hash(name: str, version: str) -> int:
+    """A resource's share of its type's version: XORed in when it comes, out when it
+    goes, so a type's version follows one change without a pass over the type."""
+    return int.from_bytes(
+        hashlib.blake2b(f"{name}={version}".encode(), digest_size=8).digest(), "big"
+    )
+
+
+def check_consistent(resources: Mapping[str, Mapping[str, Resource]]) -> None:
     # Every load assignment belongs to a cluster; anything else is a translate bug
     # that must never reach a client.
-    orphans = set(resources[types.ENDPOINT]) - set(resources[types.CLUSTER])
+    orphans = set(resources.get(types.ENDPOINT, {})) - set(resources.get(types.CLUSTER, {}))
     if orphans:
         raise ValueError(f"load assignments without a cluster: {sorted(orphans)}")
 
@@ -75,42 +111,64 @@ def _check_consistent(resources: Mapping[str, Mapping[str, Resource]]) -> None:
 def build_snapshot(
     generated: Iterable[Generated], previous: Snapshot | None, built_at: float
 ) -> Snapshot:
+    """A snapshot of a whole set of resources (the control plane builds its own a
+    service at a time: `controlplane.builder`)."""
     resources: dict[str, dict[str, Resource]] = {t: {} for t in types.SERVED}
     for item in generated:
         body = item.message.SerializeToString(deterministic=True)
         old = previous.of_type(item.type_url).get(item.name) if previous else None
-        # Interned: every stream's bookkeeping then shares this one string per name.
-        name = sys.intern(item.name)
-        fresh = Resource.make(item.type_url, name, body, item.on_demand)
+        fresh = Resource.make(item.type_url, sys.intern(item.name), body, item.on_demand)
         # Keep the object we already hold when nothing changed: streams compare by identity.
-        resource = old if old is not None and old == fresh else fresh
-        resources.setdefault(item.type_url, {})[name] = resource
-    _check_consistent(resources)
-    changed: dict[str, frozenset[str]] = {}
-    type_versions: dict[str, str] = {}
-    for type_url, by_name in resources.items():
-        type_versions[type_url] = _digest(
-            *(f"{n}={r.version};".encode() for n, r in sorted(by_name.items()))
+        resources.setdefault(item.type_url, {})[fresh.name] = (
+            old if old is not None and old == fresh else fresh
         )
+    check_consistent(resources)
+    changed: dict[str, frozenset[str]] = {}
+    for type_url, by_name in resources.items():
         before = previous.of_type(type_url) if previous else {}
         changed[type_url] = frozenset(
             n for n in by_name.keys() | before.keys() if by_name.get(n) is not before.get(n)
         )
+    type_versions = {t: type_version(_hashes(by_name)) for t, by_name in resources.items()}
+    return next_snapshot(previous, resources, type_versions, changed, built_at)
+
+
+def _hashes(by_name: Mapping[str, Resource]) -> int:
+    hashes = 0
+    for name, resource in by_name.items():
+        hashes ^= resource_hash(name, resource.version)
+    return hashes
+
+
+def next_snapshot(
+    previous: Snapshot | None,
+    resources: Mapping[str, Mapping[str, Resource]],
+    type_versions: Mapping[str, str],
+    changed: Changes,
+    built_at: float,
+) -> Snapshot:
     return Snapshot(
         generation=(previous.generation + 1) if previous else 1,
         resources=resources,
         type_versions=type_versions,
         changed=changed,
         built_at=built_at,
+        history=_history(previous),
     )
 
 
+def _history(previous: Snapshot | None) -> tuple[Changes, ...]:
+    if previous is None:
+        return ()
+    return (*previous.history[-(HISTORY - 1) :], previous.changed)
+
+
 class SnapshotCache:
-    """Holds the latest snapshot and tells watchers when it changes."""
+    """Holds the latest snapshot and wakes the streams each one concerns."""
 
     def __init__(self) -> None:
         self._snapshot: Snapshot | None = None
-        self._watchers: set[Callable[[], None]] = set()
+        self.interests = Interests()
 
     @property
     def snapshot(self) -> Snapshot | None:
@@ -118,9 +176,5 @@ class SnapshotCache:
 
     def publish(self, snapshot: Snapshot) -> None:
         self._snapshot = snapshot
-        for notify in list(self._watchers):
+        for notify in self.interests.concerned(snapshot.changed):
             notify()
-
-    def watch(self, notify: Callable[[], None]) -> Callable[[], None]:
-        self._watchers.add(notify)
-        return lambda: self._watchers.discard(notify)

@@ -55,18 +55,18 @@ class DeltaStream(StreamState):
         """Applies a subscription change; returns the names newly asked for."""
         added = {sys.intern(n) for n in subscribe}
         removed = set(unsubscribe)
+        wildcard = watch.wildcard
         if (first and not added) or WILDCARD in added:
-            watch.wildcard = True
+            wildcard = True
         if WILDCARD in removed:
-            watch.wildcard = False
+            wildcard = False
         added.discard(WILDCARD)
         removed.discard(WILDCARD)
         if not first:
             # Asked again: the client dropped it, so send it again.
             for name in added:
                 watch.known.pop(name, None)
-        watch.names |= added
-        watch.names -= removed
+        watch.subscribe(wildcard, added - removed, removed)
         for name in removed:
             watch.known.pop(name, None)
         return added

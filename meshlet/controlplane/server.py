@@ -86,6 +86,7 @@ class AdsServer:
             try:
                 async for request in requests:
                     pushes = self._on_request(stream, request)
+                    interests.apply(wake.set, stream.interest())
                     if pushes:
                         await write(pushes, False)
             except grpc.aio.AioRpcError:
@@ -96,7 +97,7 @@ class AdsServer:
 
         current = self._cache.snapshot
         stream.generation = current.generation if current else 0
-        unwatch = self._cache.watch(wake.set)
+        interests = self._cache.interests
         reader = asyncio.create_task(read())
         self.streams[id(stream)] = stream
         self._metrics.connected(protocol, 1)
@@ -112,7 +113,7 @@ class AdsServer:
                     await write(pushes, True)
             await reader  # surfaces a failure in request handling as this RPC's error
         finally:
-            unwatch()
+            interests.forget(wake.set, {t: w.names for t, w in stream.watches.items()})
             reader.cancel()
             del self.streams[id(stream)]
             self._metrics.connected(protocol, -1)

@@ -56,13 +56,12 @@ class SotwStream(StreamState):
             return False
         if names:  # once the client names anything, even "*", [] no longer means all
             watch.legacy_wildcard = False
-        watch.wildcard = wildcard
-        if not watch.wildcard and type_url not in types.FULL_STATE_TYPES:
+        if not wildcard and type_url not in types.FULL_STATE_TYPES:
             # Forget what the client dropped, so asking again sends it again. (A
             # full-state type compares the whole set instead, removals included.)
             for dropped in watch.known.keys() - explicit:
                 del watch.known[dropped]
-        watch.names = explicit
+        watch.subscribe(wildcard, explicit - watch.names, watch.names - explicit)
         return True
 
     def compute(

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from envoy.service.discovery.v3.discovery_pb2 import DeltaDiscoveryRequest, DiscoveryRequest
 
 from meshlet.controlplane.cache import Resource, Snapshot
+from meshlet.controlplane.interests import Interest
 from meshlet.xds import types
 from meshlet.xds.error_detail import bounded, quoted
 
@@ -46,6 +47,19 @@ class TypeWatch:
     version_nacked: str = ""
     last_nack: str = ""
     nacks: int = 0
+    # Subscription steps not yet told to the cache's index of interests.
+    steps: list[tuple[bool | None, frozenset[str], frozenset[str]]] = field(default_factory=list)
+
+    def subscribe(self, wildcard: bool, added: Iterable[str], removed: Iterable[str]) -> None:
+        """The wildcard now, names added and removed; the step is kept for the index."""
+        came = frozenset(n for n in added if n not in self.names)
+        went = frozenset(n for n in removed if n in self.names) - came
+        turned = wildcard if wildcard != self.wildcard else None
+        if turned is not None or came or went:
+            self.steps.append((turned, came, went))
+        self.wildcard = wildcard
+        self.names |= came
+        self.names -= went
 
     @property
     def responded(self) -> bool:
@@ -95,6 +109,14 @@ class StreamState:
             return True
         self.unknown_type_requests += 1
         return False
+
+    def interest(self) -> list[Interest]:
+        """Subscription steps since the last call, for the cache's index."""
+        out = []
+        for type_url, watch in self.watches.items():
+            out += [Interest(type_url, *step) for step in watch.steps]
+            watch.steps.clear()
+        return out
 
     def next_nonce(self) -> str:
         self._nonce += 1
@@ -154,9 +176,7 @@ class StreamState:
 
     def changed_names(self, snapshot: Snapshot, type_url: str) -> frozenset[str] | None:
         """Names that changed since this stream caught up, or None when it must look at all."""
-        if snapshot.generation == self.generation + 1:
-            return snapshot.changed.get(type_url, frozenset())
-        return None
+        return snapshot.changed_since(self.generation, type_url)
 
     def status(self) -> dict[str, object]:
         return {

@@ -26,13 +26,14 @@ def _service_entry(service: Service) -> nametable_pb2.NameInfo:
     return info
 
 
-def build_name_table(mesh: Mesh, domain: str) -> nametable_pb2.NameTable:
+def service_entries(service: Service, domain: str) -> bytes:
+    """The service's names as NameTable bytes: its own name, and on a headless service
+    its pods' hostnames. A NameTable has one field, so the tables of many services
+    concatenated are the table of them all: a change re-serializes one service."""
     table = nametable_pb2.NameTable()
-    for service in mesh.services:
-        fqdn = service.fqdn(domain).lower()
-        table.table[fqdn].CopyFrom(_service_entry(service))
-        if service.kind is not ServiceKind.HEADLESS:
-            continue
+    fqdn = service.fqdn(domain).lower()
+    table.table[fqdn].CopyFrom(_service_entry(service))
+    if service.kind is ServiceKind.HEADLESS:
         # Pods of a headless service with a hostname get <hostname>.<service fqdn>.
         for pod in service.pod_addresses:
             if pod.hostname and pod.health is Health.HEALTHY:
@@ -40,4 +41,10 @@ def build_name_table(mesh: Mesh, domain: str) -> nametable_pb2.NameTable:
                 entry.namespace = service.namespace
                 entry.service = service.name
                 entry.ips.append(pod.address)
-    return table
+    return table.SerializeToString(deterministic=True)
+
+
+def build_name_table(mesh: Mesh, domain: str) -> nametable_pb2.NameTable:
+    return nametable_pb2.NameTable.FromString(
+        b"".join(service_entries(service, domain) for service in mesh.services)
+    )

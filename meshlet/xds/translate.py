@@ -1,4 +1,4 @@
-"""The whole mesh -> every xDS resource the control plane serves (pure)."""
+"""Services -> the xDS resources the control plane serves (pure)."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from google.protobuf.message import Message
 
 from meshlet import defaults
-from meshlet.model import Mesh, ServiceKind
+from meshlet.model import Mesh, Service, ServiceKind
 from meshlet.xds import names, types
 from meshlet.xds.clusters import build_cluster, build_load_assignment, build_passthrough_cluster
 from meshlet.xds.listeners import build_api_listener, build_outbound_listener, build_socket_listener
@@ -25,34 +25,50 @@ class Generated:
     on_demand: bool = False
 
 
+def fixed_resources(outbound_port: int = DEFAULT_OUTBOUND_PORT) -> list[Generated]:
+    """What every mesh has, whatever its services: the passthrough and the capture target."""
+    return [
+        Generated(types.CLUSTER, types.PASSTHROUGH_CLUSTER, build_passthrough_cluster()),
+        Generated(types.LISTENER, types.OUTBOUND_LISTENER, build_outbound_listener(outbound_port)),
+    ]
+
+
+def service_resources(service: Service, domain: str) -> list[Generated]:
+    """One service's clusters, load assignments and listeners (its names: the NameTable)."""
+    out: list[Generated] = []
+    if service.kind is ServiceKind.EXTERNAL_NAME:
+        return out  # answered by DNS alone; nothing to balance
+    for port in service.ports:
+        if port.protocol != "TCP":
+            continue  # the proxy is TCP only; DNS still lists the port for SRV
+        cluster = names.cluster_name(service, port.port, domain)
+        out.append(Generated(types.CLUSTER, cluster, build_cluster(service, cluster)))
+        out.append(Generated(types.ENDPOINT, cluster, build_load_assignment(port, cluster)))
+        api_name = names.api_listener_name(service, port.port, domain)
+        out.append(
+            Generated(
+                types.LISTENER,
+                api_name,
+                build_api_listener(service, api_name, cluster),
+                on_demand=True,
+            )
+        )
+        for ip in service.cluster_ips:
+            name = names.socket_listener_name(ip, port.port)
+            listener = build_socket_listener(service, name, ip, port.port, cluster)
+            out.append(Generated(types.LISTENER, name, listener))
+    return out
+
+
 def translate(
     mesh: Mesh, domain: str, outbound_port: int = DEFAULT_OUTBOUND_PORT
 ) -> list[Generated]:
-    out = [
-        Generated(types.CLUSTER, types.PASSTHROUGH_CLUSTER, build_passthrough_cluster()),
-        Generated(types.LISTENER, types.OUTBOUND_LISTENER, build_outbound_listener(outbound_port)),
-        Generated(types.NAME_TABLE, types.NAME_TABLE_RESOURCE, build_name_table(mesh, domain)),
-    ]
+    """Every resource of a whole mesh at once (the control plane builds them a service
+    at a time: `controlplane.builder`)."""
+    out = fixed_resources(outbound_port)
+    out.append(
+        Generated(types.NAME_TABLE, types.NAME_TABLE_RESOURCE, build_name_table(mesh, domain))
+    )
     for service in mesh.services:
-        if service.kind is ServiceKind.EXTERNAL_NAME:
-            continue  # answered by DNS alone; nothing to balance
-        for port in service.ports:
-            if port.protocol != "TCP":
-                continue  # the proxy is TCP only; DNS still lists the port for SRV
-            cluster = names.cluster_name(service, port.port, domain)
-            out.append(Generated(types.CLUSTER, cluster, build_cluster(service, cluster)))
-            out.append(Generated(types.ENDPOINT, cluster, build_load_assignment(port, cluster)))
-            api_name = names.api_listener_name(service, port.port, domain)
-            out.append(
-                Generated(
-                    types.LISTENER,
-                    api_name,
-                    build_api_listener(service, api_name, cluster),
-                    on_demand=True,
-                )
-            )
-            for ip in service.cluster_ips:
-                name = names.socket_listener_name(ip, port.port)
-                listener = build_socket_listener(service, name, ip, port.port, cluster)
-                out.append(Generated(types.LISTENER, name, listener))
+        out += service_resources(service, domain)
     return out

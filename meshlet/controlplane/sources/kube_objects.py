@@ -2,8 +2,9 @@
 
 Pure: the manifest folder source and the Kubernetes API source both hand in the
 objects exactly as `kubectl get -o yaml` prints them or the API returns them as
-JSON, and get back validated specs, then one `Mesh`. Items of an API list carry
-no `kind`/`apiVersion`, so nothing here looks at them; callers dispatch by kind.
+JSON, and get back validated specs, then each Service joined to its slices.
+Items of an API list carry no `kind`/`apiVersion`, so nothing here looks at
+them; callers dispatch by kind.
 
 Validation follows the Kubernetes API server, so a manifest the cluster would
 refuse is refused here too, with the field path in the message.
@@ -19,7 +20,7 @@ import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
-from meshlet.model import Endpoint, Health, LbPolicy, Mesh, Service, ServiceKind, ServicePort
+from meshlet.model import Endpoint, Health, LbPolicy, Service, ServiceKind, ServicePort
 
 LB_POLICY_ANNOTATION = "meshlet.io/lb-policy"
 SERVICE_NAME_LABEL = "kubernetes.io/service-name"
@@ -384,27 +385,12 @@ def _slice_endpoint(item: object, path: str, version: int) -> SliceEndpoint:
 # --- The join ----------------------------------------------------------------
 
 
-def build_mesh(services: Iterable[ServiceSpec], slices: Iterable[SliceSpec]) -> Mesh:
-    """Join slices to their services.
+def join_service(svc: ServiceSpec, slices: Iterable[SliceSpec]) -> Service:
+    """A Service of the mesh: the spec with the endpoints of its slices.
 
     Names and ClusterIPs must be unique already: `controlplane.claims` decides
-    which of two conflicting objects is served.
-    """
-    by_key = {(svc.namespace, svc.name): svc for svc in services}
-    slices_of: dict[tuple[str, str], list[SliceSpec]] = {}
-    for slice_ in slices:
-        # Slices of a Service that does not exist (yet) are simply not used.
-        slices_of.setdefault((slice_.namespace, slice_.service_name), []).append(slice_)
-
-    return Mesh(
-        services=tuple(
-            _service(svc, slices_of.get(key, []))
-            for key, svc in sorted(by_key.items(), key=lambda item: item[0])
-        )
-    )
-
-
-def _service(svc: ServiceSpec, slices: Sequence[SliceSpec]) -> Service:
+    which of two conflicting objects is served."""
+    slices = tuple(slices)
     ports = tuple(
         ServicePort(port.name, port.port, port.protocol, _port_endpoints(svc, port, slices))
         for port in svc.ports
