@@ -136,6 +136,7 @@ class Relay:
         "clock",
         "closed",
         "down",
+        "idle_second",
         "idle_timeout",
         "on_close",
         "pipes",
@@ -162,6 +163,7 @@ class Relay:
         self.clock = clock
         self.idle_timeout = idle_timeout
         self.touched = clock.now
+        self.idle_second = 0  # where the proxy's IdleWheel filed it
         self.on_close = on_close
         self.closed = False
         self.up = Direction(client, upstream)

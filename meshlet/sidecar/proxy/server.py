@@ -26,6 +26,7 @@ import socket
 from collections.abc import Callable, Sequence
 
 from meshlet.sidecar.proxy.balancer import Host
+from meshlet.sidecar.proxy.idle import IdleWheel
 from meshlet.sidecar.proxy.original_dst import destination_key, key_address, original_key
 from meshlet.sidecar.proxy.policies import stable_hash
 from meshlet.sidecar.proxy.reactor import FAILED, READ, WRITE, Reactor
@@ -260,6 +261,7 @@ class OutboundProxy:
         self.reactor = Reactor(self.loop)
         self.pipes = PipePool()
         self.clock = Clock(self.loop.time())
+        self.idle = IdleWheel(self.clock.now)
         self.relays: set[_ProxiedRelay] = set()
         self.connecting: set[_Connect] = set()
         self._listeners: list[_socket.socket] = []
@@ -405,6 +407,7 @@ class OutboundProxy:
             host.active += 1
         relay = _ProxiedRelay(self, client, upstream, route, host)
         self.relays.add(relay)
+        self.idle.add(relay)
         try:
             relay.start(upstream_events)
         except OSError as exc:  # the epoll set refused the socket (no memory, say)
@@ -414,6 +417,7 @@ class OutboundProxy:
     def relay_closed(self, relay: Relay) -> None:
         assert isinstance(relay, _ProxiedRelay)
         self.relays.discard(relay)
+        self.idle.remove(relay)
         runtime = relay.runtime
         runtime.bytes_up += relay.up.moved
         runtime.bytes_down += relay.down.moved
@@ -446,7 +450,7 @@ class OutboundProxy:
             await asyncio.sleep(interval)
             now = self.loop.time()
             self.clock.now = now
-            for relay in [r for r in self.relays if r.idle(now)]:
+            for relay in self.idle.due(now):
                 relay.close()
 
     async def drain(self, deadline: float) -> int:
