@@ -135,8 +135,7 @@ def test_sotw_cds_is_full_state_and_push_order_is_make_before_break() -> None:
     first = snapshot_of(web("10.0.0.1"))
     stream = SotwStream()
     for type_url in (types.NAME_TABLE, types.LISTENER, types.CLUSTER):
-        names = [types.NAME_TABLE_RESOURCE] if type_url == types.NAME_TABLE else []
-        stream.on_request(request(type_url, names), first)
+        stream.on_request(request(type_url, []), first)
     stream.on_request(request(types.ENDPOINT, [WEB_CLUSTER]), first)
     stream.generation = first.generation
     second = snapshot_of(web("10.0.0.1"), api("10.0.0.2"), previous=first)

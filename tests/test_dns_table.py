@@ -17,7 +17,7 @@ import pytest
 
 from meshlet._proto.meshlet.v1.nametable_pb2 import NameInfo, NameTable, Port
 from meshlet.sidecar.dns.answer import Forward, answer, lookup
-from meshlet.sidecar.dns.table import DnsTable, build_dns_table
+from meshlet.sidecar.dns.table import DnsTable, DnsTables, build_dns_table
 
 SOA = "cluster.local. 5 IN SOA ns.dns.cluster.local. hostmaster.cluster.local. 1 7200 1800 86400 5"
 SOA_V4 = (
@@ -664,3 +664,58 @@ def test_empty_table() -> None:
     assert isinstance(answer(make_query("web"), table, 1232), Forward)
     assert _rcode(answer(make_query("web.default.svc.cluster.local"), table, 1232)) == "NXDOMAIN"
     assert _rcode(answer(make_query("cluster.local", "SOA"), table, 1232)) == "NOERROR"
+
+
+def _by_namespace(table: NameTable) -> dict[str, NameTable]:
+    out: dict[str, NameTable] = {}
+    for fqdn, info in table.table.items():
+        out.setdefault(info.namespace, NameTable()).table[fqdn].CopyFrom(info)
+    return out
+
+
+def _same_answers(one: DnsTable, other: DnsTable) -> None:
+    assert one.answers.keys() == other.answers.keys()
+    ptr = b"\xc0\x0c\x00\x0c"  # a PTR record owned by the question
+    for key, entry in one.answers.items():
+        theirs = other.answers[key]
+        if key.endswith(b"\x04arpa\x00\x00\x0c\x00\x01"):
+            # Records of one RRset in any order: compared as sets.
+            assert sorted(entry.records.split(ptr)) == sorted(theirs.records.split(ptr)), key
+            continue
+        assert (entry.headers, entry.records, entry.cname) == (
+            theirs.headers,
+            theirs.records,
+            theirs.cname,
+        ), key
+    assert one.ents == other.ents
+
+
+def test_one_table_per_namespace_changed_alone_answers_as_the_whole_table() -> None:
+    tables = _by_namespace(mesh_table())
+    # One pod IP in two namespaces: its PTR names both, whichever table changes.
+    shared = service(["10.244.1.5"], [("http", 80, "tcp")], namespace="prod", name="alias")
+    tables["prod"].table["alias.prod.svc.cluster.local"].CopyFrom(shared)
+    incremental = DnsTables("default", "cluster.local")
+    first = incremental.update(tables)
+
+    whole = NameTable()
+    for table in tables.values():
+        whole.MergeFrom(table)
+    _same_answers(first, build_dns_table(whole, "default", "cluster.local"))
+
+    # "data" loses its headless service and "prod" gains one; "default" is untouched.
+    changed = dict(tables)
+    del changed["data"]
+    prod = NameTable()
+    prod.CopyFrom(tables["prod"])
+    prod.table["new.prod.svc.cluster.local"].CopyFrom(
+        service(["10.96.3.3"], namespace="prod", name="new")
+    )
+    changed["prod"] = prod
+    second = incremental.update(changed)
+    whole = NameTable()
+    for table in changed.values():
+        whole.MergeFrom(table)
+    _same_answers(second, build_dns_table(whole, "default", "cluster.local"))
+    assert first.answers is not second.answers, "the table in use is never changed"
+    assert incremental.update(changed) is second, "nothing changed, nothing built"

@@ -49,7 +49,7 @@ def test_a_saved_state_comes_back_equal_and_whole() -> None:
     assert back.endpoints == state.endpoints
     assert back.listeners == state.listeners
     assert back.outbound_listener == state.outbound_listener
-    assert back.name_table == state.name_table
+    assert back.name_tables == state.name_tables
     assert back.type_versions == state.type_versions
     assert {t: dict(r) for t, r in back.accepted.items()} == {
         t: dict(r) for t, r in state.accepted.items()
@@ -214,7 +214,9 @@ def test_a_restored_client_is_ready_and_stale_and_resumes_with_its_versions() ->
     eds = by_type[types.ENDPOINT]
     assert set(eds.resource_names_subscribe) == set(state.endpoints)
     assert set(eds.initial_resource_versions) == set(state.accepted[types.ENDPOINT])
-    assert dict(by_type[types.NAME_TABLE].initial_resource_versions) == {"meshlet": "1"}
+    assert dict(by_type[types.NAME_TABLE].initial_resource_versions) == {
+        n: "1" for n in state.name_tables
+    }
 
 
 def test_endpoints_are_kept_as_sent() -> None:

@@ -3,7 +3,8 @@
 10,000 Services with a slice each go through the real registry, builder and
 ADS server (real gRPC streams). One EndpointSlice change must rebuild and
 serialize that one service's resources, and wake only the streams that
-subscribe to them. A changed manifest file among many is parsed alone.
+subscribe to them; a sidecar that takes it rebuilds that cluster's balancer
+alone. A changed manifest file among many is parsed alone.
 """
 
 from __future__ import annotations
@@ -18,13 +19,18 @@ from envoy.service.discovery.v3.discovery_pb2 import (
     DeltaDiscoveryRequest,
     DeltaDiscoveryResponse,
 )
+from google.protobuf import any_pb2
 
 from meshlet.controlplane.app import ControlPlane, ControlPlaneConfig
+from meshlet.controlplane.cache import Resource
 from meshlet.controlplane.metrics import ControlPlaneMetrics
 from meshlet.controlplane.registry import Registry
 from meshlet.controlplane.server import AdsServer, start_server
 from meshlet.controlplane.sources.base import Kind, ObjectEvent, ObjectKey
 from meshlet.controlplane.sources.manifests import ManifestSource
+from meshlet.sidecar.proxy.router import Router
+from meshlet.sidecar.state import SidecarState
+from meshlet.sidecar.validate import Received, Update, apply_update
 from meshlet.telemetry import Telemetry
 from meshlet.xds import types
 from tests.test_manifests import service_yaml, slice_yaml
@@ -165,13 +171,14 @@ async def test_one_endpoint_change_at_10000_services_costs_that_service() -> Non
         later = await bystander.read()
         assert [r.name for r in later.resources] == [_cluster(7)]
 
-        # A headless service's endpoints are names too: its share of the NameTable is
-        # serialized again and the table joined from every service's bytes.
+        # A headless service's endpoints are names too: its share of its namespace's
+        # NameTable is serialized again, and that one table joined from its services' bytes.
         registry.apply([_slice_event(3, 4)])
         plane.apply(registry.result(), 0.0)
         assert plane.builder.report.services == ("ns-3/svc-3",)
         serialized = _serialized(plane)
-        assert serialized[types.NAME_TABLE] == [types.NAME_TABLE_RESOURCE]
+        # Its namespace's table alone: the other 19 namespaces' are not touched.
+        assert serialized[types.NAME_TABLE] == ["ns-3"]
         assert serialized[types.ENDPOINT] == [_cluster(3)]
     finally:
         await channel.close()
@@ -225,3 +232,42 @@ def test_a_changed_manifest_file_among_many_is_parsed_alone(tmp_path: Path) -> N
     assert result.changed == {"shop/svc-17"}
     plane.apply(result, 0.0)
     assert plane.builder.report.services == ("shop/svc-17",)
+
+
+def test_a_sidecar_rebuilds_the_balancer_of_the_one_cluster_whose_endpoints_changed() -> None:
+    registry = _mesh_of(2_000)
+    plane = _plane()
+    plane.apply(registry.result(), 0.0)
+    snapshot = plane.cache.snapshot
+    assert snapshot is not None
+    state = SidecarState()
+    for type_url in (types.CLUSTER, types.ENDPOINT, types.LISTENER, types.NAME_TABLE):
+        held = [r for r in snapshot.of_type(type_url).values() if not r.on_demand]
+        update = Update(type_url, "1", [Received(r.name, r.version, _any(r)) for r in held])
+        state = apply_update(state, update, "cluster.local")
+    router = Router()
+    router.update(state)
+    used = [_cluster(i) for i in (4, 5, 6)]
+    built = {name: router.clusters[name].balancer() for name in used}
+    routes = router.routes
+
+    registry.apply([_slice_event(5, 4)])
+    plane.apply(registry.result(), 0.0)
+    changed = plane.cache.snapshot
+    assert changed is not None
+    (name,) = changed.changed[types.ENDPOINT]
+    resource = changed.of_type(types.ENDPOINT)[name]
+    update = Update(types.ENDPOINT, "2", [Received(name, resource.version, _any(resource))])
+    router.update(apply_update(state, update, "cluster.local"))
+
+    assert router.routes is routes, "an EDS update leaves the routes as they are"
+    assert router.clusters[_cluster(5)].balancer() is not built[_cluster(5)]
+    assert len(router.clusters[_cluster(5)].endpoints) == 4
+    for other in (_cluster(4), _cluster(6)):
+        assert router.clusters[other].balancer() is built[other]
+    # The 1,997 balancers never asked for are still not built.
+    assert sum(r.built is not None for r in router.clusters.values()) == 3
+
+
+def _any(resource: Resource) -> any_pb2.Any:
+    return any_pb2.Any.FromString(resource.any_bytes)

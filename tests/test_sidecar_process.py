@@ -59,7 +59,7 @@ def test_dns_follows_the_control_plane_and_survives_its_absence(tmp_path: Path) 
             "10.1.0.2:8080",
         ]
         dump = car.admin("/config_dump")
-        assert "meshlet" in dump["resources"]["nds"]["resources"]
+        assert "default" in dump["resources"]["nds"]["resources"]  # its namespace's table
         status, metrics = http_get(f"http://127.0.0.1:{car.admin_port}/metrics")
         assert status == 200
         assert "meshlet_dns_queries_total{" in metrics and 'source="local"' in metrics

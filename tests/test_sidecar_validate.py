@@ -163,11 +163,10 @@ def test_what_the_control_plane_serves_becomes_plain_configs() -> None:
         types.PASSTHROUGH_CLUSTER,
         use_original_dst=True,
     )
-    assert state.name_table is not None
-    assert sorted(state.name_table.table) == [
-        "api.shop.svc.cluster.local",
-        "web.default.svc.cluster.local",
-    ]
+    assert {n: sorted(t.table) for n, t in state.name_tables.items()} == {
+        "default": ["web.default.svc.cluster.local"],
+        "shop": ["api.shop.svc.cluster.local"],
+    }
     assert state.type_versions[types.CLUSTER] == "system-.Cluster"
     assert state.accepted[types.CLUSTER][WEB].version == f"v-{WEB}"
     dumped = state.accepted[types.LISTENER]["10.96.0.10_80"].json
@@ -184,7 +183,8 @@ def test_sotw_names_resources_from_their_content() -> None:
         state, sotw(types.NAME_TABLE, list(resources[types.NAME_TABLE].values())), DOMAIN
     )
     assert set(state.clusters) == {types.PASSTHROUGH_CLUSTER, WEB, API}
-    assert set(state.accepted[types.NAME_TABLE]) == {types.NAME_TABLE_RESOURCE}
+    # A NameTable is named by its names' namespace.
+    assert set(state.accepted[types.NAME_TABLE]) == {"default", "shop"}
     assert state.type_versions == {types.CLUSTER: "1", types.NAME_TABLE: "1"}
 
 
@@ -324,9 +324,12 @@ def _name_table(change: Callable[[NameTable], None]) -> Callable[[Message], None
     return _as(NameTable, change)
 
 
-def _add_name(name: str, ip: str = "10.96.0.99") -> Callable[[NameTable], None]:
+def _add_name(
+    name: str, ip: str = "10.96.0.99", namespace: str = ""
+) -> Callable[[NameTable], None]:
     def change(table: NameTable) -> None:
         table.table[name].ips.append(ip)
+        table.table[name].namespace = namespace or name.split(".")[1]
 
     return change
 
@@ -334,7 +337,7 @@ def _add_name(name: str, ip: str = "10.96.0.99") -> Callable[[NameTable], None]:
 W = f'Cluster "{WEB}": '
 E = f'ClusterLoadAssignment "{WEB}": endpoints[0].lb_endpoints[0].endpoint.address.socket_address.'
 L = 'Listener "10.96.0.10_80": '
-N = 'NameTable "meshlet": '
+N = 'NameTable "default": '
 FIRST_FILTER = "filter_chains[0].filters[0] tcp_proxy"
 
 
@@ -355,12 +358,13 @@ def _srv_port_name(name: str) -> Callable[[NameTable], None]:
 
 
 # A valid name of 245 characters: no room for "_http._tcp." or a pod's dashed IP before it.
-LONG = ".".join(["a" * 57] * 4) + ".svc.cluster.local"
+LONG = ".".join(["a" * 57] * 3 + ["a" * 45]) + ".default.svc.cluster.local"
 
 
 def _long_name(headless: bool) -> Callable[[NameTable], None]:
     def change(table: NameTable) -> None:
         entry = table.table[LONG]
+        entry.namespace = "default"
         entry.headless = headless
         entry.ips.append("fd00::1:2:3:4")
         entry.ports.add(name="http", port=80, protocol="tcp")
@@ -483,31 +487,37 @@ BAD = {
     ),
     "name-outside-the-domain": Bad(
         types.NAME_TABLE,
-        "meshlet",
+        "default",
         _name_table(_add_name("web.default.svc.example.org")),
         N + "name web.default.svc.example.org is outside the cluster domain cluster.local",
     ),
+    "name-of-another-namespace": Bad(
+        types.NAME_TABLE,
+        "default",
+        _name_table(_add_name("db.prod.svc.cluster.local", namespace="default")),
+        N + "name db.prod.svc.cluster.local is not of namespace default",
+    ),
     "name-not-lower-case": Bad(
         types.NAME_TABLE,
-        "meshlet",
+        "default",
         _name_table(_add_name("Web.default.svc.cluster.local")),
         N + "name Web.default.svc.cluster.local is not lower case",
     ),
     "name-not-a-dns-name": Bad(
         types.NAME_TABLE,
-        "meshlet",
+        "default",
         _name_table(_add_name("web_1.default.svc.cluster.local")),
         N + 'name "web_1.default.svc.cluster.local" is not a valid DNS name',
     ),
     "name-with-an-ip-that-does-not-parse": Bad(
         types.NAME_TABLE,
-        "meshlet",
+        "default",
         _name_table(_add_name("db.default.svc.cluster.local", "10.96.0")),
         N + 'table["db.default.svc.cluster.local"].ips[0] "10.96.0" is not an IP address',
     ),
     "srv-port-out-of-range": Bad(
         types.NAME_TABLE,
-        "meshlet",
+        "default",
         _name_table(_srv_port_zero),
         N + 'table["web.default.svc.cluster.local"].ports[0].port 0 is out of range 1-65535',
     ),
@@ -593,19 +603,19 @@ BAD = {
     ),
     "srv-port-name-not-a-label": Bad(
         types.NAME_TABLE,
-        "meshlet",
+        "default",
         _name_table(_srv_port_name("http.x")),
         N + 'table["web.default.svc.cluster.local"].ports[0].name "http.x" is not a DNS label',
     ),
     "srv-name-too-long": Bad(
         types.NAME_TABLE,
-        "meshlet",
+        "default",
         _name_table(_long_name(headless=False)),
         N + f'table["{LONG}"].ports[0] makes an SRV name over 253 characters',
     ),
     "headless-pod-name-too-long": Bad(
         types.NAME_TABLE,
-        "meshlet",
+        "default",
         _name_table(_long_name(headless=True)),
         N + f'table["{LONG}"].ips[0] makes a pod name over 253 characters',
     ),
@@ -633,7 +643,7 @@ def test_the_name_table_of_another_cluster_domain_is_rejected() -> None:
     with pytest.raises(ValidationError) as raised:
         apply_update(SidecarState(), delta(types.NAME_TABLE, table), DOMAIN)
     assert str(raised.value) == (
-        'NameTable "meshlet": name api.shop.svc.example.org is outside the cluster domain '
+        'NameTable "shop": name api.shop.svc.example.org is outside the cluster domain '
         "cluster.local"
     )
 
@@ -697,7 +707,7 @@ def test_an_accepted_update_makes_a_new_state_and_leaves_the_old_one() -> None:
     assert after.endpoints[WEB] == ()
     assert state.endpoints == endpoints_before
     # What the update did not touch is the very same object, so readers can skip work.
-    assert after.name_table is state.name_table
+    assert after.name_tables is state.name_tables
     assert after.clusters is state.clusters
 
 
@@ -710,8 +720,8 @@ def test_delta_removals() -> None:
     after = apply_update(after, delta(types.LISTENER, {}, removed=("10.96.0.20_9090",)), DOMAIN)
     assert set(after.listeners) == {("10.96.0.10", 80)}
     assert after.outbound_listener is not None
-    after = apply_update(after, delta(types.NAME_TABLE, {}, removed=("meshlet",)), DOMAIN)
-    assert after.name_table is None
+    after = apply_update(after, delta(types.NAME_TABLE, {}, removed=("shop",)), DOMAIN)
+    assert set(after.name_tables) == {"default"}
 
 
 def test_delta_eds_removal_of_a_held_cluster_leaves_it_without_endpoints() -> None:

@@ -23,7 +23,7 @@ from google.protobuf.descriptor import FieldDescriptor
 from google.protobuf.message import DecodeError, Message
 
 from meshlet.model import Endpoint, Health, LbPolicy, Mesh, Service, ServiceKind, ServicePort
-from meshlet.sidecar.dns.table import build_dns_table
+from meshlet.sidecar.dns.table import DnsTables
 from meshlet.sidecar.proxy.router import Router
 from meshlet.sidecar.state import SidecarState
 from meshlet.sidecar.validate import Received, Update, ValidationError, apply_update
@@ -282,8 +282,8 @@ def test_a_mutated_resource_is_a_state_or_a_validation_error() -> None:
         assert isinstance(after, SidecarState)
         outcomes["accepted"] += 1
         # What the validator accepts, the data path can take.
-        if after.name_table is not None and after.name_table is not state.name_table:
-            build_dns_table(after.name_table, "default", DOMAIN)
+        if after.name_tables is not state.name_tables:
+            DnsTables("default", DOMAIN).update(after.name_tables)
         router = Router()
         router.update(after)
         for name, runtime in router.clusters.items():

@@ -120,7 +120,7 @@ def addresses(state: SidecarState, cluster: str) -> list[str]:
 
 
 def names(state: SidecarState) -> set[str]:
-    return set(state.name_table.table) if state.name_table else set()
+    return {name for table in state.name_tables.values() for name in table.table}
 
 
 @pytest.mark.parametrize("protocol", ["delta", "sotw"])
@@ -150,10 +150,9 @@ async def test_follows_the_control_plane_and_resyncs_after_it_restarts(
             assert first.listeners[("10.96.0.10", 80)].cluster == WEB
             assert first.outbound_listener is not None
             assert first.outbound_listener.port == outbound_port
-            assert first.name_table is not None
-            assert list(first.name_table.table["web.default.svc.cluster.local"].ips) == [
-                "10.96.0.10"
-            ]
+            assert set(first.name_tables) == {"default"}
+            default = first.name_tables["default"].table
+            assert list(default["web.default.svc.cluster.local"].ips) == ["10.96.0.10"]
             status = car.client.status()
             assert status.connected and status.streams_connected == 1
             for type_url in (types.CLUSTER, types.ENDPOINT, types.LISTENER, types.NAME_TABLE):
@@ -163,7 +162,9 @@ async def test_follows_the_control_plane_and_resyncs_after_it_restarts(
             assert client is not None
             assert client["protocol"] == protocol
             assert client["types"]["eds"]["subscribed"] == [WEB]
-            assert client["types"]["nds"]["subscribed"] == [types.NAME_TABLE_RESOURCE]
+            # Every namespace's NameTable: a wildcard subscription.
+            assert client["types"]["nds"]["wildcard"] is True
+            assert client["types"]["nds"]["subscribed"] == []
 
             # 2. A manifest change: an endpoint goes, a service comes.
             write_manifests(
@@ -256,7 +257,7 @@ async def test_a_name_table_of_another_domain_is_nacked(
     write_manifests(manifests / "web.yaml", *service("web", "10.96.0.10", 80, 8080, ["10.1.0.1"]))
     node_id = f"nack-{protocol}"
     expected = (
-        'NameTable "meshlet": name web.default.svc.example.org is outside the cluster domain '
+        'NameTable "default": name web.default.svc.example.org is outside the cluster domain '
         "cluster.local"
     )
     with control_plane(manifests, tmp_path, extra_args=["--cluster-domain=example.org"]) as plane:
@@ -294,7 +295,7 @@ async def test_a_name_table_of_another_domain_is_nacked(
             state = car.state
             assert "outbound|80||web.default.svc.example.org" in state.clusters
             assert set(state.listeners) == {("10.96.0.10", 80)}
-            assert state.name_table is None
+            assert state.name_tables == {}
             assert not car.client.ready, "ready needs an accepted NameTable"
 
 

@@ -118,7 +118,7 @@ def test_delta_opening_of_a_fresh_client() -> None:
     assert [(r.type_url, list(r.resource_names_subscribe)) for r in requests] == [
         (types.CLUSTER, ["*"]),
         (types.LISTENER, ["*"]),
-        (types.NAME_TABLE, ["meshlet"]),
+        (types.NAME_TABLE, ["*"]),
     ], "no EDS request before there is a cluster to name (an empty first one means wildcard)"
     assert requests[0].node.id == "pod-1"
     assert not any(r.HasField("node") for r in requests[1:]), "the node goes once per stream"
@@ -137,7 +137,7 @@ def test_delta_opening_resumes_from_what_is_held() -> None:
         types.OUTBOUND_LISTENER,
         "10.96.0.10_80",
     }
-    assert dict(requests[types.NAME_TABLE].initial_resource_versions) == {"meshlet": "v-meshlet"}
+    assert dict(requests[types.NAME_TABLE].initial_resource_versions) == {"default": "v-default"}
 
 
 def test_delta_endpoint_subscription_follows_the_clusters() -> None:
@@ -171,7 +171,7 @@ def test_sotw_restates_version_nonce_and_names() -> None:
     assert requests[types.CLUSTER].version_info == state.type_versions[types.CLUSTER]
     assert list(requests[types.CLUSTER].resource_names) == []
     assert list(requests[types.ENDPOINT].resource_names) == [WEB]
-    assert list(requests[types.NAME_TABLE].resource_names) == ["meshlet"]
+    assert list(requests[types.NAME_TABLE].resource_names) == []  # every namespace's
     assert all(r.response_nonce == "" for r in requests.values())
 
     response = DiscoveryResponse(type_url=types.ENDPOINT, version_info="9", nonce="n1")

@@ -201,7 +201,8 @@ def test_external_name_has_no_cluster() -> None:
 
 
 def name_table(*services: Service) -> NameTable:
-    table = by_name(translate(Mesh(services), DOMAIN), types.NAME_TABLE)[types.NAME_TABLE_RESOURCE]
+    """The one namespace's table (every service given is of one namespace)."""
+    (table,) = by_name(translate(Mesh(services), DOMAIN), types.NAME_TABLE).values()
     assert isinstance(table, NameTable)
     return table
 

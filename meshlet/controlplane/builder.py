@@ -7,9 +7,10 @@ the same object, with its bytes and version untouched; a type's map is copied
 only when something of that type changed; a type's version follows each
 changed resource (`cache.resource_hash`) without a pass over the type.
 
-The NameTable is one resource: when a service's names change, the table is
-joined again from every service's bytes, which copies bytes and serializes
-nothing else.
+There is one NameTable per namespace: when a service's names change, its
+namespace's table is joined again from the bytes of that namespace's services,
+which copies bytes and serializes nothing else; a namespace without services
+has no table.
 """
 
 from __future__ import annotations
@@ -62,9 +63,9 @@ class SnapshotBuilder:
         self._domain = domain
         self._outbound_port = outbound_port
         self._built: dict[str, _Built] = {}
-        self._names: dict[tuple[str, str], bytes] = {}  # NameTable bytes by (namespace, name)
-        # Service keys in NameTable order (namespace, name), kept sorted as they come and go.
-        self._order: list[tuple[str, str]] = []
+        self._names: dict[str, dict[str, bytes]] = {}  # namespace -> name -> NameTable bytes
+        # Per namespace, its services' names in NameTable order, kept sorted as they come and go.
+        self._order: dict[str, list[str]] = {}
         self._hashes: dict[str, int] = {t: 0 for t in types.SERVED}
         self._snapshot: Snapshot | None = None
         self.report = BuildReport()
@@ -109,26 +110,35 @@ class SnapshotBuilder:
                 edit.put(type_url, resource)
         for type_url, resource in fixed:
             edit.put(type_url, resource)
-        names_changed = previous is None or any(
-            (built.names if built else b"") != (old.names if old else b"")
+        renamed = {
+            key.partition("/")[0]
             for key, built in fresh.items()
-            for old in (self._built.get(key),)
-        )
+            if _names_of(built) != _names_of(self._built.get(key))
+        }
         if previous is None:
             check_consistent(edit.resources())
         # Nothing raises from here on: a failed build leaves the builder as it was.
         for key, built in fresh.items():
-            order_key = _order_key(key)
+            namespace, _, name = key.partition("/")
+            order = self._order.setdefault(namespace, [])
+            names = self._names.setdefault(namespace, {})
             if built is None:
-                del self._built[key], self._names[order_key]
-                self._order.pop(bisect.bisect_left(self._order, order_key))
+                del self._built[key], names[name]
+                order.pop(bisect.bisect_left(order, name))
             else:
                 if key not in self._built:
-                    bisect.insort(self._order, order_key)
+                    bisect.insort(order, name)
                 self._built[key] = built
-                self._names[order_key] = built.names
-        if names_changed:
-            table = self._name_table()
+                names[name] = built.names
+        for namespace in sorted(renamed):
+            held = edit.held(types.NAME_TABLE, namespace)
+            if not self._order.get(namespace):
+                self._order.pop(namespace, None)
+                self._names.pop(namespace, None)
+                if held is not None:
+                    edit.drop(types.NAME_TABLE, held)
+                continue
+            table = self._name_table(namespace)
             report.serialized.setdefault(types.NAME_TABLE, []).append(table.name)
             edit.put(types.NAME_TABLE, table)
         self._hashes = edit.hashes
@@ -160,10 +170,14 @@ class SnapshotBuilder:
         body = item.message.SerializeToString(deterministic=True)
         return Resource.make(item.type_url, sys.intern(item.name), body, item.on_demand)
 
-    def _name_table(self) -> Resource:
-        names = self._names
-        body = b"".join([names[key] for key in self._order])
-        return Resource.make(types.NAME_TABLE, types.NAME_TABLE_RESOURCE, body)
+    def _name_table(self, namespace: str) -> Resource:
+        names = self._names[namespace]
+        body = b"".join([names[name] for name in self._order[namespace]])
+        return Resource.make(types.NAME_TABLE, sys.intern(namespace), body)
+
+
+def _names_of(built: _Built | None) -> bytes:
+    return built.names if built is not None else b""
 
 
 _Resources = list[tuple[str, Resource]]
@@ -176,11 +190,6 @@ def _diff(old: _Built | None, new: _Built | None) -> tuple[_Resources, _Resource
     gone = [(t, r) for (t, n), r in before.items() if after.get((t, n)) is not r]
     came = [(t, r) for (t, n), r in after.items() if before.get((t, n)) is not r]
     return gone, came
-
-
-def _order_key(key: str) -> tuple[str, str]:
-    namespace, _, name = key.partition("/")
-    return namespace, name
 
 
 class _Edit:
@@ -199,6 +208,9 @@ class _Edit:
         if by_name is None:
             by_name = self._writable[type_url] = dict(self._held.get(type_url, {}))
         return by_name
+
+    def held(self, type_url: str, name: str) -> Resource | None:
+        return self._of_type(type_url).get(name)
 
     def drop(self, type_url: str, resource: Resource) -> None:
         by_name = self._of_type(type_url)

@@ -9,6 +9,7 @@ import logging
 import resource
 import socket
 import sys
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 from meshlet import defaults
@@ -19,7 +20,7 @@ from meshlet.sidecar.admin import Probes, build_admin
 from meshlet.sidecar.dns.forwarder import Forwarder
 from meshlet.sidecar.dns.resolv import read_resolv_conf
 from meshlet.sidecar.dns.server import DnsServer
-from meshlet.sidecar.dns.table import DnsTable, build_dns_table
+from meshlet.sidecar.dns.table import DnsTable, DnsTables
 from meshlet.sidecar.metrics import SidecarMetrics
 from meshlet.sidecar.proxy.metrics import ProxyMetrics
 from meshlet.sidecar.proxy.router import Router
@@ -28,6 +29,7 @@ from meshlet.sidecar.state import SidecarState
 from meshlet.sidecar.state_file import StateFile
 from meshlet.sidecar.xds_client import XdsClient, XdsProtocol
 from meshlet.telemetry import Telemetry
+from meshlet.xds.types import NAME_TABLE
 
 log = logging.getLogger(__name__)
 
@@ -69,27 +71,24 @@ DEFAULT_DNS_PORT = defaults.DNS_PORT
 
 
 class DnsView:
-    """The DNS answers of the latest accepted NameTable, rebuilt only when it changes."""
+    """The DNS answers of the latest accepted NameTables, rebuilt a namespace at a time."""
 
     def __init__(self, config: SidecarConfig) -> None:
         self._config = config
-        self._source: NameTable | None = None
+        self._source: Mapping[str, NameTable] | None = None
+        self._tables = DnsTables(config.namespace, config.cluster_domain, config.dns_ttl)
         self.table: DnsTable | None = None
 
     def update(self, state: SidecarState) -> None:
-        if state.name_table is None or state.name_table is self._source:
+        # Before the first NameTable response there is no table (every name goes upstream).
+        if NAME_TABLE not in state.type_versions or state.name_tables is self._source:
             return
         try:
-            table = build_dns_table(
-                state.name_table,
-                self._config.namespace,
-                self._config.cluster_domain,
-                self._config.dns_ttl,
-            )
+            table = self._tables.update(state.name_tables)
         except ValueError as exc:  # the xDS client validated it; this is a last guard
             log.error("name table not usable, keeping the previous one: %s", exc)
             return
-        self._source = state.name_table
+        self._source = state.name_tables
         self.table = table
 
 

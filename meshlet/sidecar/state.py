@@ -88,7 +88,8 @@ class SidecarState:
     listeners: Mapping[tuple[str, int], ListenerConfig] = field(default_factory=dict)
     # The capture target (use_original_dst), kept apart from the per-VIP listeners.
     outbound_listener: ListenerConfig | None = None
-    name_table: NameTable | None = None
+    # Namespace -> its NameTable (one per namespace with services).
+    name_tables: Mapping[str, NameTable] = field(default_factory=dict)
     # type URL -> name -> what was accepted, for /config_dump.
     accepted: Mapping[str, Mapping[str, AcceptedResource]] = field(default_factory=dict)
     # type URL -> the version_info (SotW) or system version (delta) last accepted.

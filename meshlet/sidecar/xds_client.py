@@ -187,7 +187,7 @@ class DeltaSession:
         requests = [self._first(types.CLUSTER, state, [WILDCARD])]
         requests += self.resubscribe(state)
         requests.append(self._first(types.LISTENER, state, [WILDCARD]))
-        requests.append(self._first(types.NAME_TABLE, state, [types.NAME_TABLE_RESOURCE]))
+        requests.append(self._first(types.NAME_TABLE, state, [WILDCARD]))
         return requests
 
     def update_of(self, response: DeltaDiscoveryResponse) -> Update:
@@ -240,9 +240,7 @@ class SotwSession:
     def _names(self, type_url: str) -> list[str]:
         if type_url == types.ENDPOINT:
             return list(self._eds or ())
-        if type_url == types.NAME_TABLE:
-            return [types.NAME_TABLE_RESOURCE]
-        return []  # CDS and LDS: no names is the wildcard in SotW
+        return []  # CDS, LDS and NameTables: no names is the wildcard in SotW
 
     def _request(
         self, type_url: str, state: SidecarState, error: Status | None = None
@@ -305,7 +303,7 @@ class XdsClient:
     `run()` keeps a stream open until cancelled. `on_state` is called in the
     event loop with every newly accepted SidecarState (keep it quick: swap a
     reference). Fields an update did not touch keep their identity, so a reader
-    can skip work with `new.name_table is old.name_table`. `status()` and
+    can skip work with `new.name_tables is old.name_tables`. `status()` and
     `ready` are for the admin page and metrics.
     """
 

@@ -1,4 +1,4 @@
-"""Mesh -> the NameTable the sidecars answer DNS from (pure)."""
+"""Mesh -> the NameTables the sidecars answer DNS from, one per namespace (pure)."""
 
 from __future__ import annotations
 
@@ -44,7 +44,12 @@ def service_entries(service: Service, domain: str) -> bytes:
     return table.SerializeToString(deterministic=True)
 
 
-def build_name_table(mesh: Mesh, domain: str) -> nametable_pb2.NameTable:
-    return nametable_pb2.NameTable.FromString(
-        b"".join(service_entries(service, domain) for service in mesh.services)
-    )
+def build_name_tables(mesh: Mesh, domain: str) -> dict[str, nametable_pb2.NameTable]:
+    """One NameTable per namespace, by namespace."""
+    by_namespace: dict[str, list[bytes]] = {}
+    for service in mesh.services:
+        by_namespace.setdefault(service.namespace, []).append(service_entries(service, domain))
+    return {
+        namespace: nametable_pb2.NameTable.FromString(b"".join(parts))
+        for namespace, parts in by_namespace.items()
+    }

@@ -11,7 +11,7 @@ from meshlet.model import Mesh, Service, ServiceKind
 from meshlet.xds import names, types
 from meshlet.xds.clusters import build_cluster, build_load_assignment, build_passthrough_cluster
 from meshlet.xds.listeners import build_api_listener, build_outbound_listener, build_socket_listener
-from meshlet.xds.nametable import build_name_table
+from meshlet.xds.nametable import build_name_tables
 
 DEFAULT_OUTBOUND_PORT = defaults.OUTBOUND_PORT
 
@@ -66,9 +66,8 @@ def translate(
     """Every resource of a whole mesh at once (the control plane builds them a service
     at a time: `controlplane.builder`)."""
     out = fixed_resources(outbound_port)
-    out.append(
-        Generated(types.NAME_TABLE, types.NAME_TABLE_RESOURCE, build_name_table(mesh, domain))
-    )
+    for namespace, table in build_name_tables(mesh, domain).items():
+        out.append(Generated(types.NAME_TABLE, namespace, table))
     for service in mesh.services:
         out += service_resources(service, domain)
     return out

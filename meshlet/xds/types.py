@@ -18,8 +18,10 @@ PUSH_ORDER: tuple[str, ...] = (CLUSTER, ENDPOINT, LISTENER, ROUTE, NAME_TABLE)
 SERVED: tuple[str, ...] = (CLUSTER, ENDPOINT, LISTENER, NAME_TABLE)
 
 # In state-of-the-world, a response of these types carries every subscribed
-# resource, and a resource left out counts as deleted.
-FULL_STATE_TYPES = frozenset({CLUSTER, LISTENER})
+# resource, and a resource left out counts as deleted. (A NameTable has no name
+# field a removal could carry, so its type is one of them: over delta, a
+# namespace's table comes and goes alone.)
+FULL_STATE_TYPES = frozenset({CLUSTER, LISTENER, NAME_TABLE})
 
 SHORT_NAMES = {
     CLUSTER: "cds",
@@ -29,8 +31,8 @@ SHORT_NAMES = {
     NAME_TABLE: "nds",
 }
 
-# The single NameTable resource every node shares.
-NAME_TABLE_RESOURCE = "meshlet"
+# NameTables: one per namespace with services, named by the namespace, so a change
+# re-sends that namespace's names alone. Every node subscribes to all (wildcard).
 
 # The virtual outbound listener and the cluster for traffic to unknown destinations.
 OUTBOUND_LISTENER = "virtualOutbound"

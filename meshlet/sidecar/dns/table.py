@@ -28,7 +28,7 @@ from __future__ import annotations
 import functools
 import ipaddress
 import itertools
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
 from meshlet._proto.meshlet.v1.nametable_pb2 import NameInfo, NameTable
@@ -165,17 +165,12 @@ def _pod_hostnames(table: NameTable, fqdns: list[str]) -> dict[str, dict[IP, byt
     return hostnames
 
 
-class _Builder:
-    """Turns entries into answers as it goes: no per-name staging (the peak memory of a
-    build of 10,000 services stays near the size of the result)."""
+class _Zone:
+    """What every part of one table shares: the domain, its SOA and the NODATA shapes."""
 
     def __init__(self, domain: str, ttl: int, serial: int) -> None:
         self.ttl = ttl
         self.domain = _name(domain, "cluster domain")
-        self.answers: dict[bytes, Entry] = {}
-        self.ents: set[bytes] = {self.domain}
-        self.pointers: dict[bytes, list[bytes]] = {}  # reverse name -> PTR targets
-
         mname = wire.encode_name(f"ns.dns.{domain}")
         rname = wire.encode_name(f"hostmaster.{domain}")
         soa_rdata = wire.soa_rdata(mname, rname, serial, ttl)
@@ -189,6 +184,31 @@ class _Builder:
             for zone in (wire.encode_name(z) for z in _REVERSE_ZONES)
         )
         self.nodata_short = Entry(wire.NOERROR)
+        self.nxdomain = Entry(wire.NXDOMAIN, authority=[self.soa])
+
+
+@dataclass(frozen=True, slots=True)
+class _Part:
+    """The answers of one NameTable, before they join the others'."""
+
+    answers: dict[bytes, Entry]  # every one but the PTRs
+    pointers: dict[bytes, list[bytes]]  # reverse name -> PTR targets
+    ents: frozenset[bytes]
+
+
+class _Builder:
+    """Turns entries into answers as it goes: no per-name staging (the peak memory of a
+    build of 10,000 services stays near the size of the result)."""
+
+    def __init__(self, zone: _Zone) -> None:
+        self.ttl = zone.ttl
+        self.domain = zone.domain
+        self.answers: dict[bytes, Entry] = {}
+        self.ents: set[bytes] = {self.domain}
+        self.pointers: dict[bytes, list[bytes]] = {}  # reverse name -> PTR targets
+        self.nodata = zone.nodata
+        self.nodata_reverse = zone.nodata_reverse
+        self.nodata_short = zone.nodata_short
 
     def _nodata_of(self, name: bytes) -> Entry:
         if wire.is_subdomain(name, self.domain):
@@ -273,49 +293,120 @@ class _Builder:
             key = srv + type_class(wire.TYPE_SRV)
             self.answers[key] = Entry(wire.NOERROR, rrs, (), glue) if rrs else self.nodata
 
-    def finish(self, namespace: str, domain: str) -> DnsTable:
+    def part(self) -> _Part:
         answers = self.answers
-        ptr = type_class(wire.TYPE_PTR)
-        for reverse, targets in self.pointers.items():
-            rrs = [
-                wire.rr(wire.POINTER_TO_QUESTION, wire.TYPE_PTR, self.ttl, t)
-                for t in dict.fromkeys(targets)
-            ]
-            answers[reverse + ptr] = Entry(wire.NOERROR, rrs)
-        answers[self.domain + type_class(wire.TYPE_SOA)] = self.apex
         existence = [
             type_class(t) for t in (wire.TYPE_A, wire.TYPE_AAAA, wire.TYPE_SRV, wire.TYPE_CNAME)
         ]
         ents = frozenset(
             name for name in self.ents if not any(name + suffix in answers for suffix in existence)
         )
-        return DnsTable(
+        return _Part(answers, self.pointers, ents)
+
+
+def _part(zone: _Zone, name_table: NameTable) -> _Part:
+    builder = _Builder(zone)
+    fqdns = sorted(name_table.table)
+    hostnames = _pod_hostnames(name_table, fqdns)
+    for fqdn in fqdns:
+        builder.add(fqdn, name_table.table[fqdn], hostnames)
+    return builder.part()
+
+
+class DnsTables:
+    """The DnsTable of many NameTables (one per namespace), rebuilt a table at a time.
+
+    Each table's answers are built alone (a namespace's names are its own); what
+    they share is joined: PTRs (one pod IP may be in several namespaces) and the
+    empty non-terminals. A change of one table builds that table again, and
+    copies the references of the others' answers into the new DnsTable.
+
+    Raises ValueError, naming the entry, when an entry holds something that is
+    not an IP address or not a DNS name; nothing is kept of that update.
+    """
+
+    def __init__(self, namespace: str, domain: str, ttl: int = 5, serial: int = 1) -> None:
+        self._domain = domain.strip(".").lower()
+        self._namespace = namespace.lower()
+        self._zone = _Zone(self._domain, ttl, serial)
+        self._sources: dict[str, NameTable] = {}
+        self._parts: dict[str, _Part] = {}
+        self._answers: dict[bytes, Entry] = {}  # every part's, PTRs too
+        # Reverse name -> table -> PTR targets.
+        self._pointers: dict[bytes, dict[str, list[bytes]]] = {}
+        self.table: DnsTable | None = None
+
+    def update(self, tables: Mapping[str, NameTable]) -> DnsTable:
+        changed = {
+            name: tables.get(name)
+            for name in tables.keys() | self._sources.keys()
+            if tables.get(name) is not self._sources.get(name)
+        }
+        if self.table is not None and not changed:
+            return self.table
+        built = {n: _part(self._zone, t) for n, t in changed.items() if t is not None}
+        # Nothing is changed before here: a table that fails leaves the last one as it was.
+        answers = dict(self._answers)
+        touched: set[bytes] = set()
+        for name in changed:
+            old = self._parts.pop(name, None)
+            if old is not None:
+                for key in old.answers:
+                    answers.pop(key, None)
+                for reverse in old.pointers:
+                    self._pointers[reverse].pop(name, None)
+                touched |= old.pointers.keys()
+            new = built.get(name)
+            if new is not None:
+                self._parts[name] = new
+                answers.update(new.answers)
+                for reverse, targets in new.pointers.items():
+                    self._pointers.setdefault(reverse, {})[name] = targets
+                touched |= new.pointers.keys()
+            if name in tables:
+                self._sources[name] = tables[name]
+            else:
+                self._sources.pop(name, None)
+        ptr = type_class(wire.TYPE_PTR)
+        ttl = self._zone.ttl
+        for reverse in touched:
+            by_table = self._pointers.get(reverse, {})
+            targets = [t for name in sorted(by_table) for t in by_table[name]]
+            if not targets:
+                self._pointers.pop(reverse, None)
+                answers.pop(reverse + ptr, None)
+                continue
+            rrs = [
+                wire.rr(wire.POINTER_TO_QUESTION, wire.TYPE_PTR, ttl, t)
+                for t in dict.fromkeys(targets)
+            ]
+            answers[reverse + ptr] = Entry(wire.NOERROR, rrs)
+        zone = self._zone
+        answers[zone.domain + type_class(wire.TYPE_SOA)] = zone.apex
+        self._answers = answers
+        ents = frozenset().union(*(part.ents for part in self._parts.values()))
+        self.table = DnsTable(
             answers=answers,
-            ents=ents | {self.domain},
-            domain=self.domain,
-            namespace_suffix=_name(f"{namespace}.svc.{domain}", "namespace"),
-            svc_suffix=wire.encode_name(f"svc.{domain}"),
-            nxdomain=Entry(wire.NXDOMAIN, authority=[self.soa]),
-            nodata=self.nodata,
-            nodata_reverse=self.nodata_reverse,
-            nodata_short=self.nodata_short,
-            ttl=self.ttl,
-            pod_suffix=b"\x03pod" + self.domain,
+            ents=ents | {zone.domain},
+            domain=zone.domain,
+            namespace_suffix=_name(f"{self._namespace}.svc.{self._domain}", "namespace"),
+            svc_suffix=wire.encode_name(f"svc.{self._domain}"),
+            nxdomain=zone.nxdomain,
+            nodata=zone.nodata,
+            nodata_reverse=zone.nodata_reverse,
+            nodata_short=zone.nodata_short,
+            ttl=ttl,
+            pod_suffix=b"\x03pod" + zone.domain,
         )
+        return self.table
 
 
 def build_dns_table(
     name_table: NameTable, namespace: str, domain: str, ttl: int = 5, serial: int = 1
 ) -> DnsTable:
-    """Precompute every answer of `name_table` for a sidecar in `namespace`.
+    """Precompute every answer of one `name_table` for a sidecar in `namespace`.
 
     Raises ValueError, naming the entry, when an entry holds something that is not
     an IP address or not a DNS name: the xDS client can NACK the table with it.
     """
-    domain = domain.strip(".").lower()
-    builder = _Builder(domain, ttl, serial)
-    fqdns = sorted(name_table.table)
-    hostnames = _pod_hostnames(name_table, fqdns)
-    for fqdn in fqdns:
-        builder.add(fqdn, name_table.table[fqdn], hostnames)
-    return builder.finish(namespace.lower(), domain)
+    return DnsTables(namespace, domain, ttl, serial).update({"": name_table})

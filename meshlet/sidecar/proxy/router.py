@@ -109,7 +109,21 @@ class Router:
         """Take a newly accepted state (the xDS client calls this for every one)."""
         if state is self._state:
             return
-        self._state = state
+        previous, self._state = self._state, state
+        if previous is not None and _endpoints_only(previous, state):
+            # An EDS update: only the clusters whose endpoints changed, each rebuilt
+            # alone; the routes, which point at the runtimes, stay as they are.
+            before = previous.endpoints
+            for name, endpoints in state.endpoints.items():
+                if before.get(name) is not endpoints:
+                    runtime = self.clusters.get(name)
+                    if runtime is not None:
+                        runtime.change(runtime.config, endpoints)
+            for name in before.keys() - state.endpoints.keys():
+                runtime = self.clusters.get(name)
+                if runtime is not None:
+                    runtime.change(runtime.config, ())
+            return
         clusters: dict[str, ClusterRuntime] = {}
         for name, config in state.clusters.items():
             endpoints = state.endpoints.get(name, ())
@@ -137,6 +151,16 @@ class Router:
             self.passthrough = _route(fallback, outbound)
         else:
             self.passthrough = self._default
+
+
+def _endpoints_only(before: SidecarState, after: SidecarState) -> bool:
+    """Whether only endpoints changed between the two states (clusters, listeners and
+    the capture target are the very same objects)."""
+    return (
+        after.clusters is before.clusters
+        and after.listeners is before.listeners
+        and after.outbound_listener is before.outbound_listener
+    )
 
 
 _HASHING = frozenset({LbPolicy.RING_HASH, LbPolicy.MAGLEV})

@@ -42,6 +42,10 @@ def decode_name_table(name: str, table: NameTable, cluster_domain: str) -> NameT
     where = Where("NameTable", name)
     domain = cluster_domain.rstrip(".").lower()
     suffix = "." + domain
+    # Each namespace's names are its own table's: two tables never hold one name.
+    if not fields.is_dns_label(name):
+        raise where.fail("is not named by a namespace")
+    own = f".{name}.svc{suffix}"
     for fqdn in sorted(table.table):
         if fqdn != fqdn.lower():
             raise where.fail(f"name {q(fqdn)} is not lower case")
@@ -49,5 +53,8 @@ def decode_name_table(name: str, table: NameTable, cluster_domain: str) -> NameT
             raise where.fail(f'name "{q(fqdn)}" is not a valid DNS name')
         if not fqdn.endswith(suffix):
             raise where.fail(f"name {q(fqdn)} is outside the cluster domain {domain}")
-        _entry(where, fqdn, table.table[fqdn])
+        info = table.table[fqdn]
+        if not fqdn.endswith(own) or info.namespace != name:
+            raise where.fail(f"name {q(fqdn)} is not of namespace {name}")
+        _entry(where, fqdn, info)
     return table

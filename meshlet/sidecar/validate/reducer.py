@@ -229,20 +229,24 @@ def _apply_listeners(state: SidecarState, update: Update, _domain: str) -> Sidec
 
 
 def _apply_name_table(state: SidecarState, update: Update, domain: str) -> SidecarState:
-    current = {types.NAME_TABLE_RESOURCE: state.name_table} if state.name_table else {}
-    accepted, removed = _start(state, update, current)
-    table = None if types.NAME_TABLE_RESOURCE in removed else state.name_table
-    for item in _decoded(update, NameTable, lambda _: "", types.NAME_TABLE_RESOURCE):
-        if item.name != types.NAME_TABLE_RESOURCE:
-            continue  # not asked for
-        table = decode_name_table(item.name, item.message, domain)
+    accepted, removed = _start(state, update, state.name_tables)
+    tables = {n: t for n, t in state.name_tables.items() if n not in removed}
+    for item in _decoded(update, NameTable, _namespace_of):
+        tables[item.name] = decode_name_table(item.name, item.message, domain)
         accepted[item.name] = item.accepted
     return dataclasses.replace(
         state,
-        name_table=table,
+        name_tables=tables,
         accepted=_accepted(state, {types.NAME_TABLE: accepted}),
         type_versions=_versions(state, update),
     )
+
+
+def _namespace_of(table: NameTable) -> str:
+    """A NameTable is named by the namespace of its names (SotW carries no other name)."""
+    for info in table.table.values():
+        return info.namespace
+    return ""
 
 
 _APPLY: dict[str, Callable[[SidecarState, Update, str], SidecarState]] = {
