@@ -39,7 +39,8 @@ from pathlib import Path
 sys.path[0] = str(Path(__file__).resolve().parent.parent)
 
 from bench.proxy_failure import Failure, failure_round  # noqa: E402
-from bench.proxy_load import LOAD_CPU, iperf, wrk, wrk_script  # noqa: E402
+from bench.proxy_idle import idle_connections, services_for  # noqa: E402
+from bench.proxy_load import CLIENT_UID, LOAD_CPU, iperf, wrk, wrk_script  # noqa: E402
 from bench.proxy_node import Node, kube_proxy, node  # noqa: E402
 from bench.proxy_peers import (  # noqa: E402
     BULK_VIP,
@@ -73,10 +74,12 @@ def nginx_config(work: Path, ip: str) -> Path:
 daemon off;
 pid {work}/nginx.pid;
 error_log {work}/nginx-error.log warn;
-events {{ worker_connections 4096; }}
+worker_rlimit_nofile 40000;
+events {{ worker_connections 30000; }}
 http {{
     access_log off;
     keepalive_requests 1000000;
+    keepalive_timeout 3600s;
     client_body_temp_path {work}/body;
     server {{
         listen {ip}:8080 backlog=4096 reuseport;
@@ -103,7 +106,7 @@ def measure(client: Pod, web: str, bulk: str, args: argparse.Namespace, pid: int
     return Result(keep_alive, new_connections, iperf(client, bulk, args.duration), cpu)
 
 
-def start_node_services(node: Node, work: Path, backend: Pod) -> Services:
+def start_node_services(node: Node, work: Path, backend: Pod, idle: int = 0) -> Services:
     """The control plane and kube-proxy on the node, and the two Services they serve."""
     services: Services
     if node.cluster is not None:
@@ -116,6 +119,8 @@ def start_node_services(node: Node, work: Path, backend: Pod) -> Services:
         source = f"--manifests={folder}"
     services.publish("web", WEB_VIP, [("http", 80, 8080)], {backend.ip: True})
     services.publish("bulk", BULK_VIP, [("iperf", 5201, 5201)], {backend.ip: True})
+    for name, vip in services_for(idle):
+        services.publish(name, vip, [("http", 80, 8080)], {backend.ip: True})
     argv = [PYTHON, "-m", "meshlet", "control-plane", source]
     argv += [f"--xds-address={node.ip}:{XDS_PORT}", "--webhook-address=off"]
     node.mesh.spawn(argv, work / "control-plane.log")
@@ -134,9 +139,14 @@ def run_rounds(
             name = f"client-{peer.name.replace(' ', '-')}-{round_number}"
             web = WEB_URL if peer.to_vip else f"http://{backend.ip}:8080/"
             bulk = BULK_VIP if peer.to_vip else backend.ip
+            if peer.to_vip:
+                idle = [(vip, 80) for _, vip in services_for(args.idle)]
+            else:
+                idle = [(backend.ip, 8080)]
             with (
                 client_pod(node.mesh, name, peer.capture) as client,
                 peer.start(node.mesh, client, node.ip, args.work) as pid,
+                idle_connections(client, idle, args.idle, CLIENT_UID),
             ):
                 runs[peer.name].append(measure(client, web, bulk, args, pid))
             print(f"    {summary(runs[peer.name][-1])}", flush=True)
@@ -190,6 +200,12 @@ def main() -> int:
     parser.add_argument(
         "--no-kube-proxy", action="store_true", help="without the test cluster and kube-proxy"
     )
+    parser.add_argument(
+        "--idle",
+        type=int,
+        default=0,
+        help="idle keep-alive connections held through the path while it is measured",
+    )
     parser.add_argument("--no-failure", action="store_true", help="skip the failure round")
     args = parser.parse_args()
     check_tools()
@@ -209,13 +225,13 @@ def main() -> int:
             work / "nginx.log",
         )
         backend.spawn(["iperf3", "-s", "-B", backend.ip, "-p", "5201"], work / "iperf3.log")
-        services = start_node_services(the_node, work, backend)
+        services = start_node_services(the_node, work, backend, args.idle)
         kube = [KUBE_PROXY] if the_node.cluster is not None else []
         runs = run_rounds(the_node, backend, [MESHLET, ENVOY, *kube, DIRECT], args)
         failures = (
             {} if args.no_failure else run_failures(the_node, services, [*kube, MESHLET], args)
         )
-        report(runs, args.connections, args.duration, args.rounds)
+        report(runs, args.connections, args.duration, args.rounds, args.idle)
         report_failures(failures, services.source)
     return 0
 

@@ -54,13 +54,16 @@ def _ratio(a: float, b: float) -> str:
     return f"{a / b:.2f}x" if a and b else "-"
 
 
-def report(runs: dict[str, list[Result]], connections: int, duration: int, rounds: int) -> None:
+def report(
+    runs: dict[str, list[Result]], connections: int, duration: int, rounds: int, idle: int
+) -> None:
     kube = bool(runs.get("kube-proxy"))
     print()
     print(
         f"proxy: meshlet sidecar vs Envoy --concurrency 1 (same pod, same redirect, same control "
         f"plane){' and kube-proxy (nftables, the node)' if kube else ''}; wrk -c{connections}, "
         f"{duration}s per load, {rounds} rounds, medians"
+        + (f"; {idle} idle keep-alive connections held through each path" if idle else "")
     )
     names = ["meshlet", "envoy", *(["kube-proxy"] if kube else []), "no proxy"]
     header = f"{'':24}" + "".join(f"{n:>12}" for n in names) + f"{'meshlet/envoy':>15}"
