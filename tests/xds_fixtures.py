@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from meshlet.controlplane.cache import Snapshot, build_snapshot
+from meshlet.controlplane.builder import SnapshotBuilder
+from meshlet.controlplane.cache import Snapshot
 from meshlet.model import Endpoint, Health, Mesh, Service, ServicePort
 from meshlet.sidecar.state import SidecarState
 from meshlet.sidecar.validate import Received, Update, apply_update
@@ -34,8 +35,25 @@ def api(*addresses: str) -> Service:
     )
 
 
+# Each snapshot made here, with the builder that made it, so the next one follows it.
+_BUILT: dict[int, tuple[Snapshot, SnapshotBuilder]] = {}
+
+
 def snapshot_of(*services: Service, previous: Snapshot | None = None) -> Snapshot:
-    return build_snapshot(translate(Mesh(services), DOMAIN), previous, 0.0)
+    """The snapshot the control plane builds for `services`, after `previous` (made here)."""
+    if previous is None:
+        builder = SnapshotBuilder(DOMAIN)
+    else:
+        held, made_by = _BUILT.pop(id(previous), (None, None))
+        assert held is previous and made_by is not None, (
+            "snapshot_of follows only a snapshot it made, and only once"
+        )
+        builder = made_by
+    # New Service objects every call: each is looked at, and what is equal stays as it was.
+    snapshot = builder.build({s.key: s for s in services}, None, 0.0)
+    assert snapshot is not None
+    _BUILT[id(snapshot)] = (snapshot, builder)
+    return snapshot
 
 
 def sidecar_state(mesh: Mesh, outbound_port: int = 15001) -> SidecarState:

@@ -34,8 +34,6 @@ from meshlet.xds import types
 from meshlet.xds.nametable import service_entries
 from meshlet.xds.translate import Generated, fixed_resources, service_resources
 
-_Owned = tuple[tuple[str, str], ...]  # (type URL, name) of one service's resources
-
 
 @dataclass
 class BuildReport:
@@ -234,18 +232,10 @@ class _Edit:
         return {t: self._writable.get(t, self._held.get(t, {})) for t in types.SERVED}
 
     def snapshot(self, built_at: float) -> Snapshot:
-        # A name dropped and put back as the very same object did not change.
-        changed: dict[str, frozenset[str]] = {}
-        for type_url, names in self._changed.items():
-            if not names:
-                changed[type_url] = frozenset()
-                continue
-            now, before = self._of_type(type_url), self._held.get(type_url, {})
-            changed[type_url] = frozenset(n for n in names if now.get(n) is not before.get(n))
         return next_snapshot(
             self._previous,
             self.resources(),
             {t: type_version(h) for t, h in self.hashes.items()},
-            changed,
+            {t: frozenset(names) for t, names in self._changed.items()},
             built_at,
         )

@@ -7,13 +7,11 @@ the streams then work out, per client, what to send.
 from __future__ import annotations
 
 import hashlib
-import sys
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 from meshlet.controlplane.interests import Interests
 from meshlet.xds import types, wire
-from meshlet.xds.translate import Generated
 
 
 @dataclass(frozen=True, slots=True)
@@ -106,38 +104,6 @@ def check_consistent(resources: Mapping[str, Mapping[str, Resource]]) -> None:
     orphans = set(resources.get(types.ENDPOINT, {})) - set(resources.get(types.CLUSTER, {}))
     if orphans:
         raise ValueError(f"load assignments without a cluster: {sorted(orphans)}")
-
-
-def build_snapshot(
-    generated: Iterable[Generated], previous: Snapshot | None, built_at: float
-) -> Snapshot:
-    """A snapshot of a whole set of resources (the control plane builds its own a
-    service at a time: `controlplane.builder`)."""
-    resources: dict[str, dict[str, Resource]] = {t: {} for t in types.SERVED}
-    for item in generated:
-        body = item.message.SerializeToString(deterministic=True)
-        old = previous.of_type(item.type_url).get(item.name) if previous else None
-        fresh = Resource.make(item.type_url, sys.intern(item.name), body, item.on_demand)
-        # Keep the object we already hold when nothing changed: streams compare by identity.
-        resources.setdefault(item.type_url, {})[fresh.name] = (
-            old if old is not None and old == fresh else fresh
-        )
-    check_consistent(resources)
-    changed: dict[str, frozenset[str]] = {}
-    for type_url, by_name in resources.items():
-        before = previous.of_type(type_url) if previous else {}
-        changed[type_url] = frozenset(
-            n for n in by_name.keys() | before.keys() if by_name.get(n) is not before.get(n)
-        )
-    type_versions = {t: type_version(_hashes(by_name)) for t, by_name in resources.items()}
-    return next_snapshot(previous, resources, type_versions, changed, built_at)
-
-
-def _hashes(by_name: Mapping[str, Resource]) -> int:
-    hashes = 0
-    for name, resource in by_name.items():
-        hashes ^= resource_hash(name, resource.version)
-    return hashes
 
 
 def next_snapshot(

@@ -53,7 +53,7 @@ class TypeWatch:
     def subscribe(self, wildcard: bool, added: Iterable[str], removed: Iterable[str]) -> None:
         """The wildcard now, names added and removed; the step is kept for the index."""
         came = frozenset(n for n in added if n not in self.names)
-        went = frozenset(n for n in removed if n in self.names) - came
+        went = frozenset(n for n in removed if n in self.names)
         turned = wildcard if wildcard != self.wildcard else None
         if turned is not None or came or went:
             self.steps.append((turned, came, went))

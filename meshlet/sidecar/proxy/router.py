@@ -113,16 +113,10 @@ class Router:
         if previous is not None and _endpoints_only(previous, state):
             # An EDS update: only the clusters whose endpoints changed, each rebuilt
             # alone; the routes, which point at the runtimes, stay as they are.
-            before = previous.endpoints
-            for name, endpoints in state.endpoints.items():
-                if before.get(name) is not endpoints:
-                    runtime = self.clusters.get(name)
-                    if runtime is not None:
-                        runtime.change(runtime.config, endpoints)
-            for name in before.keys() - state.endpoints.keys():
-                runtime = self.clusters.get(name)
-                if runtime is not None:
-                    runtime.change(runtime.config, ())
+            for name, held in self.clusters.items():
+                endpoints = state.endpoints.get(name, ())
+                if endpoints is not held.endpoints:
+                    held.change(held.config, endpoints)
             return
         clusters: dict[str, ClusterRuntime] = {}
         for name, config in state.clusters.items():
