@@ -63,6 +63,7 @@ import dns.message  # noqa: E402
 import dns.rdatatype  # noqa: E402
 
 from bench.k8s_mesh import Api, Layout, populate  # noqa: E402
+from tests.procs import Process, free_port, stop_process  # noqa: E402
 
 PYTHON = sys.executable
 CPU_GOAL_MS = 20.0
@@ -134,25 +135,9 @@ class Cpu:
 # --- Processes ----------------------------------------------------------------------------
 
 
-@dataclass
-class Proc:
-    name: str
-    popen: subprocess.Popen[bytes]
-    log: Path
-
-    @property
-    def pid(self) -> int:
-        return self.popen.pid
-
-    def check_alive(self) -> None:
-        if self.popen.poll() is not None:
-            tail = self.log.read_text(errors="replace")[-3000:]
-            raise RuntimeError(f"{self.name} exited with {self.popen.returncode}:\n{tail}")
-
-
 @contextlib.contextmanager
-def started(name: str, argv: Sequence[str], log: Path, cwd: Path) -> Iterator[Proc]:
-    from tests.procs import stop_process
+def started(name: str, argv: Sequence[str], log: Path, cwd: Path) -> Iterator[Process]:
+    """`tests.procs.running`, quiet at the end and in a session of its own."""
 
     with open(log, "wb") as out:
         popen = subprocess.Popen(
@@ -165,7 +150,7 @@ def started(name: str, argv: Sequence[str], log: Path, cwd: Path) -> Iterator[Pr
             start_new_session=True,
         )
     try:
-        yield Proc(name, popen, log)
+        yield Process(name, popen, log)
     finally:
         stop_process(popen, timeout=15)
 
@@ -389,7 +374,6 @@ def run(args: argparse.Namespace, folder: Path, results: Results) -> None:
     from tests.k8s import build
     from tests.k8s.cluster import running_cluster
     from tests.k8s.coredns import coredns
-    from tests.procs import free_port
 
     binaries = build.binaries()
     if isinstance(binaries, str):
@@ -515,7 +499,7 @@ class Changes:
     args: argparse.Namespace
     layout: Layout
     api: Api
-    plane: Proc
+    plane: Process
     cp_admin: int
     coredns_port: int
     dns_port: int
