@@ -14,9 +14,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
-import os
+import json
 import random
-import resource
 import socket
 import sys
 import time
@@ -24,6 +23,7 @@ from collections import Counter
 from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -453,59 +453,82 @@ async def test_the_proxys_own_captured_connection_is_refused_not_looped(lab: Lab
         assert proxy.router.passthrough.cluster.active == 0
 
 
-@contextlib.contextmanager
-def fd_limit(spare: int) -> Iterator[None]:
-    """This process may open only `spare` more fds for the block.
+class ProxyProcess:
+    """The proxy in a process of its own (tests/proxy_child.py), whose fd budget no
+    other thread of the test process can move; the test's clients stay in this one."""
 
-    RLIMIT_NOFILE bounds fd numbers, not their count, and a new fd takes the lowest free
-    number: so the holes below the highest open fd are filled first, or they would be spare
-    fds the limit does not see."""
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    highest = max(int(name) for name in os.listdir("/proc/self/fd"))
-    fillers: list[int] = []
+    def __init__(self, process: asyncio.subprocess.Process) -> None:
+        self.process = process
+
+    async def ask(self, command: str) -> dict[str, Any]:
+        assert self.process.stdin is not None and self.process.stdout is not None
+        self.process.stdin.write(f"{command}\n".encode())
+        line = await asyncio.wait_for(self.process.stdout.readline(), TIMEOUT)
+        assert line, f"the proxy process ended at {command!r}"
+        answer: dict[str, Any] = json.loads(line)
+        return answer
+
+    async def eventually(self, condition: Callable[[dict[str, Any]], bool], what: str) -> None:
+        deadline = time.monotonic() + TIMEOUT
+        while not condition(await self.ask("counters")):
+            if time.monotonic() > deadline:
+                raise AssertionError(f"timed out waiting for {what}")
+            await asyncio.sleep(0.02)
+
+
+@contextlib.asynccontextmanager
+async def proxy_process() -> AsyncIterator[ProxyProcess]:
+    process = await asyncio.create_subprocess_exec(
+        *(sys.executable, "-m", "tests.proxy_child", VIP, str(PORT), str(BACKEND_PORT)),
+        *BACKENDS,
+        stdin=asyncio.subprocess.PIPE,
+        stdout=asyncio.subprocess.PIPE,
+        cwd=Path(__file__).parent.parent,
+    )
     try:
-        while not fillers or fillers[-1] < highest:  # then every number up to it is taken
-            fillers.append(os.open("/dev/null", os.O_RDONLY))
-        resource.setrlimit(resource.RLIMIT_NOFILE, (fillers[-1] + 1 + spare, hard))
-        yield
+        assert process.stdout is not None
+        assert await asyncio.wait_for(process.stdout.readline(), TIMEOUT) == b"ready\n"
+        yield ProxyProcess(process)
     finally:
-        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
-        for fd in fillers:
-            os.close(fd)
+        if process.returncode is None:
+            process.kill()
+        await process.wait()
 
 
-CLIENTS = (
-    "import socket, sys\n"
-    "sys.stdin.readline()\n"  # the go-ahead: the proxy's fd limit is down
-    "def one():\n"
-    "    try:\n"
-    "        c = socket.create_connection(('10.96.0.10', 80), timeout=20)\n"
-    "        return c, len(c.recv(64)) > 0\n"
-    "    except OSError:\n"
-    "        return None, False\n"
-    "held = [one() for _ in range(20)]\n"
-    "print(sum(ok for _, ok in held), flush=True)\n"
-)
+def no_endpoint_blamed(counters: dict[str, Any]) -> bool:
+    cluster = counters["cluster"]
+    blamed = cluster["connect_failures"] or cluster["ejections"] or cluster["no_endpoint"]
+    return not blamed and all(h == [0, 0] for h in counters["hosts"].values())
 
 
 async def test_running_out_of_fds_pauses_accepting_instead_of_spinning(lab: Lab) -> None:
-    async with backends(), proxy_for(sidecar_state(Mesh((web(),)))) as proxy:
-        clients = await asyncio.create_subprocess_exec(
-            sys.executable,
-            "-c",
-            CLIENTS,
-            stdin=asyncio.subprocess.PIPE,
-            stdout=asyncio.subprocess.PIPE,
-        )
-        assert clients.stdin is not None
-        with fd_limit(spare=0):
-            clients.stdin.write(b"go\n")
-            await eventually(lambda: proxy.accept_failures > 0, "accept to run out of fds")
-            await asyncio.sleep(0.5)  # a window in which a spinning accept would count up
-            assert proxy.accept_failures < 20  # paused 0.1 s after each failure, not spun
-        out, _ = await asyncio.wait_for(clients.communicate(), 60)
-        assert out.strip() == b"20"  # waiting clients are served once fds are back
+    async with backends(), proxy_process() as proxy:
+        await proxy.ask("limit 0")
+        waiting = [asyncio.create_task(greeting()) for _ in range(20)]
+        await proxy.eventually(lambda c: c["accept_failures"] > 0, "accept to run out of fds")
+        await asyncio.sleep(0.5)  # a window in which a spinning accept would count up
+        assert (await proxy.ask("counters"))["accept_failures"] < 20  # paused 0.1 s, not spun
+        await proxy.ask("unlimit")
+        served = await asyncio.gather(*waiting)  # waiting clients are served once fds are back
+        assert {name for name, _, _ in served} <= {"web-0", "web-1", "web-2"}
+        for _, _, writer in served:
+            writer.close()
         assert await exchange() in {"web-0", "web-1", "web-2"}
+
+
+async def test_closing_while_accept_is_paused_closes_every_listener(lab: Lab) -> None:
+    async with backends(), proxy_process() as proxy:
+        await proxy.ask("limit 0")
+        waiting = asyncio.create_task(greeting())
+        await proxy.eventually(lambda c: c["accept_failures"] > 0, "accept to run out of fds")
+        await proxy.ask("close")  # the listener is out of the epoll set for its pause
+        (outcome,) = await asyncio.gather(waiting, return_exceptions=True)
+        if not isinstance(outcome, ConnectionError):  # its backlog went with the listener
+            assert outcome[0] == "", "a connection was served after close"
+            outcome[2].close()
+        for address in (("127.0.0.1", 15001), ("::1", 15001)):
+            with pytest.raises(ConnectionRefusedError):
+                socket.create_connection(address, timeout=TIMEOUT).close()
 
 
 def one_ephemeral_port() -> None:
@@ -520,13 +543,14 @@ def assert_no_endpoint_blamed(runtime: ClusterRuntime) -> None:
 
 
 async def test_no_socket_for_the_upstream_blames_no_endpoint(lab: Lab) -> None:
-    async with backends(), proxy_for(sidecar_state(Mesh((web(),)))) as proxy:
-        with fd_limit(spare=2):  # the client's socket and the accepted one; none upstream
-            await expect_reset()
-        runtime = cluster(proxy)
-        assert runtime.local_failures == 1  # given up at once: every endpoint would fail alike
-        assert runtime.retries == 0
-        assert_no_endpoint_blamed(runtime)
+    async with backends(), proxy_process() as proxy:
+        await proxy.ask("limit 1")  # the accepted connection; none upstream
+        await expect_reset()
+        counters = await proxy.ask("counters")
+        assert counters["cluster"]["local_failures"] == 1  # given up at once: all would fail
+        assert counters["cluster"]["retries"] == 0
+        assert no_endpoint_blamed(counters)
+        await proxy.ask("unlimit")
         assert await exchange() in {"web-0", "web-1", "web-2"}
 
 
@@ -548,14 +572,14 @@ async def test_no_free_port_to_the_endpoint_blames_it_not(lab: Lab) -> None:
 
 
 async def test_without_fds_for_a_pipe_bytes_are_copied_instead(lab: Lab) -> None:
-    async with backends(), proxy_for(sidecar_state(Mesh((web(),)))) as proxy:
-        proxy.pipes.close()  # no pooled pipes to fall back on
+    async with backends(), proxy_process() as proxy:
+        await proxy.ask("no-pipes")  # no pooled pipes to fall back on
         name, reader, writer = await greeting()
-        with fd_limit(spare=0):  # the relay exists; a pipe for its bytes cannot be made
-            payload = b"q" * 300_000
-            writer.write(payload)
-            writer.write_eof()
-            rest = await asyncio.wait_for(reader.read(), TIMEOUT)
+        await proxy.ask("limit 0")  # the relay exists; a pipe for its bytes cannot be made
+        payload = b"q" * 300_000
+        writer.write(payload)
+        writer.write_eof()
+        rest = await asyncio.wait_for(reader.read(), TIMEOUT)
         writer.close()
         assert rest == payload + b"bye\n" and name.startswith("web-")
-        assert cluster(proxy).bytes_up == len(payload)
+        await proxy.eventually(lambda c: c["cluster"]["bytes_up"] == len(payload), "the count")

@@ -52,15 +52,20 @@ class Reactor:
         """Hand a watched fd to another handler (a connect that completed, say)."""
         self._handlers[fd] = handler
 
-    def forget(self, fd: int) -> None:
-        """Call before closing `fd`: closing removes it from the epoll set itself."""
-        if self._handlers.pop(fd, None) is not None and self._dispatching:
+    def forget(self, fd: int) -> bool:
+        """Call before closing `fd`: closing removes it from the epoll set itself.
+        Says whether it was watched."""
+        if self._handlers.pop(fd, None) is None:
+            return False
+        if self._dispatching:
             self._gone.add(fd)
+        return True
 
     def unwatch(self, fd: int) -> None:
-        """Stop watching an fd that stays open."""
-        self.forget(fd)
-        self._epoll.unregister(fd)
+        """Stop watching an fd that stays open; nothing if it is not watched (a listener
+        paused after a failed accept, say)."""
+        if self.forget(fd):
+            self._epoll.unregister(fd)
 
     def dispatch(self) -> None:
         handlers, gone = self._handlers, self._gone
