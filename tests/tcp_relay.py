@@ -18,7 +18,8 @@ class TcpRelay:
         self._open: set[socket.socket] = set()
         self._closed = False
         self.cuts = 0
-        threading.Thread(target=self._accept, daemon=True).start()
+        self._acceptor = threading.Thread(target=self._accept, daemon=True)
+        self._acceptor.start()
 
     def _accept(self) -> None:
         while True:
@@ -66,7 +67,10 @@ class TcpRelay:
     def close(self) -> None:
         with self._lock:
             self._closed = True
+        with contextlib.suppress(OSError):  # wakes the accept: close alone would not
+            self._listener.shutdown(socket.SHUT_RDWR)
         self._listener.close()
+        self._acceptor.join(timeout=5)
         self.cut()
 
 
