@@ -9,6 +9,7 @@ query; POST routes take the body too (bounded: `max_body`), and TLS is an
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import json
 import logging
 import ssl
@@ -16,11 +17,14 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from urllib.parse import parse_qs, urlsplit
 
+from meshlet import logs
+
 log = logging.getLogger(__name__)
 
 _REASONS = {
     200: "OK",
     400: "Bad Request",
+    403: "Forbidden",
     404: "Not Found",
     405: "Method Not Allowed",
     411: "Length Required",
@@ -61,9 +65,12 @@ class AdminServer:
         post_routes: dict[str, PostHandler] | None = None,
         max_body: int = 1 << 20,
         max_concurrent: int = 64,
+        loopback_only: frozenset[str] = frozenset(),
     ) -> None:
         self._routes = routes
         self._posts = post_routes or {}
+        # Paths that change the process: served only to a client on this host.
+        self._loopback_only = loopback_only
         self._max_body = max_body
         # Requests read at once: a flood of slow clients costs at most this many bodies.
         self._slots = asyncio.Semaphore(max_concurrent)
@@ -100,7 +107,7 @@ class AdminServer:
             async with self._slots:
                 # One deadline for the whole request: stray bytes do not keep it open.
                 async with asyncio.timeout(_REQUEST_SECONDS):
-                    response, head_only = await self._respond(reader)
+                    response, head_only = await self._respond(reader, _from_loopback(writer))
             head = (
                 f"HTTP/1.1 {response.status} {_REASONS.get(response.status, '')}\r\n"
                 f"Content-Type: {response.content_type}\r\n"
@@ -119,7 +126,9 @@ class AdminServer:
         finally:
             writer.close()
 
-    async def _respond(self, reader: asyncio.StreamReader) -> tuple[Response, bool]:
+    async def _respond(
+        self, reader: asyncio.StreamReader, from_loopback: bool
+    ) -> tuple[Response, bool]:
         """The response, and whether only its head is wanted (HEAD)."""
         request_line = await reader.readline()
         length: int | None = None
@@ -136,6 +145,8 @@ class AdminServer:
             return Response.text("bad request line\n", 400), False
         method, target, _ = parts
         url = urlsplit(target)
+        if url.path in self._loopback_only and not from_loopback:
+            return Response.text("only from this host (loopback)\n", 403), False
         if method == "POST" and url.path in self._posts:
             if length is None:
                 return Response.text("a POST needs Content-Length\n", 411), False
@@ -144,7 +155,7 @@ class AdminServer:
             body = await reader.readexactly(length)
             handler = self._posts[url.path]
             return await self._call(url.path, lambda: handler(parse_qs(url.query), body)), False
-        if url.path in self._posts:
+        if url.path in self._posts and url.path not in self._routes:
             return Response.text("only POST\n", 405), False
         if method not in ("GET", "HEAD") and url.path in self._routes:
             return Response.text("only GET\n", 405), False
@@ -166,3 +177,34 @@ class AdminServer:
         except Exception:
             log.exception("admin handler %s failed", path)
             return Response.text("internal error\n", 500)
+
+
+def _from_loopback(writer: asyncio.StreamWriter) -> bool:
+    peer = writer.get_extra_info("peername")
+    if not isinstance(peer, tuple):
+        return False
+    try:
+        address = ipaddress.ip_address(peer[0])
+    except ValueError:
+        return False
+    mapped = getattr(address, "ipv4_mapped", None)
+    return bool((mapped or address).is_loopback)
+
+
+def log_level_routes() -> tuple[dict[str, Handler], dict[str, PostHandler]]:
+    """GET /logging: the log levels; POST /logging?level=debug (every logger) or
+    ?meshlet.sidecar.dns=debug (one): change them, as Envoy's /logging does."""
+
+    def change(query: dict[str, list[str]], _body: bytes) -> Response:
+        wanted = {name: values[-1] for name, values in query.items()}
+        if not wanted:
+            return Response.text(f"say ?level=<{'|'.join(logs.LEVELS)}>\n", 400)
+        try:
+            now = logs.set_levels(wanted)
+        except ValueError as exc:
+            return Response.text(f"{exc}\n", 400)
+        changed = ", ".join(f"{name}={level}" for name, level in wanted.items())
+        log.info("log levels set over the admin port: %s", changed)
+        return Response.json(now)
+
+    return {"/logging": lambda _: Response.json(logs.levels())}, {"/logging": change}

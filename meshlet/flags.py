@@ -30,11 +30,26 @@ def add_flag(parser: argparse.ArgumentParser, flag: str, **kwargs: Any) -> None:
             kwargs["default"] = value
         # argparse checks `choices` only on the command line, not on defaults.
         choices = kwargs.get("choices")
-        if choices is not None and value not in choices:
+        if choices is not None and _convert(kwargs, value) not in choices:
             parser.error(f"{env}={value!r}: choose from {', '.join(map(str, choices))}")
     help_text = kwargs.get("help", "")
     kwargs["help"] = f"{help_text} [env {env}]".strip()
     parser.add_argument(flag, **kwargs)
+
+
+class DefaultsHelpFormatter(argparse.HelpFormatter):
+    """--help shows each flag's default, where it has one worth showing."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        text = action.help or ""
+        default = action.default
+        shown = default not in (None, False, argparse.SUPPRESS, [], "") and action.option_strings
+        if shown and "default" not in text.lower():
+            value = ",".join(map(str, default)) if isinstance(default, list) else default
+            shown_default = f"(default: {str(value).replace('%', '%%')})"
+            words, env, tag = text.rpartition(" [env ")  # add_flag's tag stays last
+            text = f"{words} {shown_default}{env}{tag}" if env else f"{text} {shown_default}"
+        return text
 
 
 def _convert(kwargs: dict[str, Any], value: str) -> Any:

@@ -180,8 +180,17 @@ def peer_certificate(port: int, context: ssl.SSLContext, host: str = "127.0.0.1"
 
 def http_get(url: str, timeout: float = 5.0) -> tuple[int, str]:
     """(status, body) of a GET; an HTTP error status is returned, not raised."""
+    return _http(urllib.request.Request(url), timeout)
+
+
+def http_post(url: str, body: bytes = b"", timeout: float = 5.0) -> tuple[int, str]:
+    """(status, body) of a POST; an HTTP error status is returned, not raised."""
+    return _http(urllib.request.Request(url, data=body, method="POST"), timeout)
+
+
+def _http(request: urllib.request.Request, timeout: float) -> tuple[int, str]:
     try:
-        with urllib.request.urlopen(url, timeout=timeout) as response:
+        with urllib.request.urlopen(request, timeout=timeout) as response:
             return int(response.status), response.read().decode()
     except urllib.error.HTTPError as exc:
         with exc:

@@ -51,17 +51,29 @@ def commands() -> tuple[list[str], list[str]]:
     return synopses, concrete
 
 
-def subcommand_flags(name: str) -> set[str]:
-    parser = build_parser()
-    sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+def flags_of(parser: argparse.ArgumentParser) -> set[str]:
     flags = set()
-    for action in sub.choices[name]._actions:
+    for action in parser._actions:
         flags.update(o for o in action.option_strings if o.startswith("--") and o != "--help")
     return flags
 
 
+def subcommand_flags(name: str) -> set[str]:
+    """Its own flags: not the global ones every command takes (listed once)."""
+    parser = build_parser()
+    sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    return flags_of(sub.choices[name]) - GLOBAL_FLAGS
+
+
+GLOBAL_FLAGS = flags_of(build_parser()) - {"--version"}
+
+
 def section(command: str) -> str:
-    start = README.index(f"## `meshlet {command}`")
+    return section_titled(f"## `meshlet {command}`")
+
+
+def section_titled(title: str) -> str:
+    start = README.index(title)
     end = README.find("\n## ", start + 1)
     return README[start:end]
 
@@ -81,7 +93,7 @@ def test_every_flag_in_a_table_is_a_flag(name: str) -> None:
     rows = re.findall(r"^\| `(--[a-z-]+)", section(name), re.M)
     rows += re.findall(r"^\| `--[a-z-]+`, `(--[a-z-]+)`", section(name), re.M)
     assert rows
-    unknown = set(rows) - subcommand_flags(name) - {"--log-level"}
+    unknown = set(rows) - subcommand_flags(name)
     assert not unknown, f"the README's table for meshlet {name} lists {unknown}"
 
 
@@ -170,6 +182,11 @@ def test_every_command_the_readme_shows_is_run(command: str, tmp_path: Path) -> 
     RUNS[command](tmp_path)
 
 
+def test_the_global_flags_are_listed_once() -> None:
+    rows = set(re.findall(r"^\| `(--[a-z-]+)", section_titled("## Every command"), re.M))
+    assert rows == GLOBAL_FLAGS
+
+
 def test_the_readme_shows_the_commands() -> None:
     assert {s.split()[1] for s in SYNOPSES} == {
         "control-plane",
@@ -178,5 +195,6 @@ def test_the_readme_shows_the_commands() -> None:
         "inject",
         "wait",
         "demo",
+        "version",
     }
     assert set(RUNS) <= set(CONCRETE)  # no runner for a command the README dropped

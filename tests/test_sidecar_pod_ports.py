@@ -20,6 +20,7 @@ from tests.procs import (
     control_plane,
     free_port,
     http_get,
+    http_post,
     running,
     wait_until,
     write_manifests,
@@ -93,15 +94,7 @@ def test_health_and_metrics_ports_and_meshlet_wait(tmp_path: Path) -> None:
 
 
 def post(url: str) -> int:
-    import urllib.error
-    import urllib.request
-
-    request = urllib.request.Request(url, data=b"", method="POST")
-    try:
-        with urllib.request.urlopen(request, timeout=5) as response:
-            return int(response.status)
-    except urllib.error.HTTPError as exc:
-        return exc.code
+    return http_post(url)[0]
 
 
 def test_quitquitquit_stops_a_classic_sidecar(tmp_path: Path) -> None:

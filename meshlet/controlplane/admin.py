@@ -6,7 +6,8 @@ from collections.abc import Callable
 
 from google.protobuf import any_pb2, json_format
 
-from meshlet.admin_http import AdminServer, Response
+from meshlet import build_info
+from meshlet.admin_http import AdminServer, Response, log_level_routes
 from meshlet.controlplane.cache import SnapshotCache
 from meshlet.controlplane.server import AdsServer
 from meshlet.telemetry import Telemetry
@@ -54,9 +55,12 @@ def build_admin(
             return Response.text(f"{waiting}\n", 503)
         return Response.text("ready\n")
 
+    log_levels, set_log_levels = log_level_routes()
     return AdminServer(
         {
+            **log_levels,
             "/healthz": lambda _: Response.text("ok\n"),
+            "/version": lambda _: Response.json(build_info()),
             "/readyz": ready,
             "/metrics": lambda _: Response(
                 200, telemetry.prometheus_text(), "text/plain; version=0.0.4; charset=utf-8"
@@ -65,5 +69,7 @@ def build_admin(
             "/debug/clients": lambda _: Response.json(ads.clients()),
             "/debug/problems": lambda _: Response.json(problems),
             "/debug/sources": lambda _: Response.json(sources()),
-        }
+        },
+        post_routes=set_log_levels,
+        loopback_only=frozenset(set_log_levels),  # /readyz and /metrics are for the cluster
     )

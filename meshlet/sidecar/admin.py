@@ -6,7 +6,7 @@ import logging
 import time
 from collections.abc import Callable, Mapping
 
-from meshlet.admin_http import AdminServer, Response
+from meshlet.admin_http import AdminServer, Response, log_level_routes
 from meshlet.flags import grpc_address
 from meshlet.model import Endpoint
 from meshlet.sidecar.proxy.balancer import Host, host_name
@@ -126,8 +126,11 @@ def build_admin(
         quit()
         return Response.text("stopping\n")
 
+    log_levels, set_log_levels = log_level_routes()
+    posts = {**set_log_levels, **({"/quitquitquit": quitquitquit} if quit is not None else {})}
     return AdminServer(
         {
+            **log_levels,
             "/ready": _ready(status),
             "/config_dump": lambda _: Response.json(config_dump(state(), status())),
             "/clusters": lambda _: Response.json(
@@ -135,8 +138,9 @@ def build_admin(
             ),
             "/metrics": _metrics(telemetry),
         },
-        post_routes={"/quitquitquit": quitquitquit} if quit is not None else None,
+        post_routes=posts,
         max_body=1024,
+        loopback_only=frozenset(set_log_levels),  # also when the port is moved off loopback
     )
 
 

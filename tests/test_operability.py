@@ -1,0 +1,165 @@
+"""What an operator reaches for: the CLI's help and flags, `meshlet version`, JSON logs,
+and the log level changed at run time on the admin port."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from pathlib import Path
+
+import pytest
+
+from meshlet import __version__, logs
+from meshlet.admin_http import AdminServer, log_level_routes
+from meshlet.cli import build_parser
+from meshlet.devmesh import netns
+from tests.netlab import lab_pod
+from tests.procs import control_plane, http_post, write_manifests
+from tests.test_cli import run_meshlet
+from tests.test_control_plane_process import web
+
+
+def test_global_flags_go_before_or_after_the_subcommand_in_any_case() -> None:
+    parse = build_parser().parse_args
+    after = parse(["control-plane", "--manifests", "x", "--log-level", "DEBUG"])
+    assert (after.log_level, after.log_format) == ("debug", "text")
+    before = parse(["--log-format", "JSON", "sidecar"])
+    assert (before.log_level, before.log_format) == ("info", "json")
+    # Given before and not after, it is not reset by the subcommand's own default.
+    assert parse(["--log-level", "error", "wait"]).log_level == "error"
+
+
+def test_help_shows_each_flags_default() -> None:
+    shown = run_meshlet("sidecar", "--help")
+    assert shown.returncode == 0
+    text = " ".join(shown.stdout.split())  # argparse wraps lines
+    assert "(default: 127.0.0.1:15000) [env MESHLET_ADMIN_ADDRESS]" in text
+    assert "--log-level {debug,info,warning,error} log verbosity (default: info;" in text
+    plane = " ".join(run_meshlet("control-plane", "--help").stdout.split())
+    assert "(default: 0.0.0.0:15014)" in plane and "(default: 4Mi)" in plane
+
+
+def test_a_bad_subcommand_flag_shows_that_subcommands_usage() -> None:
+    result = run_meshlet("sidecar", "--no-such-flag")
+    assert result.returncode == 2
+    assert result.stderr.startswith("usage: meshlet sidecar ")
+    assert "meshlet sidecar: error: unrecognized arguments: --no-such-flag" in result.stderr
+
+
+def test_a_bad_log_level_is_refused_with_the_choices() -> None:
+    result = run_meshlet("wait", "--log-level", "loud")
+    assert result.returncode == 2
+    assert "invalid choice: 'loud' (choose from 'debug', 'info', 'warning', 'error')" in (
+        result.stderr
+    )
+    from_env = run_meshlet("wait", "--timeout=0", env={"MESHLET_LOG_LEVEL": "loud"})
+    assert from_env.returncode == 2 and "MESHLET_LOG_LEVEL='loud'" in from_env.stderr
+
+
+def test_json_log_lines_carry_time_level_logger_message_and_fields(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    root = logging.getLogger()
+    saved = root.handlers[:], root.level
+    try:
+        logs.configure("info", "json")
+        log = logging.getLogger("meshlet.test")
+        log.info("client connected", extra={"node": "pod-1", "protocol": "delta"})
+        log.debug("not shown at info")
+        try:
+            raise ValueError("boom")
+        except ValueError:
+            log.exception("handler failed")
+    finally:
+        root.handlers[:], root.level = saved
+    lines = [json.loads(line) for line in capsys.readouterr().err.splitlines()]
+    assert len(lines) == 2
+    first, second = lines
+    assert first["message"] == "client connected" and first["level"] == "info"
+    assert (first["logger"], first["node"], first["protocol"]) == ("meshlet.test", "pod-1", "delta")
+    assert first["time"].endswith("+00:00") and "T" in first["time"]
+    assert second["level"] == "error" and "ValueError: boom" in second["exception"]
+
+
+def test_set_levels_checks_everything_before_changing_anything() -> None:
+    target = logging.getLogger("meshlet.sidecar.dns")
+    saved = target.level, logging.getLogger().level
+    try:
+        with pytest.raises(ValueError, match="'loud': choose a level"):
+            logs.set_levels({"meshlet.sidecar.dns": "debug", "level": "loud"})
+        assert target.level == saved[0]  # the good half was not applied either
+        with pytest.raises(ValueError, match="not a meshlet logger"):
+            logs.set_levels({"grpc": "debug"})
+        now = logs.set_levels({"meshlet.sidecar.dns": "DEBUG"})
+        assert now["meshlet.sidecar.dns"] == "debug" and target.level == logging.DEBUG
+    finally:
+        target.setLevel(saved[0])
+        logging.getLogger().setLevel(saved[1])
+
+
+def test_the_control_plane_logs_json_and_changes_its_level_at_run_time(tmp_path: Path) -> None:
+    folder = tmp_path / "manifests"
+    folder.mkdir()
+    write_manifests(folder / "web.yaml", *web("10.1.0.1"))
+    # The global flag after the subcommand, as an operator types it.
+    with control_plane(folder, tmp_path, extra_args=["--log-format", "json"]) as plane:
+        assert plane.get_json("/logging")["root"] == "info"
+        assert http_post(plane.url("/logging?level=loud"))[0] == 400
+        assert plane.get_json("/logging")["root"] == "info"  # a bad request changes nothing
+        status, body = http_post(plane.url("/logging?level=debug"))
+        assert status == 200 and json.loads(body)["root"] == "debug"
+        assert plane.get_json("/logging")["root"] == "debug"
+        version = plane.get_json("/version")
+        assert version["version"] == __version__
+        plane.process.check_alive()
+        lines = [json.loads(line) for line in plane.process.log_text().splitlines()]
+    assert lines and all({"time", "level", "logger", "message"} <= line.keys() for line in lines)
+    assert {
+        "level": "info",
+        "logger": "meshlet.admin_http",
+        "message": "log levels set over the admin port: level=debug",
+    }.items() <= next(line for line in lines if "log levels set" in line["message"]).items()
+
+
+def test_meshlet_version_asks_the_control_plane(tmp_path: Path) -> None:
+    folder = tmp_path / "manifests"
+    folder.mkdir()
+    write_manifests(folder / "web.yaml", *web("10.1.0.1"))
+    with control_plane(folder, tmp_path) as plane:
+        address = f"127.0.0.1:{plane.admin_port}"
+        shown = run_meshlet("version", f"--control-plane={address}")
+        assert shown.returncode == 0, shown.stderr
+        assert f"client: meshlet {__version__} (Python " in shown.stdout
+        assert f"control plane: meshlet {__version__} at {address}" in shown.stdout
+        as_json = json.loads(
+            run_meshlet("version", f"--control-plane={address}", "-o", "json").stdout
+        )
+        assert as_json["controlPlane"]["version"] == as_json["client"]["version"] == __version__
+    gone = run_meshlet("version", f"--control-plane={address}")
+    assert gone.returncode == 1
+    assert f"control plane: not reachable at {address}: " in gone.stdout
+    assert "Traceback" not in gone.stderr
+    alone = run_meshlet("version", "--client", f"--control-plane={address}")
+    assert alone.returncode == 0 and "control plane" not in alone.stdout
+
+
+def test_log_levels_change_only_from_loopback() -> None:
+    with lab_pod() as (_, pod), netns.entered(pod.namespace):
+        asyncio.run(_only_from_loopback(pod.ip))
+
+
+async def _only_from_loopback(pod_ip: str) -> None:
+    routes, posts = log_level_routes()
+    server = AdminServer(routes, posts, loopback_only=frozenset(posts))
+    port = await server.start("0.0.0.0", 0)
+    loop = asyncio.get_running_loop()
+    try:
+        for host, expected in ((pod_ip, 403), ("127.0.0.1", 200)):
+            url = f"http://{host}:{port}/logging?meshlet.test=warning"
+            status, body = await loop.run_in_executor(None, http_post, url)
+            assert status == expected, body
+        assert logging.getLogger("meshlet.test").level == logging.WARNING
+    finally:
+        logging.getLogger("meshlet.test").setLevel(logging.NOTSET)
+        await server.close()
