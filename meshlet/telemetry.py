@@ -10,11 +10,13 @@ import logging
 import os
 
 from opentelemetry.exporter.prometheus import PrometheusMetricReader
-from opentelemetry.metrics import Meter
+from opentelemetry.metrics import Meter, Observation
 from opentelemetry.sdk.metrics import MeterProvider
 from opentelemetry.sdk.metrics.export import MetricReader, PeriodicExportingMetricReader
 from opentelemetry.sdk.resources import Resource
-from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client import CollectorRegistry, ProcessCollector, generate_latest
+
+from meshlet import build_info
 
 log = logging.getLogger(__name__)
 
@@ -54,7 +56,12 @@ class Telemetry:
         # A registry of our own, not prometheus_client's global one, so several
         # providers (tests, embedded use) never collide.
         self.registry = CollectorRegistry(auto_describe=True)
-        readers: list[MetricReader] = [PrometheusMetricReader(registry=self.registry)]
+        # No otel_scope_* labels: one scope ("meshlet") would repeat them on every series.
+        prometheus = PrometheusMetricReader(registry=self.registry, scope_info_enabled=False)
+        readers: list[MetricReader] = [prometheus]
+        # process_cpu_seconds_total, process_resident_memory_bytes, process_open_fds...:
+        # the names every Prometheus user knows, read from /proc at each scrape.
+        ProcessCollector(registry=self.registry)
         if _otlp_enabled():
             otlp = _otlp_reader()
             if otlp is not None:
@@ -63,6 +70,12 @@ class Telemetry:
             resource=Resource.create({"service.name": service_name}), metric_readers=readers
         )
         self.meter: Meter = self.provider.get_meter("meshlet")
+        info = build_info()
+        self.meter.create_observable_gauge(
+            "meshlet_build_info",
+            callbacks=[lambda _: [Observation(1, info)]],
+            description="1, with the version of this build as labels",
+        )
 
     def prometheus_text(self) -> bytes:
         return generate_latest(self.registry)

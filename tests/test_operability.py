@@ -6,6 +6,8 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import platform
+import re
 from pathlib import Path
 
 import pytest
@@ -15,9 +17,10 @@ from meshlet.admin_http import AdminServer, log_level_routes
 from meshlet.cli import build_parser
 from meshlet.devmesh import netns
 from tests.netlab import lab_pod
-from tests.procs import control_plane, http_post, write_manifests
+from tests.procs import control_plane, free_port, http_get, http_post, write_manifests
 from tests.test_cli import run_meshlet
 from tests.test_control_plane_process import web
+from tests.test_sidecar_pod_ports import pod_sidecar
 
 
 def test_global_flags_go_before_or_after_the_subcommand_in_any_case() -> None:
@@ -163,3 +166,29 @@ async def _only_from_loopback(pod_ip: str) -> None:
     finally:
         logging.getLogger("meshlet.test").setLevel(logging.NOTSET)
         await server.close()
+
+
+def assert_operator_metrics(text: str) -> None:
+    assert (
+        f'meshlet_build_info{{python="{platform.python_version()}",version="{__version__}"}} 1.0'
+        in (text)
+    )
+    for name in ("process_cpu_seconds_total", "process_resident_memory_bytes", "process_open_fds"):
+        assert re.search(rf"^{name} [0-9.e+]+$", text, re.M), name
+    assert "otel_scope" not in text  # no scope labels repeated on every series
+
+
+def test_both_processes_export_build_info_and_process_metrics(tmp_path: Path) -> None:
+    folder = tmp_path / "manifests"
+    folder.mkdir()
+    write_manifests(folder / "web.yaml", *web("10.1.0.1"))
+    xds_port = free_port()
+    with (
+        control_plane(folder, tmp_path, xds_port=xds_port) as plane,
+        pod_sidecar(tmp_path, xds_port) as (sidecar, ports),
+    ):
+        assert_operator_metrics(plane.metrics())
+        status, text = http_get(f"http://127.0.0.1:{ports['metrics']}/stats/prometheus")
+        assert status == 200
+        assert_operator_metrics(text)
+        sidecar.check_alive()
