@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import signal
 import sys
 from collections.abc import Awaitable, Callable
 
 import uvloop
+
+log = logging.getLogger(__name__)
 
 
 def run_until_signal(name: str, serve: Callable[[asyncio.Event], Awaitable[int]]) -> int:
@@ -16,9 +19,17 @@ def run_until_signal(name: str, serve: Callable[[asyncio.Event], Awaitable[int]]
     async def main() -> int:
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
+
+        def stopping(sig: signal.Signals) -> None:
+            if not stop.is_set():
+                log.info("%s: stopping (%s)", name, sig.name)
+            stop.set()
+
         for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, stop.set)
-        return await serve(stop)
+            loop.add_signal_handler(sig, stopping, sig)
+        code = await serve(stop)
+        log.info("%s: stopped", name)
+        return code
 
     try:
         return uvloop.run(main())

@@ -8,16 +8,28 @@ import json
 import logging
 import platform
 import re
+import signal
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from meshlet import __version__, logs
 from meshlet.admin_http import AdminServer, log_level_routes
 from meshlet.cli import build_parser
+from meshlet.controlplane import change_log
 from meshlet.devmesh import netns
+from meshlet.model import Endpoint, Service, ServicePort
 from tests.netlab import lab_pod
-from tests.procs import control_plane, free_port, http_get, http_post, write_manifests
+from tests.procs import (
+    Process,
+    control_plane,
+    free_port,
+    http_get,
+    http_post,
+    wait_until,
+    write_manifests,
+)
 from tests.test_cli import run_meshlet
 from tests.test_control_plane_process import web
 from tests.test_sidecar_pod_ports import pod_sidecar
@@ -192,3 +204,97 @@ def test_both_processes_export_build_info_and_process_metrics(tmp_path: Path) ->
         assert status == 200
         assert_operator_metrics(text)
         sidecar.check_alive()
+
+
+def json_lines(text: str) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in text.splitlines()]
+
+
+def logged(process: Process, message: str) -> dict[str, Any] | None:
+    """The first JSON log line of `process` whose message starts with `message`."""
+    return next(
+        (m for m in json_lines(process.log_text()) if m["message"].startswith(message)), None
+    )
+
+
+def test_lifecycle_events_are_logged_at_info(tmp_path: Path) -> None:
+    folder = tmp_path / "manifests"
+    folder.mkdir()
+    write_manifests(folder / "web.yaml", *web("10.1.0.1", "10.1.0.2"))
+    xds_port = free_port()
+    json_logs = ["--log-format=json"]
+    with control_plane(folder, tmp_path, xds_port=xds_port, extra_args=json_logs) as plane:
+        with pod_sidecar(tmp_path, xds_port, "--node-id=pod-a", *json_logs) as (sidecar, _):
+            connected = wait_until(
+                bool,
+                30,
+                "the connect log",
+                observe=lambda: logged(plane.process, "client connected"),
+            )
+            assert connected["message"].startswith("client connected: node 'pod-a' (delta) from ")
+            assert (connected["node"], connected["protocol"]) == ("pod-a", "delta")
+            wait_until(
+                bool, 30, "an accept", observe=lambda: logged(sidecar, "accepted eds version")
+            )
+            assert logged(sidecar, f"xDS stream to localhost:{xds_port} up (delta)")
+            write_manifests(folder / "web.yaml", *web("10.1.0.1"))
+            pushed = wait_until(
+                bool, 30, "the push log", observe=lambda: logged(plane.process, "pushed")
+            )
+            assert pushed["message"] == "pushed: default/web: endpoints 2 -> 1"
+            sidecar.popen.send_signal(signal.SIGTERM)
+            assert sidecar.popen.wait(timeout=30) == 0
+        assert logged(sidecar, "sidecar: stopping (SIGTERM)") and logged(
+            sidecar, "sidecar: stopped"
+        )
+        gone = wait_until(
+            bool, 30, "the gone log", observe=lambda: logged(plane.process, "client gone")
+        )
+        assert gone["message"].startswith("client gone: node 'pod-a' (delta) after ")
+    levels = {m["level"] for m in json_lines(plane.process.log_text())}
+    assert levels <= {"info"}, "a clean run logs nothing worse than info"
+
+
+def test_a_sidecar_logs_that_its_stream_is_up_again_after_a_break(tmp_path: Path) -> None:
+    folder = tmp_path / "manifests"
+    folder.mkdir()
+    write_manifests(folder / "web.yaml", *web("10.1.0.1"))
+    xds_port = free_port()
+    with pod_sidecar(tmp_path, xds_port, "--log-format=json") as (sidecar, _):
+        for _ in range(2):
+            with control_plane(folder, tmp_path, xds_port=xds_port):
+                wait_until(bool, 30, "a stream", observe=lambda: logged(sidecar, "accepted"))
+        with control_plane(folder, tmp_path, xds_port=xds_port):
+            again = f"xDS stream to localhost:{xds_port} up again after a break"
+            wait_until(bool, 60, "the log", observe=lambda: logged(sidecar, again))
+        ended = logged(sidecar, f"xDS stream to localhost:{xds_port} ended after ")
+        assert ended is not None and ended["level"] == "warning"
+
+
+def test_a_push_is_described_by_what_changed() -> None:
+    def svc(
+        *addresses: str, ports: tuple[int, ...] = (80,), ips: tuple[str, ...] = ("10.96.0.1",)
+    ) -> Service:
+        endpoints = tuple(Endpoint(a, 8080) for a in addresses)
+        return Service(
+            "web",
+            "shop",
+            cluster_ips=ips,
+            ports=tuple(ServicePort(f"p{p}", p, endpoints=endpoints) for p in ports),
+        )
+
+    three, two = svc("10.1.0.1", "10.1.0.2", "10.1.0.3"), svc("10.1.0.1", "10.1.0.2")
+    assert change_log.describe("shop/web", three, two) == "shop/web: endpoints 3 -> 2"
+    assert change_log.describe("shop/web", None, two) == "shop/web: added (ClusterIP, 2 endpoints)"
+    assert change_log.describe("shop/web", two, None) == "shop/web: removed"
+    moved = svc("10.1.0.1", "10.1.0.9")
+    assert change_log.describe("shop/web", two, moved) == "shop/web: endpoints changed (2)"
+    wider = svc("10.1.0.1", "10.1.0.2", ports=(80, 443), ips=("10.96.0.2",))
+    assert change_log.describe("shop/web", two, wider) == (
+        "shop/web: ports 80 -> 80,443, IPs 10.96.0.1 -> 10.96.0.2"
+    )
+    many = {f"ns/s{i:02d}": (None, two) for i in range(8)}
+    summary = change_log.summary(many, shown=2)
+    assert summary == (
+        "ns/s00: added (ClusterIP, 2 endpoints); ns/s01: added (ClusterIP, 2 endpoints); and 6 more"
+    )

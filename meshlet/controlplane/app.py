@@ -14,6 +14,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from meshlet import defaults
+from meshlet.controlplane import change_log
 from meshlet.controlplane.admin import build_admin
 from meshlet.controlplane.builder import SnapshotBuilder
 from meshlet.controlplane.cache import SnapshotCache
@@ -96,6 +97,8 @@ class ControlPlane:
             built.count(),
             ", ".join(f"{n} {t.rsplit('.', 1)[-1]}" for t, n in snapshot.counts().items()),
         )
+        if not first and built.changes:
+            log.info("pushed: %s", change_log.summary(built.changes))
         if first:
             # The snapshot and the parsed objects live for the whole run: keep the
             # collector from re-scanning them on every full collection.

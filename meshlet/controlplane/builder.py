@@ -29,6 +29,7 @@ from meshlet.controlplane.cache import (
     resource_hash,
     type_version,
 )
+from meshlet.controlplane.change_log import Change
 from meshlet.model import Service
 from meshlet.xds import types
 from meshlet.xds.nametable import service_entries
@@ -42,6 +43,8 @@ class BuildReport:
 
     services: tuple[str, ...] = ()
     serialized: dict[str, list[str]] = field(default_factory=dict)
+    # Each changed service as it was and as it is (None: not there), for the log.
+    changes: dict[str, Change] = field(default_factory=dict)
 
     def count(self) -> int:
         return sum(len(names) for names in self.serialized.values())
@@ -90,8 +93,10 @@ class SnapshotBuilder:
             if service is None:
                 if old is not None:
                     fresh[key] = None
+                    report.changes[key] = (old.service, None)
             elif old is None or old.service is not service:
                 fresh[key] = self._translate(service, old, report)
+                report.changes[key] = (old.service if old else None, service)
         fixed = self._fixed(report) if previous is None else []
         if previous is not None and not fresh:
             return None

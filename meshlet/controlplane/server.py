@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -74,6 +75,7 @@ class AdsServer:
         wake = asyncio.Event()
         write_lock = asyncio.Lock()
         closed = False
+        peer = context.peer() or "an unknown peer"
 
         async def write(pushes: list[Push], from_change: bool) -> None:
             async with write_lock:
@@ -85,7 +87,7 @@ class AdsServer:
             nonlocal closed
             try:
                 async for request in requests:
-                    pushes = self._on_request(stream, request)
+                    pushes = self._on_request(stream, request, protocol, peer)
                     interests.apply(wake.set, stream.interest())
                     if pushes:
                         await write(pushes, False)
@@ -101,6 +103,7 @@ class AdsServer:
         reader = asyncio.create_task(read())
         self.streams[id(stream)] = stream
         self._metrics.connected(protocol, 1)
+        opened = time.monotonic()
         try:
             while True:
                 await wake.wait()
@@ -117,9 +120,28 @@ class AdsServer:
             reader.cancel()
             del self.streams[id(stream)]
             self._metrics.connected(protocol, -1)
+            if stream.node_id:  # it said who it is: it was logged as connected
+                log.info(
+                    "client gone: node %r (%s) after %.0fs",
+                    stream.node_id,
+                    protocol,
+                    time.monotonic() - opened,
+                    extra={"node": stream.node_id, "protocol": protocol},
+                )
 
-    def _on_request(self, stream: SotwStream | DeltaStream, request: Any) -> list[Push]:
+    def _on_request(
+        self, stream: SotwStream | DeltaStream, request: Any, protocol: str, peer: str
+    ) -> list[Push]:
+        known = bool(stream.node_id)
         pushes, nacked = stream.on_request(request, self._cache.snapshot)
+        if not known and stream.node_id:
+            log.info(
+                "client connected: node %r (%s) from %s",
+                stream.node_id,
+                protocol,
+                peer,
+                extra={"node": stream.node_id, "protocol": protocol, "peer": peer},
+            )
         if nacked:
             self._metrics.nacked(request.type_url)
             log.warning(

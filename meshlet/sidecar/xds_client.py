@@ -423,6 +423,14 @@ class XdsClient:
             # Removed clusters take their load assignments with them.
             self._set_type(types.ENDPOINT, resources=len(state.accepted.get(types.ENDPOINT, {})))
         current = self._status.types.get(update.type_url, TypeStatus())
+        log.info(
+            "accepted %s version %s: %d resources (%d received, %d removed)",
+            types.short_name(update.type_url),
+            quoted(update.version),
+            len(state.accepted.get(update.type_url, {})),
+            len(update.resources),
+            len(update.removed),
+        )
         self._set_type(
             update.type_url,
             accepted_version=update.version,
@@ -510,6 +518,13 @@ class XdsClient:
                             connected=True,
                             streams_connected=self._status.streams_connected + 1,
                             next_retry_seconds=None,
+                        )
+                        again = self._status.streams_connected > 1
+                        log.info(
+                            "xDS stream to %s up%s (%s)",
+                            self._address,
+                            " again after a break" if again else "",
+                            self._protocol,
                         )
                     replies = self.handle(session, response)
                     big = _size(response) >= _BIG_RESPONSE
