@@ -34,6 +34,20 @@ def _config(cache: SnapshotCache) -> Response:
     return Response.json(out)
 
 
+def _versions(cache: SnapshotCache) -> Response:
+    """What the control plane serves now, per type: a client that ACKed it is in sync.
+    A few fields whatever the cluster's size (`/debug/config` has every resource)."""
+    snapshot = cache.snapshot
+    if snapshot is None:
+        return Response.json({"error": "no snapshot yet"}, 503)
+    return Response.json(
+        {
+            "generation": snapshot.generation,
+            "types": {types.short_name(t): v for t, v in sorted(snapshot.type_versions.items())},
+        }
+    )
+
+
 def build_admin(
     cache: SnapshotCache,
     ads: AdsServer,
@@ -67,6 +81,7 @@ def build_admin(
             ),
             "/debug/config": lambda _: _config(cache),
             "/debug/clients": lambda _: Response.json(ads.clients()),
+            "/debug/versions": lambda _: _versions(cache),
             "/debug/problems": lambda _: Response.json(problems),
             "/debug/sources": lambda _: Response.json(sources()),
         },

@@ -42,6 +42,10 @@ class TypeWatch:
     # Name -> version the client has (or was last sent, if it NACKed).
     known: dict[str, str] = field(default_factory=dict)
     nonce: str = ""  # of the last response sent; empty before the first
+    # The nonce the client last answered, and whether that answer was a NACK: the
+    # latest response is answered when the two nonces are equal.
+    nonce_answered: str = ""
+    last_answer_nack: bool = False
     version_sent: str = ""
     version_acked: str = ""
     version_nacked: str = ""
@@ -68,6 +72,13 @@ class TypeWatch:
     def wants(self, resource: Resource) -> bool:
         return (self.wildcard and not resource.on_demand) or resource.name in self.names
 
+    @property
+    def last_answer(self) -> str:
+        """How the client last answered: "ack", "nack", or "" before it has."""
+        if not self.nonce_answered:
+            return ""
+        return "nack" if self.last_answer_nack else "ack"
+
     def status(self) -> dict[str, object]:
         # A client chooses the names it subscribes to and the versions it ACKs: shown
         # short, and at most MAX_NAMES_SHOWN names (with the count of all).
@@ -77,6 +88,9 @@ class TypeWatch:
             "subscribed": [quoted(n) for n in names[:MAX_NAMES_SHOWN]],
             "subscribed_count": len(names),
             "resources": len(self.known),
+            "nonce_sent": self.nonce,
+            "nonce_answered": self.nonce_answered,
+            "last_answer": self.last_answer,
             "version_sent": self.version_sent,
             "version_acked": quoted(self.version_acked),
             "version_nacked": self.version_nacked,
@@ -131,7 +145,9 @@ class StreamState:
         return watch, False
 
     def record_ack(self, watch: TypeWatch, version: str, error: str | None) -> bool:
-        """Records an ACK or NACK; returns True for a NACK."""
+        """Records an ACK or NACK of the latest response; returns True for a NACK."""
+        watch.nonce_answered = watch.nonce
+        watch.last_answer_nack = error is not None
         if error is not None:
             watch.version_nacked = watch.version_sent
             watch.last_nack = error
