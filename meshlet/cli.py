@@ -7,7 +7,17 @@ import sys
 from collections.abc import Sequence
 
 from meshlet import __version__, logs
-from meshlet.commands import control_plane, demo, init, inject, sidecar, version, wait
+from meshlet.commands import (
+    control_plane,
+    demo,
+    init,
+    inject,
+    proxy_config,
+    proxy_status,
+    sidecar,
+    version,
+    wait,
+)
 from meshlet.flags import DefaultsHelpFormatter, add_flag, env_name
 
 
@@ -38,7 +48,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"meshlet {__version__}")
     _global_flags(parser, on_subcommand=False)
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for command in (control_plane, sidecar, init, wait, inject, demo, version):
+    commands = (control_plane, sidecar, init, wait, inject, demo, version)
+    for command in (*commands, proxy_status, proxy_config):
         command.register(sub)
     for subparser in sub.choices.values():
         subparser.formatter_class = DefaultsHelpFormatter

@@ -35,6 +35,7 @@ from tests.k8s.observe import (
 )
 from tests.procs import ControlPlane, control_plane, wait_until
 from tests.sidecar_peer import Sidecar, sidecar
+from tests.test_cli import run_meshlet
 
 pytestmark = pytest.mark.timeout(300)  # the first one to run starts the test cluster
 
@@ -224,3 +225,43 @@ def test_external_name_and_a_headless_service_with_per_pod_names(
         assert car.ask(f"search.{domain}") == ("NOERROR", ["search.example.com."])
         assert car.ask(f"search.{domain}", "CNAME") == ("NOERROR", ["search.example.com."])
         assert car.ask(f"missing.{domain}")[0] == "NXDOMAIN"
+
+
+def test_proxy_status_and_proxy_config_on_the_kubernetes_control_plane(
+    kube: Cluster, kubelet: Kubelet, namespace: str, tmp_path: Path
+) -> None:
+    kube.kubectl("apply", "-n", namespace, "-f", str(DEMO))
+    web = cluster_name("web", namespace, 80)
+    with data_planes(kube, namespace, tmp_path) as planes:
+        ips = ready_ips(kube, namespace, "app=web", 3)
+        planes.agree(web, healthy(ips, 8080), "start")
+        address = f"--control-plane=127.0.0.1:{planes.plane.admin_port}"
+        # Envoy asks for no NameTables; the sidecar asks for every type.
+        expected = {
+            "envoy-grpc": ("SYNCED", "SYNCED", "SYNCED", "-"),
+            "envoy-delta_grpc": ("SYNCED", "SYNCED", "SYNCED", "-"),
+            "sidecar-1": ("SYNCED",) * 4,
+        }
+
+        def states() -> dict[str, tuple[str, ...]]:
+            shown = run_meshlet("proxy-status", address, "-o", "json")
+            assert shown.returncode == 0, shown.stderr
+            status = json.loads(shown.stdout)["status"]
+            return {s["node"]: tuple(s[t] for t in ("cds", "lds", "eds", "nds")) for s in status}
+
+        wait_until(lambda s: s == expected, CONVERGE, "every client SYNCED", observe=states)
+        table = run_meshlet("proxy-status", address).stdout
+        for node, cells in expected.items():
+            (row,) = [line.split() for line in table.splitlines() if line.startswith(f"{node} ")]
+            assert [cell for cell in row if cell in ("SYNCED", "-")] == list(cells), table
+
+        admin = f"--admin=127.0.0.1:{planes.car.admin_port}"
+        shown = run_meshlet("proxy-config", "endpoints", admin)
+        assert shown.returncode == 0, shown.stderr
+        rows = [line.split()[:3] for line in shown.stdout.splitlines() if line.startswith(web)]
+        assert rows == sorted([web, f"{ip}:8080", "HEALTHY"] for ip in ips)
+        names = run_meshlet("proxy-config", "names", admin).stdout
+        web_ip = service(kube, namespace, "web")["spec"]["clusterIP"]
+        name = f"web.{namespace}.svc.cluster.local"
+        (row,) = [line.split() for line in names.splitlines() if line.startswith(f"{name} ")]
+        assert row == [name, web_ip, f"{namespace}/web"]
