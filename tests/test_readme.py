@@ -196,5 +196,7 @@ def test_the_readme_shows_the_commands() -> None:
         "wait",
         "demo",
         "version",
+        "proxy-status",
+        "proxy-config",
     }
     assert set(RUNS) <= set(CONCRETE)  # no runner for a command the README dropped
