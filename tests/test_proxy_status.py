@@ -262,6 +262,29 @@ def test_synced_stale_and_nacked_clients(mesh: Mesh) -> None:
         (sidecar,) = [c for c in raw["clients"] if c["node"] == "pod-a"]
         assert sidecar["types"]["eds"]["version_acked"] == raw["versions"]["types"]["eds"]
         assert _states(raw)["never-acks"]["cds"] == "STALE"
+
+        # A new service changes the clusters: the client that rejected them takes the
+        # new ones, ACKs, and is SYNCED; its NACK leaves the table.
+        write_manifests(
+            mesh.folder / "db.yaml",
+            service_manifest("db", "default", "10.96.0.30", [("pg", 5432, 5432)]),
+        )
+        update = rejecting.receive()
+        assert update.version_info != response.version_info
+        rejecting.send(
+            DiscoveryRequest(
+                type_url=CDS, version_info=update.version_info, response_nonce=update.nonce
+            )
+        )
+        raw = wait_until(
+            lambda r: _states(r)["rejects"]["cds"] == "SYNCED",
+            CONVERGE,
+            "the client that NACKed to be SYNCED on its next ACK",
+            observe=mesh.status_json,
+        )
+        assert raw["versions"]["types"]["cds"] == update.version_info
+        assert _states(raw)["never-acks"]["cds"] == "STALE"
+        assert "NACK from" not in mesh.status().stdout
     # Gone from the control plane, gone from the table.
     wait_until(lambda s: set(s) == {"pod-a"}, CONVERGE, "the raw clients gone", observe=mesh.states)
 
