@@ -8,6 +8,7 @@ from collections.abc import Sequence
 
 from meshlet import __version__, logs
 from meshlet.commands import (
+    check,
     control_plane,
     demo,
     init,
@@ -48,7 +49,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"meshlet {__version__}")
     _global_flags(parser, on_subcommand=False)
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    commands = (control_plane, sidecar, init, wait, inject, demo, version)
+    commands = (control_plane, sidecar, init, wait, inject, demo, version, check)
     for command in (*commands, proxy_status, proxy_config):
         command.register(sub)
     for subparser in sub.choices.values():
