@@ -15,11 +15,18 @@ from typing import Any
 
 import pytest
 from envoy.config.core.v3.base_pb2 import Node
-from envoy.service.discovery.v3.discovery_pb2 import DeltaDiscoveryRequest, DiscoveryRequest
+from envoy.service.discovery.v3.discovery_pb2 import (
+    DeltaDiscoveryRequest,
+    DiscoveryRequest,
+    DiscoveryResponse,
+)
 from google.rpc.status_pb2 import Status
 
 from meshlet.commands import config_tables, status_tables
 from meshlet.commands.tables import render
+from meshlet.controlplane.cache import Snapshot
+from meshlet.controlplane.sotw import SotwStream
+from meshlet.xds import types
 from tests.procs import (
     ControlPlane,
     control_plane,
@@ -32,6 +39,7 @@ from tests.procs import (
 from tests.test_cli import run_meshlet
 from tests.test_nack import CDS, INVALID_ARGUMENT, ads_stream
 from tests.test_sidecar_pod_ports import pod_sidecar
+from tests.xds_fixtures import api, snapshot_of, web
 
 CONVERGE = 30.0
 WEB = "outbound|80||web.default.svc.cluster.local"
@@ -66,6 +74,44 @@ def test_each_state_of_a_type() -> None:
     assert state(watch(), "v3", True) == "SYNCED"
     # A named subscriber's version moves with resources it did not ask for.
     assert state(watch(wildcard=False), "v3", False) == "SYNCED"
+
+
+def test_a_named_subscriber_is_stale_only_for_the_names_it_asked_for() -> None:
+    """The stream core, driven with real requests: an EDS client of web alone."""
+    first = snapshot_of(web("10.1.0.1"), api("10.2.0.1"))
+    stream = SotwStream()
+    ask = DiscoveryRequest(type_url=types.ENDPOINT, resource_names=[WEB])
+    ask.node.id = "grpc-client"
+    (push,), _ = stream.on_request(ask, first)
+    sent = DiscoveryResponse.FromString(push.payload)
+
+    def state(snapshot: Snapshot) -> str:
+        served = {"generation": snapshot.generation, "types": {"eds": "type version"}}
+        return status_tables.stream_states(stream.status(snapshot), served)["eds"]
+
+    assert state(first) == "STALE"  # not answered yet
+    ack = DiscoveryRequest(
+        type_url=types.ENDPOINT,
+        resource_names=[WEB],
+        response_nonce=sent.nonce,
+        version_info=sent.version_info,
+    )
+    stream.on_request(ack, first)
+    assert state(first) == "SYNCED"
+    # api's endpoints change: the type's version moves, nothing this client asked for.
+    second = snapshot_of(web("10.1.0.1"), api("10.2.0.2"), previous=first)
+    assert second.type_versions[types.ENDPOINT] != sent.version_info
+    assert state(second) == "SYNCED" and stream.on_snapshot(second) == []
+    # web's change: owed to it before the push is even computed.
+    third = snapshot_of(web("10.1.0.9"), api("10.2.0.2"), previous=second)
+    assert state(third) == "STALE"
+    assert stream.status(third)["types"]["eds"]["names_behind"] == 1
+    (push,) = stream.on_snapshot(third)
+    assert state(third) == "STALE"  # sent, not ACKed
+    sent = DiscoveryResponse.FromString(push.payload)
+    ack.response_nonce, ack.version_info = sent.nonce, sent.version_info
+    stream.on_request(ack, third)
+    assert state(third) == "SYNCED"
 
 
 def test_the_status_table_puts_nack_messages_below_it() -> None:

@@ -37,11 +37,15 @@ def sync_state(
         return NACKED
     if watch.get("nonce_answered") != watch.get("nonce_sent"):
         return STALE  # sent, not answered yet
-    # A wildcard subscriber holds the whole type, so its version is the type's. (A
-    # named one's version moves with resources it did not ask for: not compared.)
-    behind = served_version is not None and watch.get("version_acked") != served_version
-    if watch.get("wildcard") and behind and not caught_up:
-        return STALE  # ACKed an older version; the newer one is not sent yet
+    if watch.get("wildcard"):
+        # It holds the whole type, so its version is the type's.
+        behind = served_version is not None and watch.get("version_acked") != served_version
+        if behind and not caught_up:
+            return STALE  # ACKed an older version; the newer one is not sent yet
+    elif watch.get("names_behind", 0) > 0:
+        # Its version is the type's too, which moves with resources it did not ask
+        # for: the control plane compares the names it asked for instead.
+        return STALE
     return SYNCED
 
 

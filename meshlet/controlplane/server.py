@@ -153,7 +153,8 @@ class AdsServer:
         return pushes
 
     def clients(self) -> list[dict[str, object]]:
-        return [s.status() | {"protocol": _protocol(s)} for s in self.streams.values()]
+        snapshot = self._cache.snapshot
+        return [s.status(snapshot) | {"protocol": _protocol(s)} for s in self.streams.values()]
 
 
 def _protocol(stream: SotwStream | DeltaStream) -> str:

@@ -6,7 +6,7 @@ loop around these (see server.py).
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
 from envoy.service.discovery.v3.discovery_pb2 import DeltaDiscoveryRequest, DiscoveryRequest
@@ -71,6 +71,17 @@ class TypeWatch:
 
     def wants(self, resource: Resource) -> bool:
         return (self.wildcard and not resource.on_demand) or resource.name in self.names
+
+    def names_behind(self, resources: Mapping[str, Resource]) -> int:
+        """Subscribed names whose resource, as served in `resources`, this client was not
+        sent yet (or whose removal it was not told): what a push still owes a named
+        subscription. Costs a look-up per subscribed name."""
+        behind = 0
+        for name in self.names:
+            served = resources.get(name)
+            if (served.version if served is not None else None) != self.known.get(name):
+                behind += 1
+        return behind
 
     @property
     def last_answer(self) -> str:
@@ -194,13 +205,21 @@ class StreamState:
         """Names that changed since this stream caught up, or None when it must look at all."""
         return snapshot.changed_since(self.generation, type_url)
 
-    def status(self) -> dict[str, object]:
+    def status(self, snapshot: Snapshot | None = None) -> dict[str, object]:
+        """With `snapshot` (the one served now), each named subscription also says how
+        many of its names a push still owes it (`names_behind`)."""
+        watches = {}
+        for type_url, watch in sorted(self.watches.items()):
+            shown = watch.status()
+            if snapshot is not None and not watch.wildcard:
+                shown["names_behind"] = watch.names_behind(snapshot.of_type(type_url))
+            watches[types.short_name(type_url)] = shown
         return {
             "node": self.node_id,
             "cluster": self.node_cluster,
             # The snapshot this stream has caught up with: every push it meant is computed.
             "generation": self.generation,
-            "types": {types.short_name(t): w.status() for t, w in sorted(self.watches.items())},
+            "types": watches,
             "unknown_type_requests": self.unknown_type_requests,
         }
 
