@@ -145,15 +145,24 @@ def observer(kind: str) -> object:
         from meshlet.telemetry import Telemetry
 
         counter = Telemetry("bench").meter.create_counter("meshlet.dns.queries")
-        attributes: dict[tuple[str, str, str], dict[str, str]] = {}
+        attributes: dict[tuple[str, str, str, str], dict[str, str]] = {}
 
-        def add(qtype: str, rcode: str, source: str, seconds: float | None) -> None:
-            key = (qtype, rcode, source)
+        def add(qtype: str, rcode: str, source: str, proto: str, seconds: float | None) -> None:
+            key = (qtype, rcode, source, proto)
             if key not in attributes:
-                attributes[key] = {"type": qtype, "rcode": rcode, "source": source}
+                attributes[key] = {"type": qtype, "rcode": rcode, "source": source, "proto": proto}
             counter.add(1, attributes[key])
 
         return add
+    return None
+
+
+def answer_timer(kind: str) -> object:
+    """What the server reports local answer times to: with `counts`, what the sidecar uses."""
+    if kind == "counts":
+        from meshlet.sidecar.dns.stats import DurationCounts
+
+        return DurationCounts()
     return None
 
 
@@ -184,6 +193,7 @@ def serve(ips_file: str, port: int, udp_mode: str, observe: str) -> None:
             forwarder,
             udp_batching=udp_mode != "recvfrom",
             on_query=observer(observe),  # type: ignore[arg-type]
+            on_answered=answer_timer(observe),  # type: ignore[arg-type]
         )
         if udp_mode in ("mmsg", "mmsg-no-replay", "recvfrom"):
             await server.start("127.0.0.1", port)
@@ -476,7 +486,8 @@ def main(argv: Sequence[str] | None = None) -> None:
         nargs="+",
         default=["none", "counts"],
         choices=["none", "counts", "otel"],
-        help="what the server reports each query to (counts: QueryCounts; otel: Counter.add)",
+        help="what the server reports each query to (counts: QueryCounts and DurationCounts, as "
+        "the sidecar; otel: Counter.add)",
     )
     parser.add_argument("--profile", metavar="DIR", help="record the meshlet server with py-spy")
     parser.add_argument(

@@ -16,12 +16,12 @@ from opentelemetry.sdk.metrics.export import MetricReader, PeriodicExportingMetr
 from opentelemetry.sdk.resources import Resource
 from prometheus_client import CollectorRegistry, ProcessCollector, generate_latest
 
-from meshlet import build_info
+from meshlet import buckets, build_info
 
 log = logging.getLogger(__name__)
 
-# Seconds: from sub-millisecond DNS answers to multi-second pushes.
-LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
+# The buckets every OpenTelemetry histogram of meshlet's uses (re-exported).
+LATENCY_BUCKETS = buckets.LATENCY_BUCKETS
 
 
 def _otlp_enabled() -> bool:

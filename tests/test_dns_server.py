@@ -29,6 +29,7 @@ import uvloop
 
 from meshlet.sidecar.app import ipv6_loopback
 from meshlet.sidecar.dns import DnsServer, DnsTable, Forwarder, QueryCounts, build_dns_table, tcp
+from meshlet.sidecar.dns.stats import DurationCounts
 from tests.procs import Process, free_port, running, stop_process, wait_until
 from tests.test_dns_table import mesh_table
 
@@ -109,7 +110,7 @@ class Harness:
     server: DnsServer
     forwarder: Forwarder
     table: DnsTable | None
-    seen: list[tuple[str, str, str, float | None]] = field(default_factory=list)
+    seen: list[tuple[str, str, str, str, float | None]] = field(default_factory=list)
 
     @property
     def port(self) -> int:
@@ -185,9 +186,9 @@ async def test_mesh_names_are_answered_locally(dns_server: Harness) -> None:
         assert [rd.to_text() for rd in srv.answer[0]] == ["0 100 80 web.default.svc.cluster.local."]
         ptr = await ask("10.0.96.10.in-addr.arpa", "PTR")
         assert [rd.to_text() for rd in ptr.answer[0]] == ["web.default.svc.cluster.local."]
-    assert ("A", "NOERROR", "local", None) in dns_server.seen
-    assert ("A", "NXDOMAIN", "local", None) in dns_server.seen
-    assert all(source == "local" for _, _, source, _ in dns_server.seen)
+    assert ("A", "NOERROR", "local", "udp", None) in dns_server.seen
+    assert ("A", "NXDOMAIN", "local", "udp", None) in dns_server.seen
+    assert all(source == "local" for _, _, source, _, _ in dns_server.seen)
 
 
 async def test_a_repeated_query_gets_its_own_id_and_case_and_a_new_table_at_once(
@@ -251,10 +252,10 @@ async def test_other_names_are_forwarded(dns_server: Harness) -> None:
         assert nxdomain.rcode() == dns.rcode.NXDOMAIN
         assert nxdomain.authority[0].rdtype == dns.rdatatype.SOA
     forwarded = [entry for entry in dns_server.seen if entry[2] == "forwarded"]
-    assert ("A", "NOERROR") in [(qtype, rcode) for qtype, rcode, _, _ in forwarded]
+    assert ("A", "NOERROR") in [(qtype, rcode) for qtype, rcode, _, _, _ in forwarded]
     # The first ask went upstream (and was timed); the TCP repeat came from the cache.
-    assert isinstance(forwarded[0][3], float) and forwarded[0][3] < UPSTREAM_TIMEOUT
-    assert forwarded[3][3] is None
+    assert isinstance(forwarded[0][4], float) and forwarded[0][4] < UPSTREAM_TIMEOUT
+    assert forwarded[3][4] is None and forwarded[3][3] == "tcp"
 
 
 async def test_truncated_upstream_answer_is_asked_again_over_tcp(dns_server: Harness) -> None:
@@ -497,9 +498,38 @@ async def test_query_counts_for_metrics(unbound: Unbound) -> None:
         await server.close()
         await forwarder.close()
     assert counts.snapshot() == {
-        ("A", "NOERROR", "local"): 3,
-        ("AAAA", "NXDOMAIN", "local"): 1,
-        ("A", "NOERROR", "forwarded"): 2,
+        ("A", "NOERROR", "local", "udp"): 2,
+        ("A", "NOERROR", "local", "tcp"): 1,
+        ("AAAA", "NXDOMAIN", "local", "udp"): 1,
+        ("A", "NOERROR", "forwarded", "udp"): 2,
     }
     assert len(upstream_seconds) == 1 and 0 < upstream_seconds[0] < UPSTREAM_TIMEOUT
     assert server.errors == 0
+
+
+async def test_answer_times_upstream_attempts_and_the_cache_are_counted(unbound: Unbound) -> None:
+    durations = DurationCounts((0.001, 1.0))
+    attempts: list[tuple[str, str, float]] = []
+    forwarder = Forwarder(
+        [("127.0.0.1", unbound.port)],
+        timeout=UPSTREAM_TIMEOUT,
+        on_attempt=lambda *attempt: attempts.append(attempt),
+    )
+    server = DnsServer(lambda: TABLE, forwarder, on_answered=durations)
+    _, port = await server.start("127.0.0.1", 0)
+    try:
+        for ask in (dns.asyncquery.udp, dns.asyncquery.udp, dns.asyncquery.tcp):
+            await ask(dns.message.make_query("web", "A"), "127.0.0.1", port=port, timeout=5)
+        for _ in range(3):  # upstream once, then from the cache
+            query = dns.message.make_query("www.example.test", "A")
+            await dns.asyncquery.udp(query, "127.0.0.1", port=port, timeout=5)
+    finally:
+        await server.close()
+        await forwarder.close()
+    counted = durations.by_proto
+    assert set(counted) == {"udp", "tcp"}  # local answers only: forwarded ones are not in it
+    assert counted["udp"].cumulative()[-1] == 2 and counted["tcp"].cumulative()[-1] == 1
+    assert 0 < counted["udp"].sum < 2  # seconds, summed
+    assert [a[:2] for a in attempts] == [(f"127.0.0.1:{unbound.port}", "NOERROR")]
+    assert forwarder.sent == {f"127.0.0.1:{unbound.port}": 1}
+    assert (forwarder.cache_misses, forwarder.cache_hits) == (1, 2)

@@ -12,6 +12,8 @@ import signal
 from pathlib import Path
 from typing import Any
 
+import dns.message
+import dns.query
 import pytest
 
 from meshlet import __version__, logs
@@ -30,6 +32,7 @@ from tests.procs import (
     wait_until,
     write_manifests,
 )
+from tests.prom import sample
 from tests.test_cli import run_meshlet
 from tests.test_control_plane_process import web
 from tests.test_sidecar_pod_ports import pod_sidecar
@@ -298,3 +301,48 @@ def test_a_push_is_described_by_what_changed() -> None:
     assert summary == (
         "ns/s00: added (ClusterIP, 2 endpoints); ns/s01: added (ClusterIP, 2 endpoints); and 6 more"
     )
+
+
+def test_dns_metrics_on_a_par_with_coredns(tmp_path: Path) -> None:
+    folder = tmp_path / "manifests"
+    folder.mkdir()
+    write_manifests(folder / "web.yaml", *web("10.1.0.1"))
+    xds_port = free_port()
+    with (
+        control_plane(folder, tmp_path, xds_port=xds_port),
+        pod_sidecar(tmp_path, xds_port) as (
+            sidecar,
+            ports,
+        ),
+    ):
+        health = f"http://127.0.0.1:{ports['health']}/healthz/ready"
+        wait_until(lambda s: s == 200, 30, "ready", observe=lambda: http_get(health)[0])
+        local = dns.message.make_query("web.default.svc.cluster.local", "A")
+        for ask in (dns.query.udp, dns.query.udp, dns.query.tcp):
+            assert ask(local, "127.0.0.1", port=ports["dns"], timeout=5).answer
+        # Its upstream is a closed port: the attempts fail, the client gets SERVFAIL.
+        away = dns.message.make_query("www.example.test", "A")
+        assert dns.query.udp(away, "127.0.0.1", port=ports["dns"], timeout=10).rcode() == 2
+        status, text = http_get(f"http://127.0.0.1:{ports['metrics']}/stats/prometheus")
+        sidecar.check_alive()
+    assert status == 200
+    queries = "meshlet_dns_queries_total"
+    assert sample(text, queries, type="A", rcode="NOERROR", source="local", proto="udp") == 2
+    assert sample(text, queries, type="A", rcode="NOERROR", source="local", proto="tcp") == 1
+    assert sample(text, queries, source="forwarded", proto="udp", rcode="SERVFAIL") == 1
+    duration = "meshlet_dns_request_duration_seconds"
+    assert sample(text, f"{duration}_count", proto="udp") == 2
+    assert sample(text, f"{duration}_bucket", proto="tcp", le="+Inf") == 1
+    upstream = next(a for a in sidecar.popen.args if str(a).startswith("--upstream-dns="))
+    to = str(upstream).partition("=")[2]
+    assert sample(text, "meshlet_dns_forward_requests_total", to=to) >= 1
+    failed = "meshlet_dns_forward_request_duration_seconds_count"
+    attempts = [
+        value
+        for line in text.splitlines()
+        if line.startswith(f"{failed}{{") and f'to="{to}"' in line
+        for value in [float(line.rpartition(" ")[2])]
+    ]
+    assert sum(attempts) == sample(text, "meshlet_dns_forward_requests_total", to=to)
+    assert sample(text, "meshlet_dns_cache_misses_total") == 1
+    assert sample(text, "meshlet_dns_cache_hits_total") == 0

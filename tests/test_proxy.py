@@ -16,6 +16,7 @@ import contextlib
 import dataclasses
 import json
 import random
+import re
 import socket
 import sys
 import time
@@ -28,9 +29,11 @@ from typing import Any
 import pytest
 
 from meshlet.model import Endpoint, LbPolicy, Mesh, Service, ServicePort
+from meshlet.sidecar.proxy.metrics import ProxyMetrics
 from meshlet.sidecar.proxy.router import ClusterRuntime, Router
 from meshlet.sidecar.proxy.server import OutboundProxy
 from meshlet.sidecar.state import SidecarState
+from meshlet.telemetry import Telemetry
 from tests.netlab import Lab, inside_capture_lab
 from tests.xds_fixtures import sidecar_state
 
@@ -583,3 +586,31 @@ async def test_without_fds_for_a_pipe_bytes_are_copied_instead(lab: Lab) -> None
         writer.close()
         assert rest == payload + b"bye\n" and name.startswith("web-")
         await proxy.eventually(lambda c: c["cluster"]["bytes_up"] == len(payload), "the count")
+
+
+async def test_connect_times_and_connection_durations_are_histograms_per_cluster(
+    lab: Lab,
+) -> None:
+    telemetry = Telemetry("test-proxy")
+    try:
+        async with backends(), proxy_for(sidecar_state(Mesh((web(),)))) as proxy:
+            ProxyMetrics(telemetry, proxy.router, lambda: proxy)
+            for _ in range(3):
+                assert await exchange() in {"web-0", "web-1", "web-2"}
+            await eventually(lambda: cluster(proxy).active == 0, "the connections to close")
+            text = telemetry.prometheus_text().decode()
+    finally:
+        telemetry.shutdown()
+    label = f'cluster="{WEB}"'
+    for name in ("connect_duration", "connection_duration"):
+        lines = [
+            line for line in text.splitlines() if line.startswith(f"meshlet_proxy_{name}_seconds")
+        ]
+        assert f"meshlet_proxy_{name}_seconds_count{{{label}}} 3.0" in lines, name
+        inf = f'meshlet_proxy_{name}_seconds_bucket{{{label},le="+Inf"}} 3.0'
+        assert inf in lines, lines
+    # A cluster no connection used (PassthroughCluster, here) has no series at all.
+    clusters = set(
+        re.findall(r'^meshlet_proxy_connect_duration_seconds_count\{cluster="([^"]*)"', text, re.M)
+    )
+    assert clusters == {WEB}

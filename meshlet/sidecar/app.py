@@ -166,10 +166,16 @@ async def serve(config: SidecarConfig, stop: asyncio.Event) -> int:
     telemetry = Telemetry("meshlet-sidecar")
     metrics = SidecarMetrics(telemetry, client.status)
     proxy = OutboundProxy(router)
-    ProxyMetrics(telemetry.meter, router, lambda: proxy)
-    forwarder = Forwarder(upstreams)
+    ProxyMetrics(telemetry, router, lambda: proxy)
+    forwarder = Forwarder(upstreams, on_attempt=metrics.forward_attempt)
+    metrics.observe_forwarder(forwarder)
     dns_servers = [
-        DnsServer(lambda: dns_view.table, forwarder, on_query=metrics.dns_queries)
+        DnsServer(
+            lambda: dns_view.table,
+            forwarder,
+            on_query=metrics.dns_queries,
+            on_answered=metrics.dns_durations,
+        )
         for _ in dns_addresses_of(config)
     ]
     admin = build_admin(

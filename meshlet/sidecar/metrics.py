@@ -7,7 +7,9 @@ from collections.abc import Callable, Iterable
 
 from opentelemetry.metrics import CallbackOptions, Observation
 
-from meshlet.sidecar.dns.stats import QueryCounts
+from meshlet.buckets import HistogramCollector
+from meshlet.sidecar.dns.forwarder import Forwarder
+from meshlet.sidecar.dns.stats import DurationCounts, QueryCounts
 from meshlet.sidecar.xds_client import XdsStatus
 from meshlet.telemetry import LATENCY_BUCKETS, Telemetry
 from meshlet.xds import types
@@ -29,7 +31,42 @@ class SidecarMetrics:
         meter.create_observable_counter(
             "meshlet.dns.queries",
             callbacks=[self._observe_queries],
-            description="DNS queries, by type, rcode and whether answered locally or forwarded",
+            description="DNS queries, by type, rcode, proto and whether answered locally or "
+            "forwarded",
+        )
+        # Bucketed as counted (a list increment), exported straight to Prometheus: the
+        # OpenTelemetry SDK has no histogram that reads counts at collection time.
+        self.dns_durations = DurationCounts()
+        telemetry.registry.register(
+            HistogramCollector(
+                "meshlet_dns_request_duration_seconds",
+                "Time from reading a query to sending its local answer, by proto",
+                "proto",
+                lambda: sorted(self.dns_durations.by_proto.items()),
+            )
+        )
+        self._forward_attempts = meter.create_histogram(
+            "meshlet.dns.forward.request.duration",
+            unit="s",
+            description="Each query sent to an upstream, by upstream and outcome (its rcode, "
+            "timeout or error)",
+            explicit_bucket_boundaries_advisory=list(LATENCY_BUCKETS),
+        )
+        self._forwarder: Forwarder | None = None
+        meter.create_observable_counter(
+            "meshlet.dns.forward.requests",
+            callbacks=[self._observe_forwarded],
+            description="Queries sent to each upstream (retries too)",
+        )
+        meter.create_observable_counter(
+            "meshlet.dns.cache.hits",
+            callbacks=[lambda _: self._cache_count("cache_hits")],
+            description="Forwarded queries answered from the cache",
+        )
+        meter.create_observable_counter(
+            "meshlet.dns.cache.misses",
+            callbacks=[lambda _: self._cache_count("cache_misses")],
+            description="Forwarded queries the cache could not answer",
         )
         meter.create_observable_counter(
             "meshlet.xds.updates",
@@ -50,10 +87,24 @@ class SidecarMetrics:
             "plane has not confirmed yet, else 0",
         )
 
+    def forward_attempt(self, to: str, outcome: str, seconds: float) -> None:
+        """The forwarder's `on_attempt`."""
+        self._forward_attempts.record(seconds, {"to": to, "rcode": outcome})
+
+    def observe_forwarder(self, forwarder: Forwarder) -> None:
+        self._forwarder = forwarder
+
+    def _observe_forwarded(self, _options: CallbackOptions) -> Iterable[Observation]:
+        sent = self._forwarder.sent if self._forwarder else {}
+        return [Observation(count, {"to": to}) for to, count in sent.items()]
+
+    def _cache_count(self, name: str) -> Iterable[Observation]:
+        return [] if self._forwarder is None else [Observation(getattr(self._forwarder, name))]
+
     def _observe_queries(self, _options: CallbackOptions) -> Iterable[Observation]:
         return [
-            Observation(count, {"type": qtype, "rcode": rcode, "source": source})
-            for (qtype, rcode, source), count in self.dns_queries.snapshot().items()
+            Observation(count, {"type": qtype, "rcode": rcode, "source": source, "proto": proto})
+            for (qtype, rcode, source, proto), count in self.dns_queries.snapshot().items()
         ]
 
     def _observe_updates(self, _options: CallbackOptions) -> Iterable[Observation]:

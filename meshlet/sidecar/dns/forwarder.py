@@ -20,6 +20,7 @@ import struct
 import time
 from collections.abc import Callable, Sequence
 
+from meshlet.flags import grpc_address
 from meshlet.sidecar.dns import wire
 from meshlet.sidecar.dns.answer import Forward, servfail
 from meshlet.sidecar.dns.cache import (
@@ -70,6 +71,10 @@ class _UpstreamUdp(asyncio.DatagramProtocol):
         self._settle(exc or ConnectionError("upstream socket closed"))
 
 
+# An attempt's upstream ("HOST:PORT"), outcome (its rcode, "timeout" or "error") and seconds.
+OnAttempt = Callable[[str, str, float], None]
+
+
 class Forwarder:
     """Answers forwarded queries from its cache or from the upstreams."""
 
@@ -84,8 +89,15 @@ class Forwarder:
         max_ttl: int = 3600,
         max_negative_ttl: int = 300,
         clock: Callable[[], float] = time.monotonic,
+        on_attempt: OnAttempt | None = None,
     ) -> None:
         self.upstreams = [(str(ipaddress.ip_address(host)), int(port)) for host, port in upstreams]
+        # For metrics: queries sent to each upstream ("HOST:PORT"), answers found in
+        # the cache or not, and each attempt's outcome and time (rare next to hits).
+        self.names = {upstream: grpc_address(*upstream) for upstream in self.upstreams}
+        self.sent: dict[str, int] = {}
+        self.cache_hits = self.cache_misses = 0
+        self.on_attempt = on_attempt
         self.timeout = timeout
         self.attempt_timeout = attempt_timeout
         self.max_outstanding = max_outstanding
@@ -100,7 +112,9 @@ class Forwarder:
         key = cache_key(forward.question, forward.dnssec_ok, bool(query[3] & 0x10))
         hit = self.cache.get(key, self.clock())
         if hit is None:
+            self.cache_misses += 1
             return None
+        self.cache_hits += 1
         answer, age = hit
         return render(
             query, forward.question, answer, age, forward.edns_size, forward.dnssec_ok, max_udp
@@ -155,6 +169,9 @@ class Forwarder:
         while (remaining := deadline - loop.time()) > 0:
             upstream = self.upstreams[attempt % count]
             attempt += 1
+            to = self.names[upstream]
+            self.sent[to] = self.sent.get(to, 0) + 1
+            tried = loop.time()
             try:
                 answer = await asyncio.wait_for(
                     self._udp(upstream, message, parse), min(self.attempt_timeout, remaining)
@@ -171,9 +188,14 @@ class Forwarder:
                 _BadResponse,
             ) as exc:
                 log.debug("upstream %s:%d: %r", *upstream, exc)
+                if self.on_attempt is not None:
+                    outcome = "timeout" if isinstance(exc, TimeoutError) else "error"
+                    self.on_attempt(to, outcome, loop.time() - tried)
                 if attempt % count == 0:
                     await asyncio.sleep(min(_ROUND_BACKOFF * attempt / count, remaining))
                 continue
+            if self.on_attempt is not None:
+                self.on_attempt(to, wire.RCODE_NAMES[answer.rcode & 0xF], loop.time() - tried)
             if answer.rcode in (wire.SERVFAIL, wire.REFUSED) and attempt < count:
                 refused = answer  # another upstream may know better
                 continue

@@ -24,12 +24,13 @@ import asyncio
 import contextlib
 import logging
 import socket
+import time
 from collections.abc import Callable
 
 from meshlet.sidecar.dns import tcp, udp, wire
 from meshlet.sidecar.dns.answer import Forward, answer, servfail
 from meshlet.sidecar.dns.forwarder import Forwarder
-from meshlet.sidecar.dns.observe import OnQuery, Source, labels
+from meshlet.sidecar.dns.observe import OnAnswered, OnQuery, Proto, Source, labels, proto_of
 from meshlet.sidecar.dns.table import DnsTable
 
 log = logging.getLogger(__name__)
@@ -52,6 +53,7 @@ class DnsServer:
         max_tcp_pending_per_connection: int = tcp.MAX_PENDING_PER_CONNECTION,
         max_pending: int = 2048,
         on_query: OnQuery | None = None,
+        on_answered: OnAnswered | None = None,
         udp_batching: bool = True,
     ) -> None:
         self.table = table
@@ -64,6 +66,7 @@ class DnsServer:
         )
         self.max_pending = max_pending
         self.on_query = on_query
+        self.on_answered = on_answered
         # recvmmsg/sendmmsg where the platform has them; False: the recvfrom loop.
         self.udp_batching = udp_batching
         # Queries that raised (a bug: no input should); the fuzz test expects 0.
@@ -132,6 +135,7 @@ class DnsServer:
         True when `reply` was called or will be (forwarding), False when the query
         was dropped or failed before an answer.
         """
+        started = time.perf_counter()
         try:
             result = answer(query, self.table(), max_udp)
         except Exception:
@@ -140,7 +144,11 @@ class DnsServer:
         if result is None:
             return False
         if isinstance(result, bytes):
-            return self._reply(query, result, reply, "local")
+            proto = proto_of(max_udp)
+            replied = self._reply(query, result, reply, "local", proto)
+            if replied and self.on_answered is not None:
+                self.on_answered(proto, time.perf_counter() - started)
+            return replied
         return self.dispatch_forward(query, result, reply, max_udp)
 
     def dispatch_forward(
@@ -161,10 +169,15 @@ class DnsServer:
         except Exception:
             self.failed(query)
             return False
-        return self._reply(query, cached, reply, "forwarded")
+        return self._reply(query, cached, reply, "forwarded", proto_of(max_udp))
 
     def _reply(
-        self, query: bytes, response: bytes, reply: Callable[[bytes], None], source: Source
+        self,
+        query: bytes,
+        response: bytes,
+        reply: Callable[[bytes], None],
+        source: Source,
+        proto: Proto,
     ) -> bool:
         try:
             reply(response)
@@ -172,7 +185,7 @@ class DnsServer:
             self.failed(query)
             return False
         if self.on_query is not None:
-            self.report(query, response, source, None)
+            self.report(query, response, source, proto, None)
         return True
 
     async def _resolve(
@@ -192,15 +205,17 @@ class DnsServer:
             self.failed(query)
             return
         if self.on_query is not None:
-            self.report(query, response, "forwarded", seconds)
+            self.report(query, response, "forwarded", proto_of(max_udp), seconds)
 
-    def report(self, query: bytes, response: bytes, source: Source, seconds: float | None) -> None:
+    def report(
+        self, query: bytes, response: bytes, source: Source, proto: Proto, seconds: float | None
+    ) -> None:
         on_query = self.on_query
         if on_query is None:
             return
         try:
             qtype, rcode = labels(query, response)
-            on_query(qtype, rcode, source, seconds)
+            on_query(qtype, rcode, source, proto, seconds)
         except Exception:
             self.failed(query)
 

@@ -26,11 +26,12 @@ import ctypes
 import errno
 import socket
 import sys
+import time
 from collections.abc import Callable
 from typing import Protocol
 
 from meshlet.sidecar.dns.answer import Forward
-from meshlet.sidecar.dns.observe import OnQuery
+from meshlet.sidecar.dns.observe import OnAnswered, OnQuery
 from meshlet.sidecar.dns.replay import Replay
 from meshlet.sidecar.dns.table import DnsTable
 
@@ -58,6 +59,9 @@ class UdpServer(Protocol):
 
     @property
     def on_query(self) -> OnQuery | None: ...
+
+    @property
+    def on_answered(self) -> OnAnswered | None: ...
 
     def table(self) -> DnsTable | None: ...
 
@@ -183,16 +187,18 @@ class MmsgReceiver:
         send_iov_quads, names = self._send_iov_quads, self._name_addresses
         respond = self.replay.respond
         max_udp = server.max_udp
-        on_query = server.on_query
+        on_query, on_answered = server.on_query, server.on_answered
+        clock = time.perf_counter
         # A few batches, then back to the loop (the socket stays readable), so that a
         # flood cannot starve upstream answers, TCP clients or a new table.
         for _ in range(_BATCHES_PER_WAKEUP):
             count = self._recvmmsg(fd, receive_msgs, _BATCH, _MSG_DONTWAIT, None)
             if count <= 0:
                 return  # EAGAIN: drained (other errors: the next readable event retries)
+            received = clock()
             table = server.table()
             self.replay.for_table(table, max_udp)
-            sending = 0
+            sending = answered = 0
             for i in range(count):
                 words = i * _I_PER_MSG
                 start = i * _SLOT
@@ -220,13 +226,17 @@ class MmsgReceiver:
                             sending += 1
                         else:
                             _sender(self.sock, self._address(i))(response)
+                        answered += 1
                         if on_query is not None:
-                            on_query(qtype, rcode, "local", None)
+                            on_query(qtype, rcode, "local", "udp", None)
                 except Exception:
                     server.failed(query)
                 receive_words[words + _I_NAMELEN] = _NAME
             if sending:
                 self._send_batch(fd, sending)
+            if answered and on_answered is not None:
+                # Every answer of the batch went out with its last one: they all took this.
+                on_answered("udp", clock() - received, answered)
             if count < _BATCH:
                 return
 
@@ -263,8 +273,9 @@ class RecvfromReceiver:
         max_udp = server.max_udp
         table = server.table()
         self.replay.for_table(table, max_udp)
-        on_query = server.on_query
+        on_query, on_answered = server.on_query, server.on_answered
         respond = self.replay.respond
+        clock = time.perf_counter
         for _ in range(_BATCH * _BATCHES_PER_WAKEUP):
             try:
                 query, addr = recvfrom(_SLOT)
@@ -272,6 +283,7 @@ class RecvfromReceiver:
                 return
             except OSError:
                 return  # e.g. an ICMP error queued on the socket; the next event goes on
+            received = clock()
             try:
                 result = respond(query, table, max_udp)
                 if isinstance(result, Forward):
@@ -282,7 +294,9 @@ class RecvfromReceiver:
                     with contextlib.suppress(OSError):
                         sendto(response, addr)
                     if on_query is not None:
-                        on_query(qtype, rcode, "local", None)
+                        on_query(qtype, rcode, "local", "udp", None)
+                    if on_answered is not None:
+                        on_answered("udp", clock() - received)
             except Exception:
                 server.failed(query)
 

@@ -9,10 +9,12 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable
 
-from opentelemetry.metrics import CallbackOptions, Meter, Observation
+from opentelemetry.metrics import CallbackOptions, Observation
 
+from meshlet.buckets import Buckets, HistogramCollector
 from meshlet.sidecar.proxy.router import ClusterRuntime, Router
 from meshlet.sidecar.proxy.server import OutboundProxy
+from meshlet.telemetry import Telemetry
 
 _Read = Callable[[ClusterRuntime], int]
 
@@ -31,9 +33,27 @@ _CLUSTER_COUNTERS: tuple[tuple[str, str, _Read], ...] = (
 
 
 class ProxyMetrics:
-    def __init__(self, meter: Meter, router: Router, proxy: Callable[[], OutboundProxy | None]):
+    def __init__(
+        self, telemetry: Telemetry, router: Router, proxy: Callable[[], OutboundProxy | None]
+    ) -> None:
+        meter = telemetry.meter
         self._router = router
         self._proxy = proxy
+        for name, what, read in (
+            (
+                "meshlet_proxy_connect_duration_seconds",
+                "Time to connect to an endpoint (connects that succeeded), by cluster",
+                lambda c: c.connect_times,
+            ),
+            (
+                "meshlet_proxy_connection_duration_seconds",
+                "How long relayed connections stayed open (once closed), by cluster",
+                lambda c: c.durations,
+            ),
+        ):
+            telemetry.registry.register(
+                HistogramCollector(name, what, "cluster", self._buckets(read))
+            )
         for name, description, read in _CLUSTER_COUNTERS:
             meter.create_observable_counter(
                 f"meshlet.proxy.{name}",
@@ -68,6 +88,14 @@ class ProxyMetrics:
             callbacks=[self._per_endpoint],
             description="Connections made to each endpoint, by cluster and endpoint",
         )
+
+    def _buckets(
+        self, read: Callable[[ClusterRuntime], Buckets | None]
+    ) -> Callable[[], list[tuple[str, Buckets]]]:
+        def series() -> list[tuple[str, Buckets]]:
+            return [(c.name, b) for c in self._clusters() if (b := read(c)) is not None]
+
+        return series
 
     def _clusters(self) -> list[ClusterRuntime]:
         clusters = self._router.clusters

@@ -18,6 +18,7 @@ import random
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
+from meshlet.buckets import CONNECTION_BUCKETS, LATENCY_BUCKETS, Buckets
 from meshlet.model import Endpoint, LbPolicy
 from meshlet.sidecar.proxy.balancer import ClusterBalancer
 from meshlet.sidecar.proxy.original_dst import destination_key
@@ -46,6 +47,19 @@ class ClusterRuntime:
     no_endpoint: int = 0  # nothing to connect to, or every try failed
     bytes_up: int = 0  # client -> endpoint, of closed connections
     bytes_down: int = 0
+    # Histograms, made at the cluster's first connection (most clusters have none).
+    connect_times: Buckets | None = None  # upstream connects that succeeded
+    durations: Buckets | None = None  # relayed connections, once closed
+
+    def connected(self, seconds: float) -> None:
+        if self.connect_times is None:
+            self.connect_times = Buckets(LATENCY_BUCKETS)
+        self.connect_times.add(seconds)
+
+    def closed(self, seconds: float) -> None:
+        if self.durations is None:
+            self.durations = Buckets(CONNECTION_BUCKETS)
+        self.durations.add(seconds)
 
     def balancer(self) -> ClusterBalancer:
         built = self.built

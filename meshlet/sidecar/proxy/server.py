@@ -54,6 +54,7 @@ class _Connect:
     """Connecting one accepted client to an upstream, retrying on other endpoints."""
 
     __slots__ = (
+        "attempted_at",
         "blamed",
         "client",
         "destination",
@@ -88,6 +89,7 @@ class _Connect:
         self.sock: _socket.socket | None = None
         self.timer: asyncio.TimerHandle | None = None
         self.source: bytes | None = None
+        self.attempted_at = 0.0
 
     def attempt(self) -> None:
         proxy = self.proxy
@@ -110,6 +112,7 @@ class _Connect:
             return
         try:
             sock.setsockopt(*_NODELAY)
+            self.attempted_at = proxy.loop.time()
             error = sock.connect_ex(address)
             if error not in (0, errno.EINPROGRESS):
                 raise OSError(error, os.strerror(error))
@@ -141,10 +144,12 @@ class _Connect:
         proxy = self.proxy
         proxy.connecting.discard(self)
         host = self.host
+        now = proxy.loop.time()
         if host is not None:
             self.route.cluster.balancer().connect_succeeded(host)
             host.connections += 1
-        proxy.relay(self.client, self.sock, self.route, host, events)
+        self.route.cluster.connected(now - self.attempted_at)
+        proxy.relay(self.client, self.sock, self.route, host, events, now)
 
     def _forget_source(self) -> None:
         if self.source is not None:
@@ -230,7 +235,7 @@ class _Connect:
 class _ProxiedRelay(Relay):
     """A relay that gives its cluster's and endpoint's counts back when it closes."""
 
-    __slots__ = ("host", "runtime")
+    __slots__ = ("host", "opened_at", "runtime")
 
     def __init__(
         self,
@@ -239,6 +244,7 @@ class _ProxiedRelay(Relay):
         upstream: _socket.socket,
         route: Route,
         host: Host | None,
+        opened_at: float,
     ) -> None:
         super().__init__(
             proxy.reactor,
@@ -251,6 +257,7 @@ class _ProxiedRelay(Relay):
         )
         self.runtime = route.cluster
         self.host = host
+        self.opened_at = opened_at
 
 
 class OutboundProxy:
@@ -401,11 +408,12 @@ class OutboundProxy:
         route: Route,
         host: Host | None,
         upstream_events: int,
+        opened_at: float,
     ) -> None:
         route.cluster.opened += 1
         if host is not None:
             host.active += 1
-        relay = _ProxiedRelay(self, client, upstream, route, host)
+        relay = _ProxiedRelay(self, client, upstream, route, host, opened_at)
         self.relays.add(relay)
         self.idle.add(relay)
         try:
@@ -421,6 +429,7 @@ class OutboundProxy:
         runtime = relay.runtime
         runtime.bytes_up += relay.up.moved
         runtime.bytes_down += relay.down.moved
+        runtime.closed(self.loop.time() - relay.opened_at)
         if relay.host is not None:
             relay.host.active -= 1
         self.release(runtime)
