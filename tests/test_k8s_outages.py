@@ -20,6 +20,7 @@ from tests.k8s.cluster import Cluster
 from tests.k8s.kubelet import Kubelet
 from tests.k8s.observe import DEMO, cluster_name, healthy, ready_ips, sidecar_hosts
 from tests.procs import ControlPlane, control_plane, http_get, wait_until
+from tests.prom import sample
 from tests.sidecar_peer import sidecar
 from tests.xds_watch import DeltaWatch
 
@@ -112,6 +113,15 @@ def test_api_server_outage_then_back_past_a_compaction(
         assert isinstance(caught_up, int) and caught_up < served, (caught_up, served)
         assert eds_sent(plane, "api-only") == sent_before
         assert api_only.count() == 1
+        # The source's health, as an alert would read it.
+        metrics = plane.metrics()
+        for resource in ("services", "endpointslices"):
+            where = {"resource": resource, "namespace": namespace}
+            assert sample(metrics, "meshlet_source_relists_total", **where) >= 1
+            assert sample(metrics, "meshlet_source_failures_total", **where) >= 1
+            assert sample(metrics, "meshlet_source_lists_total", **where) >= 2
+            assert sample(metrics, "meshlet_source_synced", **where) == 1
+            assert sample(metrics, "meshlet_source_seconds_since_heard", **where) >= 0
 
 
 def test_api_server_unreachable_at_start_up(kube: Cluster, namespace: str, tmp_path: Path) -> None:

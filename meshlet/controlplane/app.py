@@ -149,6 +149,7 @@ async def serve(config: ControlPlaneConfig, stop: asyncio.Event) -> int:
     sources_status: Callable[[], object]
     api = None
     manifests: ManifestSource | None = None
+    kubernetes: KubernetesSource | None = None
     if config.manifests is not None:
         try:
             os.stat(config.manifests)
@@ -206,7 +207,10 @@ async def serve(config: ControlPlaneConfig, stop: asyncio.Event) -> int:
     elif config.webhook is not None:
         log.info("injection webhook off: serving manifests, and no --webhook-cert-file given")
     telemetry = Telemetry("meshlet-control-plane")
-    ads = AdsServer(plane.cache, ControlPlaneMetrics(telemetry, lambda: plane.cache.snapshot))
+    metrics = ControlPlaneMetrics(telemetry, lambda: plane.cache.snapshot)
+    if kubernetes is not None:
+        metrics.watch_sources(kubernetes.status)
+    ads = AdsServer(plane.cache, metrics)
     grpc_server, xds_port = await start_server(
         ads, grpc_address(*config.xds_address), max_stream_age=config.max_stream_age
     )

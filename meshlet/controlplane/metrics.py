@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Iterable
+from typing import TYPE_CHECKING
 
 from opentelemetry.metrics import CallbackOptions, Observation
 
@@ -12,11 +13,33 @@ from meshlet.controlplane.stream_state import Push
 from meshlet.telemetry import LATENCY_BUCKETS, Telemetry
 from meshlet.xds import types
 
+if TYPE_CHECKING:  # the kubernetes client is the control-plane extra's; not loaded for this
+    from meshlet.controlplane.sources.kubernetes import ReflectorStatus
+
+
+_SourceRead = Callable[["ReflectorStatus"], float]
+_SOURCE_COUNTERS: tuple[tuple[str, str, _SourceRead], ...] = (
+    ("lists", "Complete lists read, by resource and namespace", lambda r: r.lists),
+    ("relists", "Lists again after a watch's version was gone (410)", lambda r: r.relists),
+    ("watches", "Watches started (each ends after minutes and starts again)", lambda r: r.watches),
+    ("failures", "Lists or watches that failed or broke off", lambda r: r.failures),
+)
+_SOURCE_GAUGES: tuple[tuple[str, str, _SourceRead], ...] = (
+    ("synced", "1 once the first complete list was read, else 0", lambda r: float(r.synced)),
+    ("objects", "Objects held, by resource and namespace", lambda r: r.objects),
+    (
+        "seconds.since.heard",
+        "Seconds since the API server last sent a list, events or a bookmark (-1: never)",
+        lambda r: time.monotonic() - r.heard_at if r.heard_at else -1.0,
+    ),
+)
+
 
 class ControlPlaneMetrics:
     def __init__(self, telemetry: Telemetry, snapshot: Callable[[], Snapshot | None]) -> None:
-        meter = telemetry.meter
+        meter = self._meter = telemetry.meter
         self._snapshot = snapshot
+        self._reflectors: Callable[[], list[ReflectorStatus]] = list
         self._clients = meter.create_up_down_counter(
             "meshlet.xds.clients", description="Connected ADS streams"
         )
@@ -42,6 +65,29 @@ class ControlPlaneMetrics:
             callbacks=[self._observe_resources],
             description="Resources in the current snapshot, by type",
         )
+
+    def watch_sources(self, reflectors: Callable[[], list[ReflectorStatus]]) -> None:
+        """The Kubernetes source's health, per watched resource and namespace."""
+        meter, self._reflectors = self._meter, reflectors
+        for name, what, read in _SOURCE_COUNTERS:
+            meter.create_observable_counter(
+                f"meshlet.source.{name}", callbacks=[self._per_reflector(read)], description=what
+            )
+        for name, what, read in _SOURCE_GAUGES:
+            meter.create_observable_gauge(
+                f"meshlet.source.{name}", callbacks=[self._per_reflector(read)], description=what
+            )
+
+    def _per_reflector(
+        self, read: Callable[[ReflectorStatus], float]
+    ) -> Callable[[CallbackOptions], Iterable[Observation]]:
+        def observe(_options: CallbackOptions) -> Iterable[Observation]:
+            return [
+                Observation(read(r), {"resource": r.resource, "namespace": r.namespace or "*"})
+                for r in self._reflectors()
+            ]
+
+        return observe
 
     def connected(self, protocol: str, delta: int) -> None:
         self._clients.add(delta, {"protocol": protocol})

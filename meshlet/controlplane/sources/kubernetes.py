@@ -106,6 +106,10 @@ class ReflectorStatus:
     lists: int = 0
     relists: int = 0  # lists after 410 Gone
     watches: int = 0
+    failures: int = 0  # lists or watches that failed (a watch broken off too)
+    # When the API server was last heard from (a list, a watch batch or bookmark), on
+    # time.monotonic(); 0 before the first list.
+    heard_at: float = 0.0
     problem: str = ""
 
     def describe(self) -> str:
@@ -197,10 +201,12 @@ class _Reflector:
                 continue
             except _StreamBroken as exc:
                 log.debug("kubernetes: %s: watch broke off (%s)", self.status.describe(), exc)
+                self.status.failures += 1
                 delay = failures.next_delay(time.monotonic() - started, random.random())
             except Exception as exc:
                 if self._stop.is_set():
                     return
+                self.status.failures += 1
                 self._report(self, describe_failure(exc, self._client.server))
                 delay = failures.next_delay(0.0, random.random())
             self._stop.wait(delay)
@@ -420,6 +426,7 @@ class KubernetesSource:
         status = reflector.status
         status.resource_version = step.resource_version
         status.objects = reflector.object_count()
+        status.heard_at = time.monotonic()
         if step.events:
             status.events += len(step.events)
             self._sink.apply(step.events)
