@@ -33,14 +33,24 @@ from meshlet.devmesh.mesh import DevMesh, DevMeshError
 from meshlet.devmesh.netns import NetnsError
 from meshlet.devmesh.stack import (
     APP_UID,
+    BACKEND_PORT,
     CP_ADMIN_PORT,
     PYTHON,
     SIDECAR_ADMIN_PORT,
     LocalMesh,
     ServiceSpec,
+    http_get,
     service_objects,
 )
-from meshlet.devmesh.view import Rates, render, summary
+from meshlet.devmesh.view import (
+    Rates,
+    SidecarRecord,
+    header_lines,
+    next_steps,
+    render,
+    summary,
+)
+from meshlet.flags import grpc_address
 
 WEB_IP, API_IP = "10.96.0.20", "10.96.0.30"
 # Requests per second per service; each goes on a new connection, through DNS.
@@ -122,6 +132,9 @@ class Demo:
         self.timeline = Timeline()
         self.rates = Rates()
         self.report: dict[str, Any] | None = None
+        self.sidecar = SidecarRecord()
+        # The staged events and what the sidecar did, in order.
+        self.happened: list[str] = []
         self._last_print = 0.0
 
     # --- setting up --------------------------------------------------------------
@@ -135,6 +148,9 @@ class Demo:
         local.start_control_plane()
         local.add_client()
         self.plan()
+        if not self.interactive:  # on a terminal the live screen shows it on top
+            self.out.write("\n".join(self.header()) + "\n")
+            self.out.flush()
 
     def plan(self) -> None:
         def at(share: float, key: str) -> float:
@@ -142,7 +158,7 @@ class Demo:
 
         kill = at(KILL_AT, "kill")
         self.timeline.add(
-            kill, "web-1 crashed: the sidecar retries its connects elsewhere", self.kill_web
+            kill, "web-1 crashed (its pod and IP stay; nothing listens there now)", self.kill_web
         )
         self.timeline.add(
             kill + REMOVE_AFTER,
@@ -216,28 +232,44 @@ class Demo:
         report = json.loads(line)
         self.report = report
         self.rates.update(report)
-        for event in self.timeline.run_due(float(report["elapsed"])):
-            if not self.interactive:
+        elapsed = float(report["elapsed"])
+        events = self.timeline.run_due(elapsed)
+        events += self.watch_sidecar(elapsed)
+        self.happened += events
+        if not self.interactive:
+            for event in events:
                 self.out.write(f"[{event.strip()}]\n")
         self.show(report)
 
-    def header(self) -> list[str]:
+    def watch_sidecar(self, elapsed: float) -> list[str]:
+        """Reads the client's sidecar's /clusters; what it did since the last read, as
+        events at `elapsed` (nothing when it cannot be read now: the next read catches up,
+        its counters are totals)."""
+        try:
+            status, body = http_get(self.local.sidecar_url("/clusters"), timeout=1.0)
+            page = json.loads(body) if status == 200 else None
+        except (OSError, ValueError):
+            page = None
+        if not isinstance(page, dict):
+            return []
+        names = {
+            grpc_address(b.pod.ip, BACKEND_PORT): name for name, b in self.local.backends.items()
+        }
+        return [f"{elapsed:5.1f}s  {event}" for event in self.sidecar.update(page, names)]
+
+    def addresses(self) -> tuple[str, str]:
+        """The sidecar's and the control plane's admin addresses, HOST:PORT."""
         client = self.local.client
         cp = self.local.control_plane
         assert client is not None and cp is not None
+        return grpc_address(client.ip, SIDECAR_ADMIN_PORT), grpc_address(cp.ip, CP_ADMIN_PORT)
+
+    def header(self) -> list[str]:
         length = f"{self.duration:g}s" if self.duration else "until Ctrl-C"
-        sidecar = f"http://{client.ip}:{SIDECAR_ADMIN_PORT}"
-        plane = f"http://{cp.ip}:{CP_ADMIN_PORT}"
-        return [
-            f"meshlet demo ({length}): the client pod calls web and api by name, "
-            f"{RATE:g} requests/s each, a new connection each",
-            f"  sidecar admin  {sidecar}/config_dump  /clusters  /metrics",
-            f"  control plane  {plane}/debug/config  /debug/clients  /metrics",
-            f"  manifests      {self.local.manifests}",
-        ]
+        return header_lines(length, RATE, *self.addresses(), str(self.local.manifests))
 
     def show(self, report: dict[str, Any]) -> None:
-        screen = render(report, self.rates, self.timeline.done, self.header())
+        screen = render(report, self.rates, self.happened, self.header(), self.sidecar)
         if self.interactive:
             self.out.write("\x1b[H\x1b[2J" + screen + "\n")
             self.out.flush()
@@ -275,10 +307,11 @@ def run(duration: float | None = None, out: IO[str] = sys.stdout) -> int:
             demo = Demo(local, duration, out)
             demo.build()
             final = demo.run()
-            client_ip = local.client.ip if local.client else "?"
+            demo.happened += demo.watch_sidecar(float(final["elapsed"]))  # once traffic ended
+            sidecar_admin, plane_admin = demo.addresses()
             out.write("\n" + "\n".join(demo.header()[:1]) + "\n")
-            out.write("\n".join(f"  {event}" for event in demo.timeline.done) + "\n")
-            out.write("\n".join(summary(final)) + "\n")
+            out.write("\n".join(f"  {event}" for event in demo.happened) + "\n")
+            out.write("\n".join(summary(final, demo.sidecar)) + "\n")
     except KeyboardInterrupt:  # before the traffic started: nothing to sum up
         print("meshlet demo: interrupted; everything it made is removed", file=sys.stderr)
         return 130
@@ -288,16 +321,7 @@ def run(duration: float | None = None, out: IO[str] = sys.stdout) -> int:
             print(f"meshlet demo: this may be why: {warning}", file=sys.stderr)
         return 1
     failed = sum(t["errors"] for t in final["targets"].values())
-    admin = f"http://{client_ip}:{SIDECAR_ADMIN_PORT}"
-    out.write(
-        "\nwhere to look next: run `meshlet demo` (no --duration) and, while it runs\n"
-        "(its header shows the addresses; usually the same as this run's),\n"
-        f"  curl {admin}/config_dump   what the sidecar accepted\n"
-        f"  curl {admin}/clusters      endpoints, connections, ejections\n"
-        f"  curl {admin}/metrics       Prometheus metrics\n"
-        f"  the manifests and every process's log stay in {work}\n"
-        "  everything else the demo made (namespaces, links, nftables, processes) is gone.\n"
-    )
+    out.write("\n" + "\n".join(next_steps(sidecar_admin, plane_admin, str(work))) + "\n")
     if failed:
         out.write(f"meshlet demo: {failed} requests failed\n")
         if warning is not None:
