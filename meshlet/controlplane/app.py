@@ -27,6 +27,7 @@ from meshlet.controlplane.sources.kubernetes import KubernetesSource
 from meshlet.controlplane.sources.manifests import ManifestSource
 from meshlet.flags import grpc_address
 from meshlet.inject.settings import SettingsError
+from meshlet.listen import ListenError, listening
 from meshlet.process import run_until_signal
 from meshlet.telemetry import Telemetry
 
@@ -200,6 +201,9 @@ async def serve(config: ControlPlaneConfig, stop: asyncio.Event) -> int:
         webhook = WebhookRunner(config.webhook, api, registry.source_problems)
         try:
             await webhook.start()
+        except ListenError:
+            await webhook.close()
+            raise
         except (SettingsError, ValueError, OSError) as exc:
             print(f"meshlet control-plane: webhook: {exc}", file=sys.stderr)
             await webhook.close()
@@ -211,9 +215,14 @@ async def serve(config: ControlPlaneConfig, stop: asyncio.Event) -> int:
     if kubernetes is not None:
         metrics.watch_sources(kubernetes.status)
     ads = AdsServer(plane.cache, metrics)
-    grpc_server, xds_port = await start_server(
-        ads, grpc_address(*config.xds_address), max_stream_age=config.max_stream_age
-    )
+    try:
+        grpc_server, xds_port = await start_server(
+            ads, grpc_address(*config.xds_address), max_stream_age=config.max_stream_age
+        )
+    except OSError:
+        if webhook is not None:
+            await webhook.close()
+        raise
 
     def webhook_ready() -> str:
         # A replica is an endpoint of the Service the API server calls: ready only once
@@ -225,7 +234,14 @@ async def serve(config: ControlPlaneConfig, stop: asyncio.Event) -> int:
     admin = build_admin(
         plane.cache, ads, telemetry, plane.problems, sources_status, not_ready, webhook_ready
     )
-    admin_port = await admin.start(*config.admin_address)
+    try:
+        with listening("admin", *config.admin_address):
+            admin_port = await admin.start(*config.admin_address)
+    except OSError:
+        if webhook is not None:
+            await webhook.close()
+        await grpc_server.stop(grace=None)
+        raise
     log.info(
         "serving xDS on %s:%d, admin on %s:%d",
         config.xds_address[0],

@@ -24,6 +24,7 @@ from meshlet.inject.webhook import (
     SettingsFile,
     replica_identity,
 )
+from meshlet.listen import listening
 
 log = logging.getLogger(__name__)
 
@@ -113,12 +114,13 @@ class WebhookRunner:
                 try:
                     await self._listen()
                 except OSError as exc:  # the port is taken, say: a problem, tried again
-                    self._report("webhook", [f"webhook: cannot listen: {exc} (retrying)"])
+                    self._report("webhook", [f"webhook: {exc} (retrying)"])
             await asyncio.sleep(found.wait)
 
     async def _listen(self) -> None:
         host, port = self.config.address
-        self.port = await self._server.start(host, port, tls=self.serving.context)
+        with listening("the injection webhook", host, port):
+            self.port = await self._server.start(host, port, tls=self.serving.context)
         log.info("injection webhook on https://%s/inject", grpc_address(host, self.port))
         self._report("webhook", [])
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import socket
 import time
 from collections.abc import AsyncIterator
 from typing import Any
@@ -17,6 +18,7 @@ from meshlet.controlplane.delta import DeltaStream
 from meshlet.controlplane.metrics import ControlPlaneMetrics
 from meshlet.controlplane.sotw import SotwStream
 from meshlet.controlplane.stream_state import Push
+from meshlet.listen import reason_of
 
 log = logging.getLogger(__name__)
 
@@ -191,8 +193,26 @@ async def start_server(
     try:
         port = server.add_insecure_port(address)
     except RuntimeError as exc:
-        raise OSError(f"cannot listen for xDS on {address}: {exc}") from None
+        raise OSError(
+            f"cannot listen for xDS on {address}: {_why_not_bound(address, exc)}"
+        ) from None
     if port == 0:
         raise OSError(f"cannot listen for xDS on {address}")
     await server.start()
     return server, port
+
+
+def _why_not_bound(address: str, exc: RuntimeError) -> str:
+    """grpcio says only that it failed to bind: binding HOST:PORT here says why (taken,
+    not an address of this host), or grpcio's words when that works."""
+    host, _, port = address.rpartition(":")
+    host = host.strip("[]")
+    try:
+        family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        with socket.socket(family, socket.SOCK_STREAM) as sock:
+            sock.bind((host, int(port)))
+    except OSError as error:
+        return reason_of(error)
+    except ValueError:
+        pass
+    return str(exc)

@@ -8,6 +8,7 @@ from collections.abc import Callable, Mapping
 
 from meshlet.admin_http import AdminServer, Response, log_level_routes
 from meshlet.flags import grpc_address
+from meshlet.listen import listening
 from meshlet.model import Endpoint
 from meshlet.sidecar.proxy.balancer import Host, host_name
 from meshlet.sidecar.proxy.router import ClusterRuntime, Router
@@ -144,6 +145,10 @@ def build_admin(
     )
 
 
+# What each read-only server is for, as a port clash names it.
+_ROLES = {"health": "health probes", "metrics": "metrics"}
+
+
 class Probes:
     """The read-only ports on the pod IP: health for the kubelet's probes (as Istio's
     15021 /healthz/ready) and metrics for Prometheus (as its 15020 /stats/prometheus)."""
@@ -164,7 +169,8 @@ class Probes:
         for name, address in (("health", health), ("metrics", metrics)):
             if address is not None:
                 server = self._servers[name]
-                port = await server.start(*address)
+                with listening(_ROLES[name], *address):
+                    port = await server.start(*address)
                 self._started.append(server)
                 where.append(f"{name} on {grpc_address(address[0], port)}")
         return where

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from meshlet import defaults
 from meshlet._proto.meshlet.v1.nametable_pb2 import NameTable
 from meshlet.flags import grpc_address
+from meshlet.listen import listening
 from meshlet.process import run_until_signal
 from meshlet.sidecar.admin import Probes, build_admin
 from meshlet.sidecar.dns.forwarder import Forwarder
@@ -189,12 +190,17 @@ async def serve(config: SidecarConfig, stop: asyncio.Event) -> int:
     probes = Probes(client.status, telemetry)
     xds: asyncio.Task[None] | None = None
     try:
-        outbound = proxy.listen(outbound_addresses_of(config))
+        outbound: list[tuple[str, int]] = []
+        for address in outbound_addresses_of(config):
+            with listening("the outbound proxy", *address):
+                outbound += proxy.listen([address])
+        # DNS names UDP or TCP itself: they are bound one after the other.
         dns_bound = [
             await server.start(*address)
             for server, address in zip(dns_servers, dns_addresses_of(config), strict=True)
         ]
-        admin_port = await admin.start(*config.admin_address)
+        with listening("admin", *config.admin_address):
+            admin_port = await admin.start(*config.admin_address)
         for where in await probes.start(config.health_address, config.metrics_address):
             log.info("%s", where)
         log.info(

@@ -27,6 +27,7 @@ import socket
 import time
 from collections.abc import Callable
 
+from meshlet.listen import listening
 from meshlet.sidecar.dns import tcp, udp, wire
 from meshlet.sidecar.dns.answer import Forward, answer, servfail
 from meshlet.sidecar.dns.forwarder import Forwarder
@@ -88,12 +89,14 @@ class DnsServer:
             try:
                 with contextlib.suppress(OSError):
                     sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, _UDP_RECEIVE_BUFFER)
-                sock.bind((host, port))
+                with listening("DNS over UDP", host, port):
+                    sock.bind((host, port))
                 sock.setblocking(False)
                 bound = sock.getsockname()[1]
-                self._tcp = await loop.create_server(
-                    self._tcp_connection, host, bound, reuse_address=True
-                )
+                with listening("DNS over TCP", host, bound):
+                    self._tcp = await loop.create_server(
+                        self._tcp_connection, host, bound, reuse_address=True
+                    )
             except OSError:
                 sock.close()
                 if port != 0:
