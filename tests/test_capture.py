@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from meshlet.capture.ruleset import CaptureConfig, apply_script, remove_script
+from meshlet.capture.ruleset import CaptureConfig, apply_script, build_rules, remove_script
 from meshlet.devmesh import netns
 from tests.netlab import inside_capture_lab, lab_pod
 from tests.procs import PYTHON
@@ -151,8 +151,39 @@ def test_init_installs_the_table_twice_the_same_and_removes_only_it(namespace: s
     left = ruleset(namespace)
     assert "meshlet" not in left
     assert "table inet other" in left
-    # Removing what is not there is no error.
-    assert meshlet("init", "--remove", namespace=namespace).returncode == 0
+    # It says what it removed: its one chain and the rules the flags made.
+    rules = build_rules(
+        CaptureConfig(
+            service_cidrs=(net("10.96.0.0/12"), net("fd00:96::/108")),
+            dns_servers=(ip("10.96.0.10"),),
+        )
+    )
+    assert removed.stderr.splitlines() == [
+        f"meshlet init: removed table inet meshlet (1 chain, {len(rules)} rules)"
+    ]
+    # Removing what is not there is no error, and it says there was nothing.
+    again = meshlet("init", "--remove", namespace=namespace)
+    assert again.returncode == 0, again.stderr
+    assert again.stderr.splitlines() == [
+        "meshlet init: no meshlet rules to remove in this network namespace (no table inet meshlet)"
+    ]
+    assert "table inet other" in ruleset(namespace)
+
+
+def test_remove_where_there_never_was_a_table_says_so(namespace: str) -> None:
+    result = meshlet("init", "--remove", namespace=namespace)
+    assert result.returncode == 0, result.stderr
+    assert "meshlet init: no meshlet rules to remove in this network namespace" in result.stderr
+    assert "meshlet" not in ruleset(namespace)
+
+
+def test_remove_without_cap_net_admin_says_so_and_changes_nothing(namespace: str) -> None:
+    installed = meshlet("init", "--dns-server=10.96.0.10", namespace=namespace)
+    assert installed.returncode == 0, installed.stderr
+    result = meshlet("init", "--remove", namespace=namespace, uid=65534)
+    assert result.returncode == 1
+    assert "CAP_NET_ADMIN is missing" in result.stderr
+    assert "table inet meshlet" in ruleset(namespace)
 
 
 def test_without_cap_net_admin_it_says_so_and_changes_nothing(namespace: str) -> None:

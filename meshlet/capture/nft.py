@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 from pathlib import Path
 
@@ -50,3 +51,36 @@ def run_script(nft: str, script: str, timeout: float = 30.0) -> None:
     if result.returncode != 0:
         detail = (result.stderr or result.stdout).strip() or f"exit code {result.returncode}"
         raise NftError(f"nft refused the ruleset, nothing was changed:\n{detail}")
+
+
+def table_contents(
+    nft: str, family: str, table: str, timeout: float = 30.0
+) -> dict[str, int] | None:
+    """How many chains and rules table FAMILY TABLE holds; None when there is no such table."""
+    binary = find_binary(nft)
+    if binary is None:
+        raise NftError(f"{nft} not found")
+    try:
+        result = subprocess.run(
+            [binary, "-j", "list", "table", family, table],
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+        )
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        raise NftError(f"{binary} could not run: {exc}") from None
+    if result.returncode != 0:
+        if "No such file or directory" in result.stderr:
+            return None
+        detail = (result.stderr or result.stdout).strip() or f"exit code {result.returncode}"
+        raise NftError(f"nft could not list table {family} {table}:\n{detail}")
+    try:
+        objects = json.loads(result.stdout)["nftables"]
+    except (ValueError, KeyError, TypeError):
+        raise NftError(f"nft listed table {family} {table} in a form not understood") from None
+    counts = {"chain": 0, "rule": 0, "set": 0, "map": 0}
+    for item in objects:
+        for kind in counts:
+            if isinstance(item, dict) and kind in item:
+                counts[kind] += 1
+    return counts
