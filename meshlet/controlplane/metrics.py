@@ -57,8 +57,14 @@ class ControlPlaneMetrics:
             description="From a source change being seen to its response being written",
             explicit_bucket_boundaries_advisory=list(LATENCY_BUCKETS),
         )
-        self._nacks = meter.create_counter(
-            "meshlet.xds.nacks", description="Responses rejected by clients, by resource type"
+        # Every served type from 0: an alert on increase() sees the first NACK too.
+        self._nack_counts = {types.short_name(t): 0 for t in types.SERVED}
+        meter.create_observable_counter(
+            "meshlet.xds.nacks",
+            callbacks=[
+                lambda _: [Observation(n, {"type": t}) for t, n in self._nack_counts.items()]
+            ],
+            description="Responses rejected by clients, by resource type",
         )
         meter.create_observable_gauge(
             "meshlet.xds.resources",
@@ -103,7 +109,8 @@ class ControlPlaneMetrics:
         return [Observation(n, {"type": t}) for t, n in self._push_counts.items()]
 
     def nacked(self, type_url: str) -> None:
-        self._nacks.add(1, {"type": types.short_name(type_url)})
+        name = types.short_name(type_url)
+        self._nack_counts[name] = self._nack_counts.get(name, 0) + 1
 
     def _observe_resources(self, _options: CallbackOptions) -> Iterable[Observation]:
         snapshot = self._snapshot()
