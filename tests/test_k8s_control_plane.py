@@ -18,6 +18,7 @@ from typing import Any
 import pytest
 import yaml
 
+from meshlet import __version__
 from meshlet.controlplane.sources.kubernetes import RBAC_RULES
 from tests.envoy_peer import CONVERGE, Envoy, envoy
 from tests.k8s.cluster import Cluster
@@ -265,3 +266,6 @@ def test_proxy_status_and_proxy_config_on_the_kubernetes_control_plane(
         name = f"web.{namespace}.svc.cluster.local"
         (row,) = [line.split() for line in names.splitlines() if line.startswith(f"{name} ")]
         assert row == [name, web_ip, f"{namespace}/web"]
+        version = run_meshlet("version", address)
+        assert version.returncode == 0, version.stderr
+        assert f"control plane: meshlet {__version__} at 127.0.0.1:" in version.stdout
