@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from meshlet.devmesh import netns
-from meshlet.devmesh.mesh import DevMesh, clear_stale
+from meshlet.devmesh.mesh import STATE_DIR, DevMesh, _machine_lock, clear_stale
 from meshlet.devmesh.stack import (
     APP_UID,
     CONTROL_PLANE_UID,
@@ -21,6 +21,7 @@ from meshlet.devmesh.stack import (
     ServiceSpec,
     http_get,
 )
+from tests.local_mesh import leftovers
 from tests.netlab import skip_unless_netns_and_nftables
 from tests.procs import wait_until
 
@@ -30,13 +31,6 @@ ROOT = Path(__file__).resolve().parent.parent
 @pytest.fixture(autouse=True)
 def _root_only() -> None:
     skip_unless_netns_and_nftables()
-
-
-def leftovers(mesh_id: str) -> list[str]:
-    found = [n for n in netns.names() if mesh_id in n]
-    found += [link for link in netns.links() if mesh_id in link]
-    found += [str(p) for p in netns.NETNS_ETC_DIR.glob(f"*{mesh_id}*")]
-    return found
 
 
 def test_pods_reach_each_other_and_get_their_resolv_conf() -> None:
@@ -53,6 +47,26 @@ def test_pods_reach_each_other_and_get_their_resolv_conf() -> None:
     assert leftovers(mesh.id) == []
 
 
+def test_leftovers_are_the_meshs_own_names_only() -> None:
+    # Another run's namespace and link, whose names hold this mesh's id, made while it
+    # lives: they are not this mesh's, and the leftover check does not count them.
+    with DevMesh() as mesh:
+        mesh.add_pod("p")
+        decoys = (f"ml-other-{mesh.id}-{os.getpid()}", f"mlo{mesh.id}{os.getpid() % 1000}")
+        try:
+            netns.add(decoys[0])
+            netns.ip("link", "add", decoys[1], "type", "bridge")
+            assert sorted(leftovers(mesh.id)) == sorted(
+                [f"ml-{mesh.id}-p", f"mlb{mesh.id}", f"mlv{mesh.id}0"]
+            )
+            mesh.close()
+            assert leftovers(mesh.id) == []
+        finally:
+            netns.delete(decoys[0])
+            netns.delete_link(decoys[1])
+    assert decoys[0] not in netns.names() and decoys[1] not in netns.links()
+
+
 def test_an_exception_inside_still_cleans_up_everything() -> None:
     with pytest.raises(RuntimeError, match="boom"), DevMesh() as mesh:
         pod = mesh.add_pod("p", resolv_conf="nameserver 10.96.0.10\n")
@@ -67,7 +81,11 @@ def test_an_exception_inside_still_cleans_up_everything() -> None:
 def _child(script: str) -> subprocess.Popen[str]:
     code = textwrap.dedent(script)
     return subprocess.Popen(
-        [sys.executable, "-c", code], stdout=subprocess.PIPE, text=True, cwd=ROOT
+        [sys.executable, "-c", code],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+        cwd=ROOT,
     )
 
 
@@ -94,20 +112,26 @@ def test_sigterm_cleans_up() -> None:
 def test_what_a_killed_run_left_behind_is_cleared_by_the_next() -> None:
     child = _child(
         """
-        import os, signal
+        import os, signal, sys
         from meshlet.devmesh.mesh import DevMesh
         mesh = DevMesh().__enter__()
         sleeper = mesh.add_pod("p").spawn(["sleep", "600"])
         print(mesh.id, sleeper.pid, flush=True)
+        sys.stdin.readline()
         os.kill(os.getpid(), signal.SIGKILL)  # no cleanup runs
         """
     )
     with child:
-        assert child.stdout is not None
+        assert child.stdin is not None and child.stdout is not None
         mesh_id, pid = child.stdout.readline().split()
-        assert child.wait(timeout=30) == -signal.SIGKILL
-    assert leftovers(mesh_id), "the killed run should have left its pod behind"
-    assert f"{mesh_id}.json" in clear_stale()
+        # Every mesh starting on this machine clears stale ones first, under this lock:
+        # held, no other run's mesh clears this one before the check below does.
+        with _machine_lock(STATE_DIR):
+            child.stdin.write("die\n")
+            child.stdin.flush()
+            assert child.wait(timeout=30) == -signal.SIGKILL
+            assert leftovers(mesh_id), "the killed run should have left its pod behind"
+            assert f"{mesh_id}.json" in clear_stale()
     assert leftovers(mesh_id) == []
     wait_until(lambda: not Path(f"/proc/{pid}").exists() or _zombie(int(pid)), 10, "sleep to end")
 
