@@ -196,6 +196,7 @@ def test_init_remove_leaves_no_table(stack: LocalMesh) -> None:
     assert "inet meshlet" in listed.stdout
     removed = stack.client.run([PYTHON, "-m", "meshlet", "init", "--remove"])
     assert removed.returncode == 0, removed.stderr
+    assert "meshlet init: removed table inet meshlet (1 chain, " in removed.stderr
     assert "meshlet" not in stack.client.run(["nft", "list", "ruleset"]).stdout
 
 
