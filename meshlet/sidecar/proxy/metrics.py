@@ -98,10 +98,13 @@ class ProxyMetrics:
         return series
 
     def _clusters(self) -> list[ClusterRuntime]:
+        """The clusters a connection has used: a sidecar of a mesh of 10,000 services
+        talks to a few, and a series per cluster for every one of them would cost every
+        scrape (and Prometheus) in proportion to the mesh, not to the pod's traffic."""
         clusters = self._router.clusters
         passthrough = self._router.passthrough.cluster
         extra = [] if passthrough.name in clusters else [passthrough]
-        return [*clusters.values(), *extra]
+        return [c for c in (*clusters.values(), *extra) if c.used]
 
     def _per_cluster(self, read: _Read) -> Callable[[CallbackOptions], Iterable[Observation]]:
         def observe(_options: CallbackOptions) -> Iterable[Observation]:

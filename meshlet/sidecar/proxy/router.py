@@ -51,6 +51,11 @@ class ClusterRuntime:
     connect_times: Buckets | None = None  # upstream connects that succeeded
     durations: Buckets | None = None  # relayed connections, once closed
 
+    @property
+    def used(self) -> bool:
+        """Whether any connection came to it (its balancer is built at the first)."""
+        return self.built is not None or self.opened > 0 or self.active > 0 or self.refused > 0
+
     def connected(self, seconds: float) -> None:
         if self.connect_times is None:
             self.connect_times = Buckets(LATENCY_BUCKETS)
