@@ -13,13 +13,15 @@ def env_name(flag: str) -> str:
     return "MESHLET_" + flag.lstrip("-").replace("-", "_").upper()
 
 
-def add_flag(parser: argparse.ArgumentParser, flag: str, **kwargs: Any) -> None:
-    """Like add_argument, with the default taken from MESHLET_<FLAG> when set.
+def add_flag(
+    parser: argparse.ArgumentParser, flag: str, env: str | None = None, **kwargs: Any
+) -> None:
+    """Like add_argument, with the default taken from MESHLET_<FLAG> (or `env`) when set.
 
     argparse runs `type` on string defaults too, so a bad environment value is
     reported exactly like a bad flag.
     """
-    env = env_name(flag)
+    env = env or env_name(flag)
     value = os.environ.get(env)
     if value is not None:
         if kwargs.get("action") == "append":

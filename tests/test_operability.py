@@ -109,8 +109,14 @@ def test_set_levels_checks_everything_before_changing_anything() -> None:
         assert target.level == saved[0]  # the good half was not applied either
         with pytest.raises(ValueError, match="not a meshlet logger"):
             logs.set_levels({"grpc": "debug"})
+        with pytest.raises(ValueError, match="not a meshlet logger"):  # a typo creates none
+            logs.set_levels({"meshlet.sidecar.dsn": "debug"})
+        assert "meshlet.sidecar.dsn" not in logging.Logger.manager.loggerDict
         now = logs.set_levels({"meshlet.sidecar.dns": "DEBUG"})
         assert now["meshlet.sidecar.dns"] == "debug" and target.level == logging.DEBUG
+        # level= sets every logger's: one set apart before follows it again.
+        now = logs.set_levels({"level": "warning"})
+        assert now["meshlet.sidecar.dns"] == now["root"] == "warning"
     finally:
         target.setLevel(saved[0])
         logging.getLogger().setLevel(saved[1])
@@ -156,10 +162,30 @@ def test_meshlet_version_asks_the_control_plane(tmp_path: Path) -> None:
         assert as_json["controlPlane"]["version"] == as_json["client"]["version"] == __version__
     gone = run_meshlet("version", f"--control-plane={address}")
     assert gone.returncode == 1
-    assert f"control plane: not reachable at {address}: " in gone.stdout
+    assert f"meshlet version: cannot ask the control plane at {address}: " in gone.stderr
+    assert "client: meshlet" in gone.stdout  # its own version is still told
     assert "Traceback" not in gone.stderr
     alone = run_meshlet("version", "--client", f"--control-plane={address}")
     assert alone.returncode == 0 and "control plane" not in alone.stdout
+
+
+def test_the_control_planes_admin_address_may_be_a_service_name(tmp_path: Path) -> None:
+    folder = tmp_path / "manifests"
+    folder.mkdir()
+    write_manifests(folder / "web.yaml", *web("10.1.0.1"))
+    with control_plane(folder, tmp_path) as plane:
+        # Its own variable: MESHLET_CONTROL_PLANE is `meshlet inject`'s xDS address.
+        env = {
+            "MESHLET_CONTROL_PLANE_ADMIN": f"localhost:{plane.admin_port}",
+            "MESHLET_CONTROL_PLANE": "meshlet.meshlet-system.svc:15010",
+        }
+        for command in ("version", "proxy-status"):
+            shown = run_meshlet(command, env=env)
+            assert shown.returncode == 0, shown.stderr
+    # A name as a Service has one (from inside the cluster), not refused as no IP.
+    named = run_meshlet("proxy-status", "--control-plane=meshlet.meshlet-system.invalid:15014")
+    assert named.returncode == 1
+    assert "cannot ask the control plane at meshlet.meshlet-system.invalid:15014" in named.stderr
 
 
 def test_log_levels_change_only_from_loopback() -> None:
@@ -174,12 +200,12 @@ async def _only_from_loopback(pod_ip: str) -> None:
     loop = asyncio.get_running_loop()
     try:
         for host, expected in ((pod_ip, 403), ("127.0.0.1", 200)):
-            url = f"http://{host}:{port}/logging?meshlet.test=warning"
+            url = f"http://{host}:{port}/logging?meshlet.admin_http=warning"
             status, body = await loop.run_in_executor(None, http_post, url)
             assert status == expected, body
-        assert logging.getLogger("meshlet.test").level == logging.WARNING
+        assert logging.getLogger("meshlet.admin_http").level == logging.WARNING
     finally:
-        logging.getLogger("meshlet.test").setLevel(logging.NOTSET)
+        logging.getLogger("meshlet.admin_http").setLevel(logging.NOTSET)
         await server.close()
 
 
@@ -263,15 +289,17 @@ def test_a_sidecar_logs_that_its_stream_is_up_again_after_a_break(tmp_path: Path
     folder.mkdir()
     write_manifests(folder / "web.yaml", *web("10.1.0.1"))
     xds_port = free_port()
+    up = f"xDS stream to localhost:{xds_port} up"
     with pod_sidecar(tmp_path, xds_port, "--log-format=json") as (sidecar, _):
-        for _ in range(2):
-            with control_plane(folder, tmp_path, xds_port=xds_port):
-                wait_until(bool, 30, "a stream", observe=lambda: logged(sidecar, "accepted"))
         with control_plane(folder, tmp_path, xds_port=xds_port):
-            again = f"xDS stream to localhost:{xds_port} up again after a break"
-            wait_until(bool, 60, "the log", observe=lambda: logged(sidecar, again))
+            wait_until(bool, 30, "the stream up", observe=lambda: logged(sidecar, up))
+        with control_plane(folder, tmp_path, xds_port=xds_port):
+            again = f"{up} again after a break"
+            wait_until(bool, 60, "the stream up again", observe=lambda: logged(sidecar, again))
         ended = logged(sidecar, f"xDS stream to localhost:{xds_port} ended after ")
         assert ended is not None and ended["level"] == "warning"
+        ups = [m["message"] for m in json_lines(sidecar.log_text()) if m["message"].startswith(up)]
+        assert ups == [f"{up} (delta)", f"{again} (delta)"]
 
 
 def test_a_push_is_described_by_what_changed() -> None:
@@ -317,9 +345,11 @@ def test_dns_metrics_on_a_par_with_coredns(tmp_path: Path) -> None:
     ):
         health = f"http://127.0.0.1:{ports['health']}/healthz/ready"
         wait_until(lambda s: s == 200, 30, "ready", observe=lambda: http_get(health)[0])
+        logged = sidecar.log_text()
         local = dns.message.make_query("web.default.svc.cluster.local", "A")
         for ask in (dns.query.udp, dns.query.udp, dns.query.tcp):
             assert ask(local, "127.0.0.1", port=ports["dns"], timeout=5).answer
+        assert sidecar.log_text() == logged  # nothing per query at info
         # Its upstream is a closed port: the attempts fail, the client gets SERVFAIL.
         away = dns.message.make_query("www.example.test", "A")
         assert dns.query.udp(away, "127.0.0.1", port=ports["dns"], timeout=10).rcode() == 2

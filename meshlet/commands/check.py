@@ -6,7 +6,8 @@ import argparse
 import sys
 
 from meshlet import defaults
-from meshlet.flags import add_flag, dial_address, grpc_address, namespace_name
+from meshlet.commands.common import add_control_plane_admin
+from meshlet.flags import add_flag, grpc_address, namespace_name
 
 # The top-level packages of the `control-plane` extra, which --pre and --cluster need.
 _KUBE_EXTRA = ("kubernetes", "cryptography")
@@ -30,15 +31,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     mode.add_argument(
         "--cluster", action="store_true", help="after install: is the control plane set up?"
     )
-    add_flag(
-        p,
-        "--control-plane",
-        type=dial_address,
-        default=f"127.0.0.1:{defaults.CONTROL_PLANE_ADMIN_PORT}",
-        metavar="HOST:PORT",
-        help="the control plane's admin address, whose /readyz is asked (a Service's name, "
-        "or kubectl port-forward to it)",
-    )
+    add_control_plane_admin(p, ", whose /readyz is asked")
     add_flag(p, "--nft", default="nft", metavar="PATH", help="the nft binary")
     add_flag(
         p,

@@ -9,9 +9,10 @@ import sys
 
 from meshlet import defaults
 from meshlet.commands.admin_client import AdminError, get_json
+from meshlet.commands.common import add_output
 from meshlet.commands.config_tables import TABLES
 from meshlet.commands.tables import render
-from meshlet.flags import add_flag, grpc_address, host_port
+from meshlet.flags import add_flag, dial_address, grpc_address
 
 # The raw form -o json prints of the tables built from /config_dump: their type's part.
 _DUMP_PART = {"listeners": "lds", "names": "nds"}
@@ -30,12 +31,13 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     add_flag(
         p,
         "--admin",
-        type=host_port,
+        type=dial_address,
         default=f"127.0.0.1:{defaults.SIDECAR_ADMIN_PORT}",
         metavar="HOST:PORT",
-        help="the sidecar's admin address (kubectl port-forward to it on Kubernetes)",
+        help="the sidecar's admin address (on loopback in its pod: kubectl port-forward "
+        "to it, or run this in the pod)",
     )
-    p.add_argument("-o", "--output", choices=("text", "json"), default="text")
+    add_output(p)
     p.set_defaults(run=_run)
 
 

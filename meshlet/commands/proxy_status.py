@@ -7,10 +7,10 @@ import argparse
 import json
 import sys
 
-from meshlet import defaults
 from meshlet.commands.admin_client import AdminError, get_json
+from meshlet.commands.common import add_control_plane_admin, add_output
 from meshlet.commands.status_tables import status_json, status_table
-from meshlet.flags import add_flag, grpc_address, host_port
+from meshlet.flags import grpc_address
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -23,15 +23,8 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         "the client's message below the table), and the version it holds. Exit 1 when the "
         "control plane cannot be asked.",
     )
-    add_flag(
-        p,
-        "--control-plane",
-        type=host_port,
-        default=f"127.0.0.1:{defaults.CONTROL_PLANE_ADMIN_PORT}",
-        metavar="HOST:PORT",
-        help="the control plane's admin address (kubectl port-forward to it on Kubernetes)",
-    )
-    p.add_argument("-o", "--output", choices=("text", "json"), default="text")
+    add_control_plane_admin(p)
+    add_output(p)
     p.set_defaults(run=_run)
 
 
