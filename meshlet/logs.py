@@ -51,25 +51,34 @@ def configure(level: str, format: str) -> None:
 
 
 def levels() -> dict[str, str]:
-    """The root level and every meshlet logger set apart from it."""
+    """The root level, and every meshlet logger's (its own, or the one it follows)."""
     found = {"root": logging.getLevelName(logging.getLogger().level).lower()}
     for name, logger in sorted(logging.Logger.manager.loggerDict.items()):
-        ours = name == "meshlet" or name.startswith("meshlet.")
-        if ours and isinstance(logger, logging.Logger) and logger.level != logging.NOTSET:
-            found[name] = logging.getLevelName(logger.level).lower()
+        if _ours(name) and isinstance(logger, logging.Logger):
+            found[name] = logging.getLevelName(logger.getEffectiveLevel()).lower()
     return found
 
 
 def set_levels(wanted: Mapping[str, str]) -> dict[str, str]:
-    """`{"level": L}` sets the root level; `{"meshlet.sidecar.dns": L}` one logger (and
-    those under it). Checked whole before anything changes: a bad entry changes nothing.
-    Returns the levels now."""
+    """`{"level": L}` sets every logger's level (the root's, and meshlet's loggers follow
+    it again); `{"meshlet.sidecar.dns": L}` one logger's (and those under it). Checked
+    whole before anything changes: a bad entry changes nothing. Returns the levels now."""
+    known = logging.Logger.manager.loggerDict
     for name, level in wanted.items():
         if level.lower() not in LEVELS:
             raise ValueError(f"{name}={level!r}: choose a level from {', '.join(LEVELS)}")
-        if name != "level" and name != "meshlet" and not name.startswith("meshlet."):
-            raise ValueError(f"{name!r} is not a meshlet logger (meshlet or meshlet.<module>)")
+        if name != "level" and not (_ours(name) and name in known):
+            raise ValueError(f"{name!r} is not a meshlet logger (GET /logging lists them)")
+    if "level" in wanted:
+        logging.getLogger().setLevel(wanted["level"].upper())
+        for name, logger in list(known.items()):
+            if _ours(name) and isinstance(logger, logging.Logger):
+                logger.setLevel(logging.NOTSET)
     for name, level in wanted.items():
-        target = logging.getLogger() if name == "level" else logging.getLogger(name)
-        target.setLevel(level.upper())
+        if name != "level":
+            logging.getLogger(name).setLevel(level.upper())
     return levels()
+
+
+def _ours(name: str) -> bool:
+    return name == "meshlet" or name.startswith("meshlet.")

@@ -60,12 +60,12 @@ class SidecarMetrics:
         )
         meter.create_observable_counter(
             "meshlet.dns.cache.hits",
-            callbacks=[lambda _: self._cache_count("cache_hits")],
+            callbacks=[lambda _: self._of_forwarder(lambda f: f.cache_hits)],
             description="Forwarded queries answered from the cache",
         )
         meter.create_observable_counter(
             "meshlet.dns.cache.misses",
-            callbacks=[lambda _: self._cache_count("cache_misses")],
+            callbacks=[lambda _: self._of_forwarder(lambda f: f.cache_misses)],
             description="Forwarded queries the cache could not answer",
         )
         meter.create_observable_counter(
@@ -95,11 +95,12 @@ class SidecarMetrics:
         self._forwarder = forwarder
 
     def _observe_forwarded(self, _options: CallbackOptions) -> Iterable[Observation]:
-        sent = self._forwarder.sent if self._forwarder else {}
+        # A copy (made in C, whole): OTLP export collects from its own thread.
+        sent = dict(self._forwarder.sent) if self._forwarder else {}
         return [Observation(count, {"to": to}) for to, count in sent.items()]
 
-    def _cache_count(self, name: str) -> Iterable[Observation]:
-        return [] if self._forwarder is None else [Observation(getattr(self._forwarder, name))]
+    def _of_forwarder(self, read: Callable[[Forwarder], int]) -> Iterable[Observation]:
+        return [] if self._forwarder is None else [Observation(read(self._forwarder))]
 
     def _observe_queries(self, _options: CallbackOptions) -> Iterable[Observation]:
         return [

@@ -138,7 +138,7 @@ class DnsServer:
         True when `reply` was called or will be (forwarding), False when the query
         was dropped or failed before an answer.
         """
-        started = time.perf_counter()
+        started = time.perf_counter() if self.on_answered is not None else 0.0
         try:
             result = answer(query, self.table(), max_udp)
         except Exception:

@@ -283,7 +283,7 @@ class RecvfromReceiver:
                 return
             except OSError:
                 return  # e.g. an ICMP error queued on the socket; the next event goes on
-            received = clock()
+            received = clock() if on_answered is not None else 0.0
             try:
                 result = respond(query, table, max_udp)
                 if isinstance(result, Forward):
