@@ -15,12 +15,25 @@ class NftError(RuntimeError):
     """nft could not run or refused the script; the message says which and why."""
 
 
+def effective_capabilities(status: Path = Path("/proc/self/status")) -> int | None:
+    """This process's effective capability set, as /proc shows it; None if unreadable."""
+    try:
+        text = status.read_text()
+    except OSError:
+        return None
+    for line in text.splitlines():
+        if line.startswith("CapEff:"):
+            try:
+                return int(line.split()[1], 16)
+            except (IndexError, ValueError):
+                return None
+    return None
+
+
 def has_net_admin(status: Path = Path("/proc/self/status")) -> bool:
     """Whether this process holds CAP_NET_ADMIN in its effective set."""
-    for line in status.read_text().splitlines():
-        if line.startswith("CapEff:"):
-            return bool(int(line.split()[1], 16) >> CAP_NET_ADMIN & 1)
-    return False
+    capabilities = effective_capabilities(status)
+    return capabilities is not None and bool(capabilities >> CAP_NET_ADMIN & 1)
 
 
 def missing(nft: str) -> list[str]:
@@ -39,41 +52,23 @@ def missing(nft: str) -> list[str]:
 
 def run_script(nft: str, script: str, timeout: float = 30.0) -> None:
     """Runs `script` as one nft transaction: all of it takes effect, or none."""
-    binary = find_binary(nft)
-    if binary is None:
-        raise NftError(f"{nft} not found")
-    try:
-        result = subprocess.run(
-            [binary, "-f", "-"], input=script, capture_output=True, text=True, timeout=timeout
-        )
-    except (OSError, subprocess.TimeoutExpired) as exc:
-        raise NftError(f"{binary} could not run: {exc}") from None
+    result = _run(nft, ["-f", "-"], timeout, script)
     if result.returncode != 0:
-        detail = (result.stderr or result.stdout).strip() or f"exit code {result.returncode}"
-        raise NftError(f"nft refused the ruleset, nothing was changed:\n{detail}")
+        raise NftError(f"nft refused the ruleset, nothing was changed:\n{_said(result)}")
 
 
 def table_contents(
     nft: str, family: str, table: str, timeout: float = 30.0
 ) -> dict[str, int] | None:
     """How many chains and rules table FAMILY TABLE holds; None when there is no such table."""
-    binary = find_binary(nft)
-    if binary is None:
-        raise NftError(f"{nft} not found")
-    try:
-        result = subprocess.run(
-            [binary, "-j", "list", "table", family, table],
-            capture_output=True,
-            text=True,
-            timeout=timeout,
-        )
-    except (OSError, subprocess.TimeoutExpired) as exc:
-        raise NftError(f"{binary} could not run: {exc}") from None
+    listed = _run(nft, ["list", "tables", family], timeout)
+    if listed.returncode != 0:
+        raise NftError(f"nft could not list the {family} tables:\n{_said(listed)}")
+    if f"table {family} {table}" not in listed.stdout.splitlines():
+        return None
+    result = _run(nft, ["-j", "list", "table", family, table], timeout)
     if result.returncode != 0:
-        if "No such file or directory" in result.stderr:
-            return None
-        detail = (result.stderr or result.stdout).strip() or f"exit code {result.returncode}"
-        raise NftError(f"nft could not list table {family} {table}:\n{detail}")
+        raise NftError(f"nft could not list table {family} {table}:\n{_said(result)}")
     try:
         objects = json.loads(result.stdout)["nftables"]
     except (ValueError, KeyError, TypeError):
@@ -84,3 +79,21 @@ def table_contents(
             if isinstance(item, dict) and kind in item:
                 counts[kind] += 1
     return counts
+
+
+def _run(
+    nft: str, args: list[str], timeout: float, script: str | None = None
+) -> subprocess.CompletedProcess[str]:
+    binary = find_binary(nft)
+    if binary is None:
+        raise NftError(f"{nft} not found")
+    try:
+        return subprocess.run(
+            [binary, *args], input=script, capture_output=True, text=True, timeout=timeout
+        )
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        raise NftError(f"{binary} could not run: {exc}") from None
+
+
+def _said(result: subprocess.CompletedProcess[str]) -> str:
+    return (result.stderr or result.stdout).strip() or f"exit code {result.returncode}"

@@ -18,11 +18,10 @@ import subprocess
 import threading
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
-from pathlib import Path
 from types import FrameType
 
 from meshlet.binaries import find_binary
-from meshlet.capture.nft import CAP_NET_ADMIN, NftError, run_script
+from meshlet.capture.nft import CAP_NET_ADMIN, NftError, effective_capabilities, run_script
 from meshlet.checks import Result, failed, passed
 from meshlet.sidecar.proxy.original_dst import key_address, original_key
 
@@ -69,21 +68,6 @@ def check_nft(probe: NftProbe) -> Result:
 
 
 # --- CAP_NET_ADMIN --------------------------------------------------------------------
-
-
-def read_cap_eff(status: Path = Path("/proc/self/status")) -> int | None:
-    """The effective capability set of this process, as /proc shows it; None if unreadable."""
-    try:
-        text = status.read_text()
-    except OSError:
-        return None
-    for line in text.splitlines():
-        if line.startswith("CapEff:"):
-            try:
-                return int(line.split()[1], 16)
-            except (IndexError, ValueError):
-                return None
-    return None
 
 
 def check_net_admin(cap_eff: int | None) -> Result:
@@ -292,7 +276,7 @@ def check_original_dst(probe: RedirectProbe) -> Result:
 
 def run_checks(nft: str) -> tuple[Result, ...]:
     nft_result = check_nft(probe_nft(nft))
-    cap_result = check_net_admin(read_cap_eff())
+    cap_result = check_net_admin(effective_capabilities())
     table = table_name()
     if not nft_result.ok:
         probe = not_probed(table, "nft does not run")
