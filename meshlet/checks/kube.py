@@ -27,7 +27,12 @@ from cryptography.exceptions import InvalidSignature
 from kubernetes import client as k8s
 
 from meshlet.checks import Result, failed, passed
-from meshlet.controlplane.sources.kube_client import KubeClient, KubeConfigError, load_client
+from meshlet.controlplane.sources.kube_client import (
+    KubeClient,
+    KubeConfigError,
+    load_client,
+    read_or_none,
+)
 from meshlet.controlplane.sources.kubernetes import RBAC_RULES, describe_failure
 from meshlet.inject import keeper
 
@@ -300,7 +305,7 @@ class WebhookProbe:
 def probe_webhook(api: k8s.ApiClient, name: str, namespace: str) -> WebhookProbe:
     secret_name = f"{namespace}/{name}-tls"
     try:
-        configuration = _read(
+        configuration = read_or_none(
             lambda: k8s.AdmissionregistrationV1Api(api).read_mutating_webhook_configuration(
                 name, _preload_content=False, _request_timeout=_TIMEOUT
             )
@@ -309,7 +314,7 @@ def probe_webhook(api: k8s.ApiClient, name: str, namespace: str) -> WebhookProbe
         return WebhookProbe(name, error=_failure(exc, str(api.configuration.host)))
     secret, secret_error = None, ""
     try:
-        secret = _read(
+        secret = read_or_none(
             lambda: k8s.CoreV1Api(api).read_namespaced_secret(
                 f"{name}-tls", namespace, _preload_content=False, _request_timeout=_TIMEOUT
             )
@@ -317,17 +322,6 @@ def probe_webhook(api: k8s.ApiClient, name: str, namespace: str) -> WebhookProbe
     except Exception as exc:
         secret_error = _failure(exc, str(api.configuration.host))
     return WebhookProbe(name, configuration, "", secret_name, secret, secret_error)
-
-
-def _read(call: Any) -> dict[str, Any] | None:
-    try:
-        response = call()
-    except k8s.ApiException as exc:
-        if exc.status == 404:
-            return None
-        raise
-    found: dict[str, Any] = json.loads(response.data)
-    return found
 
 
 def check_webhook(probe: WebhookProbe) -> Result:

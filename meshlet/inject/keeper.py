@@ -29,6 +29,7 @@ from typing import Any
 
 from kubernetes import client as k8s
 
+from meshlet.controlplane.sources.kube_client import read_or_none
 from meshlet.controlplane.sources.kubernetes import describe_failure
 from meshlet.inject.certs import KeyPair, issue_serving, make_ca, serving_is_good
 
@@ -220,16 +221,11 @@ class CertificateKeeper:
     # --- the Secret ---------------------------------------------------------------
 
     def _read_secret(self) -> dict[str, Any] | None:
-        try:
-            response = self._core.read_namespaced_secret(
+        return read_or_none(
+            lambda: self._core.read_namespaced_secret(
                 self.config.secret, self.config.namespace, _preload_content=False
             )
-        except k8s.ApiException as exc:
-            if exc.status == 404:
-                return None
-            raise
-        found: dict[str, Any] = json.loads(response.data)
-        return found
+        )
 
     def _write_secret(
         self,

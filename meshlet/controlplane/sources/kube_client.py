@@ -9,10 +9,12 @@ the source's business (it retries), a missing or broken config is the user's
 
 from __future__ import annotations
 
+import json
 import os
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from kubernetes import client as k8s
 from kubernetes.config import incluster_config, kube_config
@@ -82,3 +84,16 @@ def _in_cluster(environ: Mapping[str, str], folder: str) -> KubeClient:
     except (ConfigException, OSError) as exc:
         raise KubeConfigError(f"in-cluster configuration ({folder}): {exc}") from None
     return KubeClient(k8s.ApiClient(configuration), f"in-cluster service account ({folder})")
+
+
+def read_or_none(call: Callable[[], Any]) -> dict[str, Any] | None:
+    """The object a read (`_preload_content=False`) returns, or None when it is not there
+    (404); other API errors are raised."""
+    try:
+        response = call()
+    except k8s.ApiException as exc:
+        if exc.status == 404:
+            return None
+        raise
+    found: dict[str, Any] = json.loads(response.data)
+    return found
