@@ -27,6 +27,7 @@ from meshlet.devmesh import netns
 from meshlet.inject import keeper
 from meshlet.inject.certs import make_ca
 from tests.envoy_peer import CONVERGE
+from tests.helm_chart import objects, render
 from tests.k8s.cluster import Cluster
 from tests.netlab import lab_pod
 from tests.procs import PYTHON, control_plane, free_port, wait_until
@@ -350,7 +351,7 @@ def test_cluster_passes_with_a_running_control_plane_and_fails_on_a_wrong_ca_bun
 
 
 def test_an_old_kubernetes_fails_the_version_check() -> None:
-    from meshlet.checks.kube import ApiProbe, check_version
+    from meshlet.checks.kube_api import ApiProbe, check_version
 
     old = check_version(ApiProbe(version={"major": "1", "minor": "20", "gitVersion": "v1.20.15"}))
     assert not old.ok and old.detail == "v1.20.15 is older than 1.21", old
@@ -359,13 +360,13 @@ def test_an_old_kubernetes_fails_the_version_check() -> None:
 
 
 def _probe(hooks: list[dict[str, Any]], secret: dict[str, Any] | None) -> Any:
-    from meshlet.checks.kube import WebhookProbe
+    from meshlet.checks.kube_webhook import WebhookProbe
 
     return WebhookProbe("cfg", {"webhooks": hooks}, "", "ns/cfg-tls", secret)
 
 
 def test_the_ca_check_wants_the_host_the_api_server_calls_and_a_valid_certificate() -> None:
-    from meshlet.checks.kube import check_ca_bundle, check_target
+    from meshlet.checks.kube_webhook import check_ca_bundle, check_target
     from meshlet.inject.certs import issue_serving
 
     now = datetime.datetime.now(datetime.UTC)
@@ -394,3 +395,56 @@ def test_the_ca_check_wants_the_host_the_api_server_calls_and_a_valid_certificat
     expired = check_ca_bundle(_probe([service], secret), later)
     assert not expired.ok and expired.detail.startswith("its certificate is valid only from ")
     assert not check_ca_bundle(_probe([service], None), now).ok
+
+
+# --- what --pre asks it may create: the chart's kinds ---------------------------------
+
+RELEASE_NAMESPACE = "meshlet-system"  # render's, and the namespace chart_objects is asked for
+# Values that between them render every template: the defaults, the PodDisruptionBudget
+# (2 replicas or more), and the optional monitoring objects.
+CHART_VALUES: tuple[dict[str, Any], ...] = (
+    {},
+    {"controlPlane": {"replicas": 2}},
+    {"monitoring": {"grafanaDashboard": {"enabled": True}, "prometheusRule": {"enabled": True}}},
+)
+# In chart_objects but no template of the chart's: `helm install --create-namespace` makes it.
+NOT_RENDERED = {("", "namespaces", "")}
+# Rendered, deliberately not asked by --pre: off by default (monitoring.prometheusRule), and
+# its CRD is the Prometheus Operator's, not the chart's; whoever turns it on installs that
+# operator. (The Grafana dashboard is a ConfigMap: chart_objects covers it.)
+OPTIONAL = {("monitoring.coreos.com", "prometheusrules", RELEASE_NAMESPACE)}
+
+
+def _rendered_kind(found: dict[str, Any]) -> tuple[str, str, str]:
+    """(API group, resource, namespace or "" cluster-wide) of a rendered object. The
+    resource is the kind in lower case plus "s", true of every kind the chart renders:
+    a kind that breaks it fails below as not covered, never passes unseen."""
+    group = found["apiVersion"].rpartition("/")[0]
+    namespace = found["metadata"].get("namespace") or ""
+    return group, found["kind"].lower() + "s", namespace
+
+
+def test_pre_asks_to_create_every_kind_the_chart_renders_and_nothing_else(
+    tmp_path: Path,
+) -> None:
+    from meshlet.checks.kube_access import chart_objects
+
+    accesses = chart_objects(RELEASE_NAMESPACE)
+    assert {(a.verb, a.name) for a in accesses} == {("create", "")}, accesses
+    asked = {(a.group, a.resource, a.namespace) for a in accesses}
+    rendered: dict[str, set[tuple[str, str, str]]] = {}
+    for number, values in enumerate(CHART_VALUES):
+        folder = tmp_path / str(number)
+        folder.mkdir()
+        text = render(values, folder, namespace=RELEASE_NAMESPACE)
+        rendered[str(values)] = {_rendered_kind(o) for o in objects(text)}
+
+    defaults = rendered[str({})]
+    assert not defaults & OPTIONAL, "an optional kind is rendered by default"
+    for values, kinds in rendered.items():
+        missing = kinds - OPTIONAL - asked
+        assert not missing, f"with {values}, not in chart_objects: {missing}"
+    every = set().union(*rendered.values())
+    assert not OPTIONAL - every, f"optional, rendered by no values: {OPTIONAL - every}"
+    assert not OPTIONAL & asked, f"optional, yet chart_objects asks: {OPTIONAL & asked}"
+    assert asked - every == NOT_RENDERED, f"chart_objects, never rendered: {asked - every}"

@@ -90,26 +90,17 @@ def _run(args: argparse.Namespace) -> int:
             )
             return 2
         if args.pre:
-            results = kube.pre_checks(
+            sections += kube.pre_checks(
                 args.kubeconfig, args.system_namespace, args.webhook_configuration
             )
-            sections += [
-                Section("kubernetes-api", results[:2]),
-                Section("pre-install", results[2:]),
-            ]
         else:
-            results = kube.cluster_checks(
+            sections += kube.cluster_checks(
                 args.kubeconfig,
                 args.system_namespace,
                 args.service_account,
                 args.webhook_service,
                 args.webhook_configuration,
             )
-            sections += [
-                Section("kubernetes-api", results[:2]),
-                Section("control plane RBAC", results[2:3]),
-                Section("injection webhook", results[3:]),
-            ]
     else:
         from meshlet.checks import capture
 
