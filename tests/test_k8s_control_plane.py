@@ -152,7 +152,8 @@ def test_a_service_of_250_pods_split_over_several_slices(
         "spec": {"selector": {"app": "big"}, "ports": [{"port": 80, "targetPort": 8080}]},
     }
     kube.kubectl("apply", "-n", namespace, "-f", "-", input=yaml.safe_dump_all([big, svc]))
-    ips = ready_ips(kube, namespace, "app=big", 250)
+    # 250 pods made, bound and reported Ready one by one: over 30 s on a loaded 2-core host.
+    ips = ready_ips(kube, namespace, "app=big", 250, timeout=180)
     slices = json.loads(
         kube.kubectl(
             "get",

@@ -47,8 +47,10 @@ def pods(kube: Cluster, namespace: str, selector: str) -> list[dict[str, Any]]:
     return items
 
 
-def ready_ips(kube: Cluster, namespace: str, selector: str, count: int) -> list[str]:
-    """The IPs of the `count` Ready pods there will be (waits for them)."""
+def ready_ips(
+    kube: Cluster, namespace: str, selector: str, count: int, timeout: float = CONVERGE
+) -> list[str]:
+    """The IPs of the `count` Ready pods there will be (waits for them, up to `timeout`)."""
 
     def ready() -> list[str]:
         found = [
@@ -62,7 +64,7 @@ def ready_ips(kube: Cluster, namespace: str, selector: str, count: int) -> list[
         ]
         return sorted(found) if len(found) == count else []
 
-    ips: list[str] = wait_until(ready, CONVERGE, f"{count} ready pods of {selector}")
+    ips: list[str] = wait_until(ready, timeout, f"{count} ready pods of {selector}")
     return ips
 
 
