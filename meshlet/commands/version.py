@@ -26,7 +26,8 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
 
 
 def _run(args: argparse.Namespace) -> int:
-    found: dict[str, object] = {"client": build_info()}
+    client = build_info()
+    found: dict[str, object] = {"client": client}
     address = grpc_address(*args.control_plane)
     error = ""
     if not args.client:
@@ -37,7 +38,6 @@ def _run(args: argparse.Namespace) -> int:
     if args.output == "json":
         print(json.dumps(found | ({"error": error} if error else {}), indent=2, sort_keys=True))
     else:
-        client = build_info()
         print(f"client: meshlet {client['version']} (Python {client['python']})")
         server = found.get("controlPlane")
         if isinstance(server, dict):

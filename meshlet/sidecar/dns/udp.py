@@ -195,7 +195,7 @@ class MmsgReceiver:
             count = self._recvmmsg(fd, receive_msgs, _BATCH, _MSG_DONTWAIT, None)
             if count <= 0:
                 return  # EAGAIN: drained (other errors: the next readable event retries)
-            received = clock()
+            received = clock() if on_answered is not None else 0.0
             table = server.table()
             self.replay.for_table(table, max_udp)
             sending = answered = 0
