@@ -8,9 +8,10 @@ cd "$(dirname "$0")/.."
 
 # dig and unbound: the real DNS client and upstream the DNS tests use; nftables and
 # iproute2: the capture rules and the network namespaces of the proxy and mesh tests;
-# buildah, podman and debootstrap: the image test's build, its store and its base.
+# buildah, podman and debootstrap: the image test's build, its store and its base;
+# runc and the CNI plugins: the real node's containers and pod network.
 meshlet_setup '.[dev]' python3-venv dnsutils unbound nftables iproute2 util-linux \
-  buildah podman debootstrap
+  buildah podman debootstrap runc containernetworking-plugins
 
 # The test cluster: etcd, Kubernetes, CoreDNS, Helm and Tilt built from their Go
 # modules (cached outside the clone; a second run builds nothing).

@@ -3,11 +3,14 @@
 Each folder here is a small Go module of the project's own: `kube` (kube-apiserver,
 kube-controller-manager, kubectl and kube-proxy from k8s.io/kubernetes, in one
 `go build`), `etcd`, `coredns` (only the plugins the tests use), `helm` and `tilt`
-(which only pins a Tilt release: that is built in a copy of its own module). A
+(which only pins a Tilt release: that is built in a copy of its own module); for the
+real node (layer `pods`), `node` (kubelet and kube-scheduler from the same
+k8s.io/kubernetes), `containerd` and `pause` (the sandbox's program, the project's own). A
 module's binaries are cached under a key of its go.mod, go.sum, Go sources, build
 flags and Go version, so a second run builds nothing.
 
     python tests/k8s/build.py           # build what is missing, print where it is
+    python tests/k8s/build.py --layer kube   # only what the control-plane tests need
     python tests/k8s/build.py --check   # exit 1 if anything would be built
 
 Tests find the binaries with `binaries()`; they never build.
@@ -25,6 +28,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -65,12 +69,18 @@ class Module:
     # `./cmd/...`: that package of the upstream module, built in its own module.
     target: str = "tool"
     cgo: bool = False
+    tags: tuple[str, ...] = ()
+    # The test layer that needs it (tests/layers): `kube` for the control plane on
+    # loopback, `pods` for the real node; a run builds only what its layers need.
+    layer: str = "kube"
 
     @property
     def path(self) -> Path:
         return HERE / self.folder
 
     def version(self) -> str:
+        if not self.upstream:
+            return "local"  # a program of the project's own
         text = (self.path / "go.mod").read_text()
         found = re.search(rf"^\s*(?:require\s+)?{re.escape(self.upstream)}\s+(v\S+)", text, re.M)
         if found is None:
@@ -78,9 +88,12 @@ class Module:
         return found.group(1)
 
     def ldflags(self) -> list[str]:
-        extra = {"kube": _kube_ldflags, "helm": _helm_ldflags, "tilt": _tilt_ldflags}.get(
-            self.folder
-        )
+        extra = {
+            "kube": _kube_ldflags,
+            "node": _kube_ldflags,
+            "helm": _helm_ldflags,
+            "tilt": _tilt_ldflags,
+        }.get(self.folder)
         return ["-s", "-w", *(extra(self.version()) if extra else [])]
 
 
@@ -95,7 +108,19 @@ MODULES = (
     Module("helm", "helm.sh/helm/v4", ("helm",)),
     # Tilt parses Tiltfiles' languages with tree-sitter, which is C: cgo.
     Module("tilt", "github.com/tilt-dev/tilt", ("tilt",), target="./cmd/tilt", cgo=True),
+    # The real node: kubelet and kube-scheduler from the same k8s.io/kubernetes,
+    # containerd 2 (pure Go: no snapshotter that needs cgo), and the sandbox's pause.
+    Module("node", "k8s.io/kubernetes", ("kubelet", "kube-scheduler"), layer="pods"),
+    Module(
+        "containerd",
+        "github.com/containerd/containerd/v2",
+        ("containerd", "containerd-shim-runc-v2", "ctr"),
+        tags=("no_btrfs", "no_devmapper", "no_zfs"),
+        layer="pods",
+    ),
+    Module("pause", "", ("pause",), target=".", layer="pods"),
 )
+LAYERS = tuple(dict.fromkeys(module.layer for module in MODULES))
 
 
 def user_cache(env: str, name: str) -> Path:
@@ -163,7 +188,7 @@ def cache_dir(module: Module, go_version: str) -> Path:
         p.name for p in module.path.iterdir() if p.suffix in (".mod", ".sum", ".go")
     ):
         digest.update(name.encode() + b"\0" + (module.path / name).read_bytes() + b"\0")
-    digest.update(" ".join([go_version, module.target, *module.ldflags()]).encode())
+    digest.update(" ".join([go_version, module.target, *module.tags, *module.ldflags()]).encode())
     return cache_root() / f"{module.folder}-{module.version()}-{digest.hexdigest()[:16]}"
 
 
@@ -181,7 +206,10 @@ def build(module: Module, go: str, go_version: str) -> Path:
     print(f"== go build {module.folder} ({module.upstream} {module.version()})", flush=True)
     with tempfile.TemporaryDirectory(dir=target.parent, prefix=f".{module.folder}-") as tmp:
         out = Path(tmp) / "bin"
-        argv = [go, "build", "-trimpath", "-ldflags", " ".join(module.ldflags()), "-o"]
+        argv = [go, "build", "-trimpath", "-ldflags", " ".join(module.ldflags())]
+        if module.tags:
+            argv += ["-tags", ",".join(module.tags)]
+        argv += ["-o"]
         argv += [f"{out}/" if module.target == "tool" else f"{out}/{module.commands[0]}"]
         where = module.path
         if module.target.startswith("./cmd/"):
@@ -196,17 +224,25 @@ def build(module: Module, go: str, go_version: str) -> Path:
     return target
 
 
-def binaries() -> dict[str, Path] | str:
-    """Every command's path, or why they are not there (for a test's skip reason)."""
+def selected(layers: Sequence[str] | None) -> list[Module]:
+    return [module for module in MODULES if layers is None or module.layer in layers]
+
+
+def binaries(layers: Sequence[str] = ("kube",)) -> dict[str, Path] | str:
+    """The paths of the commands of `layers`' modules, or why they are not there (for a
+    test's skip reason)."""
     go = go_binary()
     if go is None:
         return "Go is not installed (/usr/local/go/bin/go): the test cluster cannot be built"
     go_version = _go_version(go)
     found: dict[str, Path] = {}
-    for module in MODULES:
+    for module in selected(layers):
         folder = cache_dir(module, go_version)
         if not _complete(folder, module):
-            return f"the test cluster's {module.folder} binaries are not built: run {__file__}"
+            return (
+                f"the test cluster's {module.folder} binaries are not built: run {__file__}"
+                f" --layer {module.layer}"
+            )
         found.update({command: folder / command for command in module.commands})
     return found
 
@@ -214,6 +250,12 @@ def binaries() -> dict[str, Path] | str:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--check", action="store_true", help="exit 1 if anything is not built")
+    parser.add_argument(
+        "--layer",
+        action="append",
+        choices=LAYERS,
+        help="build only the modules this test layer needs (repeatable; default: all)",
+    )
     args = parser.parse_args()
     go = go_binary()
     if go is None:
@@ -221,7 +263,7 @@ def main() -> int:
         return 1
     go_version = _go_version(go)
     started = time.monotonic()
-    for module in MODULES:
+    for module in selected(args.layer):
         if args.check:
             if not _complete(cache_dir(module, go_version), module):
                 print(f"{module.folder}: not built", file=sys.stderr)
