@@ -17,7 +17,7 @@ import dns.query
 import pytest
 
 from meshlet import __version__, logs
-from meshlet.admin_http import AdminServer, log_level_routes
+from meshlet.admin_http import AdminServer, Response, log_level_routes
 from meshlet.cli import build_parser
 from meshlet.controlplane import change_log
 from meshlet.devmesh import netns
@@ -207,6 +207,73 @@ async def _only_from_loopback(pod_ip: str) -> None:
     finally:
         logging.getLogger("meshlet.admin_http").setLevel(logging.NOTSET)
         await server.close()
+
+
+# Raw requests to a POST route that echoes its body: (request head, body, status, answer).
+FRAMING = [
+    # Neither Content-Length nor Transfer-Encoding: an empty body (RFC 9112 section
+    # 6.3), what `curl -X POST` sends.
+    ("POST /echo HTTP/1.1\r\nHost: x\r\n", b"", 200, "body=b''"),
+    ("POST /echo HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n", b"", 200, "body=b''"),
+    ("POST /echo HTTP/1.1\r\nContent-Length: 5\r\n", b"hello", 200, "body=b'hello'"),
+    # The same length twice is one length; two different ones are no length at all.
+    ("POST /echo HTTP/1.1\r\nContent-Length: 2\r\nContent-Length: 2\r\n", b"hi", 200, "'hi'"),
+    ("POST /echo HTTP/1.1\r\nContent-Length: 2\r\nContent-Length: 3\r\n", b"hi", 400, "bad"),
+    ("POST /echo HTTP/1.1\r\nContent-Length: five\r\n", b"", 400, "bad Content-Length"),
+    ("POST /echo HTTP/1.1\r\nContent-Length: -1\r\n", b"", 400, "bad Content-Length"),
+    ("POST /echo HTTP/1.1\r\nContent-Length: +4\r\n", b"body", 400, "bad Content-Length"),
+    ("POST /echo HTTP/1.1\r\nContent-Length: 65\r\n", b"", 413, "body over 64 bytes"),
+    (
+        "POST /echo HTTP/1.1\r\nTransfer-Encoding: chunked\r\n",
+        b"5\r\nhello\r\n0\r\n\r\n",
+        501,
+        "Transfer-Encoding is not supported",
+    ),
+    (
+        "POST /echo HTTP/1.1\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n",
+        b"5\r\nhello\r\n0\r\n\r\n",
+        501,
+        "send Content-Length",
+    ),
+]
+
+FRAMING_IDS = [
+    "no-length-no-body",
+    "length-0",
+    "length-5",
+    "same-length-twice",
+    "two-lengths",
+    "not-a-number",
+    "negative",
+    "plus-sign",
+    "over-max-body",
+    "chunked",
+    "chunked-and-length",
+]
+
+
+@pytest.mark.parametrize(("head", "body", "status", "answer"), FRAMING, ids=FRAMING_IDS)
+async def test_a_post_body_is_framed_as_rfc_9112_says(
+    head: str, body: bytes, status: int, answer: str
+) -> None:
+    def echo(_query: dict[str, list[str]], got: bytes) -> Response:
+        return Response.text(f"body={got!r}\n")
+
+    server = AdminServer({}, {"/echo": echo}, max_body=64)
+    port = await server.start("127.0.0.1", 0)
+    try:
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        try:
+            writer.write(head.encode() + b"\r\n" + body)
+            reply = await asyncio.wait_for(reader.read(), 5)  # the server closes after one
+        finally:
+            writer.close()
+            await writer.wait_closed()
+    finally:
+        await server.close()
+    status_line, _, rest = reply.decode().partition("\r\n")
+    assert status_line.split()[1] == str(status), reply
+    assert answer in rest.partition("\r\n\r\n")[2], reply
 
 
 def assert_operator_metrics(text: str) -> None:

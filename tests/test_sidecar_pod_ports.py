@@ -7,12 +7,16 @@ to end in test_mesh.py)."""
 from __future__ import annotations
 
 import contextlib
+import json
+import shutil
 import signal
 import socket
 import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
+
+import pytest
 
 from tests.procs import (
     PYTHON,
@@ -97,6 +101,23 @@ def post(url: str) -> int:
     return http_post(url)[0]
 
 
+def curl_post(url: str) -> tuple[int, str]:
+    """(status, body) of the real `curl -X POST URL`, which sends neither Content-Length
+    nor a body: the classic Job's way to stop its sidecar."""
+    curl = shutil.which("curl")
+    if curl is None:
+        pytest.skip("curl is not installed (apt-get install curl)")
+    done = subprocess.run(
+        [curl, "-sS", "--max-time", "10", "-X", "POST", "-w", "\n%{http_code}", url],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert done.returncode == 0, done.stderr
+    body, _, status = done.stdout.rpartition("\n")
+    return int(status), body
+
+
 def test_quitquitquit_stops_a_classic_sidecar(tmp_path: Path) -> None:
     with pod_sidecar(tmp_path, free_port(), "--drain-seconds=1", "--quit-endpoint") as (
         process,
@@ -106,6 +127,22 @@ def test_quitquitquit_stops_a_classic_sidecar(tmp_path: Path) -> None:
         assert http_get(admin)[0] == 405  # a GET (a probe, a curious browser) stops nothing
         process.check_alive()
         assert post(admin) == 200
+        assert process.popen.wait(timeout=15) == 0
+        assert "asked to quit (POST /quitquitquit)" in process.log_text()
+
+
+def test_curl_x_post_changes_the_log_level_and_quits_a_classic_sidecar(tmp_path: Path) -> None:
+    with pod_sidecar(tmp_path, free_port(), "--drain-seconds=1", "--quit-endpoint") as (
+        process,
+        ports,
+    ):
+        admin = f"http://127.0.0.1:{ports['admin']}"
+        status, body = curl_post(f"{admin}/logging?level=debug")
+        assert status == 200, body
+        assert json.loads(body)["root"] == "debug"
+        assert json.loads(http_get(f"{admin}/logging")[1])["root"] == "debug"
+        # As a classic Job's main container calls it when done (the README's pattern).
+        assert curl_post(f"{admin}/quitquitquit")[0] == 200
         assert process.popen.wait(timeout=15) == 0
         assert "asked to quit (POST /quitquitquit)" in process.log_text()
 
