@@ -357,16 +357,38 @@ def test_a_sidecar_logs_that_its_stream_is_up_again_after_a_break(tmp_path: Path
     write_manifests(folder / "web.yaml", *web("10.1.0.1"))
     xds_port = free_port()
     up = f"xDS stream to localhost:{xds_port} up"
-    with pod_sidecar(tmp_path, xds_port, "--log-format=json") as (sidecar, _):
+    ended = f"xDS stream to localhost:{xds_port} ended after "
+    flags = ("--log-format=json", "--log-level=debug")
+    with pod_sidecar(tmp_path, xds_port, *flags) as (sidecar, ports):
+        scrape = f"http://127.0.0.1:{ports['metrics']}/metrics"
+
+        def failures() -> float:
+            return sample(http_get(scrape)[1], "meshlet_xds_stream_failures_total")
+
+        # Nothing listens yet (the control plane uninstalled, say): every reconnect
+        # fails and is counted, but only the first is a WARNING.
+        wait_until(lambda n: n >= 4, 30, "4 stream failures counted", observe=failures)
+        refused = [m for m in json_lines(sidecar.log_text()) if m["message"].startswith(ended)]
+        assert len(refused) >= 4
+        assert [m["level"] for m in refused] == ["warning"] + ["debug"] * (len(refused) - 1)
         with control_plane(folder, tmp_path, xds_port=xds_port):
-            wait_until(bool, 30, "the stream up", observe=lambda: logged(sidecar, up))
+            back = wait_until(bool, 30, "the stream up", observe=lambda: logged(sidecar, up))
+        assert re.fullmatch(
+            rf"{re.escape(up)} \(delta\): down [0-9.]+s, \d+ reconnect attempts", back["message"]
+        )
+        assert int(back["message"].split()[-3]) >= 4 and back["level"] == "info"
+        counted = failures()
         with control_plane(folder, tmp_path, xds_port=xds_port):
             again = f"{up} again after a break"
             wait_until(bool, 60, "the stream up again", observe=lambda: logged(sidecar, again))
-        ended = logged(sidecar, f"xDS stream to localhost:{xds_port} ended after ")
-        assert ended is not None and ended["level"] == "warning"
-        ups = [m["message"] for m in json_lines(sidecar.log_text()) if m["message"].startswith(up)]
-        assert ups == [f"{up} (delta)", f"{again} (delta)"]
+        assert failures() > counted
+        lines = json_lines(sidecar.log_text())
+        # The stream that broke starts a new run of failures: a WARNING again.
+        after = [m for m in lines[lines.index(back) :] if m["message"].startswith(ended)]
+        assert after and after[0]["level"] == "warning"
+        ups = [m["message"] for m in lines if m["message"].startswith(up)]
+        assert len(ups) == 2 and ups[0] == back["message"]
+        assert ups[1].startswith(f"{again} (delta): down ")
 
 
 def test_a_push_is_described_by_what_changed() -> None:

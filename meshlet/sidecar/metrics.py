@@ -73,6 +73,12 @@ class SidecarMetrics:
             callbacks=[self._observe_updates],
             description="xDS responses accepted or rejected, by resource type",
         )
+        meter.create_observable_counter(
+            "meshlet.xds.stream.failures",
+            callbacks=[lambda _: [Observation(self._xds_status().stream_failures)]],
+            description="xDS streams to the control plane that ended or could not be opened "
+            "(each is followed by a reconnect)",
+        )
         meter.create_observable_gauge(
             "meshlet.xds.config.age",
             callbacks=[self._observe_age],

@@ -47,6 +47,7 @@ from meshlet.backoff import Backoff, BackoffPolicy
 from meshlet.memory import release_freed_memory
 from meshlet.sidecar.state import SidecarState
 from meshlet.sidecar.validate import Received, Update, ValidationError, apply_update
+from meshlet.sidecar.xds_outage import OutageLog
 from meshlet.xds import types
 from meshlet.xds.error_detail import bounded, quoted
 
@@ -109,6 +110,7 @@ class XdsStatus:
     ready: bool = False
     connected: bool = False  # a stream is open and has had a response
     stream_attempts: int = 0  # streams opened, successful or not
+    stream_failures: int = 0  # streams that ended or could not be opened
     streams_connected: int = 0  # streams that got at least one response
     last_stream_error: str = ""
     next_retry_seconds: float | None = None
@@ -329,6 +331,7 @@ class XdsClient:
         self._domain = cluster_domain.rstrip(".").lower()
         self._on_state = on_state
         self._backoff = Backoff(backoff or BackoffPolicy())
+        self._outage = OutageLog()
         self._clock = clock
         self._rng = rng or random.Random()
         self._node = Node(
@@ -483,17 +486,25 @@ class XdsClient:
             except Exception as exc:  # a bug must not end the sidecar's config updates
                 log.exception("xDS stream to %s failed", self._address)
                 error = f"{type(exc).__name__}: {exc}"
-            lived = time.monotonic() - started
-            delay = self._backoff.next_delay(lived, self._rng.random())
+            ended = time.monotonic()
+            delay = self._backoff.next_delay(ended - started, self._rng.random())
             self._status = dataclasses.replace(
-                self._status, connected=False, last_stream_error=error, next_retry_seconds=delay
+                self._status,
+                connected=False,
+                stream_failures=self._status.stream_failures + 1,
+                last_stream_error=error,
+                next_retry_seconds=delay,
             )
-            log.warning(
-                "xDS stream to %s ended after %.1fs (%s); retrying in %.2fs",
+            # A control plane gone for good would otherwise be a WARNING every few seconds.
+            verdict = self._outage.failed(ended, error)
+            log.log(
+                verdict.level,
+                "xDS stream to %s ended after %.1fs (%s); retrying in %.2fs%s",
                 self._address,
-                lived,
+                ended - started,
                 error,
                 delay,
+                verdict.note(),
             )
             await asyncio.sleep(delay)
 
@@ -520,11 +531,13 @@ class XdsClient:
                             next_retry_seconds=None,
                         )
                         again = self._status.streams_connected > 1
+                        outage = self._outage.up(time.monotonic())
                         log.info(
-                            "xDS stream to %s up%s (%s)",
+                            "xDS stream to %s up%s (%s)%s",
                             self._address,
                             " again after a break" if again else "",
                             self._protocol,
+                            "" if outage is None else outage.note(),
                         )
                     replies = self.handle(session, response)
                     big = _size(response) >= _BIG_RESPONSE
