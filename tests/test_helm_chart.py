@@ -196,3 +196,26 @@ def test_the_webhook_off_renders_no_webhook_and_turns_it_off(tmp_path: Path) -> 
     kinds = {o["kind"] for o in found}
     assert not kinds & {"MutatingWebhookConfiguration", "Role", "RoleBinding", "ConfigMap"}
     assert "--webhook-address=off" in control_plane_container(found)["args"]
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_the_control_plane_is_probed_only_once_its_admin_port_listens(
+    case: str, tmp_path: Path
+) -> None:
+    container = control_plane_container(objects(render(CASES[case], tmp_path)))
+    startup = container["startupProbe"]
+    # Listening is enough (/healthz); the first sync is readiness's to wait for (/readyz).
+    assert startup["httpGet"] == {"path": "/healthz", "port": "http-admin"}
+    assert container["readinessProbe"]["httpGet"]["path"] == "/readyz"
+    assert container["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "http-admin"}
+    # Checked every second, for a minute at least before the kubelet restarts it.
+    assert startup["periodSeconds"] == 1
+    budget = (
+        startup.get("initialDelaySeconds", 0)
+        + startup["periodSeconds"] * startup["failureThreshold"]
+    )
+    assert budget >= 60
+    # The probed port is the one the control plane's admin server is told to listen on.
+    (admin,) = [p for p in container["ports"] if p["name"] == "http-admin"]
+    args = build_parser().parse_args(container["args"])
+    assert args.admin_address[1] == admin["containerPort"] == 15014
