@@ -27,12 +27,18 @@ RUN [ -n "$PIP_CERT" ] || unset PIP_CERT; \
  && /opt/build/bin/pip wheel -q --no-deps --no-build-isolation -w /wheels /src
 
 # A venv per target, at the path it runs from (a venv is not relocatable); pip and
-# setuptools go (nothing imports them at run time).
+# setuptools go (nothing imports them at run time). Every xds-protos release ships an old
+# copy of opentelemetry/proto that pip installs over opentelemetry-proto's files:
+# opentelemetry-proto is installed again, at its version, so its files are its own
+# (meshlet would cope without, see meshlet/otlp_protos.py).
 FROM wheel AS venv-sidecar
 ARG PIP_CERT
 RUN [ -n "$PIP_CERT" ] || unset PIP_CERT; \
     python3 -m venv /opt/meshlet \
  && /opt/meshlet/bin/pip install -q /wheels/meshlet-*.whl \
+ && otel_proto=$(/opt/meshlet/bin/python -c \
+      'import importlib.metadata as m; print(m.version("opentelemetry-proto"))') \
+ && /opt/meshlet/bin/pip install -q --force-reinstall --no-deps "opentelemetry-proto==$otel_proto" \
  && /opt/meshlet/bin/pip uninstall -q -y pip setuptools
 
 FROM wheel AS venv-control-plane
@@ -40,6 +46,9 @@ ARG PIP_CERT
 RUN [ -n "$PIP_CERT" ] || unset PIP_CERT; \
     python3 -m venv /opt/meshlet \
  && /opt/meshlet/bin/pip install -q "$(ls /wheels/meshlet-*.whl)[control-plane]" \
+ && otel_proto=$(/opt/meshlet/bin/python -c \
+      'import importlib.metadata as m; print(m.version("opentelemetry-proto"))') \
+ && /opt/meshlet/bin/pip install -q --force-reinstall --no-deps "opentelemetry-proto==$otel_proto" \
  && /opt/meshlet/bin/pip uninstall -q -y pip setuptools
 
 # --- runtime: what both targets share (and nodes pull once) ---

@@ -16,7 +16,7 @@ from opentelemetry.sdk.metrics.export import MetricReader, PeriodicExportingMetr
 from opentelemetry.sdk.resources import Resource
 from prometheus_client import CollectorRegistry, ProcessCollector, generate_latest
 
-from meshlet import buckets, build_info
+from meshlet import buckets, build_info, otlp_protos
 
 log = logging.getLogger(__name__)
 
@@ -32,19 +32,16 @@ def _otlp_enabled() -> bool:
 
 
 def _otlp_reader() -> MetricReader | None:
+    # xds-protos ships an old copy of opentelemetry/proto that replaces
+    # opentelemetry-proto's files in a plain pip install: use meshlet's copy then.
+    otlp_protos.make_importable()
     try:
         from opentelemetry.exporter.otlp.proto.grpc.metric_exporter import (
             OTLPMetricExporter,
         )
     except ImportError as exc:
-        # xds-protos ships an old copy of opentelemetry/proto that, installed after
-        # opentelemetry-proto, replaces its files. Serve on without OTLP and say why.
-        log.error(
-            "OTLP export is off: %s. The opentelemetry-proto files were overwritten "
-            "(by xds-protos); reinstall them: pip install --force-reinstall --no-deps "
-            "opentelemetry-proto",
-            exc,
-        )
+        # An exporter newer than meshlet's copy, say: serve on without OTLP and say why.
+        log.error("OTLP export is off: %s; repair the install: %s", exc, otlp_protos.FIX)
         return None
     return PeriodicExportingMetricReader(OTLPMetricExporter())
 

@@ -6,21 +6,17 @@ import contextlib
 import json
 import os
 import signal
-import threading
 from collections.abc import Iterator
-from concurrent import futures
 from pathlib import Path
 from typing import Any
 
-import grpc
 import pytest
-from opentelemetry.proto.collector.metrics.v1 import metrics_service_pb2, metrics_service_pb2_grpc
 
+from tests.otlp_receiver import Receiver, otlp_env, receiving
 from tests.procs import (
     ControlPlane,
     control_plane,
     endpoint_slice_manifest,
-    free_port,
     service_manifest,
     stop_process,
     wait_until,
@@ -349,55 +345,26 @@ def test_health_endpoints_and_metrics(tmp_path: Path) -> None:
         assert plane.get("/nope")[0] == 404
 
 
-class _Collector(metrics_service_pb2_grpc.MetricsServiceServicer):
-    """A real OTLP/gRPC metrics receiver: records the metric names it is sent."""
-
-    def __init__(self) -> None:
-        self.names: set[str] = set()
-        self.lock = threading.Lock()
-
-    def Export(self, request: Any, context: Any) -> Any:
-        with self.lock:
-            for resource in request.resource_metrics:
-                for scope in resource.scope_metrics:
-                    self.names.update(m.name for m in scope.metrics)
-        return metrics_service_pb2.ExportMetricsServiceResponse()
-
-
 @pytest.fixture
-def collector() -> Iterator[tuple[_Collector, int]]:
-    servicer = _Collector()
-    server = grpc.server(futures.ThreadPoolExecutor(max_workers=2))
-    metrics_service_pb2_grpc.add_MetricsServiceServicer_to_server(servicer, server)
-    port = free_port()
-    server.add_insecure_port(f"127.0.0.1:{port}")
-    server.start()
-    try:
-        yield servicer, port
-    finally:
-        server.stop(grace=None).wait()
+def collector() -> Iterator[tuple[Receiver, int]]:
+    with receiving() as found:
+        yield found
 
 
 def test_otlp_export_switches_on_with_the_standard_variable(
-    tmp_path: Path, collector: tuple[_Collector, int], monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, collector: tuple[Receiver, int], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     servicer, port = collector
     folder = tmp_path / "manifests"
     folder.mkdir()
     write_manifests(folder / "web.yaml", *web("10.1.0.1"))
-    monkeypatch.setenv("OTEL_EXPORTER_OTLP_ENDPOINT", f"http://127.0.0.1:{port}")
-    monkeypatch.setenv("OTEL_EXPORTER_OTLP_INSECURE", "true")
-    monkeypatch.setenv("OTEL_METRIC_EXPORT_INTERVAL", "300")
+    for name, value in otlp_env(port).items():
+        monkeypatch.setenv(name, value)
     with control_plane(folder, tmp_path):
-
-        def received() -> set[str]:
-            with servicer.lock:
-                return set(servicer.names)
-
         names = wait_until(
             lambda n: "meshlet.xds.resources" in n,
             20,
             "the control plane to export over OTLP",
-            observe=received,
+            observe=servicer.names,
         )
         assert "meshlet.xds.resources" in names

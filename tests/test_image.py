@@ -19,6 +19,7 @@ import pytest
 
 from meshlet import __version__
 from tests import images
+from tests.otlp_receiver import otlp_env, receiving
 
 pytestmark = [
     pytest.mark.timeout(1800),  # a cold build: debootstrap, apt and pip in two targets
@@ -30,6 +31,14 @@ SIDECAR = f"ghcr.io/meshlet/meshlet:{__version__}"
 CONTROL_PLANE = f"ghcr.io/meshlet/meshlet-control-plane:{__version__}"
 # The sidecar image may add this much to its base (the budget).
 SIDECAR_BUDGET = 150 * 1024 * 1024
+OTLP_EXPORTER = (
+    "from opentelemetry.exporter.otlp.proto.grpc.metric_exporter import OTLPMetricExporter"
+)
+# One export of a meshlet process's metrics, as its reader would every interval.
+ONE_EXPORT = (
+    "from meshlet.telemetry import Telemetry; t = Telemetry('meshlet-image');"
+    " assert t.provider.force_flush(20_000); t.shutdown()"
+)
 
 
 # The README's commands, run as shown plus what this machine needs (images.build_flags).
@@ -126,3 +135,22 @@ def test_the_sidecar_image_adds_under_its_budget(built: dict[str, str]) -> None:
     mib = {target: round(n / 2**20, 1) for target, n in added.items()}
     print(f"image layers over the base ({base / 2**20:.0f} MiB): {mib} MiB")
     assert added["sidecar"] < SIDECAR_BUDGET, mib
+
+
+@pytest.mark.parametrize("target", ["sidecar", "control-plane"])
+def test_otlp_exports_from_the_image(built: dict[str, str], target: str) -> None:
+    # xds-protos's old opentelemetry/proto is installed over opentelemetry-proto's; the
+    # Dockerfile puts opentelemetry-proto's files back, so the exporter imports as is.
+    image = built[target]
+    imported = images.run_in(image, "python3", "-c", OTLP_EXPORTER)
+    assert imported.returncode == 0, imported.stderr
+    own = images.run_in(
+        image, "python3", "-c", "import meshlet.otlp_protos as o; print(o.clashing())"
+    )
+    assert own.stdout.strip() == "[]", own.stdout + own.stderr
+    # And meshlet's metrics reach a real OTLP receiver (the build runs on the host's network).
+    with receiving() as (receiver, port):
+        variables = [f"{name}={value}" for name, value in otlp_env(port).items()]
+        exported = images.run_in(image, "env", *variables, "python3", "-c", ONE_EXPORT)
+        assert exported.returncode == 0, exported.stderr
+        assert "meshlet_build_info" in receiver.names()

@@ -1,0 +1,62 @@
+"""A real OTLP/gRPC metrics receiver for tests: opentelemetry-proto's own service stubs
+served by grpcio on loopback, recording the metric names it is sent."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+from concurrent import futures
+from contextlib import contextmanager
+from typing import Any
+
+import grpc
+from opentelemetry.proto.collector.metrics.v1 import metrics_service_pb2, metrics_service_pb2_grpc
+
+from tests.procs import free_port
+
+
+class Receiver(metrics_service_pb2_grpc.MetricsServiceServicer):
+    """Records the names of the metrics exported to it."""
+
+    def __init__(self) -> None:
+        self._names: set[str] = set()
+        self.lock = threading.Lock()
+
+    def Export(self, request: Any, context: Any) -> Any:
+        with self.lock:
+            for resource in request.resource_metrics:
+                for scope in resource.scope_metrics:
+                    self._names.update(m.name for m in scope.metrics)
+        return metrics_service_pb2.ExportMetricsServiceResponse()
+
+    def names(self) -> set[str]:
+        with self.lock:
+            return set(self._names)
+
+    def clear(self) -> None:
+        with self.lock:
+            self._names.clear()
+
+
+@contextmanager
+def receiving() -> Iterator[tuple[Receiver, int]]:
+    """A receiver listening on 127.0.0.1 for the block, and its port."""
+    servicer = Receiver()
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=2))
+    metrics_service_pb2_grpc.add_MetricsServiceServicer_to_server(servicer, server)
+    port = free_port()
+    server.add_insecure_port(f"127.0.0.1:{port}")
+    server.start()
+    try:
+        yield servicer, port
+    finally:
+        server.stop(grace=None).wait()
+
+
+def otlp_env(port: int) -> dict[str, str]:
+    """The standard variables that send a meshlet process's metrics to the receiver."""
+    return {
+        "OTEL_EXPORTER_OTLP_ENDPOINT": f"http://127.0.0.1:{port}",
+        "OTEL_EXPORTER_OTLP_INSECURE": "true",
+        "OTEL_METRIC_EXPORT_INTERVAL": "300",
+    }
