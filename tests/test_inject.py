@@ -9,12 +9,14 @@ MESHLET_UPDATE_GOLDEN=1 rewrites them (then read the diff).
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import copy
 import json
 import os
 import subprocess
 import sys
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -22,11 +24,14 @@ import jsonpatch
 import pytest
 import yaml
 
+from meshlet.inject import pod_security
 from meshlet.inject.command import inject_text
+from meshlet.inject.namespaces import CACHE_SECONDS, NamespaceLabels
 from meshlet.inject.pod import STATUS, InjectionError, inject_pod
 from meshlet.inject.review import review
 from meshlet.inject.settings import InjectorSettings, SettingsError, load_settings, settings_from
-from meshlet.inject.workloads import TEMPLATES
+from meshlet.inject.webhook import InjectionWebhook, SettingsFile
+from meshlet.inject.workloads import TEMPLATES, namespace_labels
 
 DATA = Path(__file__).parent / "data" / "inject"
 SETTINGS_FILE = DATA / "settings.yaml"
@@ -98,8 +103,11 @@ def admission_review(namespace: str, pod: dict[str, Any], uid: str = "u-1") -> b
     ).encode()
 
 
-def through_the_webhook(namespace: str, pod: dict[str, Any]) -> dict[str, Any]:
-    answer = review(admission_review(namespace, pod), settings())
+def through_the_webhook(
+    namespace: str, pod: dict[str, Any], labels: dict[str, Mapping[str, str]]
+) -> dict[str, Any]:
+    # The webhook reads the namespace's labels from the API: here, from the case's file.
+    answer = review(admission_review(namespace, pod), settings(), labels.get(namespace))
     response = answer["response"]
     assert response["uid"] == "u-1" and response["allowed"], response
     if "patch" not in response:
@@ -120,8 +128,9 @@ def test_the_webhook_matches_the_golden_file(case: str) -> None:
         for before, after in zip(pod_templates(doc_in), pod_templates(doc_out), strict=True)
     ]
     assert pairs, f"{case} has no pods"
+    labels = namespace_labels(inputs)
     for (namespace, before), (_, after) in pairs:
-        assert through_the_webhook(namespace, before) == after
+        assert through_the_webhook(namespace, before, labels) == after
 
 
 @pytest.mark.parametrize("case", CASES)
@@ -129,8 +138,11 @@ def test_injecting_twice_changes_nothing(case: str) -> None:
     once = golden(case)
     twice, _ = inject_text(once, f"{case}.golden.yaml", settings())
     assert twice == once
-    for namespace, pod in (t for doc in yaml.safe_load_all(once) for t in pod_templates(doc)):
-        answer = review(admission_review(namespace, pod), settings())["response"]
+    docs = list(yaml.safe_load_all(once))
+    labels = namespace_labels(docs)
+    for namespace, pod in (t for doc in docs for t in pod_templates(doc)):
+        answer = review(admission_review(namespace, pod), settings(), labels.get(namespace))
+        answer = answer["response"]
         assert answer["allowed"] and "patch" not in answer
 
 
@@ -295,3 +307,113 @@ def test_the_sidecar_gets_an_empty_dir_for_its_config_beside_the_pods_own_volume
     }
     with pytest.raises(InjectionError, match="already has a volume named meshlet-state"):
         inject_pod(taken, "shop", settings())
+
+
+# --- Pod Security ------------------------------------------------------------------------
+
+ENFORCE = "pod-security.kubernetes.io/enforce"
+REFUSED_BASELINE = (
+    'meshlet: not injected: namespace pay enforces Pod Security "baseline", which refuses'
+    " meshlet-init (root, NET_ADMIN); label it pod-security.kubernetes.io/enforce=privileged,"
+    ' or opt the pod out with meshlet.io/inject: "false"'
+)
+
+
+@pytest.mark.parametrize(
+    ("labels", "level"),
+    [
+        ({}, None),
+        ({"pod-security.kubernetes.io/warn": "restricted"}, None),  # warns, refuses nothing
+        ({ENFORCE: "privileged"}, "privileged"),
+        ({ENFORCE: "baseline"}, "baseline"),
+        ({ENFORCE: "restricted"}, "restricted"),
+        ({ENFORCE: "Baseline"}, "restricted"),  # not a level: Pod Security takes restricted
+    ],
+)
+def test_the_enforced_level_is_read_as_pod_security_reads_it(
+    labels: dict[str, str], level: str | None
+) -> None:
+    assert pod_security.enforced_level(labels) == level
+    assert bool(pod_security.refusal("pay", labels)) == (level in ("baseline", "restricted"))
+
+
+def test_a_value_that_is_not_a_level_is_named_in_the_reason() -> None:
+    reason = pod_security.refusal("pay", {ENFORCE: "strict"})
+    assert reason.startswith(
+        "namespace pay enforces Pod Security \"restricted\" (its label says 'strict')"
+    )
+
+
+def test_a_pod_of_a_baseline_namespace_is_allowed_unchanged_with_the_reason() -> None:
+    pod = {"metadata": {"name": "p"}, "spec": {"containers": [{"name": "app", "image": "app"}]}}
+    response = review(admission_review("pay", pod), settings(), {ENFORCE: "baseline"})["response"]
+    assert response == {"uid": "u-1", "allowed": True, "warnings": [REFUSED_BASELINE]}
+    # A bad annotation does not matter there: nothing would be injected.
+    pod["metadata"]["annotations"] = {"meshlet.io/sidecar-mode": "nope"}
+    response = review(admission_review("pay", pod), settings(), {ENFORCE: "restricted"})
+    assert response["response"]["allowed"] and "patch" not in response["response"]
+    # Privileged, or no label: injected as before.
+    for labels in ({ENFORCE: "privileged"}, {}):
+        del pod["metadata"]["annotations"]
+        assert "patch" in review(admission_review("pay", pod), settings(), labels)["response"]
+        pod["metadata"]["annotations"] = {}
+
+
+def test_meshlet_inject_says_why_on_stderr_when_its_input_has_the_namespace() -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "meshlet", "inject", "-f", str(DATA / "pod-security.yaml")],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=ROOT,
+    )
+    assert result.returncode == 0, result.stderr
+    lines = result.stderr.splitlines()
+    assert (
+        'Deployment payments/api: not injected: namespace payments enforces Pod Security "baseline"'
+        in lines[0]
+    )
+    assert (
+        'Pod vault/keeper: not injected: namespace vault enforces Pod Security "restricted"'
+        in lines[1]
+    )
+    assert lines[2] == "Pod tools/debug: injected"
+
+
+async def test_namespace_labels_are_read_once_per_cache_window() -> None:
+    reads: list[str] = []
+    now = [100.0]
+
+    def read(name: str) -> dict[str, str]:
+        reads.append(name)
+        if name == "gone-wrong":
+            raise OSError(111, "Connection refused")
+        return {ENFORCE: "baseline"}
+
+    found = NamespaceLabels(read, "https://api:6443", clock=lambda: now[0])
+    # A scale-up: many pods of one namespace at once share one read.
+    answers = await asyncio.gather(*(found.get("pay") for _ in range(20)))
+    assert reads == ["pay"] and all(a.labels == {ENFORCE: "baseline"} for a in answers)
+    now[0] += CACHE_SECONDS - 0.1
+    await found.get("pay")
+    assert reads == ["pay"]
+    now[0] += 0.2
+    await found.get("pay")
+    assert reads == ["pay", "pay"]
+    failed = await found.get("gone-wrong")
+    assert failed.labels is None
+    assert failed.problem == "cannot reach https://api:6443: Connection refused"
+
+
+async def test_the_webhook_warns_when_it_cannot_read_the_namespace() -> None:
+    def read(name: str) -> dict[str, str]:
+        raise OSError(111, "Connection refused")
+
+    webhook = InjectionWebhook(SettingsFile(None, lambda _: None), NamespaceLabels(read, "api"))
+    pod = {"metadata": {"name": "p"}, "spec": {"containers": [{"name": "app", "image": "app"}]}}
+    response = (await webhook.answer(admission_review("pay", pod)))["response"]
+    assert response["allowed"] and "patch" in response  # injected, as before the check
+    assert response["warnings"] == [
+        "meshlet: could not read namespace pay (cannot reach api: Connection refused): its Pod"
+        " Security level was not checked"
+    ]

@@ -17,6 +17,7 @@ from kubernetes import client as k8s
 
 from meshlet.flags import grpc_address
 from meshlet.inject.keeper import CertificateKeeper, KeeperConfig
+from meshlet.inject.namespaces import NamespaceLabels, api_reader
 from meshlet.inject.serving import ServingCertificate
 from meshlet.inject.webhook import (
     CertificateFiles,
@@ -62,7 +63,10 @@ class WebhookRunner:
         self.settings = SettingsFile(
             config.settings_path, lambda p: report("injector settings", p), config.image
         )
-        self.webhook = InjectionWebhook(self.settings)
+        namespaces = None
+        if api is not None:
+            namespaces = NamespaceLabels(api_reader(api), api.configuration.host)
+        self.webhook = InjectionWebhook(self.settings, namespaces)
         self._server = self.webhook.server()
         self._tasks: list[asyncio.Task[None]] = []
         self._keeper: CertificateKeeper | None = None

@@ -17,7 +17,7 @@ import yaml
 
 from meshlet.inject.pod import InjectionError
 from meshlet.inject.settings import InjectorSettings, SettingsError, load_settings
-from meshlet.inject.workloads import Report, inject_object
+from meshlet.inject.workloads import Report, inject_object, namespace_labels
 
 _Loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 _Dumper = getattr(yaml, "CSafeDumper", yaml.SafeDumper)
@@ -31,15 +31,21 @@ def inject_text(text: str, name: str, settings: InjectorSettings) -> tuple[str, 
             doc = json.loads(text)
         except json.JSONDecodeError as exc:
             raise InjectionError(f"{name}: invalid JSON: {exc.msg} at line {exc.lineno}") from None
-        out = inject_object(doc, settings, f"{name}: document 1", report)
+        namespaces = namespace_labels([doc])
+        out = inject_object(doc, settings, f"{name}: document 1", report, namespaces)
         return json.dumps(out, indent=2) + "\n", report
-    docs: list[object] = []
-    number = 0
+    loaded: list[object] = []
     try:
-        for number, doc in enumerate(yaml.load_all(text, Loader=_Loader), start=1):
-            docs.append(inject_object(doc, settings, f"{name}: document {number}", report))
+        for doc in yaml.load_all(text, Loader=_Loader):
+            loaded.append(doc)
     except yaml.YAMLError as exc:
-        raise InjectionError(f"{name}: document {number + 1}: invalid YAML: {exc}") from None
+        raise InjectionError(f"{name}: document {len(loaded) + 1}: invalid YAML: {exc}") from None
+    # A Namespace anywhere in the stream tells its pods' Pod Security level.
+    namespaces = namespace_labels(loaded)
+    docs = [
+        inject_object(doc, settings, f"{name}: document {number}", report, namespaces)
+        for number, doc in enumerate(loaded, start=1)
+    ]
     docs = [d for d in docs if d is not None]
     return yaml.dump_all(docs, Dumper=_Dumper, sort_keys=False, default_flow_style=False), report
 

@@ -31,6 +31,7 @@ from kubernetes import client as k8s
 
 from meshlet.controlplane.sources.kube_client import read_or_none
 from meshlet.controlplane.sources.kubernetes import describe_failure
+from meshlet.inject import namespaces
 from meshlet.inject.certs import KeyPair, issue_serving, make_ca, serving_is_good
 
 log = logging.getLogger(__name__)
@@ -41,7 +42,8 @@ _TLS = "kubernetes.io/tls"
 
 
 def rbac_rules(namespace: str, secret: str, configuration: str) -> dict[str, list[dict[str, Any]]]:
-    """What the keeper needs: a Role in `namespace`, and cluster-wide rules."""
+    """What the webhook needs: a Role in `namespace` (its keeper's Secret and Lease), and
+    cluster-wide rules (the configuration it keeps; the namespaces' labels it reads)."""
     return {
         "namespaced": [
             {"apiGroups": [""], "resources": ["secrets"], "verbs": ["create"]},
@@ -65,7 +67,8 @@ def rbac_rules(namespace: str, secret: str, configuration: str) -> dict[str, lis
                 "resources": ["mutatingwebhookconfigurations"],
                 "resourceNames": [configuration],
                 "verbs": ["get", "patch"],
-            }
+            },
+            *namespaces.RBAC_RULES,
         ],
     }
 

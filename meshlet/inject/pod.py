@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from meshlet import defaults
+from meshlet.inject import pod_security
 from meshlet.inject.settings import (
     CLASSIC,
     NATIVE,
@@ -70,9 +71,15 @@ def _meta(pod: Mapping[str, Any]) -> Mapping[str, Any]:
     return meta if isinstance(meta, Mapping) else {}
 
 
-def inject_pod(pod: Mapping[str, Any], namespace: str, settings: InjectorSettings) -> Outcome:
+def inject_pod(
+    pod: Mapping[str, Any],
+    namespace: str,
+    settings: InjectorSettings,
+    namespace_labels: Mapping[str, str] | None = None,
+) -> Outcome:
     """Inject one pod (or pod template) of `namespace`; raises InjectionError for a pod
-    whose annotations cannot be honoured."""
+    whose annotations cannot be honoured. `namespace_labels`, when known, can say that
+    Pod Security would refuse the injected pod: it is left alone, with a warning."""
     meta, spec = _meta(pod), pod.get("spec")
     annotations = meta.get("annotations") or {}
     labels = meta.get("labels") or {}
@@ -88,6 +95,9 @@ def inject_pod(pod: Mapping[str, Any], namespace: str, settings: InjectorSetting
         return Outcome(pod, False, "hostNetwork pods share the node's network: not injected")
     if (spec.get("os") or {}).get("name") == "windows":
         return Outcome(pod, False, "Windows pods have no nftables: not injected")
+    refused = pod_security.refusal(namespace, namespace_labels or {})
+    if refused:
+        return Outcome(pod, False, refused, (f"not injected: {refused}",))
     mode = _mode(annotations, settings)
     names = {
         c.get("name") for c in _containers(spec, "containers") + _containers(spec, "initContainers")

@@ -13,11 +13,15 @@ import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from meshlet.admin_http import AdminServer, Response
-from meshlet.inject.review import review
+from meshlet.inject.review import decide, decode
 from meshlet.inject.serving import ServingCertificate
 from meshlet.inject.settings import InjectorSettings, SettingsError, load_settings
+
+if TYPE_CHECKING:  # it needs the Kubernetes client; this module does not
+    from meshlet.inject.namespaces import NamespaceLabels
 
 log = logging.getLogger(__name__)
 
@@ -118,10 +122,27 @@ class CertificateFiles:
 @dataclass
 class InjectionWebhook:
     settings: SettingsFile
+    # The pods' namespaces' labels (their Pod Security level), where there is an API.
+    namespaces: NamespaceLabels | None = None
+
+    async def answer(self, body: bytes) -> dict[str, Any]:
+        request = decode(body)
+        if isinstance(request, dict):
+            return request
+        if self.namespaces is None:
+            return decide(request, self.settings.current)
+        found = await self.namespaces.get(request.namespace)
+        unchecked = []
+        if found.labels is None:
+            unchecked.append(
+                f"could not read namespace {request.namespace} ({found.problem}): its Pod"
+                " Security level was not checked"
+            )
+        return decide(request, self.settings.current, found.labels, unchecked)
 
     def server(self) -> AdminServer:
-        def inject(_: object, body: bytes) -> Response:
-            answer = review(body, self.settings.current)
+        async def inject(_: object, body: bytes) -> Response:
+            answer = await self.answer(body)
             response = answer.get("response", {})
             if not response.get("allowed", True):
                 log.info("webhook: refused %s", response.get("status", {}).get("message"))

@@ -34,8 +34,33 @@ class Report:
     lines: list[str] = field(default_factory=list)
 
 
-def inject_object(obj: object, settings: InjectorSettings, where: str, report: Report) -> object:
-    """The object with its pod template injected (a copy), or the object itself."""
+def namespace_labels(objs: list[object]) -> dict[str, Mapping[str, str]]:
+    """The labels of the Namespaces among the objects (and in their Lists), by name: what
+    an offline `meshlet inject` knows of Pod Security."""
+    found: dict[str, Mapping[str, str]] = {}
+    for obj in objs:
+        if not isinstance(obj, Mapping):
+            continue
+        items = obj.get("items")
+        if isinstance(items, list):
+            found.update(namespace_labels(items))
+        meta = obj.get("metadata")
+        if obj.get("kind") == "Namespace" and isinstance(meta, Mapping):
+            labels = meta.get("labels")
+            if isinstance(meta.get("name"), str) and isinstance(labels, Mapping):
+                found[meta["name"]] = {str(k): str(v) for k, v in labels.items()}
+    return found
+
+
+def inject_object(
+    obj: object,
+    settings: InjectorSettings,
+    where: str,
+    report: Report,
+    namespaces: Mapping[str, Mapping[str, str]] | None = None,
+) -> object:
+    """The object with its pod template injected (a copy), or the object itself.
+    `namespaces`: the labels of the namespaces known (namespace_labels)."""
     if not isinstance(obj, Mapping):
         return obj
     kind = obj.get("kind")
@@ -45,7 +70,7 @@ def inject_object(obj: object, settings: InjectorSettings, where: str, report: R
             return obj
         out = dict(obj)
         out["items"] = [
-            inject_object(item, settings, f"{where}, items[{i}]", report)
+            inject_object(item, settings, f"{where}, items[{i}]", report, namespaces)
             for i, item in enumerate(items)
         ]
         return out
@@ -59,7 +84,7 @@ def inject_object(obj: object, settings: InjectorSettings, where: str, report: R
     if not isinstance(template, Mapping):
         raise InjectionError(f"{where} ({name}): no pod template at {'.'.join(path)}")
     try:
-        outcome = inject_pod(template, namespace, settings)
+        outcome = inject_pod(template, namespace, settings, (namespaces or {}).get(namespace))
     except InjectionError as exc:
         raise InjectionError(f"{where} ({name}): {exc}") from None
     report.lines.append(_line(name, outcome))
