@@ -6,5 +6,5 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 . scripts/setup.sh
 
-meshlet_setup '.[control-plane]' python3-venv nftables iproute2 util-linux
+meshlet_setup_demo
 exec .venv/bin/meshlet demo "$@"

@@ -1,6 +1,7 @@
-# Sourced by test.sh and demo.sh: installs the system packages meshlet needs (as
-# root, with apt-get) and meshlet itself into .venv.
+# Sourced by test.sh, demo.sh and the Tiltfile: installs the system packages meshlet
+# needs (as root, with apt-get) and meshlet itself into .venv.
 # Usage: meshlet_setup PIP_TARGET APT_PACKAGE...   (PIP_TARGET: ".[control-plane]" or ".[dev]")
+#        meshlet_setup_demo                        (what `meshlet demo` and `tilt up -- --local` need)
 
 meshlet_setup() {
   local target=$1
@@ -48,4 +49,8 @@ meshlet_setup() {
     # The dev install holds everything the demo's does.
     echo ".[control-plane] ${want#* }" >> "$stamp"
   fi
+}
+
+meshlet_setup_demo() {
+  meshlet_setup '.[control-plane]' python3-venv nftables iproute2 util-linux
 }

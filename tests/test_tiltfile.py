@@ -58,7 +58,12 @@ def local_cluster_kubeconfig(folder: Path, context: str) -> Path:
 
 
 def tilt(
-    tmp_path: Path, *args: str, context: str = "kind-meshlet", timeout: float = 120
+    tmp_path: Path,
+    *args: str,
+    context: str = "kind-meshlet",
+    timeout: float = 120,
+    cwd: Path = ROOT,
+    env: dict[str, str] | None = None,
 ) -> subprocess.CompletedProcess[str]:
     found = binaries()
     env = {
@@ -66,12 +71,13 @@ def tilt(
         "HOME": str(tmp_path),
         "PATH": f"{found['helm'].parent}:/usr/local/bin:/usr/bin:/bin",
         "KUBECONFIG": str(local_cluster_kubeconfig(tmp_path, context)),
+        **(env or {}),
     }
     # A session of its own: on a timeout, the whole group goes (tilt ci's control plane
     # and the demo with it), not tilt alone.
     with subprocess.Popen(
         [str(found["tilt"]), *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-        text=True, cwd=ROOT, env=env, start_new_session=True,
+        text=True, cwd=cwd, env=env, start_new_session=True,
     ) as process:  # fmt: skip
         try:
             out, err = process.communicate(timeout=timeout)
@@ -164,7 +170,12 @@ def test_without_a_cluster_it_runs_the_control_plane_and_the_demo_locally(
     tmp_path: Path,
 ) -> None:
     found = manifests(evaluate(tmp_path, "--", "--local"))
-    assert sorted(found) == ["control-plane", "demo"]
+    assert sorted(found) == ["control-plane", "demo", "venv"]
+    # .venv is made (or brought up to date) before anything runs from it.
+    setup = found["venv"]["DeployTarget"]["UpdateCmdSpec"]["args"]
+    assert setup == ["bash", "-euo", "pipefail", "-c", ". scripts/setup.sh; meshlet_setup_demo"]
+    assert found["control-plane"]["ResourceDependencies"] == ["venv"]
+    assert found["demo"]["ResourceDependencies"] == ["control-plane"]
     serve = found["control-plane"]["DeployTarget"]
     assert serve["ServeCmd"]["Argv"][:4] == [
         ".venv/bin/meshlet", "control-plane", "--manifests", "examples/demo",
@@ -189,3 +200,40 @@ def test_tilt_ci_local_runs_to_green(tmp_path: Path) -> None:
     assert result.returncode == 0, out[-4000:]
     assert "SUCCESS. All workloads are healthy." in out
     assert re.search(r"total: \d+ requests, 0 failed", out), out[-4000:]
+
+
+def fresh_clone(folder: Path) -> Path:
+    """What a clone holds that the local mode uses, and no .venv."""
+    folder.mkdir()
+    for part in ("Tiltfile", "pyproject.toml", "README.md", "scripts", "meshlet", "examples"):
+        source = ROOT / part
+        if source.is_dir():
+            shutil.copytree(source, folder / part, ignore=shutil.ignore_patterns("__pycache__"))
+        else:
+            shutil.copy2(source, folder / part)
+    return folder
+
+
+def test_tilt_ci_local_in_a_fresh_clone_makes_the_venv_before_running_from_it(
+    tmp_path: Path,
+) -> None:
+    binaries()  # skips before copying anything when Tilt is not built
+    clone = fresh_clone(tmp_path / "clone")
+    # No package index here (a refused port): the venv is made, its install fails, and
+    # nothing is run from a .venv that is not there.
+    offline = {
+        "PIP_INDEX_URL": "http://127.0.0.1:9/simple",
+        "PIP_RETRIES": "0",
+        "PIP_DISABLE_PIP_VERSION_CHECK": "1",
+    }
+    argv = ["ci", "--port=0", "--timeout=3m", "--", "--local"]
+    argv += [f"--xds-port={free_port()}", f"--admin-port={free_port()}"]
+    result = tilt(tmp_path, *argv, timeout=240, cwd=clone, env=offline)
+    out = result.stdout + result.stderr
+    assert result.returncode != 0, out[-4000:]
+    assert "fork/exec .venv/bin/meshlet" not in out
+    assert "== creating .venv" in out and "== pip install -e .[control-plane]" in out
+    assert (clone / ".venv" / "bin" / "python").exists()
+    assert not (clone / ".venv" / "bin" / "meshlet").exists()
+    # A failed install is not taken for a done one: the next run tries it again.
+    assert not (clone / ".venv" / ".meshlet-installed").exists()
