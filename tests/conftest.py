@@ -9,6 +9,7 @@ import pytest
 from tests.k8s import build
 from tests.k8s.cluster import Cluster, running_cluster
 from tests.k8s.kubelet import Kubelet
+from tests.layers import pytest_collection_modifyitems  # noqa: F401
 
 
 @pytest.fixture(scope="session")
