@@ -221,8 +221,9 @@ async def test_dribbled_bytes_do_not_keep_a_connection_from_its_idle_timeout(
         assert await holder.closed_by_server() == b""
 
 
-def test_the_readme_states_the_tcp_defaults() -> None:
-    readme = " ".join((Path(__file__).resolve().parent.parent / "README.md").read_text().split())
-    assert f"at most {tcp.MAX_CONNECTIONS} connections" in readme
-    assert f"within {tcp.QUERY_DEADLINE:g} s of its first byte" in readme
-    assert f"closed after {tcp.IDLE_TIMEOUT:g} s without" in readme
+def test_the_docs_state_the_tcp_defaults() -> None:
+    page = Path(__file__).resolve().parent.parent / "docs" / "reference" / "cli.md"
+    text = " ".join(page.read_text().split())
+    assert f"at most {tcp.MAX_CONNECTIONS} connections" in text
+    assert f"within {tcp.QUERY_DEADLINE:g} s of its first byte" in text
+    assert f"closed after {tcp.IDLE_TIMEOUT:g} s without" in text

@@ -254,20 +254,29 @@ def test_helm_install_upgrade_and_uninstall(
             kube.delete_namespace(namespace)
 
 
-# The README's "Install on Kubernetes", run as shown (kubectl and helm on the test
-# cluster's admin kubeconfig), with the control plane run from the chart as above.
+# The install of the README and docs/kubernetes.md, run as shown (kubectl and helm on the
+# test cluster's admin kubeconfig), with the control plane run from the chart as above.
+DEMO = "meshlet-demo"
 README_INSTALL = [
-    "helm install meshlet helm/meshlet --namespace meshlet-system --create-namespace",
+    "helm install meshlet helm/meshlet --namespace meshlet-system --create-namespace"
+    " --set controlPlane.image.repository=ghcr.io/meshlet/meshlet-control-plane"
+    " --set controlPlane.image.tag=0.1.0 --set controlPlane.image.pullPolicy=IfNotPresent"
+    " --set sidecar.image.repository=ghcr.io/meshlet/meshlet"
+    " --set sidecar.image.tag=0.1.0 --set sidecar.image.pullPolicy=IfNotPresent",
     "kubectl -n meshlet-system rollout status deployment/meshlet --timeout=120s",
     "kubectl get mutatingwebhookconfiguration meshlet-injector"
     " -o jsonpath='{.webhooks[0].clientConfig.caBundle}'",
-    "kubectl label namespace shop meshlet.io/inject=enabled",
+    f"kubectl create namespace {DEMO}",
+    f"kubectl label namespace {DEMO} meshlet.io/inject=enabled"
+    " pod-security.kubernetes.io/enforce=privileged",
+    f"kubectl apply -n {DEMO} -f examples/kubernetes/demo.yaml -f examples/kubernetes/client.yaml",
 ]
 README_UPGRADE = (
     "helm upgrade meshlet helm/meshlet --namespace meshlet-system --reuse-values"
     " --set controlPlane.replicas=2"
 )
 README_UNINSTALL = [
+    f"kubectl delete namespace {DEMO}",
     "helm uninstall meshlet --namespace meshlet-system",
     "kubectl delete namespace meshlet-system",
 ]
@@ -286,11 +295,10 @@ def test_the_readmes_install_upgrade_and_uninstall(
         return helm(*args, kubeconfig=kube.admin_kubeconfig, home=home, cwd=ROOT).stdout
 
     # Fixed names, as the README's: a run before this one may still be deleting them.
-    for name in ("shop", "meshlet-system"):
+    for name in (DEMO, "meshlet-system"):
         wait_until(lambda gone: gone, 2 * CONVERGE, f"namespace {name} gone",
                    observe=lambda name=name: kube.kubectl(  # type: ignore[misc]
                        "get", "namespace", name, check=False).returncode != 0)  # fmt: skip
-    kube.kubectl("create", "namespace", "shop")
     try:
         run(README_INSTALL[0])
         manifest = objects(helm("get", "manifest", "meshlet", "-n", "meshlet-system",
@@ -303,22 +311,28 @@ def test_the_readmes_install_upgrade_and_uninstall(
             )
             assert base64.b64decode(bundle).startswith(b"-----BEGIN CERTIFICATE-----")
             run(README_INSTALL[3])
-            namespace = kube.core.read_namespace("shop")
-            assert namespace.metadata.labels["meshlet.io/inject"] == "enabled"
+            run(README_INSTALL[4])
+            labels = kube.core.read_namespace(DEMO).metadata.labels
+            assert labels["meshlet.io/inject"] == "enabled"
+            assert labels["pod-security.kubernetes.io/enforce"] == "privileged"
+            # The API server takes the demo's workloads there (no kubelet runs their pods).
+            run(README_INSTALL[5])
+            kube.kubectl("get", "deployment", "web", "api", "client", "-n", DEMO)
             run(README_UPGRADE)
             kube.kubectl("get", "poddisruptionbudget", "meshlet", "-n", "meshlet-system")
             assert ca_bundle(kube, "meshlet-injector") == [bundle]
             run(README_UNINSTALL[0])
+            run(README_UNINSTALL[1])
         wait_until(lambda left: left == [], CONVERGE, "no object of the release",
                    observe=lambda: release_objects(kube, "meshlet"))  # fmt: skip
         wait_until(lambda left: left == [], CONVERGE, "the Secret and Lease gone",
                    observe=lambda: leftovers(kube, "meshlet-system", "meshlet-injector"),
                    )  # fmt: skip
-        run(README_UNINSTALL[1])
+        run(README_UNINSTALL[2])
     finally:
         helm("uninstall", "meshlet", "-n", "meshlet-system", kubeconfig=kube.admin_kubeconfig,
              home=home, check=False)  # fmt: skip
         kube.kubectl("delete", "mutatingwebhookconfiguration", "meshlet-injector",
                      "--ignore-not-found")  # fmt: skip
-        for namespace in ("shop", "meshlet-system"):
+        for namespace in (DEMO, "meshlet-system"):
             kube.delete_namespace(namespace)
