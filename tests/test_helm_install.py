@@ -117,6 +117,10 @@ def rbac_table(system: str, webhook: str) -> list[tuple[str, str, str | None, bo
         ("patch", "mutatingwebhookconfigurations/another", None, False),
         ("list", "mutatingwebhookconfigurations", None, False),
         ("delete", f"mutatingwebhookconfigurations/{webhook}", None, False),
+        # A pod's namespace, read for its Pod Security label: one at a time, never listed.
+        ("get", "namespaces", None, True),
+        ("list", "namespaces", None, False),
+        ("update", "namespaces", None, False),
         # Its certificate's Secret and Lease, in its own namespace only.
         ("create", "secrets", system, True),
         ("get", f"secrets/{secret}", system, True),

@@ -346,6 +346,88 @@ def test_pod_security_the_init_container_needs_privileged_the_rest_meets_restric
     kube.kubectl("apply", "--dry-run=server", "-f", "-", input=yaml.safe_dump(injected))
 
 
+def bare_pod(name: str) -> dict[str, Any]:
+    return {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {"name": name},
+        "spec": {"containers": [{"name": "app", "image": "registry.k8s.io/pause:3.10"}]},
+    }
+
+
+def test_a_namespace_enforcing_baseline_gets_its_pods_uninjected_and_kubectl_says_why(
+    kube: Cluster, namespace: str, tmp_path: Path
+) -> None:
+    configuration, port = f"meshlet-injector-{namespace}", free_port()
+    guarded = kube.new_namespace("baseline")
+    try:
+        kube.kubectl(
+            "label", "namespace", guarded,
+            "meshlet.io/inject=enabled", "pod-security.kubernetes.io/enforce=baseline",
+        )  # fmt: skip
+        with (
+            registered(kube, configuration, port),
+            injecting_plane(kube, namespace, configuration, port, tmp_path) as plane,
+        ):
+            wait_until(
+                all, CONVERGE, "the caBundle", observe=lambda: ca_bundle(kube, configuration)
+            )
+            # Created, not injected, and the reason reaches the client (kubectl prints a
+            # webhook's warnings on stderr).
+            created = kube.kubectl(
+                "create", "-n", guarded, "-f", "-", input=yaml.safe_dump(bare_pod("app"))
+            )
+            assert (
+                f"Warning: meshlet: not injected: namespace {guarded} enforces Pod Security"
+                ' "baseline", which refuses meshlet-init (root, NET_ADMIN); label it'
+                " pod-security.kubernetes.io/enforce=privileged, or opt the pod out with"
+                ' meshlet.io/inject: "false"'
+            ) in created.stderr, created.stderr
+            pod = kube.core.read_namespaced_pod("app", guarded)
+            assert not pod.spec.init_containers
+            assert "meshlet.io/status" not in (pod.metadata.annotations or {})
+            # A Deployment's pods too: they exist (none refused by Pod Security).
+            kube.kubectl("apply", "-n", guarded, "-f", "-", input=yaml.safe_dump(deployment("web")))
+            for found in pods_of(kube, guarded, "web", 2):
+                assert containers(found) == ([], ["web"])
+
+            # What meshlet spares it: the injected pod, which Pod Security refuses.
+            injected = subprocess.run(
+                [sys.executable, "-m", "meshlet", "inject"],
+                input=yaml.safe_dump(bare_pod("injected")),
+                capture_output=True,
+                text=True,
+                check=True,
+                cwd=ROOT,
+            ).stdout
+            refused = kube.kubectl("create", "-n", guarded, "-f", "-", input=injected, check=False)
+            assert refused.returncode != 0
+            assert 'violates PodSecurity "baseline' in refused.stderr, refused.stderr
+            assert 'container "meshlet-init" must not include "NET_ADMIN"' in refused.stderr
+
+            # The fix the warning names: once the namespace is privileged, pods are
+            # injected (within the webhook's few seconds of caching the labels).
+            kube.kubectl(
+                "label", "namespace", guarded,
+                "pod-security.kubernetes.io/enforce=privileged", "--overwrite",
+            )  # fmt: skip
+            tries = iter(range(1000))
+
+            def create_one() -> list[str]:
+                name = f"after-{next(tries)}"
+                kube.kubectl(
+                    "create", "-n", guarded, "-f", "-", input=yaml.safe_dump(bare_pod(name))
+                )
+                made = kube.core.read_namespaced_pod(name, guarded)
+                return [c.name for c in made.spec.init_containers or []]
+
+            init = wait_until(bool, CONVERGE, "a pod injected", observe=create_one, interval=1)
+            assert init == ["meshlet-init", "meshlet-proxy"]
+            assert plane.get_json("/debug/problems") == []
+    finally:
+        kube.delete_namespace(guarded)
+
+
 def test_the_certificate_survives_a_restart_and_the_bundle_is_put_back(
     kube: Cluster, namespace: str, tmp_path: Path
 ) -> None:
