@@ -9,6 +9,8 @@ import pytest
 from tests.k8s import build
 from tests.k8s.cluster import Cluster, running_cluster
 from tests.k8s.kubelet import Kubelet
+from tests.k8s.node import Node, running_node
+from tests.k8s.node import missing as node_missing
 from tests.layers import pytest_collection_modifyitems  # noqa: F401
 
 
@@ -31,6 +33,20 @@ def kubelet(kube: Cluster) -> Iterator[Kubelet]:
         yield stand_in
     finally:
         stand_in.stop()
+
+
+@pytest.fixture(scope="session")
+def node() -> Iterator[Node]:
+    """A test cluster of its own with a real node (kubelet, containerd, CNI, kube-proxy,
+    CoreDNS), for the whole run: the journeys' pods run there."""
+    why = node_missing()
+    if why is not None:
+        pytest.skip(why)
+    binaries = build.binaries(("kube", "pods"))
+    if isinstance(binaries, str):
+        pytest.skip(binaries)
+    with running_node(binaries) as started:
+        yield started
 
 
 @pytest.fixture

@@ -30,6 +30,7 @@ def helm(
     check: bool = True,
     home: Path | None = None,
     cwd: Path | None = None,
+    timeout: float = 120,
 ) -> subprocess.CompletedProcess[str]:
     env: dict[str, str] = {"PATH": "/usr/bin:/bin"}
     if home is not None:
@@ -46,7 +47,7 @@ def helm(
         [str(helm_binary()), *args],
         capture_output=True,
         text=True,
-        timeout=120,
+        timeout=timeout,
         env=env,
         cwd=cwd,
     )

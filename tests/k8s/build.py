@@ -5,7 +5,8 @@ kube-controller-manager, kubectl and kube-proxy from k8s.io/kubernetes, in one
 `go build`), `etcd`, `coredns` (only the plugins the tests use), `helm` and `tilt`
 (which only pins a Tilt release: that is built in a copy of its own module); for the
 real node (layer `pods`), `node` (kubelet and kube-scheduler from the same
-k8s.io/kubernetes), `containerd` and `pause` (the sandbox's program, the project's own). A
+k8s.io/kubernetes), `containerd`, `pause` (the sandbox's program, the project's own)
+and `prometheus` (with promtool). A
 module's binaries are cached under a key of its go.mod, go.sum, Go sources, build
 flags and Go version, so a second run builds nothing.
 
@@ -119,6 +120,14 @@ MODULES = (
         layer="pods",
     ),
     Module("pause", "", ("pause",), target=".", layer="pods"),
+    # Scrapes the real pods by Kubernetes discovery: no other discovery built in.
+    Module(
+        "prometheus",
+        "github.com/prometheus/prometheus",
+        ("prometheus", "promtool"),
+        tags=("remove_all_sd", "enable_kubernetes_sd"),
+        layer="pods",
+    ),
 )
 LAYERS = tuple(dict.fromkeys(module.layer for module in MODULES))
 

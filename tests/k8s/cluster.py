@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import ipaddress
 import json
 import re
 import shutil
@@ -95,6 +96,8 @@ class Cluster:
     etcd_url: str
     server: str
     admin_kubeconfig: Path
+    # Issues the certificates of what joins the cluster later (a node's kubelet, say).
+    authority: pki.CertificateAuthority | None = None
     _processes: dict[str, _Process] = field(default_factory=dict)
     _api: k8s.ApiClient | None = None
     _namespaces: int = 0
@@ -283,7 +286,8 @@ class Cluster:
         if process is None or fresh:
             argv = [*self._apiserver_args, f"--secure-port={port}"]
             process = _process(self.root, name, argv)
-        return ApiServer(self, process, f"https://127.0.0.1:{port}")
+        host = self.server.rsplit(":", 1)[0]
+        return ApiServer(self, process, f"{host}:{port}")
 
     # --- etcd, for the tests that need what only etcd can do ---------------------
 
@@ -362,7 +366,19 @@ def _process(root: Path, name: str, argv: Sequence[str]) -> _Process:
 
 
 @contextlib.contextmanager
-def running_cluster(binaries: Mapping[str, Path]) -> Iterator[Cluster]:
+def running_cluster(
+    binaries: Mapping[str, Path],
+    *,
+    address: str = "127.0.0.1",
+    advertise_address: str = ADVERTISE_ADDRESS,
+    controllers: Sequence[str] = CONTROLLERS,
+    stand_in_nodes: bool = True,
+    authorization: Sequence[str] = ("RBAC",),
+    apiserver_args: Sequence[str] = (),
+) -> Iterator[Cluster]:
+    """The control plane, its API server on `address`. With `stand_in_nodes`, Node
+    objects for the kubelet stand-in (and no node controllers may touch them: the
+    default `controllers` leave nodes alone); without, a real node joins later."""
     root = Path(tempfile.mkdtemp(prefix="meshlet-k8s-"))
     processes: dict[str, _Process] = {}
     try:
@@ -374,6 +390,9 @@ def running_cluster(binaries: Mapping[str, Path]) -> Iterator[Cluster]:
             server=True,
             hosts=(
                 "127.0.0.1",
+                address,
+                advertise_address,
+                first_service_ip(),
                 "localhost",
                 "kubernetes",
                 "kubernetes.default",
@@ -384,11 +403,17 @@ def running_cluster(binaries: Mapping[str, Path]) -> Iterator[Cluster]:
         admin = ca.issue("admin", "meshlet-test-admin", organizations=("system:masters",))
         controller_manager = ca.issue("kcm", "system:kube-controller-manager")
         sa = pki.service_account_keys(root)
+        # What the API server shows a kubelet when it asks for logs, exec or port-forward.
+        kubelet_client = ca.issue(
+            "apiserver-kubelet-client", "kube-apiserver-kubelet-client",
+            organizations=("system:masters",),
+        )  # fmt: skip
 
-        etcd_port, peer_port, api_port = free_port(), free_port(), free_port()
+        etcd_port, peer_port, api_port = free_port(), free_port(), free_port(address)
         etcd_url = f"http://127.0.0.1:{etcd_port}"
-        server = f"https://127.0.0.1:{api_port}"
+        server = f"https://{address}:{api_port}"
         cluster = Cluster(root, binaries, ca.cert, etcd_url, server, root / "admin.kubeconfig")
+        cluster.authority = ca
         cluster._processes = processes
         cluster.kubeconfig("admin", cert=admin)
         kcm_kubeconfig = cluster.kubeconfig("kcm", cert=controller_manager)
@@ -413,10 +438,10 @@ def running_cluster(binaries: Mapping[str, Path]) -> Iterator[Cluster]:
         cluster._apiserver_args = [
             str(binaries["kube-apiserver"]),
             f"--etcd-servers={etcd_url}",
-            "--bind-address=127.0.0.1",
-            # What the `kubernetes` Service's endpoint says; the reconciler
-            # refuses loopback, and nothing in the tests dials it.
-            f"--advertise-address={ADVERTISE_ADDRESS}",
+            f"--bind-address={address}",
+            # What the `kubernetes` Service's endpoint says; the reconciler refuses
+            # loopback (a cluster without a node: nothing dials it there).
+            f"--advertise-address={advertise_address}",
             f"--cert-dir={root / 'apiserver-certs'}",
             f"--tls-cert-file={serving.cert}",
             f"--tls-private-key-file={serving.key}",
@@ -425,9 +450,13 @@ def running_cluster(binaries: Mapping[str, Path]) -> Iterator[Cluster]:
             f"--service-account-issuer={SERVICE_ACCOUNT_ISSUER}",
             f"--service-account-key-file={sa.cert}",
             f"--service-account-signing-key-file={sa.key}",
-            "--authorization-mode=RBAC",
+            f"--authorization-mode={','.join(authorization)}",
             "--allow-privileged=true",
             "--profiling=false",
+            f"--kubelet-client-certificate={kubelet_client.cert}",
+            f"--kubelet-client-key={kubelet_client.key}",
+            f"--kubelet-certificate-authority={ca.cert}",
+            *apiserver_args,
         ]
         main_apiserver = cluster._apiserver(api_port, "kube-apiserver")
         processes["kube-apiserver"] = main_apiserver.process
@@ -437,7 +466,7 @@ def running_cluster(binaries: Mapping[str, Path]) -> Iterator[Cluster]:
             [
                 str(binaries["kube-controller-manager"]),
                 f"--kubeconfig={kcm_kubeconfig}",
-                f"--controllers={','.join(CONTROLLERS)}",
+                f"--controllers={','.join(controllers)}",
                 "--use-service-account-credentials=true",
                 f"--service-account-private-key-file={sa.key}",
                 f"--root-ca-file={ca.cert}",
@@ -449,7 +478,8 @@ def running_cluster(binaries: Mapping[str, Path]) -> Iterator[Cluster]:
         processes["etcd"].start()
         main_apiserver.start()
         processes["kube-controller-manager"].start()
-        _make_nodes(cluster)
+        if stand_in_nodes:
+            _make_nodes(cluster)
         # The serviceaccount controller is up once `default` has its account;
         # ServiceAccount admission refuses pods until then.
         wait_until(
@@ -459,10 +489,24 @@ def running_cluster(binaries: Mapping[str, Path]) -> Iterator[Cluster]:
             interval=0.2,
         )
         yield cluster
+    except BaseException:
+        print_logs(root / "logs")
+        raise
     finally:
         for name in reversed(list(processes)):
             processes[name].stop()
         shutil.rmtree(root, ignore_errors=True)
+
+
+def print_logs(folder: Path, chars: int = 4000) -> None:
+    """The end of every process's log: pytest shows it with a test that failed."""
+    for log in sorted(folder.glob("*.log")):
+        print(f"--- {log.name} ---\n{log.read_text(errors='replace')[-chars:]}")
+
+
+def first_service_ip() -> str:
+    """The `kubernetes` Service's ClusterIP: the first address of the service range."""
+    return str(next(ipaddress.ip_network(defaults.SERVICE_CIDR).hosts()))
 
 
 def _has_default_account(cluster: Cluster) -> bool:

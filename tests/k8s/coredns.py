@@ -68,6 +68,26 @@ def corefile(port: int, kubeconfig: Path, ready_port: int, health_port: int, cac
     )
 
 
+def corefile_for_pod() -> str:
+    """kubeadm's Corefile, for CoreDNS as the cluster DNS in a pod (in-cluster config)."""
+    domain = defaults.CLUSTER_DOMAIN
+    return (
+        ".:53 {\n"
+        "    errors\n"
+        "    health :8080\n"
+        "    ready :8181\n"
+        f"    kubernetes {domain} in-addr.arpa ip6.arpa {{\n"
+        "        pods insecure\n"
+        "        fallthrough in-addr.arpa ip6.arpa\n"
+        "        ttl 30\n"
+        "    }\n"
+        "    forward . /etc/resolv.conf\n"
+        "    cache 30\n"
+        "    loadbalance\n"
+        "}\n"
+    )
+
+
 @contextlib.contextmanager
 def coredns(
     kube: Cluster,

@@ -1,0 +1,572 @@
+"""A real node for a test cluster of its own: kubelet, containerd with runc, the CNI
+bridge, kube-proxy in nftables mode and CoreDNS as the cluster DNS, so pods run the
+project's own images the way a cluster runs them.
+
+The node is a network namespace of its own (`mln-<pid>`), joined to the host by a
+veth pair: containerd, the kubelet and kube-proxy run in it (`nsenter --net`, the
+host's mount namespace, so the kubelet's volumes are containerd's too), and the pod
+bridge, the pods' veths, kube-proxy's tables and the kubelet's iptables rules all
+live there and go with it. The API server listens on the host's end of the pair, so
+pods reach it (the `kubernetes` Service) and the kubelet reaches it alike; the host
+routes the pod CIDR to the node, so the API server calls the webhook's pods.
+
+What the kubelet changes on the host is put back when the node stops, also when it
+fails half way: the sysctls it rewrites, its cgroups (under a root of the node's own
+name in every hierarchy), its mounts (under the node's folder), the log links it
+makes in /var/log/containers. Processes are ended by their PID.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import ipaddress
+import json
+import os
+import shutil
+import subprocess
+import tempfile
+import time
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from meshlet import defaults
+from meshlet.devmesh import netns
+from tests.k8s import coredns, node_images
+from tests.k8s.cluster import Cluster, _Process, _process, print_logs, running_cluster
+from tests.procs import wait_until
+
+NODE_NAME = "meshlet-node"
+# The host's end and the node's end of the link, and the pods' range: outside the
+# local mesh's pool (10.250.0.0/16) and the service range.
+LINK = ipaddress.IPv4Network("10.241.0.0/30")
+HOST_IP, NODE_IP = (str(a) for a in LINK.hosts())
+POD_CIDR = "10.244.0.0/24"
+CLUSTER_CIDR = "10.244.0.0/16"
+DNS_IP = str(ipaddress.ip_network(defaults.SERVICE_CIDR)[10])  # kubeadm's kube-dns
+# What the kubelet and kube-proxy rewrite machine-wide: read before, written back after.
+SYSCTLS = (
+    "vm.overcommit_memory",
+    "vm.panic_on_oom",
+    "kernel.panic",
+    "kernel.panic_on_oops",
+    "kernel.keys.root_maxkeys",
+    "kernel.keys.root_maxbytes",
+)
+LOCK = Path("/run/lock/meshlet-test-node.lock")
+CGROUPS = Path("/sys/fs/cgroup")
+POD_LOG_LINKS = Path("/var/log/containers")
+START_TIMEOUT = 120.0
+
+
+def missing() -> str | None:
+    """Why a real node cannot run here, or None."""
+    if os.geteuid() != 0:
+        return "a real node needs root (containerd, the kubelet, network namespaces)"
+    for tool in ("runc", "nsenter", "buildah", "podman", "debootstrap"):
+        if shutil.which(tool) is None:
+            return f"{tool} is not installed (scripts/test.sh installs it)"
+    if not Path("/usr/lib/cni/bridge").exists():
+        return "the CNI plugins are not installed (apt-get install containernetworking-plugins)"
+    return None
+
+
+@dataclass
+class Node:
+    cluster: Cluster
+    root: Path
+    ctr: list[str]
+    processes: dict[str, _Process] = field(default_factory=dict)
+
+    def check_alive(self) -> None:
+        self.cluster.check_alive()
+        for process in self.processes.values():
+            process.check_alive()
+
+    def kubectl(self, *args: str, **kwargs: Any) -> subprocess.CompletedProcess[str]:
+        return self.cluster.kubectl(*args, **kwargs)
+
+    def wait_ready(self, namespace: str, selector: str, count: int, timeout: float = 120) -> None:
+        """Until `count` pods match `selector` and all of them are Ready."""
+
+        def ready() -> list[bool]:
+            self.check_alive()
+            pods = self.cluster.core.list_namespaced_pod(namespace, label_selector=selector)
+            return [
+                any(c.type == "Ready" and c.status == "True" for c in p.status.conditions or ())
+                for p in pods.items
+                if p.metadata.deletion_timestamp is None
+            ]
+
+        wait_until(
+            lambda found: len(found) == count and all(found),
+            timeout,
+            f"{count} Ready pods {selector} in {namespace}",
+            observe=ready,
+            interval=0.5,
+        )
+
+    def containerd_tasks(self) -> list[str]:
+        listed = subprocess.run(
+            [*self.ctr, "-n", "k8s.io", "tasks", "ls", "-q"],
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
+        return listed.stdout.split()
+
+
+def _sysctl(name: str) -> str | None:
+    path = Path("/proc/sys") / name.replace(".", "/")
+    try:
+        return path.read_text().strip()
+    except OSError:
+        return None
+
+
+def _restore_sysctls(saved: Mapping[str, str | None]) -> None:
+    for name, value in saved.items():
+        if value is not None and _sysctl(name) != value:
+            (Path("/proc/sys") / name.replace(".", "/")).write_text(value)
+
+
+def _hierarchies() -> list[Path]:
+    """Every cgroup hierarchy mounted here (v1 controllers, name=systemd, unified)."""
+    found = []
+    for line in Path("/proc/self/mountinfo").read_text().splitlines():
+        fields = line.split()
+        fstype = fields[fields.index("-") + 1]
+        if fstype in ("cgroup", "cgroup2") and fields[4].startswith(str(CGROUPS)):
+            found.append(Path(fields[4]))
+    return found
+
+
+def _make_cgroup_root(name: str) -> None:
+    """The kubelet's cgroupRoot in every hierarchy, as a node's init system would make it;
+    cpuset needs its cpus and mems before anything joins."""
+    for hierarchy in _hierarchies():
+        folder = hierarchy / name
+        folder.mkdir(exist_ok=True)
+        for knob in ("cpuset.cpus", "cpuset.mems"):
+            if (hierarchy / knob).exists():
+                (folder / knob).write_text((hierarchy / knob).read_text())
+
+
+def _kill_cgroup_tree(name: str, timeout: float = 30) -> None:
+    """SIGKILL every process in the node's cgroups (the pods' containers, whatever
+    containerd and its shims did or did not do), by PID, until none is left."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        pids = {
+            int(pid)
+            for hierarchy in _hierarchies()
+            for procs in (hierarchy / name).rglob("cgroup.procs")
+            for pid in procs.read_text().split()
+        }
+        if not pids:
+            return
+        for pid in pids:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, 9)
+        time.sleep(0.2)
+
+
+def _remove_cgroup_root(name: str) -> list[str]:
+    """Removes the tree, deepest first; returns what could not be removed."""
+    left = []
+    for hierarchy in _hierarchies():
+        top = hierarchy / name
+        if not top.is_dir():
+            continue
+        folders = sorted((p for p in top.rglob("*") if p.is_dir()), key=lambda p: -len(p.parts))
+        for folder in [*folders, top]:
+            for _ in range(20):
+                try:
+                    folder.rmdir()
+                    break
+                except FileNotFoundError:
+                    break
+                except OSError:
+                    time.sleep(0.1)  # a process still leaving it
+            else:
+                left.append(str(folder))
+    return left
+
+
+def _unmount_under(root: Path) -> None:
+    """Every mount under `root` (volumes, rootfs, netns files), deepest first."""
+    mounts = []
+    for line in Path("/proc/self/mountinfo").read_text().splitlines():
+        point = line.split()[4].replace("\\040", " ")
+        if point == str(root) or point.startswith(f"{root}/"):
+            mounts.append(point)
+    for point in sorted(mounts, key=lambda p: -len(p)):
+        subprocess.run(["umount", "-l", point], capture_output=True, check=False)
+
+
+def _in_node(namespace: str, argv: list[str]) -> list[str]:
+    # nsenter execs: the PID is the command's. Only the network namespace changes.
+    return ["nsenter", f"--net=/run/netns/{namespace}", "--", *argv]
+
+
+def _containerd_config(root: Path) -> str:
+    state = root / "containerd"
+    return f"""version = 3
+root = "{state}/root"
+state = "{state}/state"
+
+[grpc]
+  address = "{root}/containerd.sock"
+[ttrpc]
+  address = "{root}/containerd.sock.ttrpc"
+
+[plugins."io.containerd.cri.v1.runtime"]
+  # No CAP_SYS_RESOURCE here: runc must not lower a container's oom_score_adj.
+  restrict_oom_score_adj = true
+  enable_selinux = false
+  netns_mounts_under_state_dir = true
+  [plugins."io.containerd.cri.v1.runtime".cni]
+    bin_dirs = ["/usr/lib/cni"]
+    conf_dir = "{root}/cni/net.d"
+  [plugins."io.containerd.cri.v1.runtime".containerd]
+    default_runtime_name = "runc"
+    [plugins."io.containerd.cri.v1.runtime".containerd.runtimes.runc]
+      runtime_type = "io.containerd.runc.v2"
+      [plugins."io.containerd.cri.v1.runtime".containerd.runtimes.runc.options]
+        BinaryName = "{shutil.which("runc")}"
+        SystemdCgroup = false
+
+[plugins."io.containerd.cri.v1.images".pinned_images]
+  sandbox = "{node_images.PAUSE}"
+
+[plugins."io.containerd.internal.v1.opt"]
+  path = "{state}/opt"
+
+[plugins."io.containerd.nri.v1.nri"]
+  disable = true
+"""
+
+
+def _cni_config(root: Path) -> dict[str, Any]:
+    return {
+        "cniVersion": "1.0.0",
+        "name": "meshlet-test",
+        "plugins": [
+            {
+                "type": "bridge",
+                "bridge": "cni0",
+                "isGateway": True,
+                "hairpinMode": True,
+                "ipam": {
+                    "type": "host-local",
+                    "ranges": [[{"subnet": POD_CIDR}]],
+                    "routes": [{"dst": "0.0.0.0/0"}],
+                    "dataDir": str(root / "cni" / "ipam"),
+                },
+            },
+            {"type": "portmap", "capabilities": {"portMappings": True}},
+        ],
+    }
+
+
+def _kubelet_config(root: Path, cgroup_root: str, ca: Path, serving: Any) -> dict[str, Any]:
+    return {
+        "apiVersion": "kubelet.config.k8s.io/v1beta1",
+        "kind": "KubeletConfiguration",
+        "address": NODE_IP,
+        "readOnlyPort": 0,
+        "healthzBindAddress": "127.0.0.1",
+        "authentication": {
+            "anonymous": {"enabled": False},
+            "webhook": {"enabled": False},
+            "x509": {"clientCAFile": str(ca)},
+        },
+        "authorization": {"mode": "AlwaysAllow"},
+        "tlsCertFile": str(serving.cert),
+        "tlsPrivateKeyFile": str(serving.key),
+        "containerRuntimeEndpoint": f"unix://{root}/containerd.sock",
+        # The machine's cgroups are v1 (hybrid): allowed, and driven by the kubelet.
+        "failCgroupV1": False,
+        "cgroupDriver": "cgroupfs",
+        "cgroupRoot": f"/{cgroup_root}",
+        "failSwapOn": False,
+        "clusterDNS": [DNS_IP],
+        "clusterDomain": defaults.CLUSTER_DOMAIN,
+        "resolvConf": str(root / "resolv.conf"),
+        "podCIDR": POD_CIDR,
+        "podLogsDir": str(root / "pod-logs"),
+        "serializeImagePulls": False,
+        # The images were put there by hand: never collect them, never evict for disk.
+        "imageGCHighThresholdPercent": 100,
+        "imageGCLowThresholdPercent": 99,
+        "evictionHard": {
+            "memory.available": "100Mi",
+            "nodefs.available": "1%",
+            "imagefs.available": "1%",
+            "nodefs.inodesFree": "1%",
+        },
+        "protectKernelDefaults": False,
+        "shutdownGracePeriod": "0s",
+        "nodeStatusReportFrequency": "10s",
+        "syncFrequency": "10s",
+        "fileCheckFrequency": "5s",
+    }
+
+
+def coredns_objects() -> list[dict[str, Any]]:
+    """CoreDNS as kubeadm deploys it: kube-system/coredns behind the kube-dns Service."""
+    labels = {"k8s-app": "kube-dns"}
+    corefile = coredns.corefile_for_pod()
+    return [
+        {"apiVersion": "v1", "kind": "ServiceAccount",
+         "metadata": {"name": "coredns", "namespace": "kube-system"}},
+        {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRole",
+         "metadata": {"name": "system:coredns"}, "rules": list(coredns.RBAC_RULES)},
+        {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRoleBinding",
+         "metadata": {"name": "system:coredns"},
+         "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole",
+                     "name": "system:coredns"},
+         "subjects": [{"kind": "ServiceAccount", "name": "coredns", "namespace": "kube-system"}]},
+        {"apiVersion": "v1", "kind": "ConfigMap",
+         "metadata": {"name": "coredns", "namespace": "kube-system"},
+         "data": {"Corefile": corefile}},
+        {"apiVersion": "apps/v1", "kind": "Deployment",
+         "metadata": {"name": "coredns", "namespace": "kube-system", "labels": labels},
+         "spec": {
+             "replicas": 1,
+             "selector": {"matchLabels": labels},
+             "template": {
+                 "metadata": {"labels": labels},
+                 "spec": {
+                     "serviceAccountName": "coredns",
+                     "dnsPolicy": "Default",
+                     "containers": [{
+                         "name": "coredns",
+                         "image": node_images.COREDNS,
+                         "imagePullPolicy": "Never",
+                         "args": ["-conf", "/etc/coredns/Corefile"],
+                         "ports": [{"containerPort": 53, "protocol": "UDP", "name": "dns"},
+                                   {"containerPort": 53, "protocol": "TCP", "name": "dns-tcp"}],
+                         "readinessProbe": {"httpGet": {"path": "/ready", "port": 8181},
+                                            "periodSeconds": 1},
+                         "livenessProbe": {"httpGet": {"path": "/health", "port": 8080}},
+                         "volumeMounts": [{"name": "config", "mountPath": "/etc/coredns"}],
+                     }],
+                     "volumes": [{"name": "config", "configMap": {"name": "coredns"}}],
+                 },
+             },
+         }},
+        {"apiVersion": "v1", "kind": "Service",
+         "metadata": {"name": "kube-dns", "namespace": "kube-system", "labels": labels},
+         "spec": {"clusterIP": DNS_IP, "selector": labels,
+                  "ports": [{"name": "dns", "port": 53, "protocol": "UDP"},
+                            {"name": "dns-tcp", "port": 53, "protocol": "TCP"}]}},
+    ]  # fmt: skip
+
+
+@contextlib.contextmanager
+def _node_lock() -> Iterator[None]:
+    """One real node on the machine at a time: its addresses and names are fixed."""
+    LOCK.parent.mkdir(parents=True, exist_ok=True)
+    with open(LOCK, "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        yield
+
+
+def _link_up(namespace: str, host_link: str) -> None:
+    netns.add(namespace)
+    netns.ip("link", "add", host_link, "type", "veth", "peer", "name", "eth0", "netns", namespace)
+    netns.ip("addr", "add", f"{HOST_IP}/{LINK.prefixlen}", "dev", host_link)
+    netns.ip("link", "set", host_link, "up")
+    netns.ip("addr", "add", f"{NODE_IP}/{LINK.prefixlen}", "dev", "eth0", namespace=namespace)
+    netns.ip("link", "set", "eth0", "up", namespace=namespace)
+    netns.ip("route", "add", "default", "via", HOST_IP, namespace=namespace)
+    netns.ip("route", "add", POD_CIDR, "via", NODE_IP)
+    subprocess.run(_in_node(namespace, ["sysctl", "-q", "-w", "net.ipv4.ip_forward=1"]), check=True)
+
+
+@contextlib.contextmanager
+def running_node(binaries: Mapping[str, Path]) -> Iterator[Node]:
+    """The node and its cluster, ready: the Node Ready, CoreDNS serving."""
+    with _node_lock():
+        saved = {name: _sysctl(name) for name in SYSCTLS}
+        tag = f"{os.getpid()}"
+        namespace, host_link, cgroup_root = f"mln-{tag}", f"mlnh{tag}", f"meshlet-node-{tag}"
+        root = Path(tempfile.mkdtemp(prefix="meshlet-node-"))
+        node: Node | None = None
+        try:
+            _link_up(namespace, host_link)
+            with running_cluster(
+                binaries,
+                address=HOST_IP,
+                advertise_address=HOST_IP,
+                controllers=("*",),
+                stand_in_nodes=False,
+                # A kubelet may read and write what its own pods need, and no more.
+                authorization=("Node", "RBAC"),
+                # The API server calls webhooks at their pods' addresses, as with a CNI
+                # whose pod network the control plane's host reaches.
+                apiserver_args=(
+                    "--enable-aggregator-routing=true",
+                    "--enable-admission-plugins=NodeRestriction",
+                    # The node's name is no DNS name here: logs, exec and port-forward
+                    # dial its address.
+                    "--kubelet-preferred-address-types=InternalIP",
+                ),
+            ) as cluster:
+                ctr = [str(binaries["ctr"]), "--address", f"{root}/containerd.sock"]
+                node = Node(cluster, root, ctr)
+                try:
+                    _start(node, binaries, namespace, cgroup_root)
+                    yield node
+                except BaseException:
+                    print_logs(root / "logs")
+                    raise
+                finally:
+                    _drain(node)
+        finally:
+            if node is not None:
+                for name in reversed(list(node.processes)):
+                    node.processes[name].stop()
+                _kill_shims(root)
+            _kill_cgroup_tree(cgroup_root)
+            _unmount_under(root)
+            _remove_cgroup_root(cgroup_root)
+            for link in POD_LOG_LINKS.glob("*.log") if POD_LOG_LINKS.is_dir() else ():
+                with contextlib.suppress(OSError):
+                    if str(link.readlink()).startswith(f"{root}/"):
+                        link.unlink()
+            netns.delete(namespace)
+            netns.delete_link(host_link)
+            _restore_sysctls(saved)
+            shutil.rmtree(root, ignore_errors=True)
+
+
+def _start(node: Node, binaries: Mapping[str, Path], namespace: str, cgroup_root: str) -> None:
+    cluster, root = node.cluster, node.root
+    assert cluster.authority is not None
+    (root / "logs").mkdir()
+    (root / "cni" / "net.d").mkdir(parents=True)
+    (root / "cni" / "net.d" / "10-meshlet-test.conflist").write_text(json.dumps(_cni_config(root)))
+    (root / "containerd.toml").write_text(_containerd_config(root))
+    # Names outside the cluster go to the host's end of the link, where nothing answers:
+    # nothing in the tests leaves the machine.
+    (root / "resolv.conf").write_text(f"nameserver {HOST_IP}\n")
+    _make_cgroup_root(cgroup_root)
+
+    path = f"{binaries['containerd'].parent}:{os.environ.get('PATH', '/usr/bin:/bin')}"
+    containerd = _process(
+        root,
+        "containerd",
+        _in_node(
+            namespace,
+            [
+                "env",
+                f"PATH={path}",
+                str(binaries["containerd"]),
+                "--config",
+                f"{root}/containerd.toml",
+            ],
+        ),
+    )
+    node.processes["containerd"] = containerd
+    containerd.start()
+    wait_until(
+        lambda: subprocess.run([*node.ctr, "version"], capture_output=True).returncode == 0,
+        60,
+        "containerd to answer",
+        interval=0.2,
+    )
+    node_images.load(node_images.build_all(binaries), node.ctr, root)
+
+    ca = cluster.authority
+    scheduler = ca.issue("kube-scheduler", "system:kube-scheduler")
+    scheduler_config = cluster.kubeconfig("scheduler", cert=scheduler)
+    node.processes["kube-scheduler"] = _process(
+        root,
+        "kube-scheduler",
+        [
+            str(binaries["kube-scheduler"]),
+            f"--kubeconfig={scheduler_config}",
+            "--leader-elect=false",
+        ],
+    )
+    node.processes["kube-scheduler"].start()
+
+    kubelet_client = ca.issue(
+        "kubelet", f"system:node:{NODE_NAME}", organizations=("system:nodes",)
+    )
+    serving = ca.issue("kubelet-serving", NODE_NAME, server=True, hosts=(NODE_IP, NODE_NAME))
+    config = root / "kubelet.yaml"
+    config.write_text(yaml.safe_dump(_kubelet_config(root, cgroup_root, cluster.ca, serving)))
+    node.processes["kubelet"] = _process(root, "kubelet", _in_node(namespace, [
+        str(binaries["kubelet"]), f"--config={config}",
+        f"--kubeconfig={cluster.kubeconfig('kubelet', cert=kubelet_client)}",
+        f"--root-dir={root / 'kubelet'}", f"--cert-dir={root / 'kubelet-pki'}",
+        f"--hostname-override={NODE_NAME}", f"--node-ip={NODE_IP}", "--v=1",
+    ]))  # fmt: skip
+    node.processes["kubelet"].start()
+    wait_until(lambda: _node_ready(node), START_TIMEOUT, f"Node {NODE_NAME} Ready", interval=0.5)
+
+    proxy = ca.issue("kube-proxy", "system:kube-proxy")
+    node.processes["kube-proxy"] = _process(root, "kube-proxy", _in_node(namespace, [
+        str(binaries["kube-proxy"]), "--proxy-mode=nftables",
+        f"--kubeconfig={cluster.kubeconfig('kube-proxy', cert=proxy)}",
+        f"--hostname-override={NODE_NAME}", f"--cluster-cidr={CLUSTER_CIDR}",
+        "--healthz-bind-address=127.0.0.1:10256", "--metrics-bind-address=127.0.0.1:10249",
+        # conntrack's limits are the machine's, not the test node's to set.
+        "--conntrack-max-per-core=0", "--conntrack-tcp-timeout-established=0",
+        "--conntrack-tcp-timeout-close-wait=0",
+    ]))  # fmt: skip
+    node.processes["kube-proxy"].start()
+
+    cluster.apply(*coredns_objects())
+    node.wait_ready("kube-system", "k8s-app=kube-dns", 1, timeout=START_TIMEOUT)
+
+
+def _node_ready(node: Node) -> bool:
+    node.check_alive()
+    try:
+        found = node.cluster.core.read_node(NODE_NAME)
+    except Exception:
+        return False
+    return any(c.type == "Ready" and c.status == "True" for c in found.status.conditions or ())
+
+
+def _drain(node: Node) -> None:
+    """Every pod stopped by the kubelet before the node goes (what is left after 30 s
+    is killed; the cgroups catch the rest)."""
+    if "kubelet" not in node.processes:
+        return
+    # Nothing new is scheduled from here on: deleted pods stay deleted.
+    scheduler = node.processes.pop("kube-scheduler", None)
+    if scheduler is not None:
+        scheduler.stop()
+    node.kubectl(
+        "delete", "pods", "--all", "--all-namespaces", "--grace-period=0", "--force",
+        "--wait=false", check=False,
+    )  # fmt: skip
+    with contextlib.suppress(AssertionError):
+        wait_until(lambda: not node.containerd_tasks(), 30, "the node's containers to stop")
+    for task in node.containerd_tasks():
+        subprocess.run([*node.ctr, "-n", "k8s.io", "tasks", "kill", "-s", "SIGKILL", task],
+                       capture_output=True, check=False)  # fmt: skip
+
+
+def _kill_shims(root: Path) -> None:
+    """containerd's shims outlive it by design: end ours (they name our socket) by PID."""
+    address = f"{root}/containerd.sock"
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            argv = (entry / "cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if b"containerd-shim-runc-v2" in argv[0] and address.encode() in argv:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(int(entry.name), 9)

@@ -1,0 +1,507 @@
+"""meshlet the three ways it is used, in real pods on a real node (tests/k8s/node.py):
+the chart's control plane as a Pod behind its probes and Service, the webhook called
+through that Service, injected pods whose native sidecar starts first, whose app's
+first lookup and connection succeed, whose probes pass, and whose traffic spreads,
+keeps flowing through a rolling update and a scale-down, through the control plane's
+absence and a sidecar's restart; Jobs that complete; `helm upgrade` and `helm
+uninstall` with pods running.
+
+The tests run in file order on one release and one injected namespace (the demo's
+`web` and `api`): each journey takes the state the last left, as a cluster's user
+would. Needs root and the node's binaries (tests/k8s/build.py --layer pods).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime
+import os
+import signal
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from meshlet import defaults
+from meshlet.inject.pod import INIT_NAME, PROXY_NAME
+from tests import pods
+from tests.helm_chart import CHART, helm
+from tests.k8s.node import DNS_IP, Node
+from tests.procs import wait_until
+
+pytestmark = pytest.mark.timeout(600)
+
+NAMESPACE = "meshlet-demo"
+CP_SELECTOR = "app.kubernetes.io/name=meshlet"
+
+
+@pytest.fixture(scope="module")
+def helm_home(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("helm-home")
+
+
+@pytest.fixture(scope="module")
+def mesh(node: Node, helm_home: Path) -> Iterator[str]:
+    """The chart installed as the docs say, and the demo in an injected namespace."""
+    with pods.installed_chart(node, helm_home), pods.test_namespace(node, NAMESPACE) as name:
+        pods.apply(node, name, *pods.demo(), client_pod("client"), client_pod("bare", False))
+        node.wait_ready(name, "app=web", 3)
+        node.wait_ready(name, "app=api", 1)
+        node.wait_ready(name, "app=client", 2)
+        yield name
+
+
+def client_pod(name: str, injected: bool = True) -> dict[str, Any]:
+    """A pod to run the app's client in (`kubectl exec`); `bare` opts out of injection."""
+    labels = {"app": "client", **({} if injected else {"meshlet.io/inject": "false"})}
+    found = pods.one_shot_pod(name, ["serve", "--port=8081"], labels=labels)
+    found["spec"]["restartPolicy"] = "Always"
+    return found
+
+
+def exec_app(
+    node: Node, pod: str, *args: str, timeout: float = 60
+) -> subprocess.CompletedProcess[str]:
+    return node.kubectl(
+        "exec",
+        "-n",
+        NAMESPACE,
+        pod,
+        "-c",
+        "app",
+        "--",
+        "python3",
+        "/app/app.py",
+        *args,
+        check=False,
+        timeout=timeout,
+    )
+
+
+def get_ok(node: Node, pod: str, url: str) -> str:
+    result = exec_app(node, pod, "get", url)
+    assert result.returncode == 0, f"{result.stdout}\n{result.stderr}"
+    return str(pods.json_lines(result.stdout)[-1]["answer"])
+
+
+def web_pods(node: Node) -> set[str]:
+    return {p.metadata.name for p in pods.pods(node, NAMESPACE, "app=web")}
+
+
+# --- 1. the chart: a Pod behind its probes, the webhook through its Service ------------
+
+
+def test_the_control_plane_runs_as_a_pod_and_injects_through_its_service(
+    node: Node, mesh: str
+) -> None:
+    (plane,) = pods.pods(node, pods.SYSTEM, CP_SELECTOR)
+    container = plane.spec.containers[0]
+    assert container.readiness_probe.http_get.path == "/readyz"
+    assert pods.status_of(plane, container.name).ready
+    hook = node.kubectl(
+        "get",
+        "mutatingwebhookconfiguration",
+        "meshlet-injector",
+        "-o",
+        "jsonpath={.webhooks[0].clientConfig}",
+    ).stdout
+    assert '"service"' in hook and '"url"' not in hook, hook
+    for found in pods.pods(node, mesh, "app=web"):
+        init, main = pods.container_names(found)
+        assert init == [INIT_NAME, PROXY_NAME], init  # native sidecar, after the capture
+        assert main == ["web"]
+        assert found.spec.init_containers[1].restart_policy == "Always"
+    (bare,) = [p for p in pods.pods(node, mesh, "app=client") if p.metadata.name == "bare"]
+    assert not pods.injected(bare)
+
+
+# --- 2. an injected pod: ordering, first lookup, probes, resolv.conf, spreading ----------
+
+
+def test_the_apps_very_first_lookup_and_connection_succeed(node: Node, mesh: str) -> None:
+    pods.apply(node, mesh, pods.one_shot_pod("first", ["get", "http://web/", "--tries=1"]))
+    found = pods.wait_phase(node, mesh, "first", ("Succeeded", "Failed"))
+    output = pods.logs(node, mesh, "first")
+    assert found.status.phase == "Succeeded", output
+    (answer,) = pods.json_lines(output)
+    assert answer["attempt"] == 1 and answer["answer"] in web_pods(node), answer
+    sidecar, app = pods.status_of(found, PROXY_NAME), pods.status_of(found, "app")
+    # The kubelet started the app only once the sidecar's startup probe passed (the
+    # first try above is the proof; the times have a second's resolution).
+    assert sidecar.state.terminated.started_at <= app.state.terminated.started_at
+    # And the sidecar ended after the app (a pod with restartPolicy Never completes).
+    assert sidecar.state.terminated.finished_at >= app.state.terminated.finished_at
+
+
+def test_probes_resolv_conf_and_capture_are_the_kubelets_and_the_sidecars(
+    node: Node, mesh: str
+) -> None:
+    client = pods.pod(node, mesh, "client")
+    sidecar = next(c for c in client.spec.init_containers if c.name == PROXY_NAME)
+    assert sidecar.readiness_probe.http_get.port == defaults.HEALTH_PORT
+    assert pods.status_of(client, PROXY_NAME).ready
+    resolv = node.kubectl(
+        "exec", "-n", mesh, "client", "-c", "app", "--", "cat", "/etc/resolv.conf"
+    ).stdout
+    assert f"nameserver {DNS_IP}" in resolv
+    assert f"search {mesh}.svc.{defaults.CLUSTER_DOMAIN}" in resolv
+    before = pods.metrics(client.status.pod_ip)
+    for name in ("web", f"web.{mesh}", f"api.{mesh}.svc:8080"):
+        assert get_ok(node, "client", f"http://{name}/")
+    after = pods.metrics(client.status.pod_ip)
+    # The kubelet's resolv.conf names the cluster DNS; capture brought the queries to
+    # the sidecar, which answered them itself, and its proxy carried the connections.
+    assert pods.sample(after, "meshlet_dns_queries_total") > pods.sample(
+        before, "meshlet_dns_queries_total"
+    )
+    assert (
+        pods.sample(after, "meshlet_proxy_connections_total")
+        >= pods.sample(before, "meshlet_proxy_connections_total") + 3
+    )
+
+
+def test_requests_spread_over_every_replica(node: Node, mesh: str) -> None:
+    result = exec_app(node, "client", "load", "http://web/", "--rate=30", "--duration=5")
+    final = pods.json_lines(result.stdout)[-1]
+    assert final["failed"] == 0, final
+    assert set(final["by_pod"]) == web_pods(node), final
+    assert min(final["by_pod"].values()) >= final["ok"] / 10, final
+
+
+# --- 3. pods coming and going under load ---------------------------------------------
+
+
+@contextlib.contextmanager
+def load_from(node: Node, pod: str) -> Iterator[list[dict[str, Any]]]:
+    """The app's load (a new connection per request) from `pod` while the block runs;
+    its per-second lines are in the list when the block ends."""
+    argv = [
+        str(node.cluster.binaries["kubectl"]),
+        f"--kubeconfig={node.cluster.admin_kubeconfig}",
+        "exec",
+        "-n",
+        NAMESPACE,
+        pod,
+        "-c",
+        "app",
+        "--",
+        "python3",
+        "/app/app.py",
+        "load",
+        "http://web/",
+        "--rate=20",
+        "--duration=300",
+    ]
+    lines: list[dict[str, Any]] = []
+    with subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) as load:
+        try:
+            assert load.stdout is not None
+            first = load.stdout.readline()
+            lines.extend(pods.json_lines(first))
+            yield lines
+            time.sleep(3)  # what is in flight lands
+        finally:
+            load.send_signal(signal.SIGTERM)
+            out, _ = load.communicate(timeout=30)
+            lines.extend(pods.json_lines(out))
+
+
+def test_a_rolling_update_and_a_scale_down_fail_no_request_through_the_sidecar(
+    node: Node, mesh: str
+) -> None:
+    with load_from(node, "client") as meshed, load_from(node, "bare") as bare:
+        node.kubectl("rollout", "restart", "-n", mesh, "deployment/web")
+        node.kubectl(
+            "rollout", "status", "-n", mesh, "deployment/web", "--timeout=180s", timeout=200
+        )
+        node.kubectl("scale", "-n", mesh, "deployment/web", "--replicas=1")
+        node.wait_ready(mesh, "app=web", 1)
+        time.sleep(12)  # the old pods' grace period runs out
+    last, last_bare = meshed[-1], bare[-1]
+    print(f"through the sidecar: {last}\nkube-proxy alone (same backends, same run): {last_bare}")
+    assert last["ok"] > 200, last
+    assert last["failed"] == 0, last
+    node.kubectl("scale", "-n", mesh, "deployment/web", "--replicas=3")
+    node.wait_ready(mesh, "app=web", 3)
+
+
+# --- 4 and 5. Jobs: native sidecars, a CronJob's Job, classic mode -----------------------
+
+
+def job(name: str, args: list[str], annotations: dict[str, str] | None = None) -> dict[str, Any]:
+    template = pods.one_shot_pod(name, args, annotations=annotations)
+    return {
+        "apiVersion": "batch/v1",
+        "kind": "Job",
+        "metadata": {"name": name},
+        "spec": {
+            "backoffLimit": 0,
+            "activeDeadlineSeconds": 120,
+            "template": {"metadata": template["metadata"], "spec": template["spec"]},
+        },
+    }
+
+
+def wait_job(node: Node, name: str) -> Any:
+    def state() -> str:
+        node.check_alive()
+        found = node.kubectl(
+            "get",
+            "job",
+            "-n",
+            NAMESPACE,
+            name,
+            "-o",
+            "jsonpath={.status.succeeded}/{.status.failed}",
+        ).stdout
+        return found
+
+    wait_until(
+        lambda s: s in ("1/", "/1", "1/0", "0/1"),
+        150,
+        f"job {name} to end",
+        observe=state,
+        interval=1,
+    )
+    (found,) = pods.pods(node, NAMESPACE, f"job-name={name}")
+    return found
+
+
+def test_a_job_and_a_cronjobs_job_complete_with_the_native_sidecar(node: Node, mesh: str) -> None:
+    cron = {
+        "apiVersion": "batch/v1",
+        "kind": "CronJob",
+        "metadata": {"name": "nightly"},
+        "spec": {
+            "schedule": "0 3 * * *",
+            "jobTemplate": {"spec": job("x", ["get", "http://api.meshlet-demo:8080/"])["spec"]},
+        },
+    }
+    pods.apply(node, mesh, job("once", ["get", "http://web/"]), cron)
+    node.kubectl("create", "job", "-n", mesh, "nightly-now", "--from=cronjob/nightly")
+    for name in ("once", "nightly-now"):
+        found = wait_job(node, name)
+        assert found.status.phase == "Succeeded", pods.logs(node, mesh, found.metadata.name)
+        sidecar, app = pods.status_of(found, PROXY_NAME), pods.status_of(found, "app")
+        assert sidecar.state.terminated.finished_at >= app.state.terminated.finished_at
+
+
+def test_classic_mode_holds_the_app_and_its_job_ends_by_quitquitquit(node: Node, mesh: str) -> None:
+    # The docs' pattern: the main container asks the sidecar to stop when it is done.
+    script = (
+        "python3 /app/app.py get http://web/ --tries=1 && "
+        f"curl -fsS -X POST http://127.0.0.1:{defaults.SIDECAR_ADMIN_PORT}/quitquitquit"
+    )
+    classic = job("classic", [], annotations={"meshlet.io/sidecar-mode": "classic"})
+    app = classic["spec"]["template"]["spec"]["containers"][0]
+    app["command"], app["args"] = ["sh", "-c", script], []
+    pods.apply(node, mesh, classic)
+    found = wait_job(node, "classic")
+    output = pods.logs(node, mesh, found.metadata.name)
+    assert found.status.phase == "Succeeded", output
+    _, main = pods.container_names(found)
+    assert main == [PROXY_NAME, "app"], main  # classic: the sidecar first among containers
+    assert pods.json_lines(output)[0]["attempt"] == 1, output  # held until the sidecar was ready
+    assert pods.status_of(found, PROXY_NAME).state.terminated.exit_code == 0
+
+
+# --- 6. the control plane gone; a sidecar restarted meanwhile -------------------------
+
+
+def sidecar_pid(node: Node, found: Any) -> int:
+    container = pods.status_of(found, PROXY_NAME).container_id.split("//", 1)[1]
+    listed = subprocess.run(
+        [*node.ctr, "-n", "k8s.io", "tasks", "ls"],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=30,
+    ).stdout
+    for line in listed.splitlines():
+        words = line.split()
+        if words and words[0] == container:
+            return int(words[1])
+    raise AssertionError(f"no task {container} in:\n{listed}")
+
+
+def test_without_the_control_plane_traffic_goes_on_and_a_restarted_sidecar_serves_its_state(
+    node: Node, mesh: str
+) -> None:
+    node.kubectl("scale", "-n", pods.SYSTEM, "deployment/meshlet", "--replicas=0")
+    wait_until(lambda: not pods.pods(node, pods.SYSTEM, CP_SELECTOR), 60, "the control plane gone")
+    try:
+        assert get_ok(node, "client", "http://web/") in web_pods(node)
+        client = pods.pod(node, mesh, "client")
+        restarts = pods.status_of(client, PROXY_NAME).restart_count
+        os.kill(sidecar_pid(node, client), signal.SIGKILL)
+
+        def restarted() -> Any:
+            node.check_alive()
+            found = pods.pod(node, mesh, "client")
+            status = pods.status_of(found, PROXY_NAME)
+            return found if status.restart_count > restarts and status.ready else None
+
+        again = wait_until(
+            lambda found: found is not None,
+            90,
+            "the sidecar restarted and ready",
+            observe=restarted,
+            interval=0.5,
+        )
+        assert pods.sample(pods.metrics(again.status.pod_ip), "meshlet_xds_config_stale") == 1
+        assert get_ok(node, "client", "http://web/") in web_pods(node)
+        assert get_ok(node, "client", "http://api:8080/")
+    finally:
+        node.kubectl("scale", "-n", pods.SYSTEM, "deployment/meshlet", "--replicas=1")
+        node.wait_ready(pods.SYSTEM, CP_SELECTOR, 1)
+    wait_until(
+        lambda: (
+            pods.sample(
+                pods.metrics(pods.pod(node, mesh, "client").status.pod_ip),
+                "meshlet_xds_config_stale",
+            )
+            == 0
+        ),
+        60,
+        "the sidecar synced again",
+    )
+
+
+# --- 1 again: two replicas, the Lease holder deleted -------------------------------------
+
+
+def lease_holder(node: Node) -> str:
+    """The holding replica's pod (a holder is `<pod name>-<pid>`)."""
+    found = node.kubectl(
+        "get", "lease", "-n", pods.SYSTEM, "-o", "jsonpath={.items[*].spec.holderIdentity}"
+    ).stdout.split()
+    return found[0].rsplit("-", 1)[0] if found else ""
+
+
+def test_with_two_replicas_deleting_the_lease_holder_moves_the_lease_and_injection_goes_on(
+    node: Node, mesh: str, helm_home: Path
+) -> None:
+    helm(
+        "upgrade",
+        pods.RELEASE,
+        str(CHART),
+        "-n",
+        pods.SYSTEM,
+        "--reuse-values",
+        "--set",
+        "controlPlane.replicas=2",
+        "--wait",
+        kubeconfig=node.cluster.admin_kubeconfig,
+        home=helm_home,
+        timeout=240,
+    )
+    node.wait_ready(pods.SYSTEM, CP_SELECTOR, 2)
+    holder = wait_until(bool, 60, "a Lease holder", observe=lambda: lease_holder(node))
+    node.kubectl("delete", "pod", "-n", pods.SYSTEM, holder, "--wait=false")
+    moved = wait_until(
+        lambda h: h and h != holder,
+        120,
+        "the Lease to move",
+        observe=lambda: lease_holder(node),
+        interval=1,
+    )
+    assert moved in {p.metadata.name for p in pods.pods(node, pods.SYSTEM, CP_SELECTOR)}
+    pods.apply(node, mesh, pods.one_shot_pod("after-failover", ["get", "http://web/"]))
+    found = pods.wait_phase(node, mesh, "after-failover", ("Succeeded", "Failed"))
+    assert pods.injected(found) and found.status.phase == "Succeeded"
+
+
+# --- 7. helm upgrade to a new sidecar image, then helm uninstall --------------------------
+
+
+def test_helm_upgrade_to_a_new_sidecar_image_then_uninstall_leaves_running_pods_serving(
+    node: Node, mesh: str, helm_home: Path
+) -> None:
+    from tests import images
+    from tests.k8s import node_images
+
+    new_tag = "0.1.0-next"
+    repository = node_images.SIDECAR.rsplit(":", 1)[0]
+    images.buildah("tag", node_images.SIDECAR, f"{repository}:{new_tag}")
+    node_images.load([f"{repository}:{new_tag}"], node.ctr, node.root)
+    helm(
+        "upgrade",
+        pods.RELEASE,
+        str(CHART),
+        "-n",
+        pods.SYSTEM,
+        "--reuse-values",
+        "--set",
+        f"sidecar.image.tag={new_tag}",
+        "--wait",
+        kubeconfig=node.cluster.admin_kubeconfig,
+        home=helm_home,
+        timeout=240,
+    )
+    node.kubectl(
+        "rollout", "status", "-n", pods.SYSTEM, "deployment/meshlet", "--timeout=120s", timeout=130
+    )
+    pods.apply(node, mesh, client_pod("client-next"))
+    node.wait_ready(mesh, "app=client", 3)
+    images_of = {c.name: c.image for c in pods.pod(node, mesh, "client-next").spec.init_containers}
+    assert images_of[PROXY_NAME] == f"{repository}:{new_tag}"
+    old = {c.name: c.image for c in pods.pod(node, mesh, "client").spec.init_containers}
+    assert old[PROXY_NAME] == node_images.SIDECAR
+    for client in ("client", "client-next"):
+        assert get_ok(node, client, "http://web/") in web_pods(node)
+
+    helm(
+        "uninstall",
+        pods.RELEASE,
+        "-n",
+        pods.SYSTEM,
+        "--wait",
+        kubeconfig=node.cluster.admin_kubeconfig,
+        home=helm_home,
+        timeout=240,
+    )
+    uninstalled = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M:%S")
+
+    def leftovers() -> list[str]:
+        names = node.kubectl(
+            "get",
+            "all,configmaps,secrets,leases,serviceaccounts,roles,rolebindings",
+            "-n",
+            pods.SYSTEM,
+            "-o",
+            "name",
+        ).stdout.split()
+        kept = ("kube-root-ca", "serviceaccount/default")  # the namespace's own
+        return [n for n in names if not any(k in n for k in kept)]
+
+    # The garbage collector takes the pods after their ReplicaSet: wait for it.
+    wait_until(lambda left: left == [], 120, "nothing of the release left", observe=leftovers)
+    cluster_wide = node.kubectl(
+        "get", "clusterroles,clusterrolebindings,mutatingwebhookconfigurations", "-o", "name"
+    ).stdout.split()
+    assert [n for n in cluster_wide if "meshlet" in n] == []
+    for client in ("client", "client-next"):
+        assert get_ok(node, client, "http://web/") in web_pods(node)
+        assert get_ok(node, client, "http://api:8080/")
+    # The sidecars keep trying the control plane that went: counted, said once.
+    ip = pods.pod(node, mesh, "client").status.pod_ip
+
+    def failures() -> float:
+        return pods.sample(pods.metrics(ip), "meshlet_xds_stream_failures_total")
+
+    gone = failures()
+    retried = wait_until(lambda n: n >= gone + 4, 90, "four failed xDS streams", observe=failures)
+    lines = node.kubectl("logs", "-n", mesh, "client", "-c", PROXY_NAME).stdout.splitlines()
+    after = [line for line in lines if line[:19] >= uninstalled]
+    warned = [
+        line.split("s (", 1)[1].rsplit("); retrying", 1)[0]
+        for line in after
+        if " WARNING " in line and "xDS stream" in line
+    ]
+    # Said once per kind of failure (the pod gone, its address timing out, the name
+    # gone), never once per retry.
+    assert warned and len(warned) == len(set(warned)), "\n".join(after)
+    assert len(warned) < retried - gone + 1, "\n".join(after)
