@@ -158,6 +158,30 @@ def test_on_a_local_cluster_it_builds_both_images_and_deploys_the_chart_and_the_
             assert obj["metadata"]["namespace"] == "meshlet-demo"
 
 
+def test_on_a_containerd_node_it_builds_with_buildah_and_loads_into_containerd(
+    tmp_path: Path,
+) -> None:
+    # The context names the way to build: no Docker, buildah and `ctr images import`
+    # (tests/test_pods_tilt.py runs it for real on the tests' node).
+    result = tilt(tmp_path, "alpha", "tiltfile-result", context="meshlet-containerd")
+    assert result.returncode == 0, result.stderr
+    found = manifests(json.loads(result.stdout))
+    control, sidecar = found["meshlet"]["ImageTargets"]
+    for target, name in ((control, "control-plane-dev"), (sidecar, "sidecar")):
+        details = target["BuildDetails"]
+        assert details["args"][-1] == f"scripts/buildah-load.sh {name} $EXPECTED_REF"
+        assert details["outputMode"] == "remote"  # skips_local_docker: never asks Docker
+    spec = control["LiveUpdateSpec"]  # the same live update as with Docker
+    assert spec["syncs"] == [{"localPath": "meshlet", "containerPath": SITE}]
+    assert spec["execs"][0]["args"] == ["sh", "-c", "kill -HUP 1"]
+    assert sidecar["matchInEnvVars"] is True
+    deps = sorted(Path(d).name for d in sidecar["BuildDetails"]["Deps"])
+    assert deps == ["Dockerfile", "buildah-load.sh", "pyproject.toml"]  # no meshlet/
+    # The demo runs the sidecar image, so Tilt puts the one it built there too.
+    for name in ("web", "api", "client"):
+        assert [t["selector"] for t in found[name]["ImageTargets"]] == [sidecar["selector"]]
+
+
 @pytest.mark.parametrize("context", ["prod-eu-1", "kind-other"])
 def test_it_refuses_a_context_that_is_not_a_local_cluster(tmp_path: Path, context: str) -> None:
     # kind-other: Tilt itself lets any kind-* context through; the Tiltfile does not.
