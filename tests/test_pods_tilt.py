@@ -179,8 +179,17 @@ def test_tilt_ci_then_a_live_update_on_a_containerd_node(
     (client,) = pods.pods(node, DEMO, "app=client")
     assert client.spec.containers[0].image.startswith(SIDECAR_IMAGE + ":tilt-")
     assert any(c.name == "meshlet-proxy" for c in client.spec.init_containers or ())
-    logs = node.kubectl("logs", "-n", DEMO, client.metadata.name, "-c", "client").stdout
-    print(logs[-2000:])
+
+    # The client's load reports (meshlet.devmesh.load): web answers through the mesh.
+    def answered() -> dict[str, Any]:
+        logs = node.kubectl("logs", "-n", DEMO, client.metadata.name, "-c", "client").stdout
+        reports = [json.loads(line) for line in logs.splitlines() if line.startswith("{")]
+        return reports[-1]["targets"]["web"] if reports else {"ok": 0}
+
+    web = wait_until(lambda report: report["ok"] > 0, 60, "the client's requests answered",
+                     observe=answered, ignoring=(OSError, ValueError))  # fmt: skip
+    print(f"client: {web}")
+    assert all(name.startswith("web-") for name in web["endpoints"]), web
 
     # The live update: tilt up, a changed handler, the new code answering in the same
     # container.
