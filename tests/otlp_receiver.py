@@ -39,13 +39,13 @@ class Receiver(metrics_service_pb2_grpc.MetricsServiceServicer):
 
 
 @contextmanager
-def receiving() -> Iterator[tuple[Receiver, int]]:
-    """A receiver listening on 127.0.0.1 for the block, and its port."""
+def receiving(host: str = "127.0.0.1") -> Iterator[tuple[Receiver, int]]:
+    """A receiver listening on `host` for the block, and its port."""
     servicer = Receiver()
     server = grpc.server(futures.ThreadPoolExecutor(max_workers=2))
     metrics_service_pb2_grpc.add_MetricsServiceServicer_to_server(servicer, server)
-    port = free_port()
-    server.add_insecure_port(f"127.0.0.1:{port}")
+    port = free_port(host)
+    server.add_insecure_port(f"{host}:{port}")
     server.start()
     try:
         yield servicer, port
@@ -53,10 +53,10 @@ def receiving() -> Iterator[tuple[Receiver, int]]:
         server.stop(grace=None).wait()
 
 
-def otlp_env(port: int) -> dict[str, str]:
+def otlp_env(port: int, host: str = "127.0.0.1") -> dict[str, str]:
     """The standard variables that send a meshlet process's metrics to the receiver."""
     return {
-        "OTEL_EXPORTER_OTLP_ENDPOINT": f"http://127.0.0.1:{port}",
+        "OTEL_EXPORTER_OTLP_ENDPOINT": f"http://{host}:{port}",
         "OTEL_EXPORTER_OTLP_INSECURE": "true",
         "OTEL_METRIC_EXPORT_INTERVAL": "300",
     }

@@ -16,6 +16,8 @@ from __future__ import annotations
 import contextlib
 import datetime
 import os
+import re
+import shutil
 import signal
 import subprocess
 import time
@@ -24,16 +26,22 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 
 from meshlet import defaults
 from meshlet.inject.pod import INIT_NAME, PROXY_NAME
-from tests import pods
+from tests import images, pods
 from tests.helm_chart import CHART, helm
-from tests.k8s.node import DNS_IP, Node
+from tests.k8s import build, node_images
+from tests.k8s.node import DNS_IP, HOST_IP, Node
+from tests.k8s.prometheus import running_prometheus
+from tests.otlp_receiver import otlp_env, receiving
 from tests.procs import wait_until
+from tests.test_dashboards import ALERTS, dashboard_queries
 
 pytestmark = pytest.mark.timeout(600)
 
+ROOT = Path(__file__).resolve().parent.parent
 NAMESPACE = "meshlet-demo"
 CP_SELECTOR = "app.kubernetes.io/name=meshlet"
 
@@ -169,6 +177,29 @@ def test_requests_spread_over_every_replica(node: Node, mesh: str) -> None:
     assert final["failed"] == 0, final
     assert set(final["by_pod"]) == web_pods(node), final
     assert min(final["by_pod"].values()) >= final["ok"] / 10, final
+
+
+def test_a_sidecar_in_a_pod_exports_its_metrics_over_otlp_from_the_shipped_image(
+    node: Node, mesh: str
+) -> None:
+    # The receiver listens on the host's end of the node's link, which pods reach.
+    with receiving(HOST_IP) as (receiver, port):
+        exporter = pods.one_shot_pod("otlp", [], labels={"meshlet.io/inject": "false"})
+        container = exporter["spec"]["containers"][0]
+        container["image"] = node_images.SIDECAR
+        container["args"] = ["sidecar", f"--xds-address=meshlet.{pods.SYSTEM}.svc:15010"]
+        container["env"] = [{"name": k, "value": v} for k, v in otlp_env(port, HOST_IP).items()]
+        pods.apply(node, mesh, exporter)
+        try:
+            wait_until(
+                lambda names: "meshlet_build_info" in names or "meshlet.build.info" in names,
+                90,
+                "the pod's sidecar to export over OTLP",
+                observe=receiver.names,
+                interval=0.5,
+            )
+        finally:
+            node.kubectl("delete", "pod", "-n", mesh, "otlp", "--wait=false")
 
 
 # --- 3. pods coming and going under load ---------------------------------------------
@@ -414,15 +445,108 @@ def test_with_two_replicas_deleting_the_lease_holder_moves_the_lease_and_injecti
     assert pods.injected(found) and found.status.phase == "Succeeded"
 
 
+# --- 9. Prometheus: discovery by the chart's annotations, the rules, an alert --------------
+
+
+def as_promql(query: str) -> str:
+    """A dashboard's query as Prometheus runs it: `$job` any job, and Grafana's
+    `label_values(metric, label)` the series whose labels it lists."""
+    found = re.fullmatch(r"label_values\((.+),\s*\w+\)", query.strip())
+    return (found.group(1) if found else query).replace("$job", ".+")
+
+
+def lookup_outside(node: Node) -> None:
+    """A name outside the cluster, asked by the client app (it may not resolve)."""
+    script = "import socket\ntry: socket.getaddrinfo('example.org', 80)\nexcept OSError: pass"
+    node.kubectl(
+        "exec", "-n", NAMESPACE, "client", "-c", "app", "--", "python3", "-c", script, timeout=60
+    )
+
+
+def replicas(node: Node) -> str:
+    return node.kubectl(
+        "get", "deployment", "-n", pods.SYSTEM, "meshlet", "-o", "jsonpath={.spec.replicas}"
+    ).stdout
+
+
+def test_prometheus_scrapes_the_pods_by_their_annotations_and_alerts_on_a_lost_control_plane(
+    node: Node, mesh: str, tmp_path: Path
+) -> None:
+    found = build.binaries(("pods",))
+    assert not isinstance(found, str), found
+    # promtool: the rules as shipped are valid and do what their unit tests say.
+    shutil.copy(ALERTS, tmp_path / "alerts.yaml")
+    shutil.copy(ROOT / "tests" / "data" / "prometheus" / "alerts_test.yaml", tmp_path)
+    for args in (["check", "rules", "alerts.yaml"], ["test", "rules", "alerts_test.yaml"]):
+        checked = subprocess.run(
+            [str(found["promtool"]), *args],
+            cwd=tmp_path,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert checked.returncode == 0 and "SUCCESS" in checked.stdout, checked
+
+    # Live, with every rule's `for` at 0: the test shows the condition, not the wait.
+    rules = yaml.safe_load(ALERTS.read_text())
+    for group in rules["groups"]:
+        for rule in group["rules"]:
+            rule["for"] = "0s"
+    binary, kubeconfig = found["prometheus"], node.cluster.admin_kubeconfig
+    with running_prometheus(binary, kubeconfig, tmp_path / "prometheus", rules) as prometheus:
+        meshed = {p.status.pod_ip for p in pods.pods(node, mesh, "") if pods.injected(p)}
+        planes = {p.status.pod_ip for p in pods.pods(node, pods.SYSTEM, CP_SELECTOR)}
+
+        def up() -> set[str]:
+            return {
+                t["labels"]["instance"].rsplit(":", 1)[0]
+                for t in prometheus.targets()
+                if t["health"] == "up"
+            }
+
+        wait_until(lambda ips: meshed | planes <= ips, 60, "every pod scraped", observe=up)
+        exec_app(node, "client", "load", "http://web/", "--rate=20", "--duration=4")
+        exec_app(node, "client", "get", "http://api:8080/")
+        # Names outside the cluster go upstream (to CoreDNS, whose own upstream is gone
+        # here); and with CoreDNS down, the forward fails: the DNS panels' series.
+        lookup_outside(node)
+        node.kubectl("scale", "-n", "kube-system", "deployment/coredns", "--replicas=0")
+        try:
+            wait_until(
+                lambda: not pods.pods(node, "kube-system", "k8s-app=kube-dns"), 60, "CoreDNS gone"
+            )
+            lookup_outside(node)
+        finally:
+            node.kubectl("scale", "-n", "kube-system", "deployment/coredns", "--replicas=1")
+            node.wait_ready("kube-system", "k8s-app=kube-dns", 1)
+        time.sleep(6)  # a few scrapes after the traffic, for the rates
+        empty = [q for q in dashboard_queries() if not prometheus.query(as_promql(q))]
+        assert empty == [], "dashboard queries with no series:\n" + "\n".join(empty)
+
+        before = replicas(node)
+        node.kubectl("scale", "-n", pods.SYSTEM, "deployment/meshlet", "--replicas=0")
+        try:
+            firing = wait_until(
+                lambda names: "MeshletControlPlaneUnreachable" in names,
+                120,
+                "the alert on a lost control plane",
+                observe=lambda: {
+                    a["labels"]["alertname"] for a in prometheus.alerts() if a["state"] == "firing"
+                },
+                interval=1,
+            )
+            print(f"firing with the control plane gone: {sorted(firing)}")
+        finally:
+            node.kubectl("scale", "-n", pods.SYSTEM, "deployment/meshlet", f"--replicas={before}")
+            node.wait_ready(pods.SYSTEM, CP_SELECTOR, int(before))
+
+
 # --- 7. helm upgrade to a new sidecar image, then helm uninstall --------------------------
 
 
 def test_helm_upgrade_to_a_new_sidecar_image_then_uninstall_leaves_running_pods_serving(
     node: Node, mesh: str, helm_home: Path
 ) -> None:
-    from tests import images
-    from tests.k8s import node_images
-
     new_tag = "0.1.0-next"
     repository = node_images.SIDECAR.rsplit(":", 1)[0]
     images.buildah("tag", node_images.SIDECAR, f"{repository}:{new_tag}")
