@@ -1,0 +1,244 @@
+"""What injection costs a pod on a real node: time to Ready, and the sidecar's memory
+and CPU next to the app's, in one run.
+
+    python bench/pod_start.py [--pods 20] [--load-seconds 15]
+
+Starts the real node (tests/k8s/node.py: kubelet, containerd, CNI, kube-proxy,
+CoreDNS) and installs the chart as the docs say. Then, one pod at a time, creates
+`--pods` pods of the test app in a namespace without injection and as many in an
+injected one, and times each from the create call to the watch event that shows it
+Ready. Then, with the demo's `web` (3 replicas) and a client in each namespace, reads
+each container's cgroup as the kubelet counts it (working set: memory usage less the
+inactive file pages; CPU: cpuacct.usage) at idle and while the client makes new
+connections to `web` at 40 a second. Goals (issue 18): injection adds at most 1 s
+to a pod's start at the median; an idle sidecar under 60 MB.
+
+Needs root and the node's binaries (`python tests/k8s/build.py --layer kube --layer
+pods`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+sys.path[0] = str(Path(__file__).resolve().parent.parent)
+
+from kubernetes import watch  # noqa: E402
+
+from meshlet.inject.pod import PROXY_NAME  # noqa: E402
+from tests import pods  # noqa: E402
+from tests.k8s import build  # noqa: E402
+from tests.k8s.node import CGROUPS, Node, running_node  # noqa: E402
+from tests.k8s.node import missing as node_missing  # noqa: E402
+
+GOAL_START_S = 1.0
+GOAL_IDLE_MB = 60
+
+
+def ready(found: Any) -> bool:
+    return any(c.type == "Ready" and c.status == "True" for c in found.status.conditions or ())
+
+
+def time_to_ready(node: Node, namespace: str, name: str) -> float:
+    """Seconds from the create call to the watch event that shows the pod Ready."""
+    stream = watch.Watch()
+    started = time.monotonic()
+    pods.apply(node, namespace, pods.one_shot_pod(name, ["serve", "--port=8080"]))
+    try:
+        for event in stream.stream(
+            node.cluster.core.list_namespaced_pod,
+            namespace,
+            field_selector=f"metadata.name={name}",
+            timeout_seconds=120,
+        ):
+            if ready(event["object"]):
+                return time.monotonic() - started
+    finally:
+        stream.stop()
+    raise RuntimeError(f"pod {namespace}/{name} not Ready in 120 s")
+
+
+def starts(node: Node, namespace: str, count: int) -> list[float]:
+    found = []
+    for i in range(count):
+        found.append(time_to_ready(node, namespace, f"start-{i}"))
+        node.kubectl("delete", "pod", "-n", namespace, f"start-{i}", "--wait=false")
+    return found
+
+
+def _first_line_at(path: Path, containing: str = "") -> datetime.datetime | None:
+    """When the container wrote its first line (containing `containing`): CRI log time."""
+    for line in path.read_text(errors="replace").splitlines():
+        if containing in line:
+            stamp = line.split(" ", 1)[0]
+            return datetime.datetime.fromisoformat(stamp[:26] + "+00:00")
+    return None
+
+
+def timeline(
+    node: Node, namespace: str, name: str, created: datetime.datetime
+) -> list[tuple[str, float]]:
+    """Where an injected pod's start goes: seconds from its create call to each step, from
+    the containers' own log lines (the kubelet's log files, stamped by the runtime)."""
+    found = pods.pod(node, namespace, name)
+    folder = node.root / "pod-logs" / f"{namespace}_{name}_{found.metadata.uid}"
+    steps = [
+        ("meshlet-init wrote its table", "meshlet-init", "installed"),
+        ("sidecar's first line", PROXY_NAME, ""),
+        ("sidecar's first config accepted", PROXY_NAME, "first xDS config accepted"),
+    ]
+    out = []
+    for label, container, text in steps:
+        at = _first_line_at(folder / container / "0.log", text)
+        if at is not None:
+            out.append((label, (at - created).total_seconds()))
+    return out
+
+
+def cgroup(container_id: str, controller: str) -> Path:
+    (found,) = list((CGROUPS / controller).glob(f"meshlet-node-*/**/{container_id}"))
+    return found
+
+
+def working_set_mb(container_id: str) -> float:
+    folder = cgroup(container_id, "memory")
+    usage = int((folder / "memory.usage_in_bytes").read_text())
+    stat = dict(line.split() for line in (folder / "memory.stat").read_text().splitlines())
+    return max(0, usage - int(stat["total_inactive_file"])) / 2**20
+
+
+def cpu_seconds(container_id: str) -> float:
+    return int((cgroup(container_id, "cpuacct") / "cpuacct.usage").read_text()) / 1e9
+
+
+def container_ids(node: Node, namespace: str, pod: str) -> dict[str, str]:
+    found = pods.pod(node, namespace, pod)
+    every = [*(found.status.init_container_statuses or ()), *found.status.container_statuses]
+    return {s.name: s.container_id.split("//", 1)[1] for s in every if s.container_id}
+
+
+def usage(node: Node, targets: dict[str, str], seconds: float) -> dict[str, tuple[float, float]]:
+    """Each container's working set (MB, at the end) and CPU (% of a core over the window)."""
+    before = {name: cpu_seconds(cid) for name, cid in targets.items()}
+    time.sleep(seconds)
+    return {
+        name: (working_set_mb(cid), 100 * (cpu_seconds(cid) - before[name]) / seconds)
+        for name, cid in targets.items()
+    }
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--pods", type=int, default=20)
+    parser.add_argument("--load-seconds", type=float, default=15)
+    parser.add_argument("--idle-seconds", type=float, default=10)
+    args = parser.parse_args()
+    why = node_missing()
+    binaries = build.binaries(("kube", "pods"))
+    if why or isinstance(binaries, str):
+        print(f"cannot run: {why or binaries}")
+        return 1
+    with (
+        tempfile.TemporaryDirectory(prefix="meshlet-bench-pods-") as tmp,
+        running_node(binaries) as node,
+    ):
+        home = Path(tmp)
+        with (
+            pods.installed_chart(node, home),
+            pods.test_namespace(node, "plain", injected=False) as plain,
+            pods.test_namespace(node, "meshed") as meshed,
+        ):
+            # One pod first in each, so image and page caches are warm for both.
+            starts(node, plain, 1)
+            starts(node, meshed, 1)
+            without = starts(node, plain, args.pods)
+            with_sidecar = starts(node, meshed, args.pods)
+            print(f"pod creation to Ready over {args.pods} pods (s)   median      max")
+            for label, values in (("without injection", without), ("injected", with_sidecar)):
+                print(f"{label:<42}{statistics.median(values):>7.2f}{max(values):>9.2f}")
+            added = statistics.median(with_sidecar) - statistics.median(without)
+            verdict = "PASS" if added <= GOAL_START_S else "MISS"
+            goal = f"injection adds at most {GOAL_START_S:.0f} s at the median"
+            print(f"goal: {goal}: +{added:.2f} s: {verdict}")
+            created = datetime.datetime.now(datetime.UTC)
+            ready_after = time_to_ready(node, meshed, "timeline")
+            print("one injected pod, seconds from the create call")
+            for label, seconds in timeline(node, meshed, "timeline", created):
+                print(f"  {label:<40}{seconds:>6.2f}")
+            print(f"  {'Ready (seen by a watch)':<40}{ready_after:>6.2f}")
+
+            for namespace in (plain, meshed):
+                pods.apply(
+                    node,
+                    namespace,
+                    *pods.demo(),
+                    pods.one_shot_pod("client", ["serve", "--port=8081"]),
+                )
+            for namespace in (plain, meshed):
+                node.wait_ready(namespace, "app=web", 3)
+            time.sleep(5)
+            rows: list[
+                tuple[str, dict[str, tuple[float, float]], dict[str, tuple[float, float]]]
+            ] = []
+            for namespace in (plain, meshed):
+                web = pods.pods(node, namespace, "app=web")[0].metadata.name
+                targets = {}
+                for pod in ("client", web):
+                    for container, cid in container_ids(node, namespace, pod).items():
+                        if container != "meshlet-init":
+                            role = "app" if container != PROXY_NAME else "sidecar"
+                            targets[
+                                f"{namespace} {'client' if pod == 'client' else 'web'} {role}"
+                            ] = cid
+                idle = usage(node, targets, args.idle_seconds)
+                argv = [
+                    str(node.cluster.binaries["kubectl"]),
+                    f"--kubeconfig={node.cluster.admin_kubeconfig}",
+                    "exec",
+                    "-n",
+                    namespace,
+                    "client",
+                    "--",
+                    "python3",
+                    "/app/app.py",
+                    "load",
+                    "http://web/",
+                    "--rate=40",
+                    f"--duration={args.load_seconds + 3}",
+                ]
+                with subprocess.Popen(
+                    argv, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True
+                ) as load:
+                    time.sleep(2)
+                    busy = usage(node, targets, args.load_seconds)
+                    out, _ = load.communicate(timeout=60)
+                final = pods.json_lines(out)[-1] if pods.json_lines(out) else {}
+                print(f"{namespace}: load {final.get('ok', 0)} ok, {final.get('failed', 0)} failed")
+                rows.append((namespace, idle, busy))
+            print(
+                f"{'container':<28}{'idle MB':>9}{'idle CPU%':>11}{'load MB':>9}{'load CPU%':>11}"
+            )
+            for _, idle, busy in rows:
+                for name in idle:
+                    print(
+                        f"{name:<28}{idle[name][0]:>9.1f}{idle[name][1]:>11.2f}{busy[name][0]:>9.1f}{busy[name][1]:>11.2f}"
+                    )
+            meshed_idle = rows[1][1]
+            sidecars = [mb for name, (mb, _) in meshed_idle.items() if name.endswith("sidecar")]
+            verdict = "PASS" if max(sidecars) < GOAL_IDLE_MB else "MISS"
+            print(
+                f"goal: an idle sidecar under {GOAL_IDLE_MB} MB: {max(sidecars):.1f} MB: {verdict}"
+            )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
