@@ -347,11 +347,17 @@ def test_a_value_that_is_not_a_level_is_named_in_the_reason() -> None:
 def test_a_pod_of_a_baseline_namespace_is_allowed_unchanged_with_the_reason() -> None:
     pod = {"metadata": {"name": "p"}, "spec": {"containers": [{"name": "app", "image": "app"}]}}
     response = review(admission_review("pay", pod), settings(), {ENFORCE: "baseline"})["response"]
-    assert response == {"uid": "u-1", "allowed": True, "warnings": [REFUSED_BASELINE]}
+    assert response["allowed"] and response["warnings"] == [REFUSED_BASELINE]
+    # Only the reason, in an annotation: a Deployment's user never sees the warning
+    # (the ReplicaSet controller gets it), but sees the pod's annotation.
+    patch = json.loads(base64.b64decode(response["patch"]))
+    reason = REFUSED_BASELINE.removeprefix("meshlet: not injected: ")
+    assert patch == [{"op": "add", "path": "/metadata/annotations",
+                      "value": {"meshlet.io/inject-skipped": reason}}]  # fmt: skip
     # A bad annotation does not matter there: nothing would be injected.
     pod["metadata"]["annotations"] = {"meshlet.io/sidecar-mode": "nope"}
     response = review(admission_review("pay", pod), settings(), {ENFORCE: "restricted"})
-    assert response["response"]["allowed"] and "patch" not in response["response"]
+    assert response["response"]["allowed"] and response["response"]["warnings"]
     # Privileged, or no label: injected as before.
     for labels in ({ENFORCE: "privileged"}, {}):
         del pod["metadata"]["annotations"]
@@ -403,6 +409,20 @@ async def test_namespace_labels_are_read_once_per_cache_window() -> None:
     failed = await found.get("gone-wrong")
     assert failed.labels is None
     assert failed.problem == "cannot reach https://api:6443: Connection refused"
+    # A namespace read before and unreadable now keeps the labels last read: an API
+    # server that went away must not get a baseline namespace's pods injected.
+    broken = [False]
+
+    def flaky(name: str) -> dict[str, str]:
+        if broken[0]:
+            raise OSError(111, "Connection refused")
+        return {ENFORCE: "baseline"}
+
+    kept = NamespaceLabels(flaky, "https://api:6443", clock=lambda: now[0])
+    assert (await kept.get("pay")).labels == {ENFORCE: "baseline"}
+    broken[0], now[0] = True, now[0] + CACHE_SECONDS + 1
+    again = await kept.get("pay")
+    assert again.labels == {ENFORCE: "baseline"} and "Connection refused" in again.problem
 
 
 async def test_the_webhook_warns_when_it_cannot_read_the_namespace() -> None:

@@ -73,8 +73,10 @@ class NamespaceLabels:
     async def _fetch(self, name: str, now: float) -> Found:
         try:
             found = Found(dict(await asyncio.to_thread(self._read, name)), at=now)
-        except Exception as exc:  # any failure: inject as if unchecked, and say so
-            found = Found(None, describe_failure(exc, self._server), at=now)
+        except Exception as exc:  # any failure: the labels last read, else unchecked
+            last = self._found.get(name)
+            labels = last.labels if last is not None else None
+            found = Found(labels, describe_failure(exc, self._server), at=now)
         if found.problem != self._problem:
             if found.problem:
                 log.warning("webhook: cannot read namespace %s: %s", name, found.problem)

@@ -66,6 +66,18 @@ class Outcome:
     changed: bool = False
 
 
+def _skipped(
+    pod: Mapping[str, Any], annotations: Mapping[str, Any], reason: str, warning: str = ""
+) -> Outcome:
+    """Left uninjected, with a warning and the reason in its SKIPPED annotation."""
+    warnings = (warning or reason,)
+    if annotations.get(SKIPPED) == reason:
+        return Outcome(pod, False, reason, warnings)
+    out = copy.deepcopy(dict(pod))
+    out.setdefault("metadata", {}).setdefault("annotations", {})[SKIPPED] = reason
+    return Outcome(out, False, reason, warnings, changed=True)
+
+
 def _meta(pod: Mapping[str, Any]) -> Mapping[str, Any]:
     meta = pod.get("metadata")
     return meta if isinstance(meta, Mapping) else {}
@@ -97,7 +109,9 @@ def inject_pod(
         return Outcome(pod, False, "Windows pods have no nftables: not injected")
     refused = pod_security.refusal(namespace, namespace_labels or {})
     if refused:
-        return Outcome(pod, False, refused, (f"not injected: {refused}",))
+        # Annotated too: a warning reaches only whoever created the pod, which for a
+        # Deployment's pods is the ReplicaSet controller, not the user.
+        return _skipped(pod, annotations, refused, f"not injected: {refused}")
     mode = _mode(annotations, settings)
     names = {
         c.get("name") for c in _containers(spec, "containers") + _containers(spec, "initContainers")
@@ -114,11 +128,7 @@ def inject_pod(
             f"container {runs_as_proxy} runs as uid {settings.proxy_uid}, the proxy's: its"
             " traffic would bypass capture, so the pod is not injected"
         )
-        if annotations.get(SKIPPED) == reason:
-            return Outcome(pod, False, reason, (reason,))
-        out = copy.deepcopy(dict(pod))
-        out.setdefault("metadata", {}).setdefault("annotations", {})[SKIPPED] = reason
-        return Outcome(out, False, reason, (reason,), changed=True)
+        return _skipped(pod, annotations, reason)
 
     init = _init_container(settings, annotations)
     proxy = _proxy_container(settings, annotations, mode)
