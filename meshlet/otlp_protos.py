@@ -92,6 +92,12 @@ def make_importable() -> None:
         return
     if any(name == PACKAGE or name.startswith(PACKAGE + ".") for name in sys.modules):
         # Too late: the replaced modules are loaded (and in protobuf's pool).
+        log.warning(
+            "%s's files were replaced by another package's and are loaded already: OTLP may"
+            " fail; to repair the install: %s",
+            DISTRIBUTION,
+            FIX,
+        )
         return
     _load_own_copy()
     log.info(

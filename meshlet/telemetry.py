@@ -39,8 +39,9 @@ def _otlp_reader() -> MetricReader | None:
         from opentelemetry.exporter.otlp.proto.grpc.metric_exporter import (
             OTLPMetricExporter,
         )
-    except ImportError as exc:
-        # An exporter newer than meshlet's copy, say: serve on without OTLP and say why.
+    except (ImportError, AttributeError) as exc:
+        # An exporter newer than meshlet's copy (a missing module, or a message missing
+        # from one), say: serve on without OTLP and say why.
         log.error("OTLP export is off: %s; repair the install: %s", exc, otlp_protos.FIX)
         return None
     return PeriodicExportingMetricReader(OTLPMetricExporter())
