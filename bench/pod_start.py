@@ -10,7 +10,7 @@ injected one, and times each from the create call to the watch event that shows 
 Ready. Then, with the demo's `web` (3 replicas) and a client in each namespace, reads
 each container's cgroup as the kubelet counts it (working set: memory usage less the
 inactive file pages; CPU: cpuacct.usage) at idle and while the client makes new
-connections to `web` at 40 a second. Goals (issue 18): injection adds at most 1 s
+connections to `web` at 40 a second. Goals: injection adds at most 1 s
 to a pod's start at the median; an idle sidecar under 60 MB.
 
 Needs root and the node's binaries (`python tests/k8s/build.py --layer kube --layer
@@ -27,24 +27,20 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Any
 
 sys.path[0] = str(Path(__file__).resolve().parent.parent)
 
 from kubernetes import watch  # noqa: E402
 
-from meshlet.inject.pod import PROXY_NAME  # noqa: E402
+from meshlet.inject.pod import INIT_NAME, PROXY_NAME  # noqa: E402
 from tests import pods  # noqa: E402
 from tests.k8s import build  # noqa: E402
-from tests.k8s.node import CGROUPS, Node, running_node  # noqa: E402
+from tests.k8s.node import Node, is_ready, running_node  # noqa: E402
 from tests.k8s.node import missing as node_missing  # noqa: E402
+from tests.k8s.node_host import CGROUPS  # noqa: E402
 
 GOAL_START_S = 1.0
 GOAL_IDLE_MB = 60
-
-
-def ready(found: Any) -> bool:
-    return any(c.type == "Ready" and c.status == "True" for c in found.status.conditions or ())
 
 
 def time_to_ready(node: Node, namespace: str, name: str) -> float:
@@ -59,7 +55,7 @@ def time_to_ready(node: Node, namespace: str, name: str) -> float:
             field_selector=f"metadata.name={name}",
             timeout_seconds=120,
         ):
-            if ready(event["object"]):
+            if is_ready(event["object"]):
                 return time.monotonic() - started
     finally:
         stream.stop()
@@ -74,49 +70,39 @@ def starts(node: Node, namespace: str, count: int) -> list[float]:
     return found
 
 
-def _first_line_at(path: Path, containing: str = "") -> datetime.datetime | None:
-    """When the container wrote its first line (containing `containing`): CRI log time."""
-    for line in path.read_text(errors="replace").splitlines():
-        if containing in line:
-            stamp = line.split(" ", 1)[0]
-            return datetime.datetime.fromisoformat(stamp[:26] + "+00:00")
-    return None
-
-
 def timeline(
     node: Node, namespace: str, name: str, created: datetime.datetime
 ) -> list[tuple[str, float]]:
     """Where an injected pod's start goes: seconds from its create call to each step, from
     the containers' own log lines (the kubelet's log files, stamped by the runtime)."""
     found = pods.pod(node, namespace, name)
-    folder = node.root / "pod-logs" / f"{namespace}_{name}_{found.metadata.uid}"
     steps = [
-        ("meshlet-init wrote its table", "meshlet-init", "installed"),
+        ("meshlet-init wrote its table", INIT_NAME, "installed"),
         ("sidecar's first line", PROXY_NAME, ""),
         ("sidecar's first config accepted", PROXY_NAME, "first xDS config accepted"),
     ]
     out = []
     for label, container, text in steps:
-        at = _first_line_at(folder / container / "0.log", text)
+        at = pods.first_log_at(node, found, container, text)
         if at is not None:
             out.append((label, (at - created).total_seconds()))
     return out
 
 
-def cgroup(container_id: str, controller: str) -> Path:
-    (found,) = list((CGROUPS / controller).glob(f"meshlet-node-*/**/{container_id}"))
+def cgroup(node: Node, container_id: str, controller: str) -> Path:
+    (found,) = list((CGROUPS / controller / node.cgroup_root).glob(f"**/{container_id}"))
     return found
 
 
-def working_set_mb(container_id: str) -> float:
-    folder = cgroup(container_id, "memory")
+def working_set_mb(node: Node, container_id: str) -> float:
+    folder = cgroup(node, container_id, "memory")
     usage = int((folder / "memory.usage_in_bytes").read_text())
     stat = dict(line.split() for line in (folder / "memory.stat").read_text().splitlines())
     return max(0, usage - int(stat["total_inactive_file"])) / 2**20
 
 
-def cpu_seconds(container_id: str) -> float:
-    return int((cgroup(container_id, "cpuacct") / "cpuacct.usage").read_text()) / 1e9
+def cpu_seconds(node: Node, container_id: str) -> float:
+    return int((cgroup(node, container_id, "cpuacct") / "cpuacct.usage").read_text()) / 1e9
 
 
 def container_ids(node: Node, namespace: str, pod: str) -> dict[str, str]:
@@ -127,10 +113,10 @@ def container_ids(node: Node, namespace: str, pod: str) -> dict[str, str]:
 
 def usage(node: Node, targets: dict[str, str], seconds: float) -> dict[str, tuple[float, float]]:
     """Each container's working set (MB, at the end) and CPU (% of a core over the window)."""
-    before = {name: cpu_seconds(cid) for name, cid in targets.items()}
+    before = {name: cpu_seconds(node, cid) for name, cid in targets.items()}
     time.sleep(seconds)
     return {
-        name: (working_set_mb(cid), 100 * (cpu_seconds(cid) - before[name]) / seconds)
+        name: (working_set_mb(node, cid), 100 * (cpu_seconds(node, cid) - before[name]) / seconds)
         for name, cid in targets.items()
     }
 
@@ -153,8 +139,8 @@ def main() -> int:
         home = Path(tmp)
         with (
             pods.installed_chart(node, home),
-            pods.test_namespace(node, "plain", injected=False) as plain,
-            pods.test_namespace(node, "meshed") as meshed,
+            pods.fresh_namespace(node, "plain", injected=False) as plain,
+            pods.fresh_namespace(node, "meshed") as meshed,
         ):
             # One pod first in each, so image and page caches are warm for both.
             starts(node, plain, 1)
@@ -193,7 +179,7 @@ def main() -> int:
                 targets = {}
                 for pod in ("client", web):
                     for container, cid in container_ids(node, namespace, pod).items():
-                        if container != "meshlet-init":
+                        if container != INIT_NAME:
                             role = "app" if container != PROXY_NAME else "sidecar"
                             targets[
                                 f"{namespace} {'client' if pod == 'client' else 'web'} {role}"

@@ -124,18 +124,26 @@ class Cluster:
         kubeconfig: Path | None = None,
         timeout: float = 60,
     ) -> subprocess.CompletedProcess[str]:
-        argv = [
-            str(self.binaries["kubectl"]),
-            f"--kubeconfig={kubeconfig or self.admin_kubeconfig}",
-        ]
         result = subprocess.run(
-            [*argv, *args], input=input, capture_output=True, text=True, timeout=timeout
+            self.kubectl_argv(*args, kubeconfig=kubeconfig),
+            input=input,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
         )
         if check and result.returncode != 0:
             raise AssertionError(
                 f"kubectl {' '.join(args)} exited {result.returncode}:\n{result.stderr}"
             )
         return result
+
+    def kubectl_argv(self, *args: str, kubeconfig: Path | None = None) -> list[str]:
+        """kubectl's argv, for a caller that runs it itself (streaming its output)."""
+        return [
+            str(self.binaries["kubectl"]),
+            f"--kubeconfig={kubeconfig or self.admin_kubeconfig}",
+            *args,
+        ]
 
     def apply(self, *objects: Mapping[str, Any]) -> None:
         self.kubectl("apply", "-f", "-", input=yaml.safe_dump_all(list(objects)))

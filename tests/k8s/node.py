@@ -10,23 +10,22 @@ live there and go with it. The API server listens on the host's end of the pair,
 pods reach it (the `kubernetes` Service) and the kubelet reaches it alike; the host
 routes the pod CIDR to the node, so the API server calls the webhook's pods.
 
-What the kubelet changes on the host is put back when the node stops, also when it
-fails half way: the sysctls it rewrites, its cgroups (under a root of the node's own
-name in every hierarchy), its mounts (under the node's folder), the log links it
-makes in /var/log/containers. Processes are ended by their PID.
+What the node changes on the host is recorded before it starts and put back when it
+stops, also when it fails half way, or by the next run if this one dies
+(tests/k8s/node_host.py): the sysctls the kubelet rewrites, its cgroups (under a root
+of the node's own name in every hierarchy), the mounts under the node's folder, the
+log links in /var/log/containers, containerd's shims. Processes end by their PID.
 """
 
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import ipaddress
 import json
 import os
 import shutil
 import subprocess
 import tempfile
-import time
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -36,7 +35,7 @@ import yaml
 
 from meshlet import defaults
 from meshlet.devmesh import netns
-from tests.k8s import coredns, node_images
+from tests.k8s import coredns, node_host, node_images
 from tests.k8s.cluster import Cluster, _Process, _process, print_logs, running_cluster
 from tests.procs import wait_until
 
@@ -48,19 +47,12 @@ HOST_IP, NODE_IP = (str(a) for a in LINK.hosts())
 POD_CIDR = "10.244.0.0/24"
 CLUSTER_CIDR = "10.244.0.0/16"
 DNS_IP = str(ipaddress.ip_network(defaults.SERVICE_CIDR)[10])  # kubeadm's kube-dns
-# What the kubelet and kube-proxy rewrite machine-wide: read before, written back after.
-SYSCTLS = (
-    "vm.overcommit_memory",
-    "vm.panic_on_oom",
-    "kernel.panic",
-    "kernel.panic_on_oops",
-    "kernel.keys.root_maxkeys",
-    "kernel.keys.root_maxbytes",
-)
-LOCK = Path("/run/lock/meshlet-test-node.lock")
-CGROUPS = Path("/sys/fs/cgroup")
-POD_LOG_LINKS = Path("/var/log/containers")
 START_TIMEOUT = 120.0
+
+
+def is_ready(found: Any) -> bool:
+    """A Pod's or a Node's Ready condition is True."""
+    return any(c.type == "Ready" and c.status == "True" for c in found.status.conditions or ())
 
 
 def missing() -> str | None:
@@ -80,7 +72,14 @@ class Node:
     cluster: Cluster
     root: Path
     ctr: list[str]
+    # The kubelet's cgroupRoot, in every hierarchy: the pods' cgroups are under it.
+    cgroup_root: str
     processes: dict[str, _Process] = field(default_factory=dict)
+
+    @property
+    def pod_logs(self) -> Path:
+        """The kubelet's podLogsDir: <namespace>_<pod>_<uid>/<container>/0.log."""
+        return self.root / "pod-logs"
 
     def check_alive(self) -> None:
         self.cluster.check_alive()
@@ -96,11 +95,7 @@ class Node:
         def ready() -> list[bool]:
             self.check_alive()
             pods = self.cluster.core.list_namespaced_pod(namespace, label_selector=selector)
-            return [
-                any(c.type == "Ready" and c.status == "True" for c in p.status.conditions or ())
-                for p in pods.items
-                if p.metadata.deletion_timestamp is None
-            ]
+            return [is_ready(p) for p in pods.items if p.metadata.deletion_timestamp is None]
 
         wait_until(
             lambda found: len(found) == count and all(found),
@@ -118,94 +113,6 @@ class Node:
             timeout=30,
         )
         return listed.stdout.split()
-
-
-def _sysctl(name: str) -> str | None:
-    path = Path("/proc/sys") / name.replace(".", "/")
-    try:
-        return path.read_text().strip()
-    except OSError:
-        return None
-
-
-def _restore_sysctls(saved: Mapping[str, str | None]) -> None:
-    for name, value in saved.items():
-        if value is not None and _sysctl(name) != value:
-            (Path("/proc/sys") / name.replace(".", "/")).write_text(value)
-
-
-def _hierarchies() -> list[Path]:
-    """Every cgroup hierarchy mounted here (v1 controllers, name=systemd, unified)."""
-    found = []
-    for line in Path("/proc/self/mountinfo").read_text().splitlines():
-        fields = line.split()
-        fstype = fields[fields.index("-") + 1]
-        if fstype in ("cgroup", "cgroup2") and fields[4].startswith(str(CGROUPS)):
-            found.append(Path(fields[4]))
-    return found
-
-
-def _make_cgroup_root(name: str) -> None:
-    """The kubelet's cgroupRoot in every hierarchy, as a node's init system would make it;
-    cpuset needs its cpus and mems before anything joins."""
-    for hierarchy in _hierarchies():
-        folder = hierarchy / name
-        folder.mkdir(exist_ok=True)
-        for knob in ("cpuset.cpus", "cpuset.mems"):
-            if (hierarchy / knob).exists():
-                (folder / knob).write_text((hierarchy / knob).read_text())
-
-
-def _kill_cgroup_tree(name: str, timeout: float = 30) -> None:
-    """SIGKILL every process in the node's cgroups (the pods' containers, whatever
-    containerd and its shims did or did not do), by PID, until none is left."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        pids = {
-            int(pid)
-            for hierarchy in _hierarchies()
-            for procs in (hierarchy / name).rglob("cgroup.procs")
-            for pid in procs.read_text().split()
-        }
-        if not pids:
-            return
-        for pid in pids:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, 9)
-        time.sleep(0.2)
-
-
-def _remove_cgroup_root(name: str) -> list[str]:
-    """Removes the tree, deepest first; returns what could not be removed."""
-    left = []
-    for hierarchy in _hierarchies():
-        top = hierarchy / name
-        if not top.is_dir():
-            continue
-        folders = sorted((p for p in top.rglob("*") if p.is_dir()), key=lambda p: -len(p.parts))
-        for folder in [*folders, top]:
-            for _ in range(20):
-                try:
-                    folder.rmdir()
-                    break
-                except FileNotFoundError:
-                    break
-                except OSError:
-                    time.sleep(0.1)  # a process still leaving it
-            else:
-                left.append(str(folder))
-    return left
-
-
-def _unmount_under(root: Path) -> None:
-    """Every mount under `root` (volumes, rootfs, netns files), deepest first."""
-    mounts = []
-    for line in Path("/proc/self/mountinfo").read_text().splitlines():
-        point = line.split()[4].replace("\\040", " ")
-        if point == str(root) or point.startswith(f"{root}/"):
-            mounts.append(point)
-    for point in sorted(mounts, key=lambda p: -len(p)):
-        subprocess.run(["umount", "-l", point], capture_output=True, check=False)
 
 
 def _in_node(namespace: str, argv: list[str]) -> list[str]:
@@ -238,6 +145,7 @@ state = "{state}/state"
       runtime_type = "io.containerd.runc.v2"
       [plugins."io.containerd.cri.v1.runtime".containerd.runtimes.runc.options]
         BinaryName = "{shutil.which("runc")}"
+        Root = "{state}/runc"
         SystemdCgroup = false
 
 [plugins."io.containerd.cri.v1.images".pinned_images]
@@ -298,7 +206,7 @@ def _kubelet_config(root: Path, cgroup_root: str, ca: Path, serving: Any) -> dic
         "clusterDomain": defaults.CLUSTER_DOMAIN,
         "resolvConf": str(root / "resolv.conf"),
         "podCIDR": POD_CIDR,
-        "podLogsDir": str(root / "pod-logs"),
+        "podLogsDir": str(root / "pod-logs"),  # Node.pod_logs
         "serializeImagePulls": False,
         # The images were put there by hand: never collect them, never evict for disk.
         "imageGCHighThresholdPercent": 100,
@@ -368,15 +276,6 @@ def coredns_objects() -> list[dict[str, Any]]:
     ]  # fmt: skip
 
 
-@contextlib.contextmanager
-def _node_lock() -> Iterator[None]:
-    """One real node on the machine at a time: its addresses and names are fixed."""
-    LOCK.parent.mkdir(parents=True, exist_ok=True)
-    with open(LOCK, "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        yield
-
-
 def _link_up(namespace: str, host_link: str) -> None:
     netns.add(namespace)
     netns.ip("link", "add", host_link, "type", "veth", "peer", "name", "eth0", "netns", namespace)
@@ -392,14 +291,18 @@ def _link_up(namespace: str, host_link: str) -> None:
 @contextlib.contextmanager
 def running_node(binaries: Mapping[str, Path]) -> Iterator[Node]:
     """The node and its cluster, ready: the Node Ready, CoreDNS serving."""
-    with _node_lock():
-        saved = {name: _sysctl(name) for name in SYSCTLS}
-        tag = f"{os.getpid()}"
-        namespace, host_link, cgroup_root = f"mln-{tag}", f"mlnh{tag}", f"meshlet-node-{tag}"
-        root = Path(tempfile.mkdtemp(prefix="meshlet-node-"))
+    with node_host.node_lock():
+        state = node_host.HostState.new(Path(tempfile.mkdtemp(prefix="meshlet-node-")))
+        state.save()  # before anything changes, for a later run if this one dies
+        root = Path(state.root)
         node: Node | None = None
+
+        def stop_processes() -> None:
+            for name in reversed(list(node.processes) if node else ()):
+                node.processes[name].stop()  # type: ignore[union-attr]
+
         try:
-            _link_up(namespace, host_link)
+            _link_up(state.namespace, state.link)
             with running_cluster(
                 binaries,
                 address=HOST_IP,
@@ -408,9 +311,9 @@ def running_node(binaries: Mapping[str, Path]) -> Iterator[Node]:
                 stand_in_nodes=False,
                 # A kubelet may read and write what its own pods need, and no more.
                 authorization=("Node", "RBAC"),
-                # The API server calls webhooks at their pods' addresses, as with a CNI
-                # whose pod network the control plane's host reaches.
                 apiserver_args=(
+                    # Webhooks called at their pods' addresses, as with a CNI whose pod
+                    # network the control plane's host reaches.
                     "--enable-aggregator-routing=true",
                     "--enable-admission-plugins=NodeRestriction",
                     # The node's name is no DNS name here: logs, exec and port-forward
@@ -419,9 +322,9 @@ def running_node(binaries: Mapping[str, Path]) -> Iterator[Node]:
                 ),
             ) as cluster:
                 ctr = [str(binaries["ctr"]), "--address", f"{root}/containerd.sock"]
-                node = Node(cluster, root, ctr)
+                node = Node(cluster, root, ctr, state.cgroup_root)
                 try:
-                    _start(node, binaries, namespace, cgroup_root)
+                    _start(node, binaries, state.namespace)
                     yield node
                 except BaseException:
                     print_logs(root / "logs")
@@ -429,24 +332,10 @@ def running_node(binaries: Mapping[str, Path]) -> Iterator[Node]:
                 finally:
                     _drain(node)
         finally:
-            if node is not None:
-                for name in reversed(list(node.processes)):
-                    node.processes[name].stop()
-                _kill_shims(root)
-            _kill_cgroup_tree(cgroup_root)
-            _unmount_under(root)
-            _remove_cgroup_root(cgroup_root)
-            for link in POD_LOG_LINKS.glob("*.log") if POD_LOG_LINKS.is_dir() else ():
-                with contextlib.suppress(OSError):
-                    if str(link.readlink()).startswith(f"{root}/"):
-                        link.unlink()
-            netns.delete(namespace)
-            netns.delete_link(host_link)
-            _restore_sysctls(saved)
-            shutil.rmtree(root, ignore_errors=True)
+            node_host.put_back(state, before=stop_processes)
 
 
-def _start(node: Node, binaries: Mapping[str, Path], namespace: str, cgroup_root: str) -> None:
+def _start(node: Node, binaries: Mapping[str, Path], namespace: str) -> None:
     cluster, root = node.cluster, node.root
     assert cluster.authority is not None
     (root / "logs").mkdir()
@@ -456,7 +345,7 @@ def _start(node: Node, binaries: Mapping[str, Path], namespace: str, cgroup_root
     # Names outside the cluster go to the host's end of the link, where nothing answers:
     # nothing in the tests leaves the machine.
     (root / "resolv.conf").write_text(f"nameserver {HOST_IP}\n")
-    _make_cgroup_root(cgroup_root)
+    node_host.make_cgroup_root(node.cgroup_root)
 
     path = f"{binaries['containerd'].parent}:{os.environ.get('PATH', '/usr/bin:/bin')}"
     containerd = _process(
@@ -502,7 +391,7 @@ def _start(node: Node, binaries: Mapping[str, Path], namespace: str, cgroup_root
     )
     serving = ca.issue("kubelet-serving", NODE_NAME, server=True, hosts=(NODE_IP, NODE_NAME))
     config = root / "kubelet.yaml"
-    config.write_text(yaml.safe_dump(_kubelet_config(root, cgroup_root, cluster.ca, serving)))
+    config.write_text(yaml.safe_dump(_kubelet_config(root, node.cgroup_root, cluster.ca, serving)))
     node.processes["kubelet"] = _process(root, "kubelet", _in_node(namespace, [
         str(binaries["kubelet"]), f"--config={config}",
         f"--kubeconfig={cluster.kubeconfig('kubelet', cert=kubelet_client)}",
@@ -534,7 +423,7 @@ def _node_ready(node: Node) -> bool:
         found = node.cluster.core.read_node(NODE_NAME)
     except Exception:
         return False
-    return any(c.type == "Ready" and c.status == "True" for c in found.status.conditions or ())
+    return is_ready(found)
 
 
 def _drain(node: Node) -> None:
@@ -555,18 +444,3 @@ def _drain(node: Node) -> None:
     for task in node.containerd_tasks():
         subprocess.run([*node.ctr, "-n", "k8s.io", "tasks", "kill", "-s", "SIGKILL", task],
                        capture_output=True, check=False)  # fmt: skip
-
-
-def _kill_shims(root: Path) -> None:
-    """containerd's shims outlive it by design: end ours (they name our socket) by PID."""
-    address = f"{root}/containerd.sock"
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            argv = (entry / "cmdline").read_bytes().split(b"\0")
-        except OSError:
-            continue
-        if b"containerd-shim-runc-v2" in argv[0] and address.encode() in argv:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(int(entry.name), 9)
