@@ -12,8 +12,6 @@ from typing import Any
 import grpc
 from opentelemetry.proto.collector.metrics.v1 import metrics_service_pb2, metrics_service_pb2_grpc
 
-from tests.procs import free_port
-
 
 class Receiver(metrics_service_pb2_grpc.MetricsServiceServicer):
     """Records the names of the metrics exported to it."""
@@ -44,8 +42,7 @@ def receiving(host: str = "127.0.0.1") -> Iterator[tuple[Receiver, int]]:
     servicer = Receiver()
     server = grpc.server(futures.ThreadPoolExecutor(max_workers=2))
     metrics_service_pb2_grpc.add_MetricsServiceServicer_to_server(servicer, server)
-    port = free_port(host)
-    server.add_insecure_port(f"{host}:{port}")
+    port = server.add_insecure_port(f"{host}:0")  # the port it bound: no race for it
     server.start()
     try:
         yield servicer, port

@@ -8,8 +8,8 @@ the release (and its namespace), the test's namespaces.
 from __future__ import annotations
 
 import contextlib
+import datetime
 import json
-import time
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -25,6 +25,7 @@ from tests.procs import http_get, wait_until
 
 SYSTEM = defaults.SYSTEM_NAMESPACE
 RELEASE = "meshlet"
+CONTROL_PLANE_SELECTOR = "app.kubernetes.io/name=meshlet"
 INJECT_LABEL = {"meshlet.io/inject": "enabled"}
 # The README's install, with the images put into the node's store (never pulled).
 IMAGE_VALUES = ("controlPlane.image.pullPolicy=Never", "sidecar.image.pullPolicy=Never")
@@ -67,7 +68,7 @@ def delete_namespace(node: Node, name: str, wait: float = 120) -> None:
 
 
 @contextlib.contextmanager
-def test_namespace(node: Node, name: str, injected: bool = True) -> Iterator[str]:
+def fresh_namespace(node: Node, name: str, injected: bool = True) -> Iterator[str]:
     labels = INJECT_LABEL if injected else {}
     node.cluster.core.create_namespace(
         k8s.V1Namespace(metadata=k8s.V1ObjectMeta(name=name, labels=labels))
@@ -154,8 +155,24 @@ def pod(node: Node, namespace: str, name: str) -> Any:
 
 
 def pods(node: Node, namespace: str, selector: str) -> list[Any]:
-    found = node.cluster.core.list_namespaced_pod(namespace, label_selector=selector).items
-    return [p for p in found if p.metadata.deletion_timestamp is None]
+    """The pods matching `selector` that are not being deleted."""
+    return [
+        p for p in every_pod(node, namespace, selector) if p.metadata.deletion_timestamp is None
+    ]
+
+
+def every_pod(node: Node, namespace: str, selector: str) -> list[Any]:
+    """The pods matching `selector`, also those terminating (still endpoints, maybe)."""
+    found: list[Any] = node.cluster.core.list_namespaced_pod(
+        namespace, label_selector=selector
+    ).items
+    return found
+
+
+def wait_gone(node: Node, namespace: str, selector: str, timeout: float = 90) -> None:
+    """Until no pod matches, not even a terminating one."""
+    what = f"every pod {selector} in {namespace} gone"
+    wait_until(lambda: not every_pod(node, namespace, selector), timeout, what, interval=0.5)
 
 
 def wait_phase(
@@ -227,5 +244,20 @@ def sample(text: str, name: str, **labels: str) -> float:
     return total
 
 
-def elapsed(since: float) -> float:
-    return time.monotonic() - since
+def log_lines(node: Node, found: Any, container: str) -> list[tuple[datetime.datetime, str]]:
+    """A container's log lines with the runtime's timestamps (nanoseconds, where the
+    API's container times have seconds), from the kubelet's log files on the node."""
+    meta = found.metadata
+    path = node.pod_logs / f"{meta.namespace}_{meta.name}_{meta.uid}" / container / "0.log"
+    out = []
+    for line in path.read_text(errors="replace").splitlines():
+        stamp, _, rest = line.partition(" ")
+        at = datetime.datetime.fromisoformat(stamp[:26] + "+00:00")
+        out.append((at, rest.split(" ", 2)[-1]))  # past the stream and the F/P tag
+    return out
+
+
+def first_log_at(
+    node: Node, found: Any, container: str, containing: str = ""
+) -> datetime.datetime | None:
+    return next((at for at, text in log_lines(node, found, container) if containing in text), None)

@@ -28,7 +28,7 @@ from typing import Any
 import pytest
 import yaml
 
-from meshlet import defaults
+from meshlet import __version__, defaults
 from meshlet.inject.pod import INIT_NAME, PROXY_NAME
 from tests import images, pods
 from tests.helm_chart import CHART, helm
@@ -39,11 +39,12 @@ from tests.otlp_receiver import otlp_env, receiving
 from tests.procs import wait_until
 from tests.test_dashboards import ALERTS, dashboard_queries
 
-pytestmark = pytest.mark.timeout(600)
+# The first test also waits for the node, whose first start builds its images.
+pytestmark = pytest.mark.timeout(1200)
 
 ROOT = Path(__file__).resolve().parent.parent
 NAMESPACE = "meshlet-demo"
-CP_SELECTOR = "app.kubernetes.io/name=meshlet"
+CP_SELECTOR = pods.CONTROL_PLANE_SELECTOR
 
 
 @pytest.fixture(scope="module")
@@ -54,7 +55,7 @@ def helm_home(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="module")
 def mesh(node: Node, helm_home: Path) -> Iterator[str]:
     """The chart installed as the docs say, and the demo in an injected namespace."""
-    with pods.installed_chart(node, helm_home), pods.test_namespace(node, NAMESPACE) as name:
+    with pods.installed_chart(node, helm_home), pods.fresh_namespace(node, NAMESPACE) as name:
         pods.apply(node, name, *pods.demo(), client_pod("client"), client_pod("bare", False))
         node.wait_ready(name, "app=web", 3)
         node.wait_ready(name, "app=api", 1)
@@ -136,12 +137,11 @@ def test_the_apps_very_first_lookup_and_connection_succeed(node: Node, mesh: str
     assert found.status.phase == "Succeeded", output
     (answer,) = pods.json_lines(output)
     assert answer["attempt"] == 1 and answer["answer"] in web_pods(node), answer
-    sidecar, app = pods.status_of(found, PROXY_NAME), pods.status_of(found, "app")
-    # The kubelet started the app only once the sidecar's startup probe passed (the
-    # first try above is the proof; the times have a second's resolution).
-    assert sidecar.state.terminated.started_at <= app.state.terminated.started_at
-    # And the sidecar ended after the app (a pod with restartPolicy Never completes).
-    assert sidecar.state.terminated.finished_at >= app.state.terminated.finished_at
+    # The app's first try above is the proof that the kubelet started it only once the
+    # sidecar was ready; and the sidecar stopped only after the app had ended.
+    app_done = pods.log_lines(node, found, "app")[-1][0]
+    stopping = pods.first_log_at(node, found, PROXY_NAME, "stopping (SIGTERM)")
+    assert stopping is not None and stopping > app_done, (stopping, app_done)
 
 
 def test_probes_resolv_conf_and_capture_are_the_kubelets_and_the_sidecars(
@@ -208,54 +208,52 @@ def test_a_sidecar_in_a_pod_exports_its_metrics_over_otlp_from_the_shipped_image
 @contextlib.contextmanager
 def load_from(node: Node, pod: str) -> Iterator[list[dict[str, Any]]]:
     """The app's load (a new connection per request) from `pod` while the block runs;
-    its per-second lines are in the list when the block ends."""
-    argv = [
-        str(node.cluster.binaries["kubectl"]),
-        f"--kubeconfig={node.cluster.admin_kubeconfig}",
-        "exec",
-        "-n",
-        NAMESPACE,
-        pod,
-        "-c",
-        "app",
-        "--",
-        "python3",
-        "/app/app.py",
-        "load",
-        "http://web/",
-        "--rate=20",
-        "--duration=300",
-    ]
+    its per-second lines are in the list when the block ends (the load stops when
+    kubectl's stdin closes: a signal to kubectl would not reach it)."""
+    app = ["python3", "/app/app.py", "load", "http://web/", "--rate=20", "--until-eof"]
+    argv = node.cluster.kubectl_argv("exec", "-i", "-n", NAMESPACE, pod, "-c", "app", "--", *app)
     lines: list[dict[str, Any]] = []
-    with subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) as load:
+    with subprocess.Popen(
+        argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    ) as load:
+        assert load.stdin is not None and load.stdout is not None
         try:
-            assert load.stdout is not None
-            first = load.stdout.readline()
-            lines.extend(pods.json_lines(first))
+            lines.extend(pods.json_lines(load.stdout.readline()))
             yield lines
             time.sleep(3)  # what is in flight lands
         finally:
-            load.send_signal(signal.SIGTERM)
-            out, _ = load.communicate(timeout=30)
+            try:
+                out, _ = load.communicate(input="", timeout=30)  # stdin closed: the load ends
+            except subprocess.TimeoutExpired:
+                load.kill()
+                out, _ = load.communicate()
             lines.extend(pods.json_lines(out))
+    final = lines[-1] if lines else {}
+    assert final.get("final"), f"the load from {pod} did not end with its totals: {lines[-3:]}"
 
 
 def test_a_rolling_update_and_a_scale_down_fail_no_request_through_the_sidecar(
     node: Node, mesh: str
 ) -> None:
-    with load_from(node, "client") as meshed, load_from(node, "bare") as bare:
-        node.kubectl("rollout", "restart", "-n", mesh, "deployment/web")
-        node.kubectl(
-            "rollout", "status", "-n", mesh, "deployment/web", "--timeout=180s", timeout=200
-        )
-        node.kubectl("scale", "-n", mesh, "deployment/web", "--replicas=1")
-        node.wait_ready(mesh, "app=web", 1)
-        time.sleep(12)  # the old pods' grace period runs out
+    try:
+        with load_from(node, "client") as meshed, load_from(node, "bare") as bare:
+            node.kubectl("rollout", "restart", "-n", mesh, "deployment/web")
+            node.kubectl(
+                "rollout", "status", "-n", mesh, "deployment/web", "--timeout=180s", timeout=200
+            )
+            node.kubectl("scale", "-n", mesh, "deployment/web", "--replicas=1")
+
+            def left() -> int:
+                return len(pods.every_pod(node, mesh, "app=web"))
+
+            # Until the old pods have finished their requests and gone.
+            wait_until(lambda n: n == 1, 90, "one web pod left", observe=left, interval=0.5)
+    finally:
+        node.kubectl("scale", "-n", mesh, "deployment/web", "--replicas=3")
     last, last_bare = meshed[-1], bare[-1]
     print(f"through the sidecar: {last}\nkube-proxy alone (same backends, same run): {last_bare}")
     assert last["ok"] > 200, last
     assert last["failed"] == 0, last
-    node.kubectl("scale", "-n", mesh, "deployment/web", "--replicas=3")
     node.wait_ready(mesh, "app=web", 3)
 
 
@@ -316,8 +314,9 @@ def test_a_job_and_a_cronjobs_job_complete_with_the_native_sidecar(node: Node, m
     for name in ("once", "nightly-now"):
         found = wait_job(node, name)
         assert found.status.phase == "Succeeded", pods.logs(node, mesh, found.metadata.name)
-        sidecar, app = pods.status_of(found, PROXY_NAME), pods.status_of(found, "app")
-        assert sidecar.state.terminated.finished_at >= app.state.terminated.finished_at
+        app_done = pods.log_lines(node, found, "app")[-1][0]
+        stopping = pods.first_log_at(node, found, PROXY_NAME, "stopping (SIGTERM)")
+        assert stopping is not None and stopping > app_done, (name, stopping, app_done)
 
 
 def test_classic_mode_holds_the_app_and_its_job_ends_by_quitquitquit(node: Node, mesh: str) -> None:
@@ -362,7 +361,7 @@ def test_without_the_control_plane_traffic_goes_on_and_a_restarted_sidecar_serve
     node: Node, mesh: str
 ) -> None:
     node.kubectl("scale", "-n", pods.SYSTEM, "deployment/meshlet", "--replicas=0")
-    wait_until(lambda: not pods.pods(node, pods.SYSTEM, CP_SELECTOR), 60, "the control plane gone")
+    pods.wait_gone(node, pods.SYSTEM, CP_SELECTOR)
     try:
         assert get_ok(node, "client", "http://web/") in web_pods(node)
         client = pods.pod(node, mesh, "client")
@@ -494,7 +493,8 @@ def test_prometheus_scrapes_the_pods_by_their_annotations_and_alerts_on_a_lost_c
             rule["for"] = "0s"
     binary, kubeconfig = found["prometheus"], node.cluster.admin_kubeconfig
     with running_prometheus(binary, kubeconfig, tmp_path / "prometheus", rules) as prometheus:
-        meshed = {p.status.pod_ip for p in pods.pods(node, mesh, "") if pods.injected(p)}
+        running = [p for p in pods.pods(node, mesh, "") if p.status.phase == "Running"]
+        meshed = {p.status.pod_ip for p in running if pods.injected(p)}
         planes = {p.status.pod_ip for p in pods.pods(node, pods.SYSTEM, CP_SELECTOR)}
 
         def up() -> set[str]:
@@ -512,9 +512,7 @@ def test_prometheus_scrapes_the_pods_by_their_annotations_and_alerts_on_a_lost_c
         lookup_outside(node)
         node.kubectl("scale", "-n", "kube-system", "deployment/coredns", "--replicas=0")
         try:
-            wait_until(
-                lambda: not pods.pods(node, "kube-system", "k8s-app=kube-dns"), 60, "CoreDNS gone"
-            )
+            pods.wait_gone(node, "kube-system", "k8s-app=kube-dns")
             lookup_outside(node)
         finally:
             node.kubectl("scale", "-n", "kube-system", "deployment/coredns", "--replicas=1")
@@ -545,11 +543,12 @@ def test_prometheus_scrapes_the_pods_by_their_annotations_and_alerts_on_a_lost_c
 
 
 def test_helm_upgrade_to_a_new_sidecar_image_then_uninstall_leaves_running_pods_serving(
-    node: Node, mesh: str, helm_home: Path
+    node: Node, mesh: str, helm_home: Path, request: pytest.FixtureRequest
 ) -> None:
-    new_tag = "0.1.0-next"
+    new_tag = f"{__version__}-next"
     repository = node_images.SIDECAR.rsplit(":", 1)[0]
     images.buildah("tag", node_images.SIDECAR, f"{repository}:{new_tag}")
+    request.addfinalizer(lambda: images.buildah("rmi", f"{repository}:{new_tag}", check=False))
     node_images.load([f"{repository}:{new_tag}"], node.ctr, node.root)
     helm(
         "upgrade",
@@ -627,5 +626,5 @@ def test_helm_upgrade_to_a_new_sidecar_image_then_uninstall_leaves_running_pods_
     ]
     # Said once per kind of failure (the pod gone, its address timing out, the name
     # gone), never once per retry.
-    assert warned and len(warned) == len(set(warned)), "\n".join(after)
-    assert len(warned) < retried - gone + 1, "\n".join(after)
+    assert warned and len(warned) == len(set(warned)) <= 3, "\n".join(after)
+    assert len(warned) < retried - gone, "\n".join(after)

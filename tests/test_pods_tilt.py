@@ -26,18 +26,18 @@ from typing import Any
 import pytest
 
 from tests import images, pods
-from tests.k8s import pki
+from tests.k8s import node_images, pki
 from tests.k8s.node import Node
 from tests.procs import free_port, wait_until
 
-pytestmark = pytest.mark.timeout(900)
+# The node's first start builds its images too; tilt ci, tilt up, and the cleanup.
+pytestmark = pytest.mark.timeout(1200)
 
 ROOT = Path(__file__).resolve().parent.parent
 CONTEXT = "meshlet-containerd"
-SYSTEM, DEMO = "meshlet-system", "meshlet-demo"
-CP_SELECTOR = "app.kubernetes.io/name=meshlet"
-CONTROL_PLANE_IMAGE = "ghcr.io/meshlet/meshlet-control-plane"
-SIDECAR_IMAGE = "ghcr.io/meshlet/meshlet"
+SYSTEM, DEMO = pods.SYSTEM, "meshlet-demo"
+CONTROL_PLANE_IMAGE = node_images.CONTROL_PLANE.rsplit(":", 1)[0]
+SIDECAR_IMAGE = node_images.SIDECAR.rsplit(":", 1)[0]
 HANDLER = Path("meshlet/controlplane/admin.py")
 HEALTHZ = '"/healthz": lambda _: Response.text("ok\\n"),'
 
@@ -109,7 +109,7 @@ def end_group(process: subprocess.Popen[str]) -> None:
 
 
 def control_plane_pod(node: Node) -> Any:
-    (found,) = pods.pods(node, SYSTEM, CP_SELECTOR)
+    (found,) = pods.pods(node, SYSTEM, pods.CONTROL_PLANE_SELECTOR)
     return found
 
 
@@ -171,7 +171,7 @@ def test_tilt_ci_then_a_live_update_on_a_containerd_node(
     assert "SUCCESS. All workloads are healthy." in ci.stdout, ci.stdout[-8000:]
     # The chart's control plane Ready, on the image Tilt built and loaded; the demo up
     # (its pods injected, on the sidecar image Tilt built too).
-    node.wait_ready(SYSTEM, CP_SELECTOR, 1, timeout=60)
+    node.wait_ready(SYSTEM, pods.CONTROL_PLANE_SELECTOR, 1, timeout=60)
     plane = control_plane_pod(node)
     assert plane.spec.containers[0].image.startswith(CONTROL_PLANE_IMAGE + ":tilt-")
     node.wait_ready(DEMO, "app=client", 1, timeout=60)
@@ -211,7 +211,7 @@ def test_tilt_ci_then_a_live_update_on_a_containerd_node(
                     timeout=420)  # fmt: skip
         assert wait.returncode == 0, wait.stdout + (copy.parent / "tilt-up.log").read_text()[-6000:]
         # tilt up built and deployed again (new tags): the old pod gone, the new Ready.
-        node.wait_ready(SYSTEM, CP_SELECTOR, 1, timeout=180)
+        node.wait_ready(SYSTEM, pods.CONTROL_PLANE_SELECTOR, 1, timeout=180)
         before = control_plane_pod(node)
         ip = before.status.pod_ip
         wait_until(lambda body: body == "ok\n", 60, "the control plane's /healthz",

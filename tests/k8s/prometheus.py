@@ -29,6 +29,8 @@ def config(kubeconfig: Path, rules: Path | None, interval: str = "1s") -> dict[s
                 "relabel_configs": [
                     {"source_labels": ["__meta_kubernetes_pod_annotation_prometheus_io_scrape"],
                      "action": "keep", "regex": "true"},
+                    {"source_labels": ["__meta_kubernetes_pod_phase"],
+                     "action": "drop", "regex": "Pending|Succeeded|Failed"},
                     {"source_labels": ["__meta_kubernetes_pod_annotation_prometheus_io_path"],
                      "target_label": "__metrics_path__", "regex": "(.+)"},
                     {"source_labels": ["__address__",

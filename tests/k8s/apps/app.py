@@ -82,9 +82,18 @@ def get(url: str, tries: int) -> int:
     return 1
 
 
-def load(url: str, rate: float, duration: float) -> int:
+def _stop_at_eof(stopping: threading.Event) -> None:
+    sys.stdin.read()  # until whoever started the load (kubectl exec -i) closes stdin
+    stopping.set()
+
+
+def load(url: str, rate: float, duration: float, until_eof: bool) -> int:
     stopping = threading.Event()
-    threading.Timer(duration, stopping.set).start()
+    timer = threading.Timer(duration, stopping.set)
+    timer.daemon = True
+    timer.start()
+    if until_eof:
+        threading.Thread(target=_stop_at_eof, args=(stopping,), daemon=True).start()
     signal.signal(signal.SIGTERM, lambda signum, frame: stopping.set())
     totals: collections.Counter[str] = collections.Counter({"ok": 0, "failed": 0})
     second: collections.Counter[str] = collections.Counter()
@@ -126,12 +135,13 @@ def main(argv: list[str] | None = None) -> int:
     loading.add_argument("url")
     loading.add_argument("--rate", type=float, default=20)
     loading.add_argument("--duration", type=float, default=3600)
+    loading.add_argument("--until-eof", action="store_true", help="also stop when stdin ends")
     args = parser.parse_args(argv)
     if args.command == "serve":
         return serve(args.port)
     if args.command == "get":
         return get(args.url, args.tries)
-    return load(args.url, args.rate, args.duration)
+    return load(args.url, args.rate, args.duration, args.until_eof)
 
 
 if __name__ == "__main__":
