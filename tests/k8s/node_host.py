@@ -111,7 +111,7 @@ def put_back(state: HostState, before: Callable[[], None] | None = None) -> None
         ("unmount under the node's folder", lambda: unmount_under(root)),
         ("remove the node's cgroups", lambda: remove_cgroup_root(state.cgroup_root)),
         ("remove the pod log links", lambda: remove_pod_log_links(root)),
-        ("remove libcni's cached results", remove_cni_results),
+        ("remove libcni's cached results", lambda: remove_cni_results(root)),
         ("delete the node's network namespace", lambda: netns.delete(state.namespace)),
         ("delete the host's veth", lambda: netns.delete_link(state.link)),
         ("restore the sysctls", lambda: restore_sysctls(state.sysctls)),
@@ -243,9 +243,22 @@ def remove_pod_log_links(root: Path) -> None:
                 link.unlink()
 
 
-def remove_cni_results() -> None:
-    for cached in CNI_RESULTS.glob(f"{NETWORK}-*") if CNI_RESULTS.is_dir() else ():
+def _bundles(root: Path) -> list[Path]:
+    """The node's containers that containerd did not clean up (named by their IDs)."""
+    tasks = root / "containerd" / "state" / "io.containerd.runtime.v2.task" / "k8s.io"
+    return list(tasks.glob("*")) if tasks.is_dir() else []
+
+
+def remove_cni_results(root: Path) -> None:
+    """What libcni cached for the node's sandboxes: its network's, and the loopback's of
+    sandboxes containerd did not tear down."""
+    if not CNI_RESULTS.is_dir():
+        return
+    for cached in CNI_RESULTS.glob(f"{NETWORK}-*"):
         cached.unlink(missing_ok=True)
+    for bundle in _bundles(root):
+        for cached in CNI_RESULTS.glob(f"cni-loopback-{bundle.name}-*"):
+            cached.unlink(missing_ok=True)
 
 
 def kill_shims(root: Path) -> None:
@@ -262,8 +275,7 @@ def kill_shims(root: Path) -> None:
         if b"containerd-shim-runc-v2" in argv[0] and address.encode() in argv:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(int(entry.name), 9)
-    tasks = root / "containerd" / "state" / "io.containerd.runtime.v2.task" / "k8s.io"
-    for bundle in tasks.glob("*") if tasks.is_dir() else ():
+    for bundle in _bundles(root):
         with contextlib.suppress(OSError, ValueError):
             socket = (bundle / "address").read_text().strip().removeprefix("unix://")
             if socket.startswith("/run/containerd/s/"):
