@@ -185,21 +185,9 @@ def main() -> int:
                                 f"{namespace} {'client' if pod == 'client' else 'web'} {role}"
                             ] = cid
                 idle = usage(node, targets, args.idle_seconds)
-                argv = [
-                    str(node.cluster.binaries["kubectl"]),
-                    f"--kubeconfig={node.cluster.admin_kubeconfig}",
-                    "exec",
-                    "-n",
-                    namespace,
-                    "client",
-                    "--",
-                    "python3",
-                    "/app/app.py",
-                    "load",
-                    "http://web/",
-                    "--rate=40",
-                    f"--duration={args.load_seconds + 3}",
-                ]
+                app = ["python3", "/app/app.py", "load", "http://web/", "--rate=40"]
+                app.append(f"--duration={args.load_seconds + 3}")
+                argv = node.cluster.kubectl_argv("exec", "-n", namespace, "client", "--", *app)
                 with subprocess.Popen(
                     argv, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True
                 ) as load:

@@ -53,6 +53,14 @@ def installed_chart(node: Node, home: Path, *values: str) -> Iterator[None]:
         delete_namespace(node, SYSTEM)
 
 
+def upgrade_chart(node: Node, home: Path, *values: str) -> None:
+    """`helm upgrade` of the installed release with these values changed, waited for."""
+    argv = ["upgrade", RELEASE, str(CHART), "-n", SYSTEM, "--reuse-values"]
+    for value in values:
+        argv += ["--set", value]
+    helm(*argv, "--wait", kubeconfig=node.cluster.admin_kubeconfig, home=home, timeout=240)
+
+
 def delete_namespace(node: Node, name: str, wait: float = 120) -> None:
     with contextlib.suppress(k8s.ApiException):
         node.cluster.core.delete_namespace(name, grace_period_seconds=0)

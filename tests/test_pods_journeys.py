@@ -31,7 +31,7 @@ import yaml
 from meshlet import __version__, defaults
 from meshlet.inject.pod import INIT_NAME, PROXY_NAME
 from tests import images, pods
-from tests.helm_chart import CHART, helm
+from tests.helm_chart import helm
 from tests.k8s import build, node_images
 from tests.k8s.node import DNS_IP, HOST_IP, Node
 from tests.k8s.prometheus import running_prometheus
@@ -414,20 +414,7 @@ def lease_holder(node: Node) -> str:
 def test_with_two_replicas_deleting_the_lease_holder_moves_the_lease_and_injection_goes_on(
     node: Node, mesh: str, helm_home: Path
 ) -> None:
-    helm(
-        "upgrade",
-        pods.RELEASE,
-        str(CHART),
-        "-n",
-        pods.SYSTEM,
-        "--reuse-values",
-        "--set",
-        "controlPlane.replicas=2",
-        "--wait",
-        kubeconfig=node.cluster.admin_kubeconfig,
-        home=helm_home,
-        timeout=240,
-    )
+    pods.upgrade_chart(node, helm_home, "controlPlane.replicas=2")
     node.wait_ready(pods.SYSTEM, CP_SELECTOR, 2)
     holder = wait_until(bool, 60, "a Lease holder", observe=lambda: lease_holder(node))
     node.kubectl("delete", "pod", "-n", pods.SYSTEM, holder, "--wait=false")
@@ -517,9 +504,18 @@ def test_prometheus_scrapes_the_pods_by_their_annotations_and_alerts_on_a_lost_c
         finally:
             node.kubectl("scale", "-n", "kube-system", "deployment/coredns", "--replicas=1")
             node.wait_ready("kube-system", "k8s-app=kube-dns", 1)
-        time.sleep(6)  # a few scrapes after the traffic, for the rates
-        empty = [q for q in dashboard_queries() if not prometheus.query(as_promql(q))]
-        assert empty == [], "dashboard queries with no series:\n" + "\n".join(empty)
+
+        def empty() -> list[str]:
+            return [q for q in dashboard_queries() if not prometheus.query(as_promql(q))]
+
+        # Rates need two scrapes after the traffic: until then a query may be empty.
+        wait_until(
+            lambda left: left == [],
+            60,
+            "series for every dashboard query",
+            observe=empty,
+            interval=1,
+        )
 
         before = replicas(node)
         node.kubectl("scale", "-n", pods.SYSTEM, "deployment/meshlet", "--replicas=0")
@@ -550,20 +546,7 @@ def test_helm_upgrade_to_a_new_sidecar_image_then_uninstall_leaves_running_pods_
     images.buildah("tag", node_images.SIDECAR, f"{repository}:{new_tag}")
     request.addfinalizer(lambda: images.buildah("rmi", f"{repository}:{new_tag}", check=False))
     node_images.load([f"{repository}:{new_tag}"], node.ctr, node.root)
-    helm(
-        "upgrade",
-        pods.RELEASE,
-        str(CHART),
-        "-n",
-        pods.SYSTEM,
-        "--reuse-values",
-        "--set",
-        f"sidecar.image.tag={new_tag}",
-        "--wait",
-        kubeconfig=node.cluster.admin_kubeconfig,
-        home=helm_home,
-        timeout=240,
-    )
+    pods.upgrade_chart(node, helm_home, f"sidecar.image.tag={new_tag}")
     node.kubectl(
         "rollout", "status", "-n", pods.SYSTEM, "deployment/meshlet", "--timeout=120s", timeout=130
     )

@@ -12,6 +12,7 @@ import contextlib
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from meshlet import defaults
 from tests.k8s.cluster import Cluster
@@ -86,6 +87,57 @@ def corefile_for_pod() -> str:
         "    loadbalance\n"
         "}\n"
     )
+
+
+def cluster_dns_objects(image: str, cluster_ip: str) -> list[dict[str, Any]]:
+    """CoreDNS as kubeadm deploys it: kube-system/coredns behind the kube-dns Service."""
+    labels = {"k8s-app": "kube-dns"}
+    corefile = corefile_for_pod()
+    return [
+        {"apiVersion": "v1", "kind": "ServiceAccount",
+         "metadata": {"name": "coredns", "namespace": "kube-system"}},
+        {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRole",
+         "metadata": {"name": "system:coredns"}, "rules": list(RBAC_RULES)},
+        {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRoleBinding",
+         "metadata": {"name": "system:coredns"},
+         "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole",
+                     "name": "system:coredns"},
+         "subjects": [{"kind": "ServiceAccount", "name": "coredns", "namespace": "kube-system"}]},
+        {"apiVersion": "v1", "kind": "ConfigMap",
+         "metadata": {"name": "coredns", "namespace": "kube-system"},
+         "data": {"Corefile": corefile}},
+        {"apiVersion": "apps/v1", "kind": "Deployment",
+         "metadata": {"name": "coredns", "namespace": "kube-system", "labels": labels},
+         "spec": {
+             "replicas": 1,
+             "selector": {"matchLabels": labels},
+             "template": {
+                 "metadata": {"labels": labels},
+                 "spec": {
+                     "serviceAccountName": "coredns",
+                     "dnsPolicy": "Default",
+                     "containers": [{
+                         "name": "coredns",
+                         "image": image,
+                         "imagePullPolicy": "Never",
+                         "args": ["-conf", "/etc/coredns/Corefile"],
+                         "ports": [{"containerPort": 53, "protocol": "UDP", "name": "dns"},
+                                   {"containerPort": 53, "protocol": "TCP", "name": "dns-tcp"}],
+                         "readinessProbe": {"httpGet": {"path": "/ready", "port": 8181},
+                                            "periodSeconds": 1},
+                         "livenessProbe": {"httpGet": {"path": "/health", "port": 8080}},
+                         "volumeMounts": [{"name": "config", "mountPath": "/etc/coredns"}],
+                     }],
+                     "volumes": [{"name": "config", "configMap": {"name": "coredns"}}],
+                 },
+             },
+         }},
+        {"apiVersion": "v1", "kind": "Service",
+         "metadata": {"name": "kube-dns", "namespace": "kube-system", "labels": labels},
+         "spec": {"clusterIP": cluster_ip, "selector": labels,
+                  "ports": [{"name": "dns", "port": 53, "protocol": "UDP"},
+                            {"name": "dns-tcp", "port": 53, "protocol": "TCP"}]}},
+    ]  # fmt: skip
 
 
 @contextlib.contextmanager

@@ -225,57 +225,6 @@ def _kubelet_config(root: Path, cgroup_root: str, ca: Path, serving: Any) -> dic
     }
 
 
-def coredns_objects() -> list[dict[str, Any]]:
-    """CoreDNS as kubeadm deploys it: kube-system/coredns behind the kube-dns Service."""
-    labels = {"k8s-app": "kube-dns"}
-    corefile = coredns.corefile_for_pod()
-    return [
-        {"apiVersion": "v1", "kind": "ServiceAccount",
-         "metadata": {"name": "coredns", "namespace": "kube-system"}},
-        {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRole",
-         "metadata": {"name": "system:coredns"}, "rules": list(coredns.RBAC_RULES)},
-        {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRoleBinding",
-         "metadata": {"name": "system:coredns"},
-         "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole",
-                     "name": "system:coredns"},
-         "subjects": [{"kind": "ServiceAccount", "name": "coredns", "namespace": "kube-system"}]},
-        {"apiVersion": "v1", "kind": "ConfigMap",
-         "metadata": {"name": "coredns", "namespace": "kube-system"},
-         "data": {"Corefile": corefile}},
-        {"apiVersion": "apps/v1", "kind": "Deployment",
-         "metadata": {"name": "coredns", "namespace": "kube-system", "labels": labels},
-         "spec": {
-             "replicas": 1,
-             "selector": {"matchLabels": labels},
-             "template": {
-                 "metadata": {"labels": labels},
-                 "spec": {
-                     "serviceAccountName": "coredns",
-                     "dnsPolicy": "Default",
-                     "containers": [{
-                         "name": "coredns",
-                         "image": node_images.COREDNS,
-                         "imagePullPolicy": "Never",
-                         "args": ["-conf", "/etc/coredns/Corefile"],
-                         "ports": [{"containerPort": 53, "protocol": "UDP", "name": "dns"},
-                                   {"containerPort": 53, "protocol": "TCP", "name": "dns-tcp"}],
-                         "readinessProbe": {"httpGet": {"path": "/ready", "port": 8181},
-                                            "periodSeconds": 1},
-                         "livenessProbe": {"httpGet": {"path": "/health", "port": 8080}},
-                         "volumeMounts": [{"name": "config", "mountPath": "/etc/coredns"}],
-                     }],
-                     "volumes": [{"name": "config", "configMap": {"name": "coredns"}}],
-                 },
-             },
-         }},
-        {"apiVersion": "v1", "kind": "Service",
-         "metadata": {"name": "kube-dns", "namespace": "kube-system", "labels": labels},
-         "spec": {"clusterIP": DNS_IP, "selector": labels,
-                  "ports": [{"name": "dns", "port": 53, "protocol": "UDP"},
-                            {"name": "dns-tcp", "port": 53, "protocol": "TCP"}]}},
-    ]  # fmt: skip
-
-
 def _link_up(namespace: str, host_link: str) -> None:
     netns.add(namespace)
     netns.ip("link", "add", host_link, "type", "veth", "peer", "name", "eth0", "netns", namespace)
@@ -413,7 +362,7 @@ def _start(node: Node, binaries: Mapping[str, Path], namespace: str) -> None:
     ]))  # fmt: skip
     node.processes["kube-proxy"].start()
 
-    cluster.apply(*coredns_objects())
+    cluster.apply(*coredns.cluster_dns_objects(node_images.COREDNS, DNS_IP))
     node.wait_ready("kube-system", "k8s-app=kube-dns", 1, timeout=START_TIMEOUT)
 
 
