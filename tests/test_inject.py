@@ -152,7 +152,10 @@ def test_what_each_golden_shows() -> None:
     init = [c["name"] for c in pod["spec"]["initContainers"]]
     assert init == ["meshlet-init", "meshlet-proxy"]
     proxy = pod["spec"]["initContainers"][1]
-    assert proxy["restartPolicy"] == "Always" and "lifecycle" not in proxy
+    assert proxy["restartPolicy"] == "Always"
+    # Held by the hook, not a startup probe (a probe period and a second kubelet sync more).
+    assert proxy["lifecycle"]["postStart"]["exec"]["command"][:2] == ["meshlet", "wait"]
+    assert "startupProbe" not in proxy
     assert proxy["securityContext"]["runAsUser"] == 1337
     assert pod["spec"]["initContainers"][0]["securityContext"]["capabilities"] == {
         "add": ["NET_ADMIN"],

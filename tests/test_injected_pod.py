@@ -134,24 +134,13 @@ def run_pod(
         gid=proxy["securityContext"]["runAsGroup"],
         env=env,
     )
-    hook = proxy.get("lifecycle", {}).get("postStart", {}).get("exec")
-    if hook is not None:
-        # Classic: the kubelet runs the hook in the sidecar's container and starts the
-        # app's containers once it returns.
-        held = netns_pod.run(container_argv(hook, env), uid=uid, timeout=60)
-        assert held.returncode == 0, held.stderr
-    else:
-        # Native: the kubelet starts the app once the sidecar's startup probe passes.
-        probe = proxy["startupProbe"]["httpGet"]
-        url = f"http://{netns_pod.ip}:{probe['port']}{probe['path']}"
-
-        def started() -> int:
-            if sidecar.poll() is not None:
-                log = local.log(f"sidecar-{name}").read_text()
-                raise AssertionError(f"the sidecar exited:\n{log}")
-            return http_get(url, timeout=2)[0]
-
-        wait_until(lambda status: status == 200, 60, "the sidecar's startup probe", observe=started)
+    # The kubelet runs the postStart hook in the sidecar's container and starts the app's
+    # containers once it returns (native and classic alike).
+    hook = proxy["lifecycle"]["postStart"]["exec"]
+    held = netns_pod.run(container_argv(hook, env), uid=uid, timeout=60)
+    if held.returncode != 0:
+        log = local.log(f"sidecar-{name}").read_text()
+        raise AssertionError(f"the hook failed: {held.stderr}\nthe sidecar's log:\n{log}")
     yield netns_pod, sidecar
 
 

@@ -3,8 +3,8 @@
 Adds `meshlet-init` (runs `meshlet init`: the pod's capture rules; NET_ADMIN and
 nothing else) and `meshlet-proxy` (runs `meshlet sidecar` as the proxy uid) as a
 native sidecar (an init container with `restartPolicy: Always`: up before the
-app's containers, down after them), or in classic mode as the first container,
-holding the app until it is ready (a postStart `meshlet wait`). The sidecar learns
+app's containers, down after them), or in classic mode as the first container;
+either way a postStart `meshlet wait` holds the app until it is ready. The sidecar learns
 its pod, namespace, node and zone from the downward API; everything else comes
 from the settings and the pod's annotations. `meshlet.io/status` records what was
 injected, so injecting an injected pod changes nothing.
@@ -47,6 +47,9 @@ INIT_NAME, PROXY_NAME = "meshlet-init", "meshlet-proxy"
 NEVER_NAMESPACES = frozenset({"kube-system", "kube-public", "kube-node-lease"})
 ZONE_LABEL = "topology.kubernetes.io/zone"
 READY_PATH = "/healthz/ready"
+# How long the app is held for a sidecar with no config yet (no control plane, no saved
+# state); then the kubelet restarts the sidecar.
+START_TIMEOUT_S = 600
 METRICS_PATH = "/stats/prometheus"
 # The sidecar's saved config: an emptyDir lives as long as the pod, so a restarted
 # sidecar container serves from it while the control plane is away.
@@ -283,17 +286,16 @@ def _proxy_container(
             "capabilities": {"drop": ["ALL"]},
             "seccompProfile": {"type": "RuntimeDefault"},
         },
-        # Up means serving config: the app starts only then (native: the kubelet waits for
-        # the startup probe; classic: the postStart hook below).
-        "startupProbe": probe(periodSeconds=1, failureThreshold=600),
+        # Up means serving config: the app starts only then. The kubelet starts the next
+        # container when the hook returns, on its next pod sync. A startup probe would
+        # cost a probe period and a second sync on top (docs/kubernetes.md, "Start").
+        "lifecycle": {
+            "postStart": {"exec": {"command": ["meshlet", "wait", f"--timeout={START_TIMEOUT_S}"]}}
+        },
         "readinessProbe": probe(periodSeconds=5, failureThreshold=3),
     }
     if mode == NATIVE:
         container["restartPolicy"] = "Always"
-    else:
-        container["lifecycle"] = {
-            "postStart": {"exec": {"command": ["meshlet", "wait", "--timeout=600"]}}
-        }
     return container
 
 

@@ -1,7 +1,8 @@
-"""`meshlet wait`: hold a classic sidecar's app until the sidecar is ready.
+"""`meshlet wait`: hold the app until the sidecar is ready.
 
-Run as the sidecar container's postStart hook: the kubelet starts the next container
-only once it returns, as Istio's holdApplicationUntilProxyStarts.
+Run as the sidecar container's postStart hook (native or classic): the kubelet starts
+the next container only once it returns, as Istio's holdApplicationUntilProxyStarts.
+It polls loopback often: each poll is a local connect, and the app waits on it.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ import urllib.error
 import urllib.request
 
 
-def wait_ready(url: str, timeout: float, interval: float = 0.2) -> int:
+def wait_ready(url: str, timeout: float, interval: float = 0.05) -> int:
     deadline = time.monotonic() + timeout
     last = "nothing answered"
     while True:
