@@ -143,7 +143,7 @@ def grpc_address(host: str, port: int) -> str:
 
 def dns_upstream(text: str) -> tuple[str, int]:
     """IP[:PORT] (IPv6 with a port as [IP]:PORT) -> (ip, port), port 53 by default."""
-    from meshlet.sidecar.dns.resolv import parse_address
+    from meshlet.resolv import parse_address
 
     try:
         return parse_address(text)

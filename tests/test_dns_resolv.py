@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from meshlet.sidecar.dns.resolv import (
+from meshlet.resolv import (
     ResolvConf,
     parse_address,
     parse_resolv_conf,

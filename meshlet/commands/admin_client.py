@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import json
-import urllib.error
-import urllib.request
 from typing import Any
 
 TIMEOUT_SECONDS = 5.0
@@ -17,6 +15,11 @@ class AdminError(Exception):
 def get_json(address: str, path: str, what: str, expect: type = dict) -> Any:
     """The JSON of http://`address``path`, of type `expect`; `what` names the server in
     the error."""
+    # Here, not at the top: every `meshlet` command imports this module, and urllib
+    # costs `meshlet init` (on a pod's start path) a tenth of its run.
+    import urllib.error
+    import urllib.request
+
     url = f"http://{address}{path}"
     try:
         with urllib.request.urlopen(url, timeout=TIMEOUT_SECONDS) as response:

@@ -84,7 +84,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
 def _run(args: argparse.Namespace) -> int:
     from meshlet.capture.app import InitRequest, run
     from meshlet.capture.ruleset import CaptureConfig
-    from meshlet.sidecar.dns.resolv import DNS_PORT, read_resolv_conf
+    from meshlet.resolv import DNS_PORT, read_resolv_conf
 
     dns_servers = args.dns_server
     if not dns_servers and not args.remove:

@@ -17,9 +17,9 @@ from meshlet._proto.meshlet.v1.nametable_pb2 import NameTable
 from meshlet.flags import grpc_address
 from meshlet.listen import listening
 from meshlet.process import run_until_signal
+from meshlet.resolv import read_resolv_conf
 from meshlet.sidecar.admin import Probes, build_admin
 from meshlet.sidecar.dns.forwarder import Forwarder
-from meshlet.sidecar.dns.resolv import read_resolv_conf
 from meshlet.sidecar.dns.server import DnsServer
 from meshlet.sidecar.dns.table import DnsTable, DnsTables
 from meshlet.sidecar.metrics import SidecarMetrics
