@@ -65,14 +65,27 @@ def delete_namespace(node: Node, name: str, wait: float = 120) -> None:
     with contextlib.suppress(k8s.ApiException):
         node.cluster.core.delete_namespace(name, grace_period_seconds=0)
 
-    def gone() -> bool:
+    def left() -> str:
+        """'' once the namespace is gone, else what is still in it (said on a timeout)."""
         try:
             node.cluster.core.read_namespace(name)
         except k8s.ApiException as exc:
-            return exc.status == 404
-        return False
+            if exc.status == 404:
+                return ""
+            raise
+        found = node.cluster.core.list_namespaced_pod(name).items
+        return "; ".join(f"{p.metadata.name} {_states(p)}" for p in found) or "no pods"
 
-    wait_until(gone, wait, f"namespace {name} to be gone", interval=0.5)
+    wait_until(
+        lambda said: said == "", wait, f"namespace {name} to be gone", observe=left, interval=0.5
+    )
+
+
+def _states(found: Any) -> str:
+    status = found.status
+    every = [*(status.init_container_statuses or ()), *(status.container_statuses or ())]
+    states = {c.name: next((k for k, v in c.state.to_dict().items() if v), "?") for c in every}
+    return f"{status.phase} {states}"
 
 
 @contextlib.contextmanager

@@ -60,8 +60,19 @@ def serve(port: int) -> int:
     threading.Thread(target=server.serve_forever, daemon=True).start()
     print(f"serving on :{port} as {POD}", flush=True)
     stopping.wait()
-    server.shutdown()  # no new connections from here on
-    server.server_close()  # and the ones accepted are answered
+    server.shutdown()  # the accept loop ends
+    # Connections the kernel completed before the listener closes are answered too:
+    # closing it with some still queued would reset them (serve_forever leaves the one
+    # that woke it last). Then no new connections, and the ones accepted are answered.
+    server.socket.setblocking(False)
+    while True:
+        try:
+            conn, peer = server.socket.accept()
+        except BlockingIOError:
+            break
+        conn.setblocking(True)
+        server.process_request(conn, peer)
+    server.server_close()
     print("stopped after finishing requests in flight", flush=True)
     return 0
 
@@ -110,6 +121,7 @@ def load(url: str, rate: float, duration: float, until_eof: bool) -> int:
         except OSError as error:
             totals["failed"] += 1
             errors[str(error)[:120]] += 1
+            print(json.dumps({"failed_at": time.time(), "error": str(error)[:120]}), flush=True)
         if time.monotonic() >= next_report:
             line = {"ok": totals["ok"], "failed": totals["failed"], "by_pod": dict(second)}
             print(json.dumps({**line, "errors": dict(errors)}), flush=True)
