@@ -124,7 +124,7 @@ def test_the_kubernetes_client_is_only_in_the_control_planes(built: dict[str, st
         shown = images.run_in(built["sidecar"], "meshlet", command, "--help")
         assert shown.returncode == 0, shown.stderr
     modules = ["meshlet.sidecar.app", "meshlet.capture.app", "meshlet.inject.command"]
-    modules += ["meshlet.commands.wait", "meshlet.sidecar.dns.resolv"]
+    modules += ["meshlet.commands.wait", "meshlet.resolv"]
     imported = images.run_in(built["sidecar"], "python3", "-c", f"import {', '.join(modules)}")
     assert imported.returncode == 0, imported.stderr
 
