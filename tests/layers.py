@@ -82,6 +82,7 @@ MODULES: dict[str, str] = {
     "test_protos": UNIT,
     "test_proxy": NETNS,  # every test behind real capture rules in a namespace
     "test_proxy_balancer": UNIT,
+    "test_proxy_connect_plan": UNIT,
     "test_proxy_idle": SOCKETS,
     "test_proxy_status": SOCKETS,
     "test_proxyless_grpc": PEERS,

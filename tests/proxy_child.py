@@ -61,8 +61,8 @@ def counters(proxy: OutboundProxy, runtime: ClusterRuntime) -> dict[str, object]
         host.name: [host.connect_failures, host.outlier.consecutive_failures]
         for host in runtime.balancer().hosts
     }
-    cluster = {name: getattr(runtime, name) for name in CLUSTER_COUNTERS}
-    return {"accept_failures": proxy.accept_failures, "cluster": cluster, "hosts": hosts}
+    cluster = {name: getattr(runtime.counters, name) for name in CLUSTER_COUNTERS}
+    return {"accept_failures": proxy.counters.accept_failures, "cluster": cluster, "hosts": hosts}
 
 
 async def serve(vip: str, port: int, backend_port: int, backends: list[str]) -> None:
@@ -91,7 +91,7 @@ async def serve(vip: str, port: int, backend_port: int, backends: list[str]) -> 
             limit.lift()
             limit = None
         elif command == "no-pipes":
-            proxy.pipes.close()
+            proxy.tcp.pipes.close()
         elif command == "close":
             await proxy.close()
         elif command != "counters":

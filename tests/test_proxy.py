@@ -187,9 +187,11 @@ async def test_connections_to_the_vip_are_spread_round_robin(lab: Lab) -> None:
         assert Counter(names) == {"web-0": 10, "web-1": 10, "web-2": 10}
         assert [b.accepted for b in started] == [10, 10, 10]
         runtime = cluster(proxy)
-        assert runtime.opened == 30 and runtime.active == 0
-        assert runtime.bytes_up == 30 * len(b"ping\n")
-        assert runtime.bytes_down == sum(len(f"web-{i}\nping\nbye\n") * 10 for i in range(3))
+        assert runtime.counters.opened == 30 and runtime.active == 0
+        assert runtime.counters.bytes_up == 30 * len(b"ping\n")
+        assert runtime.counters.bytes_down == sum(
+            len(f"web-{i}\nping\nbye\n") * 10 for i in range(3)
+        )
         assert sorted(h.connections for h in runtime.balancer().hosts) == [10, 10, 10]
 
 
@@ -225,7 +227,7 @@ async def test_a_connection_to_the_proxy_itself_is_refused_not_looped(lab: Lab) 
     # destinations through needs the proxy's uid, so it is shown end to end.)
     async with backends(), proxy_for(sidecar_state(Mesh((web(),)))) as proxy:
         await expect_reset("127.0.0.1", 15001)
-        assert proxy.not_redirected == 1
+        assert proxy.counters.not_redirected == 1
 
 
 # --- failures ----------------------------------------------------------------------
@@ -237,19 +239,24 @@ async def test_a_dead_endpoint_is_retried_elsewhere_then_ejected(lab: Lab) -> No
         names = [await exchange() for _ in range(30)]
         assert set(names) == {"web-0", "web-1"}
         runtime = cluster(proxy)
-        assert runtime.retries >= 5 and runtime.connect_failures == runtime.retries
-        assert runtime.ejections == 1
+        assert (
+            runtime.counters.retries >= 5
+            and runtime.counters.connect_failures == runtime.counters.retries
+        )
+        assert runtime.counters.ejections == 1
         dead = next(h for h in runtime.balancer().hosts if h.endpoint.address == "127.0.0.13")
         assert dead.outlier.ejected_until is not None and dead.connections == 0
-        assert runtime.no_endpoint == 0
+        assert runtime.counters.no_endpoint == 0
 
 
 async def test_with_every_endpoint_down_the_client_gets_a_reset(lab: Lab) -> None:
     async with proxy_for(sidecar_state(Mesh((web(),)))) as proxy:
         await expect_reset()
         runtime = cluster(proxy)
-        assert runtime.no_endpoint == 1 and runtime.connect_failures == 3  # each tried once
-        assert runtime.retries == 2
+        assert (
+            runtime.counters.no_endpoint == 1 and runtime.counters.connect_failures == 3
+        )  # each tried once
+        assert runtime.counters.retries == 2
         assert runtime.active == 0
 
 
@@ -265,7 +272,10 @@ async def test_a_connect_that_hangs_times_out_and_is_retried(lab: Lab) -> None:
         # each try there times out and goes on to web-0.
         assert {await exchange() for _ in range(2)} == {"web-0"}
         runtime = cluster(proxy)
-        assert runtime.retries == runtime.connect_failures and 1 <= runtime.retries <= 2
+        assert (
+            runtime.counters.retries == runtime.counters.connect_failures
+            and 1 <= runtime.counters.retries <= 2
+        )
 
 
 async def test_over_the_circuit_breaker_new_connections_are_refused(lab: Lab) -> None:
@@ -275,7 +285,7 @@ async def test_over_the_circuit_breaker_new_connections_are_refused(lab: Lab) ->
     async with backends(), proxy_for(state) as proxy:
         held = [await greeting() for _ in range(2)]
         await expect_reset()
-        assert cluster(proxy).refused == 1
+        assert cluster(proxy).counters.refused == 1
         held[0][2].close()
         await eventually(lambda: cluster(proxy).active < 2, "the closed connection to count off")
         assert await exchange() in {"web-0", "web-1", "web-2"}
@@ -344,7 +354,7 @@ async def test_a_slow_reader_does_not_make_the_proxy_buffer(lab: Lab) -> None:
         with sock:
             sock.setblocking(False)
             sent, chunk = 0, b"x" * 65536
-            await eventually(lambda: proxy.relays, "the connection to be relayed")
+            await eventually(lambda: proxy.tcp.relays, "the connection to be relayed")
             # Push until the client's own kernel refuses more: everything beyond the
             # socket buffers would have to be held by the proxy.
             stalls = 0
@@ -356,7 +366,7 @@ async def test_a_slow_reader_does_not_make_the_proxy_buffer(lab: Lab) -> None:
                     stalls += 1
                     await asyncio.sleep(0.02)
             assert sent < 48 << 20, f"{sent} bytes went in: something buffers without bound"
-            relay = next(iter(proxy.relays))
+            relay = next(iter(proxy.tcp.relays))
             assert relay.up.pending > 0  # the proxy stopped reading: its pipe waits
             assert relay.client_interest & 1 == 0  # not reading the client (EPOLLIN off)
             for backend in started:
@@ -381,7 +391,7 @@ async def test_an_idle_connection_is_closed_after_the_idle_timeout(lab: Lab) -> 
         _, reader, writer = await greeting()
         assert await asyncio.wait_for(reader.read(), TIMEOUT) == b""  # closed by the proxy
         writer.close()
-        assert not proxy.relays
+        assert not proxy.tcp.relays
 
 
 async def test_a_removed_endpoint_keeps_its_open_connection(lab: Lab) -> None:
@@ -428,8 +438,8 @@ async def test_a_half_closed_connection_with_a_slow_reader_does_not_spin(lab: La
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
             sock.sendall(b"z" * 1_000_000)
             sock.shutdown(socket.SHUT_WR)  # the backend echoes, says bye and closes
-            await eventually(lambda: proxy.relays, "the connection to be relayed")
-            relay = next(iter(proxy.relays))
+            await eventually(lambda: proxy.tcp.relays, "the connection to be relayed")
+            relay = next(iter(proxy.tcp.relays))
             # Half done, the reader slow: the client's side ended, the backend's waits.
             await eventually(lambda: relay.up.ended and relay.down.pending, "that state")
             # Nothing to do until the client reads: the proxy must not burn CPU waiting.
@@ -443,7 +453,7 @@ async def test_a_half_closed_connection_with_a_slow_reader_does_not_spin(lab: La
                 received += data
         assert received[:4] == b"web-" and received[6:-4] == b"z" * 1_000_000
         assert received.endswith(b"bye\n")
-        assert not proxy.relays
+        assert not proxy.tcp.relays
 
 
 async def test_the_proxys_own_captured_connection_is_refused_not_looped(lab: Lab) -> None:
@@ -451,8 +461,10 @@ async def test_the_proxys_own_captured_connection_is_refused_not_looped(lab: Lab
     # connect to an unknown VIP comes straight back. It must notice and refuse.
     async with proxy_for(sidecar_state(Mesh((web(),)))) as proxy:
         await expect_reset("10.96.5.5", 9999)
-        assert proxy.looped >= 1
-        await eventually(lambda: not proxy.connecting and not proxy.relays, "nothing left open")
+        assert proxy.counters.looped >= 1
+        await eventually(
+            lambda: not proxy.tcp.connecting and not proxy.tcp.relays, "nothing left open"
+        )
         assert proxy.router.passthrough.cluster.active == 0
 
 
@@ -540,7 +552,11 @@ def one_ephemeral_port() -> None:
 
 
 def assert_no_endpoint_blamed(runtime: ClusterRuntime) -> None:
-    assert runtime.connect_failures == 0 and runtime.ejections == 0 and runtime.no_endpoint == 0
+    assert (
+        runtime.counters.connect_failures == 0
+        and runtime.counters.ejections == 0
+        and runtime.counters.no_endpoint == 0
+    )
     for host in runtime.balancer().hosts:
         assert host.connect_failures == 0 and host.outlier.consecutive_failures == 0, host.name
 
@@ -569,7 +585,7 @@ async def test_no_free_port_to_the_endpoint_blames_it_not(lab: Lab) -> None:
         assert held[0] == "web-0"
         await expect_reset(local_port=50002)
         runtime = cluster(proxy)
-        assert runtime.local_failures == 1
+        assert runtime.counters.local_failures == 1
         assert_no_endpoint_blamed(runtime)
         held[2].close()
 

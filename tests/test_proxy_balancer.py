@@ -76,6 +76,18 @@ def test_least_request_avoids_the_busy_endpoint() -> None:
     assert counts["10.1.0.2"] > 100 and counts["10.1.0.3"] > 100
 
 
+def test_least_request_compares_the_load_it_is_given() -> None:
+    """The load is a callable: open connections at L4 by default, anything else a handler
+    counts (open requests, say) when it passes its own."""
+    busy = {"10.1.0.2": 50}
+    cluster = ClusterConfig("c", lb_policy=LbPolicy.LEAST_REQUEST, outlier=OUTLIER)
+    lb = ClusterBalancer(cluster, endpoints(3), load=lambda h: busy.get(h.address[0], 0))
+    lb.hosts[0].active = 10  # open connections: not what this balancer compares
+    counts = picks(lb, 300)
+    assert "10.1.0.2" not in counts
+    assert counts["10.1.0.1"] > 100 and counts["10.1.0.3"] > 100
+
+
 def test_least_request_weighs_load_by_weight() -> None:
     eps = (Endpoint("10.1.0.1", 80, weight=4), Endpoint("10.1.0.2", 80, weight=1))
     lb = balancer(eps, LbPolicy.LEAST_REQUEST)

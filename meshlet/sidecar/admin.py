@@ -60,12 +60,12 @@ def _runtime(runtime: ClusterRuntime | None) -> dict[str, object]:
         return {}
     return {
         "active_connections": runtime.active,
-        "connections": runtime.opened,
-        "connect_failures": runtime.connect_failures,
-        "retries": runtime.retries,
-        "ejections": runtime.ejections,
-        "refused_circuit_breaker": runtime.refused,
-        "refused_no_endpoint": runtime.no_endpoint,
+        "connections": runtime.counters.opened,
+        "connect_failures": runtime.counters.connect_failures,
+        "retries": runtime.counters.retries,
+        "ejections": runtime.counters.ejections,
+        "refused_circuit_breaker": runtime.counters.refused,
+        "refused_no_endpoint": runtime.counters.no_endpoint,
         "max_connections": runtime.config.max_connections,
     }
 

@@ -19,7 +19,7 @@ the previous one by address, so an update from the control plane keeps them.
 from __future__ import annotations
 
 import random
-from collections.abc import Container, Sequence
+from collections.abc import Callable, Container, Sequence
 from dataclasses import dataclass, field
 
 from meshlet.flags import grpc_address
@@ -38,6 +38,14 @@ class Host:
     connections: int = 0  # connections made, ever
     connect_failures: int = 0
     outlier: OutlierRecord = field(default_factory=OutlierRecord)
+
+
+# What least request compares: open connections at L4, open requests for HTTP.
+HostLoad = Callable[[Host], int]
+
+
+def open_connections(host: Host) -> int:
+    return host.active
 
 
 def _anything(_index: int) -> bool:
@@ -75,8 +83,10 @@ class ClusterBalancer:
         zone: str = "",
         previous: ClusterBalancer | None = None,
         rng: random.Random | None = None,
+        load: HostLoad = open_connections,
     ) -> None:
         self.config = config
+        self._load = load
         kept = {h.name: h for h in previous.hosts} if previous is not None else {}
         self.hosts: list[Host] = []
         for endpoint in endpoints:
@@ -100,7 +110,7 @@ class ClusterBalancer:
         return len(self.hosts)
 
     def _active(self, index: int) -> int:
-        return self.hosts[index].active
+        return self._load(self.hosts[index])
 
     def choose(
         self, key: int, tried: Container[Host], now: float, rng: random.Random

@@ -19,16 +19,24 @@ from meshlet.telemetry import Telemetry
 _Read = Callable[[ClusterRuntime], int]
 
 _CLUSTER_COUNTERS: tuple[tuple[str, str, _Read], ...] = (
-    ("connections", "Connections relayed, by cluster", lambda c: c.opened),
-    ("connect_failures", "Upstream connects that failed, by cluster", lambda c: c.connect_failures),
+    ("connections", "Connections relayed, by cluster", lambda c: c.counters.opened),
+    (
+        "connect_failures",
+        "Upstream connects that failed, by cluster",
+        lambda c: c.counters.connect_failures,
+    ),
     (
         "local_failures",
         "Connects that failed on this host before reaching the network (out of fds, no free "
         "source port, ...), by cluster; no endpoint is blamed for them",
-        lambda c: c.local_failures,
+        lambda c: c.counters.local_failures,
     ),
-    ("retries", "Connects retried on another endpoint, by cluster", lambda c: c.retries),
-    ("ejections", "Endpoints ejected by outlier detection, by cluster", lambda c: c.ejections),
+    ("retries", "Connects retried on another endpoint, by cluster", lambda c: c.counters.retries),
+    (
+        "ejections",
+        "Endpoints ejected by outlier detection, by cluster",
+        lambda c: c.counters.ejections,
+    ),
 )
 
 
@@ -43,12 +51,12 @@ class ProxyMetrics:
             (
                 "meshlet_proxy_connect_duration_seconds",
                 "Time to connect to an endpoint (connects that succeeded), by cluster",
-                lambda c: c.connect_times,
+                lambda c: c.counters.connect_times,
             ),
             (
                 "meshlet_proxy_connection_duration_seconds",
                 "How long relayed connections stayed open (once closed), by cluster",
-                lambda c: c.durations,
+                lambda c: c.counters.durations,
             ),
         ):
             telemetry.registry.register(
@@ -82,6 +90,13 @@ class ProxyMetrics:
             unit="By",
             description="Bytes relayed, by cluster and direction "
             "(upstream: client to endpoint, downstream: endpoint to client)",
+        )
+        meter.create_observable_counter(
+            "meshlet.proxy.downstream_refused",
+            callbacks=[self._downstream_refused],
+            description="Connections refused before any route: the proxy's own passthrough "
+            "connect captured and back (looped), one that came to the proxy's port without a "
+            "redirect (not_redirected), and accept() failures (accept_failed)",
         )
         meter.create_observable_counter(
             "meshlet.proxy.endpoint.connections",
@@ -125,8 +140,12 @@ class ProxyMetrics:
     def _refused(self, _options: CallbackOptions) -> Iterable[Observation]:
         out = []
         for c in self._clusters():
-            out.append(Observation(c.refused, {"cluster": c.name, "reason": "circuit_breaker"}))
-            out.append(Observation(c.no_endpoint, {"cluster": c.name, "reason": "no_endpoint"}))
+            out.append(
+                Observation(c.counters.refused, {"cluster": c.name, "reason": "circuit_breaker"})
+            )
+            out.append(
+                Observation(c.counters.no_endpoint, {"cluster": c.name, "reason": "no_endpoint"})
+            )
         return out
 
     def _bytes(self, _options: CallbackOptions) -> Iterable[Observation]:
@@ -135,11 +154,26 @@ class ProxyMetrics:
         out = []
         for c in self._clusters():
             up, down = live.get(c.name, (0, 0))
-            out.append(Observation(c.bytes_up + up, {"cluster": c.name, "direction": "upstream"}))
             out.append(
-                Observation(c.bytes_down + down, {"cluster": c.name, "direction": "downstream"})
+                Observation(c.counters.bytes_up + up, {"cluster": c.name, "direction": "upstream"})
+            )
+            out.append(
+                Observation(
+                    c.counters.bytes_down + down, {"cluster": c.name, "direction": "downstream"}
+                )
             )
         return out
+
+    def _downstream_refused(self, _options: CallbackOptions) -> Iterable[Observation]:
+        proxy = self._proxy()
+        if proxy is None:
+            return []
+        counters = proxy.counters
+        return [
+            Observation(counters.looped, {"reason": "looped"}),
+            Observation(counters.not_redirected, {"reason": "not_redirected"}),
+            Observation(counters.accept_failures, {"reason": "accept_failed"}),
+        ]
 
     def _per_endpoint(self, _options: CallbackOptions) -> Iterable[Observation]:
         return [

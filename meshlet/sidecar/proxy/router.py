@@ -18,9 +18,9 @@ import random
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
-from meshlet.buckets import CONNECTION_BUCKETS, LATENCY_BUCKETS, Buckets
 from meshlet.model import Endpoint, LbPolicy
-from meshlet.sidecar.proxy.balancer import ClusterBalancer
+from meshlet.sidecar.proxy.balancer import ClusterBalancer, HostLoad, open_connections
+from meshlet.sidecar.proxy.counters import ClusterCounters
 from meshlet.sidecar.proxy.original_dst import destination_key
 from meshlet.sidecar.state import ClusterConfig, ListenerConfig, SidecarState
 from meshlet.xds import contract, types
@@ -28,49 +28,32 @@ from meshlet.xds import contract, types
 
 @dataclass(eq=False, slots=True)
 class ClusterRuntime:
-    """One cluster as the proxy runs it; counters are totals since the cluster appeared."""
+    """One cluster as the proxy runs it: its balancer, open connections and counters."""
 
     name: str
     config: ClusterConfig
     endpoints: tuple[Endpoint, ...] = ()
     zone: str = ""
     rng: random.Random | None = None
+    load: HostLoad = open_connections  # what least request compares
     # None until a connection needs it (see balancer()).
     built: ClusterBalancer | None = None
-    active: int = 0
-    opened: int = 0
-    connect_failures: int = 0  # connects that failed, retried or not
-    local_failures: int = 0  # no socket could be made (out of fds, ...): no endpoint blamed
-    retries: int = 0
-    ejections: int = 0
-    refused: int = 0  # over the circuit breaker's cap
-    no_endpoint: int = 0  # nothing to connect to, or every try failed
-    bytes_up: int = 0  # client -> endpoint, of closed connections
-    bytes_down: int = 0
-    # Histograms, made at the cluster's first connection (most clusters have none).
-    connect_times: Buckets | None = None  # upstream connects that succeeded
-    durations: Buckets | None = None  # relayed connections, once closed
+    active: int = 0  # open connections and connects in progress (the circuit breaker's count)
+    counters: ClusterCounters = field(default_factory=ClusterCounters)
 
     @property
     def used(self) -> bool:
         """Whether any connection came to it (its balancer is built at the first)."""
-        return self.built is not None or self.opened > 0 or self.active > 0 or self.refused > 0
-
-    def connected(self, seconds: float) -> None:
-        if self.connect_times is None:
-            self.connect_times = Buckets(LATENCY_BUCKETS)
-        self.connect_times.add(seconds)
-
-    def closed(self, seconds: float) -> None:
-        if self.durations is None:
-            self.durations = Buckets(CONNECTION_BUCKETS)
-        self.durations.add(seconds)
+        counters = self.counters
+        return (
+            self.built is not None or counters.opened > 0 or self.active > 0 or counters.refused > 0
+        )
 
     def balancer(self) -> ClusterBalancer:
         built = self.built
         if built is None:
             built = self.built = ClusterBalancer(
-                self.config, self.endpoints, self.zone, rng=self.rng
+                self.config, self.endpoints, self.zone, rng=self.rng, load=self.load
             )
         return built
 
@@ -79,7 +62,9 @@ class ClusterRuntime:
             return
         self.config, self.endpoints = config, endpoints
         if self.built is not None:
-            self.built = ClusterBalancer(config, endpoints, self.zone, self.built, self.rng)
+            self.built = ClusterBalancer(
+                config, endpoints, self.zone, self.built, self.rng, self.load
+            )
 
 
 @dataclass(frozen=True, eq=False, slots=True)
