@@ -46,6 +46,9 @@ class ServicePort:
     port: int
     protocol: str = "TCP"
     endpoints: tuple[Endpoint, ...] = ()
+    # spec.ports[].appProtocol ("grpc", "kubernetes.io/h2c", ...): with the name, what
+    # app_protocols.port_protocol makes of the port.
+    app_protocol: str = ""
 
 
 @dataclass(frozen=True)

@@ -36,6 +36,7 @@ POD_FIXTURE, KUBE_FIXTURE, PODS_PREFIX = "node", "kube", "test_pods_"
 MODULES: dict[str, str] = {
     "test_ads_cores": UNIT,
     "test_ads_server": SOCKETS,
+    "test_app_protocols": UNIT,
     "test_capture": NETNS,  # nft in a network namespace; the ruleset's golden files: TESTS
     "test_certs": UNIT,
     "test_check": NETNS,  # its --pre and --cluster checks take the kube fixture

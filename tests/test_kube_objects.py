@@ -153,6 +153,17 @@ def test_service_defaults() -> None:
             id="several ports, one number over UDP and TCP",
         ),
         pytest.param(
+            [
+                {"name": "api", "port": 9090, "appProtocol": "kubernetes.io/h2c"},
+                {"name": "web", "port": 80, "appProtocol": "http"},
+            ],
+            (
+                PortSpec("api", 9090, "TCP", 9090, "kubernetes.io/h2c"),
+                PortSpec("web", 80, "TCP", 80, "http"),
+            ),
+            id="appProtocol, plain and prefixed",
+        ),
+        pytest.param(
             [{"name": "assoc", "port": 3868, "protocol": "SCTP"}],
             (PortSpec("assoc", 3868, "SCTP", 3868),),
             id="SCTP",
@@ -292,6 +303,20 @@ BASE = service()
         (
             with_(BASE, "spec.ports.0.protocol", "HTTP"),
             'spec.ports[0].protocol "HTTP" is not one of TCP, UDP, SCTP',
+        ),
+        (
+            with_(BASE, "spec.ports.0.appProtocol", "h2 c"),
+            'spec.ports[0].appProtocol "h2 c" is not a qualified name'
+            ' (such as "grpc", "http" or "kubernetes.io/h2c")',
+        ),
+        (
+            with_(BASE, "spec.ports.0.appProtocol", "/grpc"),
+            'spec.ports[0].appProtocol "/grpc" is not a qualified name'
+            ' (such as "grpc", "http" or "kubernetes.io/h2c")',
+        ),
+        (
+            with_(BASE, "spec.ports.0.appProtocol", 2),
+            "spec.ports[0].appProtocol must be a string, not 2",
         ),
         (
             with_(BASE, "spec.ports.0.name", "HTTP"),

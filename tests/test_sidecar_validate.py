@@ -350,6 +350,10 @@ def _srv_port_zero(table: NameTable) -> None:
     table.table["web.default.svc.cluster.local"].ports[0].port = 0
 
 
+def _app_protocol_spdy(table: NameTable) -> None:
+    table.table["web.default.svc.cluster.local"].ports[0].app_protocol = "spdy"
+
+
 def _srv_port_name(name: str) -> Callable[[NameTable], None]:
     def change(table: NameTable) -> None:
         table.table["web.default.svc.cluster.local"].ports[0].name = name
@@ -606,6 +610,13 @@ BAD = {
         "default",
         _name_table(_srv_port_name("http.x")),
         N + 'table["web.default.svc.cluster.local"].ports[0].name "http.x" is not a DNS label',
+    ),
+    "app-protocol-unknown": Bad(
+        types.NAME_TABLE,
+        "default",
+        _name_table(_app_protocol_spdy),
+        N + 'table["web.default.svc.cluster.local"].ports[0].app_protocol "spdy" is not http, '
+        "http2 or empty",
     ),
     "srv-name-too-long": Bad(
         types.NAME_TABLE,

@@ -210,13 +210,18 @@ def name_table(*services: Service) -> NameTable:
 def test_name_table_cluster_ip_service() -> None:
     svc = service(
         cluster_ips=("10.96.0.10", "fd00::10"),
-        ports=(ServicePort("http", 80), ServicePort("dns", 53, "UDP")),
+        ports=(
+            ServicePort("http", 80),
+            ServicePort("dns", 53, "UDP"),
+            ServicePort("api", 9090, app_protocol="grpc"),
+        ),
     )
     info = name_table(svc).table["web.default.svc.cluster.local"]
     assert list(info.ips) == ["10.96.0.10", "fd00::10"]
-    assert [(p.name, p.port, p.protocol) for p in info.ports] == [
-        ("http", 80, "tcp"),
-        ("dns", 53, "udp"),
+    assert [(p.name, p.port, p.protocol, p.app_protocol) for p in info.ports] == [
+        ("http", 80, "tcp", "http"),  # by its name's prefix
+        ("dns", 53, "udp", ""),
+        ("api", 9090, "tcp", "http2"),  # by its appProtocol
     ]
     assert (info.namespace, info.service, info.headless, info.cname) == (
         "default",

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 from meshlet._proto.meshlet.v1 import nametable_pb2
-from meshlet.model import Health, Mesh, Service, ServiceKind
+from meshlet.app_protocols import PortProtocol, port_protocol
+from meshlet.model import Health, Mesh, Service, ServiceKind, ServicePort
 
 
 def _service_entry(service: Service) -> nametable_pb2.NameInfo:
@@ -11,10 +12,7 @@ def _service_entry(service: Service) -> nametable_pb2.NameInfo:
         namespace=service.namespace,
         service=service.name,
         headless=service.kind is ServiceKind.HEADLESS,
-        ports=[
-            nametable_pb2.Port(name=p.name, port=p.port, protocol=p.protocol.lower())
-            for p in service.ports
-        ],
+        ports=[_port(p) for p in service.ports],
     )
     if service.kind is ServiceKind.EXTERNAL_NAME:
         info.cname = service.external_name.rstrip(".").lower()
@@ -24,6 +22,16 @@ def _service_entry(service: Service) -> nametable_pb2.NameInfo:
     else:
         info.ips.extend(service.cluster_ips)
     return info
+
+
+def _port(port: ServicePort) -> nametable_pb2.Port:
+    protocol = port_protocol(port.name, port.app_protocol)
+    return nametable_pb2.Port(
+        name=port.name,
+        port=port.port,
+        protocol=port.protocol.lower(),
+        app_protocol=protocol.value if protocol is not PortProtocol.TCP else "",
+    )
 
 
 def service_entries(service: Service, domain: str) -> bytes:

@@ -35,6 +35,8 @@ _PREFER_SAME_ZONE = frozenset({"PreferClose", "PreferSameZone"})
 _DNS1123_LABEL = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?")
 _DNS1035_LABEL = re.compile(r"[a-z]([-a-z0-9]*[a-z0-9])?")
 _DNS1123_SUBDOMAIN = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*")
+# The name part of a qualified name (appProtocol, label keys).
+_QUALIFIED_NAME = re.compile(r"[A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?")
 # IANA service name: what a named targetPort must look like.
 _IANA_SVC_NAME = re.compile(r"[a-z0-9]([a-z0-9]|-(?!-))*")
 # The API server's caps on one EndpointSlice (pkg/apis/discovery/validation), checked
@@ -71,6 +73,7 @@ class PortSpec:
     protocol: str
     # A number, or the name of a container port resolved through EndpointSlice ports.
     target_port: int | str
+    app_protocol: str = ""
 
 
 @dataclass(frozen=True)
@@ -262,7 +265,8 @@ def _service_ports(spec: Mapping[str, object]) -> tuple[PortSpec, ...]:
                 f"{path} duplicates port {port}/{protocol} of spec.ports[{numbers[port, protocol]}]"
             )
         numbers[port, protocol] = i
-        ports.append(PortSpec(name, port, protocol, _target_port(entry, port, path)))
+        target = _target_port(entry, port, path)
+        ports.append(PortSpec(name, port, protocol, target, _app_protocol(entry, path)))
     return tuple(ports)
 
 
@@ -392,7 +396,13 @@ def join_service(svc: ServiceSpec, slices: Iterable[SliceSpec]) -> Service:
     which of two conflicting objects is served."""
     slices = tuple(slices)
     ports = tuple(
-        ServicePort(port.name, port.port, port.protocol, _port_endpoints(svc, port, slices))
+        ServicePort(
+            port.name,
+            port.port,
+            port.protocol,
+            _port_endpoints(svc, port, slices),
+            port.app_protocol,
+        )
         for port in svc.ports
     )
     return Service(
@@ -553,6 +563,25 @@ def _protocol(entry: Mapping[str, object], path: str) -> str:
     if protocol not in _PROTOCOLS:
         raise _not_one_of(f"{path}.protocol", protocol, _PROTOCOLS)
     return protocol
+
+
+def _app_protocol(entry: Mapping[str, object], path: str) -> str:
+    """spec.ports[].appProtocol: a qualified name, as the API server checks it (an IANA
+    name such as "grpc", or a prefixed one such as "kubernetes.io/h2c")."""
+    value = _string(entry, "appProtocol", f"{path}.appProtocol")
+    if not value:
+        return ""
+    prefix, slash, name = value.rpartition("/")
+    if (
+        (slash and (not prefix or len(prefix) > 253 or not _DNS1123_SUBDOMAIN.fullmatch(prefix)))
+        or len(name) > 63
+        or not _QUALIFIED_NAME.fullmatch(name)
+    ):
+        raise ManifestError(
+            f"{path}.appProtocol {_show(value)} is not a qualified name "
+            '(such as "grpc", "http" or "kubernetes.io/h2c")'
+        )
+    return value
 
 
 def _ip(text: str, path: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address:

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 from meshlet._proto.meshlet.v1.nametable_pb2 import NameInfo, NameTable
+from meshlet.app_protocols import PortProtocol
 from meshlet.sidecar.validate import fields
 from meshlet.sidecar.validate.errors import Where
 from meshlet.xds.error_detail import quoted as q
 
 _SRV_PROTOCOLS = frozenset({"tcp", "udp", "sctp"})
+_APP_PROTOCOLS = frozenset({"", *(p.value for p in PortProtocol if p.is_http)})
 _MAX_NAME = 253  # characters of a DNS name without its trailing dot
 
 
@@ -28,6 +30,11 @@ def _entry(where: Where, fqdn: str, info: NameInfo) -> None:
         if port.protocol not in _SRV_PROTOCOLS:
             raise where.fail(
                 f'{path}.ports[{i}].protocol "{q(port.protocol)}" is not tcp, udp or sctp'
+            )
+        if port.app_protocol not in _APP_PROTOCOLS:
+            raise where.fail(
+                f'{path}.ports[{i}].app_protocol "{q(port.app_protocol)}" is not http, http2 '
+                "or empty"
             )
         if not port.name:
             continue  # no SRV name

@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1ameshlet/v1/nametable.proto\x12\nmeshlet.v1\"\x80\x01\n\tNameTable\x12/\n\x05table\x18\x01 \x03(\x0b\x32 .meshlet.v1.NameTable.TableEntry\x1a\x42\n\nTableEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12#\n\x05value\x18\x02 \x01(\x0b\x32\x14.meshlet.v1.NameInfo:\x02\x38\x01\"}\n\x08NameInfo\x12\x0b\n\x03ips\x18\x01 \x03(\t\x12\r\n\x05\x63name\x18\x02 \x01(\t\x12\x1f\n\x05ports\x18\x03 \x03(\x0b\x32\x10.meshlet.v1.Port\x12\x11\n\tnamespace\x18\x04 \x01(\t\x12\x0f\n\x07service\x18\x05 \x01(\t\x12\x10\n\x08headless\x18\x06 \x01(\x08\"4\n\x04Port\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0c\n\x04port\x18\x02 \x01(\r\x12\x10\n\x08protocol\x18\x03 \x01(\tb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1ameshlet/v1/nametable.proto\x12\nmeshlet.v1\"\x80\x01\n\tNameTable\x12/\n\x05table\x18\x01 \x03(\x0b\x32 .meshlet.v1.NameTable.TableEntry\x1a\x42\n\nTableEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12#\n\x05value\x18\x02 \x01(\x0b\x32\x14.meshlet.v1.NameInfo:\x02\x38\x01\"}\n\x08NameInfo\x12\x0b\n\x03ips\x18\x01 \x03(\t\x12\r\n\x05\x63name\x18\x02 \x01(\t\x12\x1f\n\x05ports\x18\x03 \x03(\x0b\x32\x10.meshlet.v1.Port\x12\x11\n\tnamespace\x18\x04 \x01(\t\x12\x0f\n\x07service\x18\x05 \x01(\t\x12\x10\n\x08headless\x18\x06 \x01(\x08\"J\n\x04Port\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0c\n\x04port\x18\x02 \x01(\r\x12\x10\n\x08protocol\x18\x03 \x01(\t\x12\x14\n\x0c\x61pp_protocol\x18\x04 \x01(\tb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -40,5 +40,5 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_NAMEINFO']._serialized_start=173
   _globals['_NAMEINFO']._serialized_end=298
   _globals['_PORT']._serialized_start=300
-  _globals['_PORT']._serialized_end=352
+  _globals['_PORT']._serialized_end=374
 # @@protoc_insertion_point(module_scope)

@@ -36,11 +36,13 @@ class NameInfo(_message.Message):
     def __init__(self, ips: _Optional[_Iterable[str]] = ..., cname: _Optional[str] = ..., ports: _Optional[_Iterable[_Union[Port, _Mapping]]] = ..., namespace: _Optional[str] = ..., service: _Optional[str] = ..., headless: _Optional[bool] = ...) -> None: ...
 
 class Port(_message.Message):
-    __slots__ = ("name", "port", "protocol")
+    __slots__ = ("name", "port", "protocol", "app_protocol")
     NAME_FIELD_NUMBER: _ClassVar[int]
     PORT_FIELD_NUMBER: _ClassVar[int]
     PROTOCOL_FIELD_NUMBER: _ClassVar[int]
+    APP_PROTOCOL_FIELD_NUMBER: _ClassVar[int]
     name: str
     port: int
     protocol: str
-    def __init__(self, name: _Optional[str] = ..., port: _Optional[int] = ..., protocol: _Optional[str] = ...) -> None: ...
+    app_protocol: str
+    def __init__(self, name: _Optional[str] = ..., port: _Optional[int] = ..., protocol: _Optional[str] = ..., app_protocol: _Optional[str] = ...) -> None: ...
