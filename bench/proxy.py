@@ -16,7 +16,11 @@ all (to the pod IP). Loads (all pinned to CPU 0, with nginx):
 
 - keep-alive HTTP: `wrk -c N` against the web VIP: requests/s and p50/p90/p99/p99.9;
 - new connections: the same with `Connection: close`: one TCP connection per request;
-- bulk: `iperf3` through the bulk VIP, one stream: Gbit/s.
+- bulk: `iperf3` through the bulk VIP, one stream: Gbit/s;
+- fixed rate (after the rounds, one run per peer): `vegeta` at `--fixed-rate` requests/s
+  (default: half of Envoy's median keep-alive saturation) over the same number of
+  keep-alive connections: p50/p90/p99/p99.9 of requests sent on schedule, whatever
+  the answers do (wrk's latencies at saturation are mostly queueing).
 
 Then the failure round (bench/proxy_failure.py) with kube-proxy and with meshlet.
 It prints medians over rounds and ratios. This is a benchmark: it asserts
@@ -38,9 +42,10 @@ from pathlib import Path
 
 sys.path[0] = str(Path(__file__).resolve().parent.parent)
 
+from bench import go_build, py_spy  # noqa: E402
 from bench.proxy_failure import Failure, failure_round  # noqa: E402
 from bench.proxy_idle import idle_connections, services_for  # noqa: E402
-from bench.proxy_load import CLIENT_UID, LOAD_CPU, iperf, wrk, wrk_script  # noqa: E402
+from bench.proxy_load import CLIENT_UID, LOAD_CPU, Http, fixed_rate, iperf, wrk, wrk_script  # noqa: E402
 from bench.proxy_node import Node, kube_proxy, node  # noqa: E402
 from bench.proxy_peers import (  # noqa: E402
     BULK_VIP,
@@ -55,7 +60,14 @@ from bench.proxy_peers import (  # noqa: E402
     Peer,
     client_pod,
 )
-from bench.proxy_report import Result, report, report_failures, summary  # noqa: E402
+from bench.proxy_report import (  # noqa: E402
+    Result,
+    median,
+    report,
+    report_failures,
+    report_fixed_rate,
+    summary,
+)
 from bench.proxy_services import ClusterServices, ManifestServices, Services  # noqa: E402
 from meshlet.devmesh.mesh import Pod  # noqa: E402
 from tests.envoy_peer import envoy_binary  # noqa: E402
@@ -91,10 +103,13 @@ http {{
     return path
 
 
-def measure(client: Pod, web: str, bulk: str, args: argparse.Namespace, pid: int | None) -> Result:
+def measure(
+    client: Pod, web: str, bulk: str, args: argparse.Namespace, pid: int | None, tag: str
+) -> Result:
     script = wrk_script(args.work)
     cpu_before = cpu_seconds(pid) if pid else 0.0
-    keep_alive = wrk(client, web, args.duration, args.connections, False, script)
+    with profiled(args, pid if tag.startswith(MESHLET.name) else None, f"{tag}-keep-alive"):
+        keep_alive = wrk(client, web, args.duration, args.connections, False, script)
     cpu = 0.0
     if pid:
         used = cpu_seconds(pid) - cpu_before
@@ -148,9 +163,50 @@ def run_rounds(
                 peer.start(node.mesh, client, node.ip, args.work) as pid,
                 idle_connections(client, idle, args.idle, CLIENT_UID),
             ):
-                runs[peer.name].append(measure(client, web, bulk, args, pid))
+                tag = f"{peer.name.replace(' ', '-')}-{round_number}"
+                runs[peer.name].append(measure(client, web, bulk, args, pid, tag))
             print(f"    {summary(runs[peer.name][-1])}", flush=True)
     return runs
+
+
+@contextmanager
+def profiled(args: argparse.Namespace, pid: int | None, phase: str) -> Iterator[None]:
+    """With --profile, py-spy on `pid` (a Python peer's) for the phase; prints its summary."""
+    if not args.profile or not pid:
+        yield
+        return
+    profiler = py_spy.Profiler(args.profile, pid)
+    profiler.start(phase)
+    try:
+        yield
+    finally:
+        path = profiler.stop()
+        if path:
+            print(f"    py-spy, {phase}:")
+            print("\n".join(py_spy.summarize_profile(path)), flush=True)
+
+
+def run_fixed_rate(
+    node: Node, backend: Pod, peers: list[Peer], rate: int, args: argparse.Namespace
+) -> dict[str, Http]:
+    vegeta = go_build.build("vegeta", "vegeta", "github.com/tsenart/vegeta/v12")
+    out: dict[str, Http] = {}
+    for peer in peers:
+        print(f"fixed rate {rate}/s: {peer.name} ...", flush=True)
+        tag = peer.name.replace(" ", "-")
+        web = WEB_URL if peer.to_vip else f"http://{backend.ip}:8080/"
+        with (
+            client_pod(node.mesh, f"client-{tag}-fixed", peer.capture) as client,
+            peer.start(node.mesh, client, node.ip, args.work) as pid,
+            profiled(args, pid if peer is MESHLET else None, f"{tag}-fixed-rate"),
+        ):
+            out[peer.name] = fixed_rate(
+                client, vegeta, web, rate, args.duration, args.connections, args.work, tag
+            )
+        load = out[peer.name]
+        tail = "/".join(f"{v:.2f}" for v in load.latency_ms.values())
+        print(f"    p50/90/99/99.9 {tail} ms, {load.failed} failed", flush=True)
+    return out
 
 
 @contextmanager
@@ -207,6 +263,19 @@ def main() -> int:
         help="idle keep-alive connections held through the path while it is measured",
     )
     parser.add_argument("--no-failure", action="store_true", help="skip the failure round")
+    parser.add_argument(
+        "--profile",
+        metavar="DIR",
+        help="record the Python peers (the meshlet sidecar) with py-spy during keep-alive "
+        "loads and the fixed-rate run; the stacks are kept in DIR",
+    )
+    parser.add_argument(
+        "--fixed-rate",
+        type=int,
+        default=0,
+        help="requests/s of the fixed-rate run (0: half of Envoy's keep-alive saturation; "
+        "-1: no fixed-rate run)",
+    )
     args = parser.parse_args()
     check_tools()
     envoy_binary()
@@ -228,10 +297,17 @@ def main() -> int:
         services = start_node_services(the_node, work, backend, args.idle)
         kube = [KUBE_PROXY] if the_node.cluster is not None else []
         runs = run_rounds(the_node, backend, [MESHLET, ENVOY, *kube, DIRECT], args)
+        rate = args.fixed_rate or round(median(runs["envoy"], lambda r: r.keep_alive.rps) / 2)
+        fixed = (
+            {}
+            if rate < 0
+            else run_fixed_rate(the_node, backend, [MESHLET, ENVOY, DIRECT], rate, args)
+        )
         failures = (
             {} if args.no_failure else run_failures(the_node, services, [*kube, MESHLET], args)
         )
         report(runs, args.connections, args.duration, args.rounds, args.idle)
+        report_fixed_rate(fixed, rate, args.connections, args.duration)
         report_failures(failures, services.source)
     return 0
 

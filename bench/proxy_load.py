@@ -1,13 +1,24 @@
-"""The loads of bench/proxy.py: wrk (HTTP, its latency distribution and errors) and iperf3.
+"""The loads of bench/proxy.py: wrk (HTTP at saturation, its latency distribution and
+errors), vegeta (HTTP at a fixed rate) and iperf3.
 
 wrk's own `--latency` table stops at p99, so a Lua `done` hook prints the
 percentiles from wrk's histogram (microseconds) and its error counts, one
 `key value` line each, after wrk's usual summary.
+
+wrk sends as fast as answers come, so its latencies at saturation are mostly
+queueing. vegeta (bench/vegeta, built from its Go module) sends at a fixed rate
+over keep-alive connections whatever the answers do, so its latencies are what
+a request waits at that load, with no coordinated omission; every result is
+read back to compute the same percentiles.
 """
 
 from __future__ import annotations
 
+import csv
+import io
 import json
+import math
+import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -84,6 +95,60 @@ def parse_wrk(out: str, err: str = "") -> Http:
         requests=int(requests.group(1)),
         socket_errors=connect + read + write + timeout,
         non_2xx=status,
+    )
+
+
+def percentile(values: list[float], p: float) -> float:
+    """The nearest-rank percentile of sorted `values`."""
+    if not values:
+        return 0.0
+    rank = max(0, min(len(values) - 1, math.ceil(p / 100 * len(values)) - 1))
+    return values[rank]
+
+
+def fixed_rate(
+    client: Pod,
+    vegeta: str,
+    url: str,
+    rate: int,
+    seconds: float,
+    connections: int,
+    work: Path,
+    tag: str,
+) -> Http:
+    """`rate` requests/s for `seconds` over at most `connections` keep-alive connections."""
+    results = work / f"vegeta-{tag}.bin"
+    argv = ["taskset", "-c", LOAD_CPU, vegeta, "attack", f"-rate={rate}/s"]
+    argv += [f"-duration={seconds:g}s"]
+    argv += [f"-connections={connections}", f"-max-connections={connections}", "-keepalive=true"]
+    argv += [f"-workers={connections}", f"-max-workers={connections * 4}", "-timeout=2s"]
+    argv += [f"-output={results}"]
+    targets = work / "vegeta-targets.txt"
+    targets.write_text(f"GET {url}\n")
+    os.chmod(results.parent, 0o777)
+    attack = client.run([*argv, f"-targets={targets}"], uid=CLIENT_UID, timeout=seconds + 60)
+    if attack.returncode != 0:
+        raise RuntimeError(f"vegeta attack failed:\n{attack.stderr[-2000:]}")
+    encoded = client.run([vegeta, "encode", "--to", "csv", str(results)], timeout=120)
+    results.unlink(missing_ok=True)
+    latencies: list[float] = []
+    failed = 0
+    for row in csv.reader(io.StringIO(encoded.stdout)):
+        code, latency_ns = int(row[1]), int(row[2])
+        if code == 0:
+            failed += 1  # no answer: refused, reset or timed out
+        elif code >= 400:
+            failed += 1
+        latencies.append(latency_ns / 1e6)
+    if not latencies:
+        raise RuntimeError(f"vegeta recorded no request:\n{encoded.stderr[-2000:]}")
+    latencies.sort()
+    return Http(
+        rps=len(latencies) / seconds,
+        latency_ms={p: percentile(latencies, p) for p in PERCENTILES},
+        requests=len(latencies),
+        socket_errors=failed,
+        non_2xx=0,
     )
 
 

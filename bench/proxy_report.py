@@ -104,6 +104,32 @@ def _p99(r: Result) -> float:
     return r.keep_alive.latency_ms[99.0]
 
 
+def report_fixed_rate(fixed: dict[str, Http], rate: int, connections: int, seconds: int) -> None:
+    if not fixed:
+        return
+    print()
+    print(
+        f"fixed rate: vegeta at {rate} requests/s over {connections} keep-alive connections, "
+        f"{seconds}s, one run each (latency of requests sent on schedule)"
+    )
+    names = [n for n in ("meshlet", "envoy", "no proxy") if n in fixed]
+    header = f"{'':24}" + "".join(f"{n:>12}" for n in names) + f"{'meshlet/envoy':>15}"
+    print(header)
+    print("-" * len(header))
+    for p in PERCENTILES:
+        values = {n: fixed[n].latency_ms[p] for n in names}
+        line = f"{f'  p{p:g} (ms)':24}" + "".join(f"{values[n]:12.2f}" for n in names)
+        print(line + f"{_ratio(values.get('meshlet', 0.0), values.get('envoy', 0.0)):>15}")
+    print(f"{'  failed':24}" + "".join(f"{fixed[n].failed:12d}" for n in names))
+    if "meshlet" in fixed and "envoy" in fixed:
+        m, e = fixed["meshlet"].latency_ms[99.0], fixed["envoy"].latency_ms[99.0]
+        verdict = "PASS" if m <= e else "MISS"
+        print(
+            "goal (issue 19): p99 at the fixed rate at most Envoy's: "
+            f"envoy/meshlet {e / m:.2f}x  {verdict}"
+        )
+
+
 def report_failures(failures: dict[tuple[str, str], Failure], source: str) -> None:
     if not failures:
         return

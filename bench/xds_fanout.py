@@ -37,7 +37,6 @@ import asyncio
 import collections
 import contextlib
 import functools
-import hashlib
 import json
 import math
 import multiprocessing
@@ -60,7 +59,9 @@ from dataclasses import dataclass, field
 from multiprocessing.connection import Connection
 from typing import Any
 
+import go_build  # bench/go_build.py, beside this script
 import grpc
+import py_spy  # bench/py_spy.py, beside this script
 import yaml
 from envoy.config.cluster.v3.cluster_pb2 import Cluster
 from envoy.config.core.v3.base_pb2 import Node
@@ -77,7 +78,6 @@ CDS = "type.googleapis.com/envoy.config.cluster.v3.Cluster"
 EDS = "type.googleapis.com/envoy.config.endpoint.v3.ClusterLoadAssignment"
 LDS = "type.googleapis.com/envoy.config.listener.v3.Listener"
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-GO_PEER = os.path.join(ROOT, "bench", "go_control_plane")  # the go-control-plane main
 NAMESPACE = "bench"
 DOMAIN = "cluster.local"
 SERVICE_PORT = 8080
@@ -734,50 +734,9 @@ def tail(path: str, chars: int = 2000) -> str:
     return ""
 
 
-def go_peer_source() -> list[str]:
-    return sorted(
-        name for name in os.listdir(GO_PEER) if name in ("go.mod", "go.sum") or name.endswith(".go")
-    )
-
-
 def build_go_peer() -> str:
-    """bench/go_control_plane built with `go build` (modules from the module proxy, checked
-    against its go.sum), cached under a hash of its sources and the Go version."""
-    go = shutil.which("go") or "/usr/local/go/bin/go"
-    if not os.access(go, os.X_OK):
-        raise RuntimeError("Go is not installed (/usr/local/go/bin/go)")
-    # The machine's Go unless GOTOOLCHAIN says otherwise; cgo off, as a static binary.
-    env = {**os.environ, "GOTOOLCHAIN": os.environ.get("GOTOOLCHAIN", "local"), "CGO_ENABLED": "0"}
-    env["GOFLAGS"] = "-mod=readonly"
-    version = subprocess.run(
-        [go, "env", "GOVERSION"], check=True, capture_output=True, text=True, env=env
-    ).stdout.strip()
-    digest = hashlib.sha256(version.encode())
-    for name in go_peer_source():
-        with open(os.path.join(GO_PEER, name), "rb") as f:
-            digest.update(name.encode() + b"\0" + f.read() + b"\0")
-    base = os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache")
-    cache = os.path.join(base, "meshlet", "bench")
-    binary = os.path.join(cache, f"go-control-plane-{digest.hexdigest()[:16]}")
-    if os.access(binary, os.X_OK):
-        return binary
-    os.makedirs(cache, exist_ok=True)
-    print(f"building {GO_PEER} with {version} ...", flush=True)
-    started = time.monotonic()
-    with tempfile.TemporaryDirectory(dir=cache, prefix=".build-") as tmp:
-        out = os.path.join(tmp, "go-control-plane")
-        built = subprocess.run(
-            [go, "build", "-trimpath", "-ldflags", "-s -w", "-o", out, "."],
-            cwd=GO_PEER,
-            env=env,
-            capture_output=True,
-            text=True,
-        )
-        if built.returncode != 0:
-            raise RuntimeError(f"go build in {GO_PEER} failed:\n{built.stderr[-3000:]}")
-        os.rename(out, binary)  # whole or not at all
-    print(f"built in {time.monotonic() - started:.0f} s: {binary}", flush=True)
-    return binary
+    """bench/go_control_plane built with `go build`, cached (bench/go_build.py)."""
+    return go_build.build("go_control_plane", "go-control-plane")
 
 
 # --- What a server serves, read as a client sees it ------------------------------------------
@@ -935,98 +894,6 @@ def flip_ready(discovery: Any, i: int) -> float:
     return changed_at
 
 
-# --- Profiling (optional) -------------------------------------------------------------------
-
-
-class Profiler:
-    """py-spy on the control plane for one phase; writes collapsed stacks."""
-
-    def __init__(self, folder: str | None, pid: int) -> None:
-        self.folder = folder
-        self.pid = pid
-        self.proc: subprocess.Popen[bytes] | None = None
-        self.path = ""
-        self.exe = shutil.which("py-spy") or os.path.join(os.path.dirname(sys.executable), "py-spy")
-
-    def start(self, name: str) -> None:
-        if not self.folder or not os.path.exists(self.exe):
-            return
-        self.path = os.path.join(self.folder, f"{name}.txt")
-        self.proc = subprocess.Popen(
-            [
-                self.exe,
-                "record",
-                "--pid",
-                str(self.pid),
-                "--rate",
-                "250",
-                "--format",
-                "raw",
-                "--nonblocking",
-                "--output",
-                self.path,
-            ],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-        time.sleep(1.0)  # let it attach
-
-    def stop(self) -> str | None:
-        proc, self.proc = self.proc, None
-        if proc is None:
-            return None
-        proc.send_signal(signal.SIGINT)
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-        return self.path if os.path.exists(self.path) else None
-
-
-def summarize_profile(path: str, top: int = 12) -> list[str]:
-    own: collections.Counter[str] = collections.Counter()
-    inclusive: collections.Counter[str] = collections.Counter()
-    total = 0
-    with open(path) as f:
-        for line in f:
-            stack, _, count = line.rstrip().rpartition(" ")
-            if not stack or not count.isdigit():
-                continue
-            n = int(count)
-            frames = [_short_frame(fr) for fr in stack.split(";")]
-            total += n
-            own[frames[-1]] += n
-            for frame in set(frames):
-                inclusive[frame] += n
-    if not total:
-        return ["  (no samples)"]
-    lines = [f"  {total} samples; self time:"]
-    lines += [f"    {100 * n / total:5.1f}%  {fr}" for fr, n in own.most_common(top)]
-    lines.append("  inclusive time (meshlet frames below the event loop):")
-    ours = [
-        (fr, n)
-        for fr, n in inclusive.most_common()
-        if n < total and "(meshlet/" in fr and not fr.endswith(_ENTRY_FRAMES)
-    ]
-    lines += [f"    {100 * n / total:5.1f}%  {fr}" for fr, n in ours[:top]]
-    return lines
-
-
-_ENTRY_FRAMES = ("(meshlet/__main__.py)", "(meshlet/cli.py)", "run (meshlet/controlplane/app.py)")
-
-
-def _short_frame(frame: str) -> str:
-    # "func (path/to/file.py:123)" -> "func (file.py)", meshlet's files with their package
-    m = re.match(r"^(.*) \((.*?)(?::\d+)?\)$", frame)
-    if not m:
-        return frame
-    func, path = m.groups()
-    if not path.startswith("meshlet/"):
-        path = os.path.basename(path)
-    return f"{func} ({path})"
-
-
 # --- The bench ------------------------------------------------------------------------------
 
 
@@ -1170,7 +1037,7 @@ def run_round(
     workers: Workers,
     server: Server,
     change: Change,
-    profiler: Profiler | None,
+    profiler: py_spy.Profiler | None,
 ) -> Round:
     result = Round(source, server.name, n_delta, n_sotw)
     w = len(workers.pipes)
@@ -1423,7 +1290,7 @@ def report(rounds: list[Round], args: argparse.Namespace, notes: Sequence[str]) 
         for phase, path in r.profiles.items():
             print()
             print(f"py-spy, control plane, {r.source}, N={r.n}, {phase} ({path}):")
-            print("\n".join(summarize_profile(path)))
+            print("\n".join(py_spy.summarize_profile(path)))
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
@@ -1553,7 +1420,7 @@ def run_manifests(
             f"{args.go_maxprocs or 'default'}): the same {counts(held)}",
             flush=True,
         )
-    profiler = Profiler(args.profile, meshlet.pid) if args.profile else None
+    profiler = py_spy.Profiler(args.profile, meshlet.pid) if args.profile else None
     if args.profile:
         os.makedirs(args.profile, exist_ok=True)
     for index, (n_delta, n_sotw) in enumerate(shapes, first_index):
