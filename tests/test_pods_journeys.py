@@ -29,7 +29,7 @@ import pytest
 import yaml
 
 from meshlet import __version__, defaults
-from meshlet.inject.pod import INIT_NAME, PROXY_NAME
+from meshlet.inject.pod import INIT_NAME, PROXY_NAME, START_TIMEOUT_S, STATUS
 from tests import images, pods
 from tests.helm_chart import helm
 from tests.k8s import build, node_images
@@ -409,6 +409,57 @@ def test_without_the_control_plane_traffic_goes_on_and_a_restarted_sidecar_serve
         60,
         "the sidecar synced again",
     )
+
+
+def test_a_pod_deleted_while_its_sidecar_waits_for_config_is_gone_within_the_hooks_limit(
+    node: Node, mesh: str
+) -> None:
+    """The kubelet does not stop a pod whose postStart hook still runs, not even a deleted
+    one (kubernetes/kubernetes#116032): `meshlet wait`'s limit is what bounds the delete.
+    The pod is the client's injected spec with a control plane nobody answers at."""
+    injected = node.cluster.core.api_client.sanitize_for_serialization(
+        pods.pod(node, mesh, "client")
+    )
+    spec = injected["spec"]
+    for key in ("nodeName", "hostname", "priority"):  # filled in by the API server
+        spec.pop(key, None)
+    (sidecar,) = [c for c in spec["initContainers"] if c["name"] == PROXY_NAME]
+    for variable in sidecar["env"]:
+        if variable["name"] == "MESHLET_XDS_ADDRESS":
+            variable["value"] = "127.0.0.1:1"  # refused: no config, and no saved state yet
+    stuck = {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {
+            "name": "stuck",
+            "labels": {"app": "stuck"},
+            # Injected already: the webhook leaves it as it is.
+            "annotations": {STATUS: injected["metadata"]["annotations"][STATUS]},
+        },
+        "spec": spec,
+    }
+    pods.apply(node, mesh, stuck)
+    try:
+
+        def init_done() -> bool:
+            found = pods.pod(node, mesh, "stuck")
+            statuses = found.status.init_container_statuses or ()
+            return any(s.name == INIT_NAME and s.state.terminated for s in statuses)
+
+        wait_until(init_done, 90, "meshlet-init done: the sidecar started, its hook waiting")
+        found = pods.pod(node, mesh, "stuck")
+        assert not pods.status_of(found, PROXY_NAME).ready  # held: no config
+        node.cluster.core.delete_namespaced_pod("stuck", mesh)
+        grace = int(spec.get("terminationGracePeriodSeconds") or 30)
+        wait_until(
+            lambda: not pods.every_pod(node, mesh, "app=stuck"),
+            START_TIMEOUT_S + grace + 30,
+            "the deleted pod gone, its hook ended by its own limit",
+            interval=0.5,
+        )
+    finally:
+        with contextlib.suppress(Exception):
+            node.cluster.core.delete_namespaced_pod("stuck", mesh, grace_period_seconds=0)
 
 
 # --- 1 again: two replicas, the Lease holder deleted -------------------------------------

@@ -48,8 +48,10 @@ NEVER_NAMESPACES = frozenset({"kube-system", "kube-public", "kube-node-lease"})
 ZONE_LABEL = "topology.kubernetes.io/zone"
 READY_PATH = "/healthz/ready"
 # How long the app is held for a sidecar with no config yet (no control plane, no saved
-# state); then the kubelet restarts the sidecar.
-START_TIMEOUT_S = 600
+# state); then the kubelet restarts the sidecar and the hook waits again. Short, because
+# the kubelet does not end a pod whose postStart hook is still running, not even when it
+# is deleted (kubernetes/kubernetes#116032): this bounds how long a delete can wait.
+START_TIMEOUT_S = 60
 METRICS_PATH = "/stats/prometheus"
 # The sidecar's saved config: an emptyDir lives as long as the pod, so a restarted
 # sidecar container serves from it while the control plane is away.
