@@ -63,6 +63,7 @@ import dns.message  # noqa: E402
 import dns.rdatatype  # noqa: E402
 
 from bench.k8s_mesh import Api, Layout, populate  # noqa: E402
+from bench.percentiles import percentile as sorted_percentile  # noqa: E402
 from tests.procs import Process, free_port, stop_process  # noqa: E402
 
 PYTHON = sys.executable
@@ -629,10 +630,7 @@ def _counts(line: str) -> str:
 
 
 def percentile(values: Sequence[float], p: float) -> float:
-    """Nearest rank (over 50 values, p99 is the largest)."""
-    ordered = sorted(values)
-    rank = max(1, -(-len(ordered) * p // 100))
-    return ordered[int(rank) - 1]
+    return sorted_percentile(sorted(values), p)
 
 
 def report(args: argparse.Namespace, results: Results) -> None:

@@ -104,11 +104,17 @@ http {{
 
 
 def measure(
-    client: Pod, web: str, bulk: str, args: argparse.Namespace, pid: int | None, tag: str
+    client: Pod,
+    web: str,
+    bulk: str,
+    args: argparse.Namespace,
+    pid: int | None,
+    profile_pid: int | None,
+    tag: str,
 ) -> Result:
     script = wrk_script(args.work)
     cpu_before = cpu_seconds(pid) if pid else 0.0
-    with profiled(args, pid if tag.startswith(MESHLET.name) else None, f"{tag}-keep-alive"):
+    with profiled(args, profile_pid, f"{tag}-keep-alive"):
         keep_alive = wrk(client, web, args.duration, args.connections, False, script)
     cpu = 0.0
     if pid:
@@ -164,7 +170,8 @@ def run_rounds(
                 idle_connections(client, idle, args.idle, CLIENT_UID),
             ):
                 tag = f"{peer.name.replace(' ', '-')}-{round_number}"
-                runs[peer.name].append(measure(client, web, bulk, args, pid, tag))
+                python = pid if peer is MESHLET else None
+                runs[peer.name].append(measure(client, web, bulk, args, pid, python, tag))
             print(f"    {summary(runs[peer.name][-1])}", flush=True)
     return runs
 

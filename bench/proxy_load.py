@@ -17,12 +17,12 @@ from __future__ import annotations
 import csv
 import io
 import json
-import math
 import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
 
+from bench.percentiles import percentile
 from meshlet.devmesh.mesh import Pod
 
 PERCENTILES = (50.0, 90.0, 99.0, 99.9)
@@ -98,14 +98,6 @@ def parse_wrk(out: str, err: str = "") -> Http:
     )
 
 
-def percentile(values: list[float], p: float) -> float:
-    """The nearest-rank percentile of sorted `values`."""
-    if not values:
-        return 0.0
-    rank = max(0, min(len(values) - 1, math.ceil(p / 100 * len(values)) - 1))
-    return values[rank]
-
-
 def fixed_rate(
     client: Pod,
     vegeta: str,
@@ -135,9 +127,7 @@ def fixed_rate(
     failed = 0
     for row in csv.reader(io.StringIO(encoded.stdout)):
         code, latency_ns = int(row[1]), int(row[2])
-        if code == 0:
-            failed += 1  # no answer: refused, reset or timed out
-        elif code >= 400:
+        if code == 0 or code >= 400:  # 0: no answer (refused, reset or timed out)
             failed += 1
         latencies.append(latency_ns / 1e6)
     if not latencies:

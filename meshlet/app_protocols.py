@@ -29,7 +29,7 @@ _BY_APP_PROTOCOL = {
     "kubernetes.io/h2c": PortProtocol.HTTP2,
     "http": PortProtocol.HTTP1,
 }
-# Port-name prefixes, longest first: "http2-x" must not match "http".
+# Port names: the protocol's name alone, or it and a dash ("http2-web"; "httpbin" is L4).
 _BY_NAME = (
     ("http2", PortProtocol.HTTP2),
     ("grpc", PortProtocol.HTTP2),

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import errno
 import random
-from dataclasses import dataclass
+from typing import NamedTuple
 
 from meshlet.sidecar.proxy.balancer import Host
 from meshlet.sidecar.proxy.router import ClusterRuntime
@@ -33,8 +33,7 @@ OUT_OF_RESOURCES = frozenset(
 LOCAL_ERRORS = OUT_OF_RESOURCES | {errno.EADDRNOTAVAIL}
 
 
-@dataclass(frozen=True, slots=True)
-class Try:
+class Try(NamedTuple):  # one per connect: a tuple is the cheapest thing to make
     address: tuple[str, int]
     host: Host | None  # None for a passthrough connection
     timeout: float
