@@ -129,9 +129,9 @@ def test_the_status_table_puts_nack_messages_below_it() -> None:
     ]
     text = status_tables.status_table(clients, {"generation": 2, "types": {"cds": "v2"}})
     lines = text.splitlines()
-    assert lines[0] == "control plane: generation 2, serving CDS v2, LDS -, EDS -, NDS -"
-    assert lines[2].split() == ["NODE", "CLUSTER", "PROTOCOL", "CDS", "LDS", "EDS", "NDS"]
-    assert lines[3].split() == ["b", "c", "sotw", "NACKED", "(v2)", "-", "SYNCED", "(v2)", "-"]
+    assert lines[0] == "control plane: generation 2, serving CDS v2, LDS -, EDS -, RDS -, NDS -"
+    assert lines[2].split() == ["NODE", "CLUSTER", "PROTOCOL", "CDS", "LDS", "EDS", "RDS", "NDS"]
+    assert lines[3].split() == ["b", "c", "sotw", "NACKED", "(v2)", "-", "SYNCED", "(v2)", "-", "-"]
     assert lines[-1] == "NACK from b for CDS version v9: bad"
 
 
@@ -271,6 +271,7 @@ def test_synced_stale_and_nacked_clients(mesh: Mesh) -> None:
             "cds": "STALE",
             "lds": "-",
             "eds": "-",
+            "rds": "-",
             "nds": "-",
         }
         assert states["pod-a"]["protocol"] == "delta" and SYNCED.items() <= states["pod-a"].items()
@@ -283,8 +284,8 @@ def test_synced_stale_and_nacked_clients(mesh: Mesh) -> None:
         assert (
             row_of(shown.stdout, "pod-a").split() == f"pod-a meshlet-sidecar delta {cells}".split()
         )
-        assert row_of(shown.stdout, "never-acks").split()[1:] == ["-", "delta", "STALE", *"---"]
-        assert row_of(shown.stdout, "rejects").split()[1:] == ["-", "sotw", "NACKED", *"---"]
+        assert row_of(shown.stdout, "never-acks").split()[1:] == ["-", "delta", "STALE", *"----"]
+        assert row_of(shown.stdout, "rejects").split()[1:] == ["-", "sotw", "NACKED", *"----"]
         assert (
             f"NACK from rejects for CDS version {response.version_info}: {REASON}" in shown.stdout
         )
@@ -359,11 +360,31 @@ def test_proxy_config_shows_what_the_sidecar_holds(mesh: Mesh) -> None:
         [WEB, "10.1.0.3:8080", "DRAINING", "-", "no"],
     ]
     outbound = mesh.plane.outbound_port
+    # Both ports are HTTP (named http and grpc): their listeners take routes over RDS.
     assert mesh.rows("listeners") == [
-        ["10.96.0.10_80", "10.96.0.10:80", WEB],
-        ["10.96.0.20_8080", "10.96.0.20:8080", API],
+        ["10.96.0.10_80", "10.96.0.10:80", "routes=web.default.svc.cluster.local:80"],
+        ["10.96.0.20_8080", "10.96.0.20:8080", "routes=api.shop.svc.cluster.local:8080"],
         ["virtualOutbound", f"0.0.0.0:{outbound}", "PassthroughCluster"],
     ]
+    unseen = "connect-failure,refused-stream,reset-before-request"
+    answered = f"{unseen},retriable-status-codes,unavailable"
+    web_routes = "web.default.svc.cluster.local:80"
+    wait_until(
+        lambda rows: len(rows) == 14,
+        CONVERGE,
+        "the sidecar to hold both ports' routes",
+        observe=lambda: mesh.rows("routes"),
+    )
+    # One route per idempotent method, which alone retries a 503, then the catch-all.
+    assert mesh.rows("routes")[-7:] == [
+        *(
+            [web_routes, m, WEB, "2", answered, "0s"]
+            for m in ("GET", "HEAD", "OPTIONS", "TRACE", "PUT", "DELETE")
+        ),
+        [web_routes, "*", WEB, "2", unseen, "0s"],
+    ]
+    routes = json.loads(mesh.config("routes", "-o", "json").stdout)
+    assert set(routes["resources"]) == {web_routes, "api.shop.svc.cluster.local:8080"}
     assert mesh.rows("names") == [
         ["api.shop.svc.cluster.local", "10.96.0.20", "shop/api"],
         ["web.default.svc.cluster.local", "10.96.0.10", "default/web"],

@@ -60,23 +60,57 @@ def _address(listener: Mapping[str, Any]) -> str:
     return f"{host}:{socket.get('portValue', 0)}"
 
 
-def _listener_cluster(listener: Mapping[str, Any]) -> str:
-    """The cluster its TCP proxy sends to (the first filter that names one)."""
+def _listener_destination(listener: Mapping[str, Any]) -> str:
+    """The cluster its TCP proxy sends to, or the routes its HTTP manager takes."""
     for chain in listener.get("filterChains", []):
         for filter_ in chain.get("filters", []):
-            cluster = filter_.get("typedConfig", {}).get("cluster")
-            if cluster:
-                return str(cluster)
+            config = filter_.get("typedConfig", {})
+            if config.get("cluster"):
+                return str(config["cluster"])
+            routes = config.get("rds", {}).get("routeConfigName")
+            if routes:
+                return f"routes={routes}"
     return "-"
 
 
 def listeners_table(dump: Mapping[str, Any]) -> Table:
-    """/config_dump's LDS: each listener's address and the cluster it sends to."""
+    """/config_dump's LDS: each listener's address and where it sends (as istioctl's)."""
     rows = [
-        [name, _address(r.get("resource", {})), _listener_cluster(r.get("resource", {}))]
+        [name, _address(r.get("resource", {})), _listener_destination(r.get("resource", {}))]
         for name, r in sorted(_resources(dump, "lds").items())
     ]
-    return ["NAME", "ADDRESS", "CLUSTER"], rows
+    return ["NAME", "ADDRESS", "DESTINATION"], rows
+
+
+def _match(route: Mapping[str, Any]) -> str:
+    methods = [
+        str(h.get("stringMatch", {}).get("exact", "?"))
+        for h in route.get("match", {}).get("headers", [])
+        if h.get("name") == ":method"
+    ]
+    return " ".join(methods) or "*"
+
+
+def routes_table(dump: Mapping[str, Any]) -> Table:
+    """/config_dump's RDS: each route of each route configuration, in order: which
+    methods it matches, its cluster, its retries and its timeout."""
+    rows = []
+    for name, held in sorted(_resources(dump, "rds").items()):
+        for host in held.get("resource", {}).get("virtualHosts", []):
+            for route in host.get("routes", []):
+                action = route.get("route", {})
+                retry = action.get("retryPolicy", {})
+                rows.append(
+                    [
+                        name,
+                        _match(route),
+                        str(action.get("cluster", "-")),
+                        str(retry.get("numRetries", 1)) if retry else "0",
+                        str(retry.get("retryOn") or "-"),
+                        str(action.get("timeout", "15s")),  # Envoy's default
+                    ]
+                )
+    return ["NAME", "METHODS", "CLUSTER", "RETRIES", "RETRY ON", "TIMEOUT"], rows
 
 
 def _answers(info: Mapping[str, Any]) -> str:
@@ -101,5 +135,6 @@ TABLES = {
     "clusters": ("/clusters", clusters_table),
     "endpoints": ("/clusters", endpoints_table),
     "listeners": ("/config_dump", listeners_table),
+    "routes": ("/config_dump", routes_table),
     "names": ("/config_dump", names_table),
 }

@@ -15,16 +15,17 @@ from meshlet.commands.tables import render
 from meshlet.flags import add_flag, dial_address, grpc_address
 
 # The raw form -o json prints of the tables built from /config_dump: their type's part.
-_DUMP_PART = {"listeners": "lds", "names": "nds"}
+_DUMP_PART = {"listeners": "lds", "routes": "rds", "names": "nds"}
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = sub.add_parser(
         "proxy-config",
-        help="a sidecar's clusters, endpoints, listeners or DNS names",
+        help="a sidecar's clusters, endpoints, listeners, routes or DNS names",
         description="Print what a sidecar holds, from its admin port (/clusters and "
         "/config_dump): clusters (service, LB policy, endpoints), endpoints (health, zone, "
-        "ejected), listeners (address -> cluster) or names (DNS name -> addresses). Exit 1 "
+        "ejected), listeners (address -> cluster or routes), routes (methods -> cluster, "
+        "retries, timeout) or names (DNS name -> addresses). Exit 1 "
         "when the sidecar cannot be asked.",
     )
     p.add_argument("what", choices=tuple(TABLES), help="which part of the config")

@@ -16,7 +16,7 @@ from typing import Any
 from meshlet.commands.tables import render
 
 # The columns, in the order `istioctl proxy-status` shows them.
-TYPES = ("cds", "lds", "eds", "nds")
+TYPES = ("cds", "lds", "eds", "rds", "nds")
 VERSION_CHARS = 8
 
 SYNCED, STALE, NACKED, NOT_SENT, NOT_ASKED = "SYNCED", "STALE", "NACKED", "NOT SENT", "-"
