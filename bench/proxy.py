@@ -138,10 +138,12 @@ def start_node_services(node: Node, work: Path, backend: Pod, idle: int = 0) -> 
         folder.mkdir()
         services = ManifestServices(folder / "mesh.yaml")
         source = f"--manifests={folder}"
-    services.publish("web", WEB_VIP, [("http", 80, 8080)], {backend.ip: True})
+    # The port is named "web", not "http": both proxies relay it at L4 (a name such
+    # as "http" would have Envoy balance each request, a different job).
+    services.publish("web", WEB_VIP, [("web", 80, 8080)], {backend.ip: True})
     services.publish("bulk", BULK_VIP, [("iperf", 5201, 5201)], {backend.ip: True})
     for name, vip in services_for(idle):
-        services.publish(name, vip, [("http", 80, 8080)], {backend.ip: True})
+        services.publish(name, vip, [("web", 80, 8080)], {backend.ip: True})
     argv = [PYTHON, "-m", "meshlet", "control-plane", source]
     argv += [f"--xds-address={node.ip}:{XDS_PORT}", "--webhook-address=off"]
     node.mesh.spawn(argv, work / "control-plane.log")

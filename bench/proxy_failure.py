@@ -23,7 +23,7 @@ from bench.proxy_services import Services
 from meshlet.devmesh.mesh import DevMesh, Pod
 
 FAIL_VIP = "10.96.0.12"
-PORTS = [("http", 80, 8080)]
+PORTS = [("web", 80, 8080)]
 BACKENDS = 3
 KILL_AT = 2.0  # seconds into the load
 PROBE_DELAY = 3.0  # period 1 s x failureThreshold 3

@@ -52,6 +52,19 @@ class ServicePort:
 
 
 @dataclass(frozen=True)
+class RoutePolicy:
+    """How an HTTP port's requests are timed out and retried (the Service's annotations)."""
+
+    # Retries of a request the server never saw, or answered 503 to a method safe to repeat.
+    retries: int = 2
+    per_try_timeout_seconds: float = 0.0  # 0: each try may take the whole timeout
+    # 0: none. Streams live as long as they need (gRPC streams are long-lived).
+    timeout_seconds: float = 0.0
+    # Every method is safe to repeat: a 503 or gRPC UNAVAILABLE is retried for all.
+    idempotent: bool = False
+
+
+@dataclass(frozen=True)
 class Service:
     name: str
     namespace: str
@@ -64,6 +77,8 @@ class Service:
     client_ip_affinity: bool = False
     # trafficDistribution: PreferClose; sidecars prefer endpoints in their own zone.
     prefer_same_zone: bool = False
+    # The Service's timeout and retry annotations, for its HTTP ports.
+    route_policy: RoutePolicy = RoutePolicy()
     # Every endpoint of the service once per address (port 0), whatever its ports:
     # what DNS answers for a headless service, and the hostnames of its pods.
     pod_addresses: tuple[Endpoint, ...] = field(default=())

@@ -126,6 +126,11 @@ class Envoy:
         values = [s["value"] for s in stats.get("stats", []) if s.get("name") == name]
         return int(values[0]) if values else 0
 
+    def route_configs(self) -> set[str]:
+        """The names of the RouteConfigurations Envoy took over RDS."""
+        dump = self.get_json("/config_dump?resource=dynamic_route_configs")
+        return {c["route_config"]["name"] for c in dump.get("configs", [])}
+
     def dynamic_clusters(self) -> dict[str, dict[str, list[dict[str, Any]]]]:
         """ "active" / "warming" -> the dynamic Cluster configs in Envoy's config dump."""
         dump = self.get_json("/config_dump?resource=dynamic_active_clusters")

@@ -1,7 +1,8 @@
-"""A proxyless gRPC client: dials an xds:/// target and reports which backends answered.
+"""A gRPC client: dials a target and reports which backends answered.
 
 Run as `python tests/grpc_xds_client.py xds:///<svc>.<ns>.svc.cluster.local:<port>`
-with GRPC_XDS_BOOTSTRAP pointing at a bootstrap file. It keeps one channel (so
+with GRPC_XDS_BOOTSTRAP pointing at a bootstrap file (proxyless), or with a plain
+`host:port` (through a proxy). It keeps one channel (so
 one xDS client) for its whole life, and for every line N read from stdin it
 makes N unary calls of METHOD and prints one JSON line:
 
@@ -38,7 +39,7 @@ def call_many(
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("target", help="an xds:/// target")
+    parser.add_argument("target", help="an xds:/// target, or host:port")
     parser.add_argument("--timeout", type=float, default=10.0, help="deadline of each call")
     args = parser.parse_args()
     with grpc.insecure_channel(args.target) as channel:

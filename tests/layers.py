@@ -63,6 +63,7 @@ MODULES: dict[str, str] = {
     "test_helm_chart": PEERS,  # the Go-built helm: lint, template
     "test_helm_install": KUBE,
     "test_image": IMAGES,
+    "test_http_envoy": NETNS,  # Envoy and gRPC peers behind capture rules in a namespace
     "test_inject": UNIT,
     "test_injected_pod": NETNS,  # devmesh pods, unbound as the cluster DNS
     "test_k8s_control_plane": KUBE,

@@ -25,7 +25,7 @@ API_TYPES = ["GRPC", "DELTA_GRPC"]
 # Generous: a healthy run takes well under a second per step. A timeout here
 # means the state never arrived (say, a cluster that warmed without endpoints).
 CONVERGE = 30.0
-CDS, EDS, LDS = "cds", "eds", "lds"
+CDS, EDS, LDS, RDS = "cds", "eds", "lds", "rds"
 
 WEB = "outbound|80||web.default.svc.cluster.local"
 API_GRPC = "outbound|9090||api.shop.svc.cluster.local"
@@ -74,22 +74,28 @@ def acked_without_nack(plane: ControlPlane, node_id: str) -> object:
     """True once the node ACKed every response it was sent, with no NACK ever.
 
     CDS and LDS (full state, wildcard) must also be at the control plane's
-    current version. EDS need not be: in SotW a removed ClusterLoadAssignment
-    is not sent again (the client unsubscribes), so its last response may carry
-    an older type version than the snapshot's.
+    current version, unless nothing is left to send. EDS and RDS need not be: in
+    SotW a removed ClusterLoadAssignment is not sent again (the client
+    unsubscribes), so its last response may carry an older type version than the
+    snapshot's.
     """
     client = plane.client(node_id)
     if client is None:
         return f"{node_id} not connected; clients: {[c.get('node') for c in plane.clients()]}"
     config = plane.config()
+    # Whether the stream has computed every push of the current snapshot: a change to
+    # a resource it does not hold (an on-demand API listener) moves the type's version
+    # without anything to send it.
+    caught_up = client.get("generation", 0) >= plane.get_json("/debug/versions")["generation"]
     status = client["types"]
-    for short in (CDS, EDS, LDS):
+    for short in (CDS, EDS, LDS, RDS):
         entry = status.get(short)
         if entry is None or entry["nacks"] or entry["last_nack"] or entry["version_nacked"]:
             return status
         if not entry["version_acked"] or entry["version_acked"] != entry["version_sent"]:
             return status
-        if short != EDS and entry["version_acked"] != config[short]["version"]:
+        behind = entry["version_acked"] != config[short]["version"]
+        if short in (CDS, LDS) and behind and not caught_up:
             return {"client": status, f"config {short} version": config[short]["version"]}
     return True
 
@@ -98,7 +104,7 @@ def assert_no_nacks(plane: ControlPlane, node_id: str) -> None:
     observed = wait_until(
         lambda seen: seen is True or _nacked(seen),
         CONVERGE,
-        f"{node_id} to ACK the latest CDS, EDS and LDS with no NACK",
+        f"{node_id} to ACK the latest CDS, EDS, LDS and RDS with no NACK",
         observe=lambda: acked_without_nack(plane, node_id),
     )
     assert observed is True, f"{node_id} NACKed: {observed}"
@@ -151,6 +157,14 @@ def test_envoy_gets_every_service_port_and_follows_manifest_changes(
             "Envoy's listeners to be the VIP listeners and virtualOutbound",
             observe=proxy.listeners,
         )
+        # The HTTP ports (named http and grpc) take their routes over RDS; admin is L4.
+        routes = {"web.default.svc.cluster.local:80", "api.shop.svc.cluster.local:9090"}
+        wait_until(
+            lambda names: names == routes,
+            CONVERGE,
+            "Envoy to hold the routes of the two HTTP ports",
+            observe=proxy.route_configs,
+        )
         assert_no_nacks(plane, proxy.node_id)
 
         # One web endpoint goes away; a new service appears.
@@ -174,6 +188,12 @@ def test_envoy_gets_every_service_port_and_follows_manifest_changes(
             CONVERGE,
             "Envoy to add cart's VIP listener",
             observe=proxy.listeners,
+        )
+        wait_until(
+            lambda names: "cart.shop.svc.cluster.local:8080" in names,
+            CONVERGE,
+            "Envoy to take cart's routes",
+            observe=proxy.route_configs,
         )
         assert_no_nacks(plane, proxy.node_id)
 

@@ -19,7 +19,16 @@ from meshlet.controlplane.sources.kube_objects import (
     parse_endpoint_slice,
     parse_service,
 )
-from meshlet.model import Endpoint, Health, LbPolicy, Mesh, Service, ServiceKind, ServicePort
+from meshlet.model import (
+    Endpoint,
+    Health,
+    LbPolicy,
+    Mesh,
+    RoutePolicy,
+    Service,
+    ServiceKind,
+    ServicePort,
+)
 
 HEALTHY, DRAINING = Health.HEALTHY, Health.DRAINING
 
@@ -255,6 +264,30 @@ def test_traffic_distribution(value: str | None, prefer: bool) -> None:
     assert parse_service(service(**spec)).prefer_same_zone is prefer
 
 
+@pytest.mark.parametrize(
+    ("annotations", "policy"),
+    [
+        pytest.param(None, RoutePolicy(), id="defaults"),
+        pytest.param(
+            {
+                "meshlet.io/retries": "0",
+                "meshlet.io/timeout": "1m30s",
+                "meshlet.io/per-try-timeout": "250ms",
+                "meshlet.io/idempotent": "true",
+            },
+            RoutePolicy(0, 0.25, 90.0, True),
+            id="all four",
+        ),
+        pytest.param({"meshlet.io/timeout": "0"}, RoutePolicy(), id="timeout 0 is none"),
+        pytest.param({"meshlet.io/per-try-timeout": "1.5s"}, RoutePolicy(2, 1.5), id="no timeout"),
+    ],
+)
+def test_route_policy_annotations(annotations: dict[str, str] | None, policy: RoutePolicy) -> None:
+    parsed = parse_service(service(annotations=annotations))
+    assert parsed.route_policy == policy
+    assert join_service(parsed, ()).route_policy == policy
+
+
 def test_publish_not_ready_addresses() -> None:
     assert parse_service(service(publishNotReadyAddresses=True)).publish_not_ready
 
@@ -408,6 +441,36 @@ BASE = service()
         (
             service(annotations={"meshlet.io/lb-policy": 3}),  # type: ignore[dict-item]
             'metadata.annotations["meshlet.io/lb-policy"] must be a string, not 3',
+        ),
+        (
+            service(annotations={"meshlet.io/retries": "many"}),
+            'metadata.annotations["meshlet.io/retries"] "many" is not a number 0-10',
+        ),
+        (
+            service(annotations={"meshlet.io/retries": "11"}),
+            'metadata.annotations["meshlet.io/retries"] "11" is not a number 0-10',
+        ),
+        (
+            service(annotations={"meshlet.io/timeout": "10"}),
+            'metadata.annotations["meshlet.io/timeout"] "10" is not a duration such as "500ms"'
+            ' or "2s"',
+        ),
+        (
+            service(annotations={"meshlet.io/timeout": "25h"}),
+            'metadata.annotations["meshlet.io/timeout"] "25h" is over a day; "0" means no limit',
+        ),
+        (
+            service(annotations={"meshlet.io/timeout": "1s", "meshlet.io/per-try-timeout": "2s"}),
+            'metadata.annotations["meshlet.io/per-try-timeout"] is longer than'
+            ' metadata.annotations["meshlet.io/timeout"]',
+        ),
+        (
+            service(annotations={"meshlet.io/idempotent": "yes"}),
+            'metadata.annotations["meshlet.io/idempotent"] "yes" must be "true" or "false"',
+        ),
+        (
+            service(annotations={"meshlet.io/retries": 2}),  # type: ignore[dict-item]
+            'metadata.annotations["meshlet.io/retries"] must be a string, not 2',
         ),
     ],
 )

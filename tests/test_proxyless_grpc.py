@@ -19,6 +19,7 @@ from typing import Any
 import grpc
 import pytest
 
+from tests.grpc_who_server import who_handler
 from tests.procs import (
     PYTHON,
     ControlPlane,
@@ -51,7 +52,7 @@ def backends(addresses: dict[str, str]) -> Iterator[int]:
         try:
             for address, name in addresses.items():
                 server = grpc.server(futures.ThreadPoolExecutor(max_workers=2))
-                server.add_generic_rpc_handlers([_who_handler(name)])
+                server.add_generic_rpc_handlers([who_handler(name)])
                 servers.append(server)
                 server.add_insecure_port(f"{address}:{port}")
                 server.start()
@@ -66,16 +67,6 @@ def backends(addresses: dict[str, str]) -> Iterator[int]:
                 server.stop(None).wait()
         return
     pytest.fail(f"no port free on all of {sorted(addresses)}")
-
-
-def _who_handler(name: str) -> grpc.GenericRpcHandler:
-    def who(_request: bytes, _context: grpc.ServicerContext) -> bytes:
-        return name.encode()
-
-    # No (de)serializers: bytes in, bytes out.
-    return grpc.method_handlers_generic_handler(
-        "meshlet.test.Who", {"Name": grpc.unary_unary_rpc_method_handler(who)}
-    )
 
 
 def greeter(port: int, *addresses: str) -> list[dict[str, Any]]:

@@ -69,7 +69,12 @@ def _document(state: SidecarState) -> dict[str, object]:
         (lambda d: d.pop("format"), "its format is None"),
         (lambda d: d.update(cluster_domain="example.org"), "for cluster domain 'example.org'"),
         (lambda d: d.update(types="nope"), "no list of types"),
-        (lambda d: d["types"].append({"type_url": types.ROUTE}), "which the sidecar does not use"),
+        (
+            lambda d: d["types"].append(
+                {"type_url": "type.googleapis.com/envoy.config.core.v3.TypedExtensionConfig"}
+            ),
+            "which the sidecar does not use",
+        ),
         (lambda d: d["types"][0]["resources"][0].__setitem__(2, "!!"), "is not base64"),
         (lambda d: d["types"][0]["resources"][0].__setitem__(2, "AAAA"), "the validator refuses"),
         (lambda d: d["types"][0]["resources"].append([1, 2]), "resource is malformed"),

@@ -148,6 +148,7 @@ async def test_one_endpoint_change_at_10000_services_costs_that_service() -> Non
             types.CLUSTER: [_cluster(5)],
             types.ENDPOINT: [_cluster(5)],
             types.LISTENER: ["10.96.0.5_80", "svc-5.ns-5.svc.cluster.local:80"],
+            types.ROUTE: ["svc-5.ns-5.svc.cluster.local:80"],
         }
         changed = plane.cache.snapshot.changed if plane.cache.snapshot else {}
         assert {t: set(n) for t, n in changed.items() if n} == {types.ENDPOINT: {_cluster(5)}}

@@ -16,14 +16,29 @@ from envoy.config.cluster.v3.cluster_pb2 import Cluster
 from envoy.config.core.v3 import health_check_pb2
 from envoy.config.endpoint.v3.endpoint_pb2 import ClusterLoadAssignment
 from envoy.config.listener.v3.listener_pb2 import Listener
+from envoy.config.route.v3.route_components_pb2 import Route
+from envoy.config.route.v3.route_pb2 import RouteConfiguration
+from envoy.extensions.filters.network.http_connection_manager.v3 import (
+    http_connection_manager_pb2 as hcm_pb2,
+)
 from envoy.extensions.filters.network.tcp_proxy.v3.tcp_proxy_pb2 import TcpProxy
 from envoy.extensions.load_balancing_policies.maglev.v3.maglev_pb2 import Maglev
+from envoy.extensions.upstreams.http.v3.http_protocol_options_pb2 import HttpProtocolOptions
 from google.protobuf import any_pb2
 from google.protobuf.message import Message
 
 from meshlet._proto.meshlet.v1.nametable_pb2 import NameTable
 from meshlet.model import Endpoint, Health, LbPolicy, Mesh, Service, ServicePort
-from meshlet.sidecar.state import ClusterConfig, ListenerConfig, OutlierConfig, SidecarState
+from meshlet.sidecar.state import (
+    ClusterConfig,
+    HttpConfig,
+    ListenerConfig,
+    OutlierConfig,
+    RetryPolicy,
+    RouteConfig,
+    RouteRule,
+    SidecarState,
+)
 from meshlet.sidecar.validate import (
     Received,
     Update,
@@ -33,12 +48,14 @@ from meshlet.sidecar.validate import (
     decode_load_assignment,
 )
 from meshlet.xds import types
+from meshlet.xds.http import HTTP_PROTOCOL_OPTIONS
 from meshlet.xds.translate import translate
 from meshlet.xds.wire import pack
 
 DOMAIN = "cluster.local"
 WEB = "outbound|80||web.default.svc.cluster.local"
 API = "outbound|9090||api.shop.svc.cluster.local"
+API_ROUTES = "api.shop.svc.cluster.local:9090"
 OUTBOUND_PORT = 15001
 
 
@@ -51,6 +68,8 @@ def mesh() -> Mesh:
             ServicePort(
                 "http",
                 80,
+                # Marked TCP, so its listener is a tcp_proxy (api's port is HTTP/2).
+                app_protocol="tcp",
                 endpoints=(
                     Endpoint("10.1.0.1", 8080, zone="zone-a"),
                     Endpoint("10.1.0.2", 8080, Health.DRAINING, zone="zone-b", weight=3),
@@ -106,6 +125,7 @@ def full_state(domain: str = DOMAIN) -> SidecarState:
         delta(types.CLUSTER, resources[types.CLUSTER]),
         delta(types.ENDPOINT, resources[types.ENDPOINT]),
         delta(types.LISTENER, socket_listeners(resources)),
+        delta(types.ROUTE, resources[types.ROUTE]),
         delta(types.NAME_TABLE, resources[types.NAME_TABLE]),
     ):
         state = apply_update(state, update, DOMAIN)
@@ -143,6 +163,7 @@ def test_what_the_control_plane_serves_becomes_plain_configs() -> None:
             service="api",
             namespace="shop",
             client_ip_affinity=True,
+            http2=True,
         ),
     }
     assert state.endpoints == {
@@ -154,7 +175,30 @@ def test_what_the_control_plane_serves_becomes_plain_configs() -> None:
     }
     assert state.listeners == {
         ("10.96.0.10", 80): ListenerConfig("10.96.0.10_80", "10.96.0.10", 80, WEB),
-        ("10.96.0.20", 9090): ListenerConfig("10.96.0.20_9090", "10.96.0.20", 9090, API, True),
+        ("10.96.0.20", 9090): ListenerConfig(
+            "10.96.0.20_9090",
+            "10.96.0.20",
+            9090,
+            "",
+            http=HttpConfig(API_ROUTES, upgrades=frozenset({"websocket"})),
+        ),
+    }
+    # The port's routes: one per idempotent method, which alone retries a 503, then
+    # the catch-all; no timeout (0), and the client's IP hashed (ClientIP affinity).
+    unseen = frozenset({"connect-failure", "refused-stream", "reset-before-request"})
+    answered = unseen | {"retriable-status-codes", "unavailable"}
+    by_method = RetryPolicy(answered, 2, retriable_status_codes=frozenset({503}))
+    assert state.routes == {
+        API_ROUTES: RouteConfig(
+            API_ROUTES,
+            (
+                *(
+                    RouteRule(API, frozenset({m}), 0.0, by_method, True)
+                    for m in ("GET", "HEAD", "OPTIONS", "TRACE", "PUT", "DELETE")
+                ),
+                RouteRule(API, None, 0.0, RetryPolicy(unseen, 2), True),
+            ),
+        )
     }
     assert state.outbound_listener == ListenerConfig(
         types.OUTBOUND_LISTENER,
@@ -316,6 +360,36 @@ def _tcp_proxy(change: Callable[[TcpProxy], None]) -> Callable[[Listener], None]
     return break_it
 
 
+def _hcm(change: Callable[[hcm_pb2.HttpConnectionManager], None]) -> Callable[[Message], None]:
+    def break_it(listener: Listener) -> None:
+        manager = hcm_pb2.HttpConnectionManager()
+        assert listener.filter_chains[0].filters[0].typed_config.Unpack(manager)
+        change(manager)
+        listener.filter_chains[0].filters[0].typed_config.CopyFrom(pack(manager))
+
+    return _listener(break_it)
+
+
+def _routes(change: Callable[[RouteConfiguration], None]) -> Callable[[Message], None]:
+    return _as(RouteConfiguration, change)
+
+
+def _catch_all(change: Callable[[Route], None]) -> Callable[[Message], None]:
+    """`change` on the last route, the one every request matches."""
+    return _routes(lambda config: change(config.virtual_hosts[0].routes[-1]))
+
+
+def _http_options(change: Callable[[HttpProtocolOptions], None]) -> Callable[[Message], None]:
+    def break_it(cluster: Cluster) -> None:
+        packed = cluster.typed_extension_protocol_options[HTTP_PROTOCOL_OPTIONS]
+        options = HttpProtocolOptions()
+        assert packed.Unpack(options)
+        change(options)
+        packed.CopyFrom(pack(options))
+
+    return _as(Cluster, break_it)
+
+
 def _cluster_change(change: Callable[[Cluster], None]) -> Callable[[Message], None]:
     return _as(Cluster, change)
 
@@ -334,6 +408,11 @@ def _add_name(
     return change
 
 
+A = f'Cluster "{API}": '
+FAULT_FILTER = "envoy.filters.http.fault"
+HL = 'Listener "10.96.0.20_9090": filter_chains[0].filters[0] http_connection_manager'
+R = f'RouteConfiguration "{API_ROUTES}": '
+LAST = "virtual_hosts[0].routes[6]"
 W = f'Cluster "{WEB}": '
 E = f'ClusterLoadAssignment "{WEB}": endpoints[0].lb_endpoints[0].endpoint.address.socket_address.'
 L = 'Listener "10.96.0.10_80": '
@@ -469,7 +548,153 @@ BAD = {
         types.LISTENER,
         "10.96.0.10_80",
         _listener(_http_filter),
-        L + "filter_chains[0].filters must be a single tcp_proxy (got envoy.filters.network.http)",
+        L + "filter_chains[0].filters must be a single tcp_proxy or http_connection_manager"
+        " (got envoy.filters.network.http)",
+    ),
+    "hcm-with-inline-routes": Bad(
+        types.LISTENER,
+        "10.96.0.20_9090",
+        _hcm(lambda m: m.route_config.SetInParent()),
+        HL + " must take its routes from rds (got route_config)",
+    ),
+    "hcm-rds-not-over-ads": Bad(
+        types.LISTENER,
+        "10.96.0.20_9090",
+        _hcm(lambda m: setattr(m.rds.config_source.path_config_source, "path", "/etc/rds")),
+        HL + ".rds.config_source must be ADS (got path_config_source)",
+    ),
+    "hcm-without-route-name": Bad(
+        types.LISTENER,
+        "10.96.0.20_9090",
+        _hcm(lambda m: setattr(m.rds, "route_config_name", "")),
+        HL + ".rds.route_config_name is empty",
+    ),
+    "hcm-with-another-http-filter": Bad(
+        types.LISTENER,
+        "10.96.0.20_9090",
+        _hcm(
+            lambda m: m.http_filters.insert(0, hcm_pb2.HttpFilter(name="envoy.filters.http.fault"))
+        ),
+        HL + ".http_filters must be the router alone (got envoy.filters.http.fault, "
+        "envoy.filters.http.router)",
+    ),
+    "hcm-with-http3": Bad(
+        types.LISTENER,
+        "10.96.0.20_9090",
+        _hcm(lambda m: setattr(m, "codec_type", hcm_pb2.HttpConnectionManager.HTTP3)),
+        HL + ".codec_type HTTP3 is not supported",
+    ),
+    "hcm-with-tracing": Bad(
+        types.LISTENER,
+        "10.96.0.20_9090",
+        _hcm(lambda m: m.tracing.SetInParent()),
+        HL + ".tracing is not supported",
+    ),
+    "hcm-upgrading-to-h2c": Bad(
+        types.LISTENER,
+        "10.96.0.20_9090",
+        _hcm(lambda m: m.upgrade_configs.add(upgrade_type="h2c")),
+        HL + '.upgrade_configs[1] "h2c" is not supported (only websocket, without filters)',
+    ),
+    "hcm-header-limit-out-of-range": Bad(
+        types.LISTENER,
+        "10.96.0.20_9090",
+        _hcm(lambda m: setattr(m.max_request_headers_kb, "value", 9000)),
+        HL + ".max_request_headers_kb 9000 is out of range 1-8192",
+    ),
+    "routes-for-two-virtual-hosts": Bad(
+        types.ROUTE,
+        API_ROUTES,
+        _routes(lambda c: c.virtual_hosts.add(name="other", domains=["a.example"])),
+        R + 'virtual_hosts must be one virtual host for the domain "*" '
+        f'(got "{API_ROUTES}", "other")',
+    ),
+    "routes-to-a-missing-cluster": Bad(
+        types.ROUTE,
+        API_ROUTES,
+        _catch_all(lambda r: setattr(r.route, "cluster", "nowhere")),
+        R + f'{LAST} points at cluster "nowhere" that the sidecar does not have',
+    ),
+    "route-matching-a-path": Bad(
+        types.ROUTE,
+        API_ROUTES,
+        _catch_all(lambda r: setattr(r.match, "prefix", "/admin")),
+        R + f'{LAST}.match must match the prefix "/" (got prefix "/admin")',
+    ),
+    "route-matching-another-header": Bad(
+        types.ROUTE,
+        API_ROUTES,
+        _routes(lambda c: setattr(c.virtual_hosts[0].routes[0].match.headers[0], "name", "x-user")),
+        R + 'virtual_hosts[0].routes[0].match.headers[0] matches "x-user"'
+        " (only :method is supported)",
+    ),
+    "last-route-not-a-catch-all": Bad(
+        types.ROUTE,
+        API_ROUTES,
+        _routes(lambda c: c.virtual_hosts[0].routes.pop()),
+        R
+        + "virtual_hosts[0].routes[5] is the last route and must match every request (no headers)",
+    ),
+    "route-redirecting": Bad(
+        types.ROUTE,
+        API_ROUTES,
+        _catch_all(lambda r: r.redirect.SetInParent()),
+        R + f"{LAST} redirect is not supported (only route)",
+    ),
+    "route-rewriting-the-path": Bad(
+        types.ROUTE,
+        API_ROUTES,
+        _catch_all(lambda r: setattr(r.route, "prefix_rewrite", "/v2")),
+        R + f"{LAST}.route.prefix_rewrite is not supported",
+    ),
+    "route-retrying-after-a-reset": Bad(
+        types.ROUTE,
+        API_ROUTES,
+        _catch_all(lambda r: setattr(r.route.retry_policy, "retry_on", "reset,connect-failure")),
+        R + f'{LAST}.route.retry_policy.retry_on "reset" is not supported (meshlet retries what'
+        " the server never saw, and the responses a policy names)",
+    ),
+    "route-retrying-a-non-status": Bad(
+        types.ROUTE,
+        API_ROUTES,
+        _catch_all(lambda r: r.route.retry_policy.retriable_status_codes.append(42)),
+        R + f"{LAST}.route.retry_policy.retriable_status_codes[0] 42 is not an HTTP status",
+    ),
+    "route-with-a-negative-timeout": Bad(
+        types.ROUTE,
+        API_ROUTES,
+        _catch_all(lambda r: setattr(r.route.timeout, "seconds", -1)),
+        R + f"{LAST}.route.timeout must not be negative",
+    ),
+    "route-hashing-a-header": Bad(
+        types.ROUTE,
+        API_ROUTES,
+        _catch_all(lambda r: setattr(r.route.hash_policy[0].header, "header_name", "x-user")),
+        R + f"{LAST}.route.hash_policy[0] header is not supported (only connection_properties"
+        " source_ip)",
+    ),
+    "cluster-with-upstream-http3": Bad(
+        types.CLUSTER,
+        API,
+        _http_options(lambda o: o.explicit_http_config.http3_protocol_options.SetInParent()),
+        A + f'typed_extension_protocol_options["{HTTP_PROTOCOL_OPTIONS}"]'
+        ".explicit_http_config.http3_protocol_options is not supported",
+    ),
+    "cluster-following-the-downstream-protocol": Bad(
+        types.CLUSTER,
+        API,
+        _http_options(lambda o: o.use_downstream_protocol_config.SetInParent()),
+        A + f'typed_extension_protocol_options["{HTTP_PROTOCOL_OPTIONS}"] upstream protocol'
+        " use_downstream_protocol_config is not supported (explicit_http_config only)",
+    ),
+    "cluster-with-other-protocol-options": Bad(
+        types.CLUSTER,
+        API,
+        _as(
+            Cluster,
+            lambda c: c.typed_extension_protocol_options["envoy.x"].CopyFrom(pack(Maglev())),
+        ),
+        A + 'typed_extension_protocol_options["envoy.x"] is not supported',
     ),
     "listener-hashing-on-filter-state": Bad(
         types.LISTENER,
@@ -764,3 +989,19 @@ def test_consecutive_5xx_of_zero_turns_ejection_off_as_in_envoy() -> None:
     cluster.CopyFrom(served()[types.CLUSTER][WEB])
     cluster.outlier_detection.consecutive_5xx.value = 0
     assert decode_cluster(WEB, cluster).outlier == OutlierConfig(enabled=False)
+
+
+def test_routes_go_with_the_last_listener_that_names_them() -> None:
+    state = full_state()
+    gone = apply_update(state, delta(types.LISTENER, {}, removed=("10.96.0.20_9090",)), DOMAIN)
+    assert gone.routes == {}
+    assert API_ROUTES not in gone.accepted[types.ROUTE]
+    late = apply_update(gone, sotw(types.ROUTE, list(served()[types.ROUTE].values())), DOMAIN)
+    assert late.routes == {}, "routes nobody names are a late answer, not kept"
+
+
+def test_a_route_removal_leaves_its_listener_waiting_for_routes() -> None:
+    state = full_state()
+    after = apply_update(state, delta(types.ROUTE, {}, removed=(API_ROUTES,)), DOMAIN)
+    assert after.routes == {}
+    assert ("10.96.0.20", 9090) in after.listeners

@@ -23,6 +23,8 @@ from meshlet.xds.translate import translate
 from meshlet.xds.wire import pack
 
 WEB = "outbound|80||web.default.svc.cluster.local"
+# The port is named http: its listener takes routes over RDS, by this name.
+WEB_ROUTES = "web.default.svc.cluster.local:80"
 NODE = Node(id="pod-1")
 
 
@@ -103,7 +105,7 @@ def held_state() -> SidecarState:
     session = DeltaSession(NODE)
     resources = served()
     for nonce, type_url in enumerate(
-        (types.CLUSTER, types.ENDPOINT, types.LISTENER, types.NAME_TABLE), start=1
+        (types.CLUSTER, types.ENDPOINT, types.LISTENER, types.ROUTE, types.NAME_TABLE), start=1
     ):
         made.handle(session, delta_response(type_url, str(nonce), resources[type_url]))
     assert made.ready
@@ -137,7 +139,36 @@ def test_delta_opening_resumes_from_what_is_held() -> None:
         types.OUTBOUND_LISTENER,
         "10.96.0.10_80",
     }
+    assert list(requests[types.ROUTE].resource_names_subscribe) == [WEB_ROUTES]
+    assert dict(requests[types.ROUTE].initial_resource_versions) == {WEB_ROUTES: f"v-{WEB_ROUTES}"}
     assert dict(requests[types.NAME_TABLE].initial_resource_versions) == {"default": "v-default"}
+    order = [r.type_url for r in DeltaSession(NODE).opening(state)]
+    assert order == [types.CLUSTER, types.ENDPOINT, types.LISTENER, types.ROUTE, types.NAME_TABLE]
+
+
+def test_delta_route_subscription_follows_the_http_listeners() -> None:
+    made, _ = client()
+    session = DeltaSession(NODE)
+    session.opening(SidecarState())
+    resources = served()
+    made.handle(session, delta_response(types.CLUSTER, "1", resources[types.CLUSTER]))
+    replies = made.handle(session, delta_response(types.LISTENER, "2", resources[types.LISTENER]))
+    assert replies == [
+        DeltaDiscoveryRequest(type_url=types.LISTENER, response_nonce="2"),
+        DeltaDiscoveryRequest(
+            type_url=types.ROUTE,
+            resource_names_subscribe=[WEB_ROUTES],
+            initial_resource_versions={},
+        ),
+    ]
+    removal = DeltaDiscoveryResponse(
+        type_url=types.LISTENER, nonce="3", removed_resources=["10.96.0.10_80"]
+    )
+    replies = made.handle(session, removal)
+    assert replies == [
+        DeltaDiscoveryRequest(type_url=types.LISTENER, response_nonce="3"),
+        DeltaDiscoveryRequest(type_url=types.ROUTE, resource_names_unsubscribe=[WEB_ROUTES]),
+    ]
 
 
 def test_delta_endpoint_subscription_follows_the_clusters() -> None:
@@ -171,6 +202,7 @@ def test_sotw_restates_version_nonce_and_names() -> None:
     assert requests[types.CLUSTER].version_info == state.type_versions[types.CLUSTER]
     assert list(requests[types.CLUSTER].resource_names) == []
     assert list(requests[types.ENDPOINT].resource_names) == [WEB]
+    assert list(requests[types.ROUTE].resource_names) == [WEB_ROUTES]
     assert list(requests[types.NAME_TABLE].resource_names) == []  # every namespace's
     assert all(r.response_nonce == "" for r in requests.values())
 
@@ -183,12 +215,13 @@ def test_sotw_restates_version_nonce_and_names() -> None:
         clusters={k: v for k, v in state.clusters.items() if k != WEB},
         type_versions=state.type_versions,
     )
-    [change] = session.resubscribe(dropped)
+    [change, routes] = session.resubscribe(dropped)
     assert (change.type_url, change.response_nonce, list(change.resource_names)) == (
         types.ENDPOINT,
         "n1",
         [],
     )
+    assert (routes.type_url, list(routes.resource_names)) == (types.ROUTE, [])
 
 
 def test_sotw_never_opens_endpoints_with_an_empty_list() -> None:
@@ -247,11 +280,13 @@ def test_ready_needs_every_first_response_and_the_endpoints_of_every_cluster() -
         made.handle(session, delta_response(type_url, str(nonce), resources[type_url]))
     assert not made.ready, "the web cluster has no load assignment yet"
     made.handle(session, delta_response(types.ENDPOINT, "4", resources[types.ENDPOINT]))
+    assert not made.ready, "the web listener's routes have not come yet"
+    made.handle(session, delta_response(types.ROUTE, "5", resources[types.ROUTE]))
     assert made.ready
-    assert len(states) == 4
-    assert len({id(s) for s in states}) == 4, "every accepted response is a new state"
+    assert len(states) == 5
+    assert len({id(s) for s in states}) == 5, "every accepted response is a new state"
     status = made.status()
-    assert status.config_age(status.types[types.ENDPOINT].last_accepted_at or 0.0) == 0.0
+    assert status.config_age(status.types[types.ROUTE].last_accepted_at or 0.0) == 0.0
     dumped = status.as_dict()["types"]
     assert isinstance(dumped, dict)
     assert dumped["eds"]["accepted"] == 1

@@ -7,14 +7,27 @@ from envoy.config.cluster.v3.cluster_pb2 import Cluster
 from envoy.config.core.v3.health_check_pb2 import DRAINING, HEALTHY
 from envoy.config.endpoint.v3.endpoint_pb2 import ClusterLoadAssignment
 from envoy.config.listener.v3.listener_pb2 import Listener
+from envoy.config.route.v3.route_components_pb2 import Route
+from envoy.config.route.v3.route_pb2 import RouteConfiguration
 from envoy.extensions.filters.network.http_connection_manager.v3.http_connection_manager_pb2 import (  # noqa: E501
     HttpConnectionManager,
 )
 from envoy.extensions.filters.network.tcp_proxy.v3.tcp_proxy_pb2 import TcpProxy
+from envoy.extensions.upstreams.http.v3.http_protocol_options_pb2 import HttpProtocolOptions
 
 from meshlet._proto.meshlet.v1.nametable_pb2 import NameTable
-from meshlet.model import Endpoint, Health, LbPolicy, Mesh, Service, ServiceKind, ServicePort
+from meshlet.model import (
+    Endpoint,
+    Health,
+    LbPolicy,
+    Mesh,
+    RoutePolicy,
+    Service,
+    ServiceKind,
+    ServicePort,
+)
 from meshlet.xds import types
+from meshlet.xds.http import HTTP_PROTOCOL_OPTIONS
 from meshlet.xds.translate import Generated, translate
 
 DOMAIN = "cluster.local"
@@ -130,7 +143,7 @@ def test_endpoints_without_zone_still_have_a_locality() -> None:
 
 
 def test_socket_listener_per_cluster_ip_and_port_dual_stack() -> None:
-    svc = service(cluster_ips=("10.96.0.10", "fd00::10"))
+    svc = service(cluster_ips=("10.96.0.10", "fd00::10"), ports=(ServicePort("redis", 80),))
     listeners = by_name(translate(Mesh((svc,)), DOMAIN), types.LISTENER)
     for name, ip in (("10.96.0.10_80", "10.96.0.10"), ("fd00::10_80", "fd00::10")):
         listener = listeners[name]
@@ -145,7 +158,9 @@ def test_socket_listener_per_cluster_ip_and_port_dual_stack() -> None:
 
 
 def test_client_ip_affinity_hashes_the_source_ip() -> None:
-    svc = service(client_ip_affinity=True, lb_policy=LbPolicy.RING_HASH)
+    svc = service(
+        client_ip_affinity=True, lb_policy=LbPolicy.RING_HASH, ports=(ServicePort("redis", 80),)
+    )
     generated = translate(Mesh((svc,)), DOMAIN)
     listener = by_name(generated, types.LISTENER)["10.96.0.10_80"]
     assert isinstance(listener, Listener)
@@ -173,9 +188,13 @@ def test_virtual_outbound_listener_and_passthrough() -> None:
 
 def test_api_listener_is_on_demand_and_routes_to_the_cluster() -> None:
     generated = translate(Mesh((service(),)), DOMAIN)
-    [api] = [g for g in generated if g.name == "web.default.svc.cluster.local:80"]
+    [api] = [
+        g
+        for g in generated
+        if g.name == "web.default.svc.cluster.local:80" and g.type_url == types.LISTENER
+    ]
     assert api.on_demand
-    assert not any(g.on_demand for g in generated if g is not api)
+    assert not any(g.on_demand for g in generated if g is not api), "routes go to every sidecar"
     manager = HttpConnectionManager()
     assert isinstance(api.message, Listener)
     assert api.message.api_listener.api_listener.Unpack(manager)
@@ -184,6 +203,105 @@ def test_api_listener_is_on_demand_and_routes_to_the_cluster() -> None:
     assert route.match.prefix == ""
     assert route.route.cluster == "outbound|80||web.default.svc.cluster.local"
     assert manager.http_filters[-1].name == "envoy.filters.http.router"
+
+
+WEB_CLUSTER = "outbound|80||web.default.svc.cluster.local"
+WEB_ROUTES = "web.default.svc.cluster.local:80"
+
+
+@pytest.mark.parametrize(
+    ("port", "http2"),
+    [
+        (ServicePort("http", 80), False),
+        (ServicePort("web", 80, app_protocol="kubernetes.io/h2c"), True),
+        (ServicePort("grpc-api", 80), True),
+    ],
+)
+def test_an_http_port_takes_routes_over_rds_and_names_its_upstream_protocol(
+    port: ServicePort, http2: bool
+) -> None:
+    generated = translate(
+        Mesh((service(ports=(port,), cluster_ips=("10.96.0.10", "fd00::10")),)), DOMAIN
+    )
+    for name in ("10.96.0.10_80", "fd00::10_80"):
+        listener = by_name(generated, types.LISTENER)[name]
+        assert isinstance(listener, Listener)
+        [hcm_filter] = listener.filter_chains[0].filters
+        assert hcm_filter.name == "envoy.filters.network.http_connection_manager"
+        manager = HttpConnectionManager()
+        assert hcm_filter.typed_config.Unpack(manager)
+        assert manager.rds.route_config_name == WEB_ROUTES, "one per service port, for its VIPs"
+        assert manager.rds.config_source.HasField("ads")
+        assert [f.name for f in manager.http_filters] == ["envoy.filters.http.router"]
+    assert list(by_name(generated, types.ROUTE)) == [WEB_ROUTES]
+    cluster = by_name(generated, types.CLUSTER)[WEB_CLUSTER]
+    assert isinstance(cluster, Cluster)
+    options = HttpProtocolOptions()
+    assert cluster.typed_extension_protocol_options[HTTP_PROTOCOL_OPTIONS].Unpack(options)
+    assert options.explicit_http_config.HasField("http2_protocol_options") is http2
+    assert options.explicit_http_config.HasField("http_protocol_options") is not http2
+
+
+def test_a_tcp_port_keeps_its_tcp_proxy_and_no_protocol_options() -> None:
+    svc = service(ports=(ServicePort("http", 80, app_protocol="mysql"),))
+    generated = translate(Mesh((svc,)), DOMAIN)
+    listener = by_name(generated, types.LISTENER)["10.96.0.10_80"]
+    assert isinstance(listener, Listener)
+    assert listener.filter_chains[0].filters[0].name == "envoy.filters.network.tcp_proxy"
+    assert by_name(generated, types.ROUTE) == {}
+    cluster = by_name(generated, types.CLUSTER)[WEB_CLUSTER]
+    assert isinstance(cluster, Cluster)
+    assert not cluster.typed_extension_protocol_options
+
+
+def _routes(policy: RoutePolicy, **overrides: object) -> list[Route]:
+    svc = service(route_policy=policy, **overrides)
+    config = by_name(translate(Mesh((svc,)), DOMAIN), types.ROUTE)[WEB_ROUTES]
+    assert isinstance(config, RouteConfiguration)
+    [host] = config.virtual_hosts
+    assert list(host.domains) == ["*"]
+    return list(host.routes)
+
+
+def test_routes_retry_what_the_server_never_saw_and_a_503_only_for_idempotent_methods() -> None:
+    routes = _routes(RoutePolicy())
+    methods = [r.match.headers[0].string_match.exact for r in routes[:-1]]
+    assert methods == ["GET", "HEAD", "OPTIONS", "TRACE", "PUT", "DELETE"]
+    for route in routes[:-1]:
+        retry = route.route.retry_policy
+        assert retry.retry_on == (
+            "connect-failure,refused-stream,reset-before-request,retriable-status-codes,unavailable"
+        )
+        assert list(retry.retriable_status_codes) == [503]
+    last = routes[-1]
+    assert not last.match.headers and last.match.prefix == "/"
+    assert last.route.retry_policy.retry_on == "connect-failure,refused-stream,reset-before-request"
+    assert not last.route.retry_policy.retriable_status_codes
+    for route in routes:
+        assert route.route.cluster == WEB_CLUSTER
+        assert (
+            route.route.HasField("timeout")
+            and route.route.timeout.ToTimedelta().total_seconds() == 0
+        ), "no route timeout: Envoy's 15 s default would cut streams"
+        assert route.route.retry_policy.num_retries.value == 2
+        assert [p.name for p in route.route.retry_policy.retry_host_predicate] == [
+            "envoy.retry_host_predicates.previous_hosts"
+        ]
+
+
+def test_route_policy_from_the_service() -> None:
+    policy = RoutePolicy(
+        retries=4, per_try_timeout_seconds=0.5, timeout_seconds=3.0, idempotent=True
+    )
+    [route] = _routes(policy, client_ip_affinity=True)
+    assert route.route.timeout.ToTimedelta().total_seconds() == 3.0
+    retry = route.route.retry_policy
+    assert retry.num_retries.value == 4
+    assert retry.per_try_timeout.ToTimedelta().total_seconds() == 0.5
+    assert "unavailable" in retry.retry_on.split(","), "every method is idempotent"
+    assert route.route.hash_policy[0].connection_properties.source_ip
+    [route] = _routes(RoutePolicy(retries=0))
+    assert not route.route.HasField("retry_policy")
 
 
 def test_headless_has_cluster_but_no_vip_listener() -> None:

@@ -65,7 +65,7 @@ def sidecar_state(mesh: Mesh, outbound_port: int = 15001) -> SidecarState:
         received = Received(generated.name, "1", pack(generated.message))
         by_type.setdefault(generated.type_url, []).append(received)
     state = SidecarState()
-    for type_url in (types.CLUSTER, types.ENDPOINT, types.LISTENER, types.NAME_TABLE):
+    for type_url in types.PUSH_ORDER:
         update = Update(type_url, "1", by_type.get(type_url, []))
         state = apply_update(state, update, DOMAIN)
     return state

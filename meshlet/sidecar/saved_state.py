@@ -123,7 +123,7 @@ def decode(data: bytes, cluster_domain: str) -> Saved:
         raise SavedStateError(f"it is for cluster domain {domain!r}, not {cluster_domain!r}")
     state = SidecarState()
     for update in _updates(document):
-        if update.type_url not in types.SERVED:
+        if update.type_url not in types.PUSH_ORDER:
             raise SavedStateError(
                 f"it holds type {update.type_url}, which the sidecar does not use"
             )

@@ -40,6 +40,21 @@ class ClusterConfig:
     namespace: str = ""
     # sessionAffinity: ClientIP (the listener's hash_source_ip is what the proxy keys on).
     client_ip_affinity: bool = False
+    # The upstream protocol of an HTTP port (typed_extension_protocol_options'
+    # explicit_http_config): HTTP/2 where it sets http2_protocol_options.
+    http2: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class HttpConfig:
+    """An http_connection_manager: its routes come over RDS, by name."""
+
+    route_config: str
+    codec: str = "AUTO"  # HttpConnectionManager.codec_type: AUTO, HTTP1 or HTTP2
+    max_request_headers_kb: int = contract.MAX_REQUEST_HEADERS_KB
+    max_headers_count: int = contract.MAX_HEADERS_COUNT
+    # upgrade_configs: the Upgrade types tunnelled at L4 to the picked endpoint.
+    upgrades: frozenset[str] = frozenset()
 
 
 @dataclass(frozen=True, slots=True)
@@ -47,6 +62,7 @@ class ListenerConfig:
     name: str
     address: str
     port: int
+    # tcp_proxy's cluster; empty for an HTTP listener, whose routes name theirs.
     cluster: str
     # tcp_proxy hash_policy source_ip: ring hash / maglev keyed on the client IP.
     hash_source_ip: bool = False
@@ -56,6 +72,46 @@ class ListenerConfig:
     # tcp_proxy idle_timeout: a connection with no bytes either way for this long is
     # closed; 0 means never.
     idle_timeout_seconds: float = contract.TCP_PROXY_IDLE_TIMEOUT_SECONDS
+    # An http_connection_manager instead of a tcp_proxy.
+    http: HttpConfig | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class RetryPolicy:
+    """A route's retry_policy, in Envoy's terms."""
+
+    retry_on: frozenset[str] = frozenset()
+    num_retries: int = contract.NUM_RETRIES
+    per_try_timeout_seconds: float = 0.0  # 0: the route's timeout bounds each try
+    retriable_status_codes: frozenset[int] = frozenset()
+    backoff_base_seconds: float = contract.RETRY_BACKOFF_BASE_SECONDS
+    backoff_max_seconds: float = contract.RETRY_BACKOFF_BASE_SECONDS * 10
+
+
+@dataclass(frozen=True, slots=True)
+class RouteRule:
+    """One route: what it matches and where it sends the request."""
+
+    cluster: str
+    # A `:method` header match: the request's method is one of these; None matches all.
+    methods: frozenset[str] | None = None
+    timeout_seconds: float = contract.ROUTE_TIMEOUT_SECONDS  # 0 means none
+    retry: RetryPolicy | None = None
+    # hash_policy connection_properties source_ip: ring hash / maglev on the client's IP.
+    hash_source_ip: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class RouteConfig:
+    """A RouteConfiguration: one virtual host for every domain, its routes in order."""
+
+    name: str
+    routes: tuple[RouteRule, ...]
+
+    @property
+    def default(self) -> RouteRule:
+        """The last route, which matches every request (the decoder makes sure)."""
+        return self.routes[-1]
 
 
 @dataclass(frozen=True, slots=True)
@@ -88,6 +144,8 @@ class SidecarState:
     listeners: Mapping[tuple[str, int], ListenerConfig] = field(default_factory=dict)
     # The capture target (use_original_dst), kept apart from the per-VIP listeners.
     outbound_listener: ListenerConfig | None = None
+    # RouteConfiguration name -> its routes (for the HTTP listeners that name it).
+    routes: Mapping[str, RouteConfig] = field(default_factory=dict)
     # Namespace -> its NameTable (one per namespace with services).
     name_tables: Mapping[str, NameTable] = field(default_factory=dict)
     # type URL -> name -> what was accepted, for /config_dump.

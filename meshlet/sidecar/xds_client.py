@@ -8,16 +8,17 @@ state stays. When the stream breaks the client keeps that state, waits
 it holds: delta sends `initial_resource_versions`, SotW the last accepted
 `version_info` of every type.
 
-Subscriptions: Clusters and Listeners by wildcard, the ClusterLoadAssignments of
-the EDS clusters it holds (changed as clusters come and go), and the NameTable
-`meshlet` by name.
+Subscriptions: Clusters, Listeners and NameTables by wildcard; by name, the
+ClusterLoadAssignments of the EDS clusters it holds and the RouteConfigurations
+its HTTP listeners name (changed as clusters and listeners come and go).
 
 Ready: once (and from then on) the first CDS, LDS and NameTable responses were
-accepted and every EDS cluster held has had its load assignment (or word that it
-has none). A stream that breaks later does not make the client unready: it still
-serves its last good state. A sidecar restarted while the control plane is away
-starts from the config an earlier run saved (`restore`): ready at once if that
-config is whole, and `stale` until the control plane's first accepted response.
+accepted, every EDS cluster held has had its load assignment (or word that it
+has none) and every route configuration a listener names has come. A stream that
+breaks later does not make the client unready: it still serves its last good
+state. A sidecar restarted while the control plane is away starts from the
+config an earlier run saved (`restore`): ready at once if that config is whole,
+and `stale` until the control plane's first accepted response.
 """
 
 from __future__ import annotations
@@ -58,7 +59,9 @@ XdsProtocol = Literal["delta", "sotw"]
 INVALID_ARGUMENT = 3  # google.rpc.Code
 WILDCARD = "*"
 # The types the sidecar asks for, in the order it first asks (make before break).
-SUBSCRIBED_TYPES = (types.CLUSTER, types.ENDPOINT, types.LISTENER, types.NAME_TABLE)
+SUBSCRIBED_TYPES = (types.CLUSTER, types.ENDPOINT, types.LISTENER, types.ROUTE, types.NAME_TABLE)
+# The types asked for by name: a cluster's load assignment, an HTTP listener's routes.
+_BY_NAME = (types.ENDPOINT, types.ROUTE)
 # What the first config needs besides the load assignments of its EDS clusters.
 _READY_TYPES = (types.CLUSTER, types.LISTENER, types.NAME_TABLE)
 # Resources in a response after which freed memory is handed back (release_freed_memory).
@@ -136,15 +139,19 @@ class XdsStatus:
 
 def is_complete(state: SidecarState) -> bool:
     """Whether `state` is a whole first config (see the module docstring)."""
-    return all(t in state.type_versions for t in _READY_TYPES) and all(
-        name in state.endpoints
-        for name, cluster in state.clusters.items()
-        if not cluster.original_destination
+    return (
+        all(t in state.type_versions for t in _READY_TYPES)
+        and all(name in state.endpoints for name in _wanted(types.ENDPOINT, state))
+        and all(name in state.routes for name in _wanted(types.ROUTE, state))
     )
 
 
-def _eds_names(state: SidecarState) -> list[str]:
-    return sorted(n for n, c in state.clusters.items() if not c.original_destination)
+def _wanted(type_url: str, state: SidecarState) -> list[str]:
+    """The names of `type_url` (EDS or RDS) that `state` needs."""
+    if type_url == types.ENDPOINT:
+        return sorted(n for n, c in state.clusters.items() if not c.original_destination)
+    names = {lis.http.route_config for lis in state.listeners.values() if lis.http is not None}
+    return sorted(names)
 
 
 def _error(message: str) -> Status:
@@ -167,9 +174,9 @@ class DeltaSession:
 
     def __init__(self, node: Node) -> None:
         self._node: Node | None = node
-        # The load assignments asked for on this stream; None before the first ask,
-        # which must name clusters (a first request naming none means wildcard).
-        self._eds: set[str] | None = None
+        # By type, the names asked for on this stream; None before the first ask,
+        # which must name something (a first request naming none means wildcard).
+        self._named: dict[str, set[str] | None] = dict.fromkeys(_BY_NAME)
 
     def _request(self, type_url: str, **fields: Any) -> DeltaDiscoveryRequest:
         request = DeltaDiscoveryRequest(type_url=type_url, **fields)
@@ -187,8 +194,9 @@ class DeltaSession:
 
     def opening(self, state: SidecarState) -> list[DeltaDiscoveryRequest]:
         requests = [self._first(types.CLUSTER, state, [WILDCARD])]
-        requests += self.resubscribe(state)
+        requests += self._resubscribe(types.ENDPOINT, state)
         requests.append(self._first(types.LISTENER, state, [WILDCARD]))
+        requests += self._resubscribe(types.ROUTE, state)
         requests.append(self._first(types.NAME_TABLE, state, [WILDCARD]))
         return requests
 
@@ -211,20 +219,24 @@ class DeltaSession:
         )
 
     def resubscribe(self, state: SidecarState) -> list[DeltaDiscoveryRequest]:
-        wanted = _eds_names(state)
-        if self._eds is None:
+        return [r for t in _BY_NAME for r in self._resubscribe(t, state)]
+
+    def _resubscribe(self, type_url: str, state: SidecarState) -> list[DeltaDiscoveryRequest]:
+        wanted = _wanted(type_url, state)
+        asked = self._named[type_url]
+        if asked is None:
             if not wanted:
                 return []
-            self._eds = set(wanted)
-            return [self._first(types.ENDPOINT, state, wanted)]
-        subscribe = sorted(set(wanted) - self._eds)
-        unsubscribe = sorted(self._eds - set(wanted))
+            self._named[type_url] = set(wanted)
+            return [self._first(type_url, state, wanted)]
+        subscribe = sorted(set(wanted) - asked)
+        unsubscribe = sorted(asked - set(wanted))
         if not subscribe and not unsubscribe:
             return []
-        self._eds = set(wanted)
+        self._named[type_url] = set(wanted)
         return [
             self._request(
-                types.ENDPOINT,
+                type_url,
                 resource_names_subscribe=subscribe,
                 resource_names_unsubscribe=unsubscribe,
             )
@@ -237,12 +249,11 @@ class SotwSession:
     def __init__(self, node: Node) -> None:
         self._node: Node | None = node
         self._nonces: dict[str, str] = {}
-        self._eds: list[str] | None = None
+        self._named: dict[str, list[str] | None] = dict.fromkeys(_BY_NAME)
 
     def _names(self, type_url: str) -> list[str]:
-        if type_url == types.ENDPOINT:
-            return list(self._eds or ())
-        return []  # CDS, LDS and NameTables: no names is the wildcard in SotW
+        # CDS, LDS and NameTables: no names is the wildcard in SotW.
+        return list(self._named.get(type_url) or ())
 
     def _request(
         self, type_url: str, state: SidecarState, error: Status | None = None
@@ -261,8 +272,9 @@ class SotwSession:
 
     def opening(self, state: SidecarState) -> list[DiscoveryRequest]:
         requests = [self._request(types.CLUSTER, state)]
-        requests += self.resubscribe(state)
+        requests += self._resubscribe(types.ENDPOINT, state)
         requests.append(self._request(types.LISTENER, state))
+        requests += self._resubscribe(types.ROUTE, state)
         requests.append(self._request(types.NAME_TABLE, state))
         return requests
 
@@ -288,12 +300,16 @@ class SotwSession:
         return request
 
     def resubscribe(self, state: SidecarState) -> list[DiscoveryRequest]:
-        wanted = _eds_names(state)
+        return [r for t in _BY_NAME for r in self._resubscribe(t, state)]
+
+    def _resubscribe(self, type_url: str, state: SidecarState) -> list[DiscoveryRequest]:
+        wanted = _wanted(type_url, state)
+        asked = self._named[type_url]
         # The first request naming nothing would mean "everything": wait for a name.
-        if wanted == self._eds or (self._eds is None and not wanted):
+        if wanted == asked or (asked is None and not wanted):
             return []
-        self._eds = wanted
-        return [self._request(types.ENDPOINT, state)]
+        self._named[type_url] = wanted
+        return [self._request(type_url, state)]
 
 
 # --- the client ---------------------------------------------------------------
@@ -422,9 +438,10 @@ class XdsClient:
 
     def _accepted(self, update: Update, state: SidecarState) -> None:
         now = self._clock()
-        if update.type_url == types.CLUSTER:
-            # Removed clusters take their load assignments with them.
-            self._set_type(types.ENDPOINT, resources=len(state.accepted.get(types.ENDPOINT, {})))
+        # Removed clusters take their load assignments with them, listeners their routes.
+        follower = {types.CLUSTER: types.ENDPOINT, types.LISTENER: types.ROUTE}.get(update.type_url)
+        if follower is not None:
+            self._set_type(follower, resources=len(state.accepted.get(follower, {})))
         current = self._status.types.get(update.type_url, TypeStatus())
         log.info(
             "accepted %s version %s: %d resources (%d received, %d removed)",

@@ -10,12 +10,14 @@ from envoy.extensions.load_balancing_policies.maglev.v3 import maglev_pb2
 from envoy.extensions.load_balancing_policies.random.v3 import random_pb2
 from envoy.extensions.load_balancing_policies.ring_hash.v3 import ring_hash_pb2
 from envoy.extensions.load_balancing_policies.round_robin.v3 import round_robin_pb2
-from google.protobuf import duration_pb2, struct_pb2, wrappers_pb2
+from google.protobuf import struct_pb2, wrappers_pb2
 from google.protobuf.message import Message
 
+from meshlet.app_protocols import PortProtocol
 from meshlet.model import Endpoint, Health, LbPolicy, Service, ServicePort
 from meshlet.xds import contract, types
-from meshlet.xds.wire import pack
+from meshlet.xds.http import upstream_protocol_options
+from meshlet.xds.wire import duration, pack
 
 # Outlier detection, where meshlet chooses other than Envoy's defaults (the rest
 # are in meshlet.xds.contract): look every 5 s, and eject up to half a cluster.
@@ -39,15 +41,10 @@ _HEALTH = {
 }
 
 
-def _duration(seconds: float) -> duration_pb2.Duration:
-    whole = int(seconds)
-    return duration_pb2.Duration(seconds=whole, nanos=round((seconds - whole) * 1e9))
-
-
 # Made once: every cluster carries the same three (a message field copies them).
-_CONNECT_TIMEOUT = _duration(contract.CONNECT_TIMEOUT_SECONDS)
-_OUTLIER_INTERVAL = _duration(_OUTLIER_INTERVAL_SECONDS)
-_BASE_EJECTION = _duration(contract.OUTLIER_BASE_EJECTION_SECONDS)
+_CONNECT_TIMEOUT = duration(contract.CONNECT_TIMEOUT_SECONDS)
+_OUTLIER_INTERVAL = duration(_OUTLIER_INTERVAL_SECONDS)
+_BASE_EJECTION = duration(contract.OUTLIER_BASE_EJECTION_SECONDS)
 
 
 def _policy_entry(policy: LbPolicy) -> cluster_pb2.LoadBalancingPolicy.Policy:
@@ -68,7 +65,9 @@ def _load_balancing_policy(policy: LbPolicy) -> cluster_pb2.LoadBalancingPolicy:
     return cluster_pb2.LoadBalancingPolicy(policies=policies)
 
 
-def build_cluster(service: Service, name: str) -> cluster_pb2.Cluster:
+def build_cluster(
+    service: Service, name: str, protocol: PortProtocol = PortProtocol.TCP
+) -> cluster_pb2.Cluster:
     cluster = cluster_pb2.Cluster(
         name=name,
         type=cluster_pb2.Cluster.EDS,
@@ -94,6 +93,9 @@ def build_cluster(service: Service, name: str) -> cluster_pb2.Cluster:
     if service.client_ip_affinity:
         info.update({contract.CLIENT_IP_AFFINITY: True})
     cluster.metadata.filter_metadata[contract.METADATA_KEY].CopyFrom(info)
+    if protocol.is_http:
+        for key, options in upstream_protocol_options(protocol is PortProtocol.HTTP2).items():
+            cluster.typed_extension_protocol_options[key].CopyFrom(options)
     return cluster
 
 

@@ -14,13 +14,15 @@ from google.protobuf import wrappers_pb2
 
 from meshlet.model import LbPolicy, Service
 from meshlet.xds import types
+from meshlet.xds.http import http_filter_chain
 from meshlet.xds.wire import pack
 
 TCP_PROXY_FILTER = "envoy.filters.network.tcp_proxy"
 _HASHING_POLICIES = frozenset({LbPolicy.RING_HASH, LbPolicy.MAGLEV})
 
 
-def _hashes_client(service: Service) -> bool:
+def hashes_client(service: Service) -> bool:
+    """Whether the service's balancer keys on its client (ClientIP affinity, a hash policy)."""
     return service.client_ip_affinity or service.lb_policy in _HASHING_POLICIES
 
 
@@ -41,8 +43,14 @@ def _socket_address(ip: str, port: int) -> address_pb2.Address:
 
 
 def build_socket_listener(
-    service: Service, name: str, ip: str, port: int, cluster: str
+    service: Service, name: str, ip: str, port: int, cluster: str, route_config: str = ""
 ) -> listener_pb2.Listener:
+    """A VIP:port's listener: a tcp_proxy to `cluster`, or for an HTTP port an
+    http_connection_manager whose routes (`route_config`) come over RDS."""
+    if route_config:
+        chain = http_filter_chain(route_config)
+    else:
+        chain = _tcp_proxy_chain(cluster, hashes_client(service))
     return listener_pb2.Listener(
         name=name,
         address=_socket_address(ip, port),
@@ -50,7 +58,7 @@ def build_socket_listener(
         # the virtual outbound listener's original-destination hand-off.
         bind_to_port=wrappers_pb2.BoolValue(value=False),
         traffic_direction=base_pb2.OUTBOUND,
-        filter_chains=[_tcp_proxy_chain(cluster, _hashes_client(service))],
+        filter_chains=[chain],
     )
 
 
@@ -70,7 +78,7 @@ def build_api_listener(service: Service, name: str, cluster: str) -> listener_pb
         match=route_components_pb2.RouteMatch(prefix=""),
         route=route_components_pb2.RouteAction(cluster=cluster),
     )
-    if _hashes_client(service):
+    if hashes_client(service):
         # Proxyless clients have no source IP to hash; gRPC's channel id gives
         # the same stickiness per client.
         route.route.hash_policy.add().filter_state.key = "io.grpc.channel_id"

@@ -17,3 +17,8 @@ def socket_listener_name(ip: str, port: int) -> str:
 def api_listener_name(service: Service, port: int, domain: str) -> str:
     # What a proxyless gRPC client asks for when it dials xds:///<this>.
     return f"{service.fqdn(domain)}:{port}"
+
+
+def route_config_name(service: Service, port: int, domain: str) -> str:
+    # One per service port, shared by its VIPs; named as its API listener.
+    return f"{service.fqdn(domain)}:{port}"

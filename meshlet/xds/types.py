@@ -14,8 +14,9 @@ NAME_TABLE = _PREFIX + "meshlet.v1.NameTable"
 # name table last, so a name never resolves to a VIP nobody listens on.
 PUSH_ORDER: tuple[str, ...] = (CLUSTER, ENDPOINT, LISTENER, ROUTE, NAME_TABLE)
 
-# What the control plane makes (routes are inline in the API listeners).
-SERVED: tuple[str, ...] = (CLUSTER, ENDPOINT, LISTENER, NAME_TABLE)
+# What the control plane makes (the API listeners for proxyless gRPC carry
+# their routes inline; RDS is for the HTTP ports' socket listeners).
+SERVED: tuple[str, ...] = (CLUSTER, ENDPOINT, LISTENER, ROUTE, NAME_TABLE)
 
 # In state-of-the-world, a response of these types carries every subscribed
 # resource, and a resource left out counts as deleted. (A NameTable has no name

@@ -7,7 +7,7 @@ out to many streams copies bytes and serializes nothing again.
 
 from __future__ import annotations
 
-from google.protobuf import any_pb2
+from google.protobuf import any_pb2, duration_pb2
 from google.protobuf.message import Message
 
 # Field numbers from envoy/service/discovery/v3/discovery.proto.
@@ -22,6 +22,11 @@ def pack(message: Message) -> any_pb2.Any:
     packed = any_pb2.Any()
     packed.Pack(message)
     return packed
+
+
+def duration(seconds: float) -> duration_pb2.Duration:
+    whole = int(seconds)
+    return duration_pb2.Duration(seconds=whole, nanos=round((seconds - whole) * 1e9))
 
 
 def _varint(value: int) -> bytes:

@@ -20,7 +20,16 @@ import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
-from meshlet.model import Endpoint, Health, LbPolicy, Service, ServiceKind, ServicePort
+from meshlet.controlplane.sources.route_annotations import ANNOTATIONS, parse_route_policy
+from meshlet.model import (
+    Endpoint,
+    Health,
+    LbPolicy,
+    RoutePolicy,
+    Service,
+    ServiceKind,
+    ServicePort,
+)
 
 LB_POLICY_ANNOTATION = "meshlet.io/lb-policy"
 SERVICE_NAME_LABEL = "kubernetes.io/service-name"
@@ -88,6 +97,7 @@ class ServiceSpec:
     client_ip_affinity: bool = False
     prefer_same_zone: bool = False
     publish_not_ready: bool = False
+    route_policy: RoutePolicy = field(default_factory=RoutePolicy)
     # metadata.creationTimestamp (seconds since the epoch), None when a manifest has
     # none: the older of two Services claiming one ClusterIP keeps it.
     created: float | None = None
@@ -200,6 +210,7 @@ def parse_service(obj: Mapping[str, object]) -> ServiceSpec:
         # Unknown values (newer Kubernetes) mean no preference rather than an error.
         prefer_same_zone=distribution in _PREFER_SAME_ZONE,
         publish_not_ready=_bool(spec, "publishNotReadyAddresses", "spec") or False,
+        route_policy=_route_policy(meta),
         created=_created(meta),
     )
 
@@ -299,6 +310,19 @@ def _lb_policy(meta: Mapping[str, object]) -> LbPolicy | None:
         return LbPolicy(value)
     except ValueError:
         raise _not_one_of(path, value, [p.value for p in LbPolicy]) from None
+
+
+def _route_policy(meta: Mapping[str, object]) -> RoutePolicy:
+    annotations = _mapping(meta, "annotations", "metadata.annotations")
+    ours = {}
+    for key in ANNOTATIONS:
+        value = _string(annotations, key, f"metadata.annotations[{_show(key)}]")
+        if key in annotations:
+            ours[key] = value
+    try:
+        return parse_route_policy(ours)
+    except ValueError as exc:
+        raise ManifestError(str(exc)) from None
 
 
 # --- EndpointSlice -----------------------------------------------------------
@@ -415,6 +439,7 @@ def join_service(svc: ServiceSpec, slices: Iterable[SliceSpec]) -> Service:
         lb_policy=svc.lb_policy,
         client_ip_affinity=svc.client_ip_affinity,
         prefer_same_zone=svc.prefer_same_zone,
+        route_policy=svc.route_policy,
         pod_addresses=_pod_addresses(svc, slices),
     )
 

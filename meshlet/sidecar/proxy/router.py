@@ -139,14 +139,15 @@ class Router:
         self.clusters = clusters
         routes: dict[bytes, Route] = {}
         for (ip, port), listener in state.listeners.items():
-            runtime = clusters.get(listener.cluster)
-            if runtime is not None:
-                routes[destination_key(ip, port)] = _route(runtime, listener)
+            target = _l4_target(listener, state)
+            runtime = clusters.get(target[0]) if target is not None else None
+            if runtime is not None and target is not None:
+                routes[destination_key(ip, port)] = _route(runtime, listener, target[1])
         self.routes = routes
         outbound = state.outbound_listener
         fallback = clusters.get(outbound.cluster) if outbound is not None else None
         if outbound is not None and fallback is not None and fallback.config.original_destination:
-            self.passthrough = _route(fallback, outbound)
+            self.passthrough = _route(fallback, outbound, outbound.hash_source_ip)
         else:
             self.passthrough = self._default
 
@@ -158,15 +159,30 @@ def _endpoints_only(before: SidecarState, after: SidecarState) -> bool:
         after.clusters is before.clusters
         and after.listeners is before.listeners
         and after.outbound_listener is before.outbound_listener
+        and after.routes is before.routes
     )
+
+
+def _l4_target(listener: ListenerConfig, state: SidecarState) -> tuple[str, bool] | None:
+    """The cluster a listener's connections go to, and whether they hash the client's IP.
+
+    An HTTP listener is relayed at L4 to its routes' catch-all cluster (requests are
+    not balanced one by one yet); None while its routes have not come.
+    """
+    if listener.http is None:
+        return listener.cluster, listener.hash_source_ip
+    routes = state.routes.get(listener.http.route_config)
+    if routes is None:
+        return None
+    return routes.default.cluster, routes.default.hash_source_ip
 
 
 _HASHING = frozenset({LbPolicy.RING_HASH, LbPolicy.MAGLEV})
 
 
-def _route(runtime: ClusterRuntime, listener: ListenerConfig) -> Route:
+def _route(runtime: ClusterRuntime, listener: ListenerConfig, hash_client: bool) -> Route:
     config = runtime.config
-    hash_source_ip = listener.hash_source_ip or config.client_ip_affinity
+    hash_source_ip = hash_client or config.client_ip_affinity
     return Route(
         runtime,
         hash_source_ip=hash_source_ip,

@@ -9,8 +9,8 @@ from envoy.extensions.load_balancing_policies.maglev.v3 import maglev_pb2
 from envoy.extensions.load_balancing_policies.random.v3 import random_pb2
 from envoy.extensions.load_balancing_policies.ring_hash.v3 import ring_hash_pb2
 from envoy.extensions.load_balancing_policies.round_robin.v3 import round_robin_pb2
+from envoy.extensions.upstreams.http.v3 import http_protocol_options_pb2 as http_options_pb2
 from google.protobuf import struct_pb2
-from google.protobuf.message import Message
 
 from meshlet.model import LbPolicy
 from meshlet.sidecar.state import ClusterConfig, OutlierConfig
@@ -19,19 +19,14 @@ from meshlet.sidecar.validate.errors import Where
 from meshlet.xds import contract
 from meshlet.xds.error_detail import quoted as q
 
-
-def _type_url(message: type[Message]) -> str:
-    return "type.googleapis.com/" + message.DESCRIPTOR.full_name
-
-
 # Policies are chosen by their config's type, as Envoy and gRPC do; the
 # extension's name is only a label.
 _LB_BY_TYPE = {
-    _type_url(round_robin_pb2.RoundRobin): LbPolicy.ROUND_ROBIN,
-    _type_url(least_request_pb2.LeastRequest): LbPolicy.LEAST_REQUEST,
-    _type_url(random_pb2.Random): LbPolicy.RANDOM,
-    _type_url(ring_hash_pb2.RingHash): LbPolicy.RING_HASH,
-    _type_url(maglev_pb2.Maglev): LbPolicy.MAGLEV,
+    fields.type_url(round_robin_pb2.RoundRobin): LbPolicy.ROUND_ROBIN,
+    fields.type_url(least_request_pb2.LeastRequest): LbPolicy.LEAST_REQUEST,
+    fields.type_url(random_pb2.Random): LbPolicy.RANDOM,
+    fields.type_url(ring_hash_pb2.RingHash): LbPolicy.RING_HASH,
+    fields.type_url(maglev_pb2.Maglev): LbPolicy.MAGLEV,
 }
 _LB_BY_ENUM = {
     Cluster.ROUND_ROBIN: LbPolicy.ROUND_ROBIN,
@@ -41,6 +36,35 @@ _LB_BY_ENUM = {
     Cluster.MAGLEV: LbPolicy.MAGLEV,
 }
 _PRIORITIES = frozenset(base_pb2.RoutingPriority.values())
+# typed_extension_protocol_options: the key Envoy reads the upstream HTTP protocol from.
+HTTP_PROTOCOL_OPTIONS = "envoy.extensions.upstreams.http.v3.HttpProtocolOptions"
+_HTTP_OPTIONS_TYPE = fields.type_url(http_options_pb2.HttpProtocolOptions)
+
+
+def _upstream_http2(where: Where, cluster: Cluster) -> bool:
+    """Whether requests go upstream as HTTP/2 (explicit_http_config http2_protocol_options)."""
+    http2 = False
+    for key in sorted(cluster.typed_extension_protocol_options):
+        path = f'typed_extension_protocol_options["{q(key)}"]'
+        if key != HTTP_PROTOCOL_OPTIONS:
+            raise where.fail(f"{path} is not supported")
+        packed = cluster.typed_extension_protocol_options[key]
+        if packed.type_url != _HTTP_OPTIONS_TYPE:
+            raise where.fail(
+                f"{path} is of type {fields.type_name(packed)}, not HttpProtocolOptions"
+            )
+        options = fields.decode(where, path, packed, http_options_pb2.HttpProtocolOptions)
+        kind = options.WhichOneof("upstream_protocol_options")
+        if kind != "explicit_http_config":
+            raise where.fail(
+                f"{path} upstream protocol {kind or 'nothing'} is not supported"
+                " (explicit_http_config only)"
+            )
+        explicit = options.explicit_http_config
+        http2 = explicit.WhichOneof("protocol_config") == "http2_protocol_options"
+        if explicit.WhichOneof("protocol_config") == "http3_protocol_options":
+            raise where.fail(f"{path}.explicit_http_config.http3_protocol_options is not supported")
+    return http2
 
 
 def _discovery(where: Where, cluster: Cluster) -> bool:
@@ -191,4 +215,5 @@ def decode_cluster(
         service=str(metadata.get(contract.SERVICE, "")),
         namespace=str(metadata.get(contract.NAMESPACE, "")),
         client_ip_affinity=bool(metadata.get(contract.CLIENT_IP_AFFINITY, False)),
+        http2=_upstream_http2(where, cluster),
     )

@@ -102,6 +102,22 @@ def decode(where: Where, path: str, packed: any_pb2.Any, message_type: type[M]) 
         raise where.fail(f"{path} cannot be decoded ({q(str(exc))})") from None
 
 
+def type_url(message: type[Message]) -> str:
+    """The URL an Any of this message type carries."""
+    return "type.googleapis.com/" + message.DESCRIPTOR.full_name
+
+
 def type_name(packed: any_pb2.Any) -> str:
     """What a message may call an Any's type: the last part of its URL, shortened."""
     return q(packed.type_url.rpartition("/")[2]) or "nothing"
+
+
+def refuse_set(where: Where, path: str, message: Message, names: tuple[str, ...]) -> None:
+    """Fails on the first field of `names` that `message` sets: one meshlet cannot honour."""
+    for name in names:
+        try:
+            present = message.HasField(name)
+        except ValueError:  # a repeated or plain scalar field: set when not empty
+            present = bool(getattr(message, name))
+        if present:
+            raise where.fail(f"{path}.{name} is not supported")

@@ -1,21 +1,22 @@
 """One response -> the next SidecarState, or a ValidationError (pure).
 
 `apply_update` decodes every resource of the response with its type's decoder,
-checks the state that would result (a listener must point at a cluster the
-sidecar has), and returns that new state. The previous state is never touched,
+checks the state that would result (a listener or a route must point at a
+cluster the sidecar has), and returns that new state. The previous state is never touched,
 so a rejected response leaves the last good state exactly as it was.
 """
 
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Generic
 
 from envoy.config.cluster.v3 import cluster_pb2
 from envoy.config.endpoint.v3 import endpoint_pb2
 from envoy.config.listener.v3 import listener_pb2
+from envoy.config.route.v3 import route_pb2
 from google.protobuf import any_pb2
 
 from meshlet._proto.meshlet.v1.nametable_pb2 import NameTable
@@ -31,6 +32,7 @@ from meshlet.sidecar.validate.errors import ValidationError, Where
 from meshlet.sidecar.validate.listener import decode_listener
 from meshlet.sidecar.validate.load_assignment import decode_load_assignment
 from meshlet.sidecar.validate.name_table import decode_name_table
+from meshlet.sidecar.validate.route import decode_route_configuration
 from meshlet.xds import types
 from meshlet.xds.error_detail import quoted as q
 
@@ -61,6 +63,7 @@ _KINDS = {
     types.CLUSTER: "Cluster",
     types.ENDPOINT: "ClusterLoadAssignment",
     types.LISTENER: "Listener",
+    types.ROUTE: "RouteConfiguration",
     types.NAME_TABLE: "NameTable",
 }
 
@@ -195,7 +198,7 @@ def _apply_listeners(state: SidecarState, update: Update, _domain: str) -> Sidec
         config = decode_listener(item.name, item.message)
         if config is None:
             continue  # an API listener: for proxyless gRPC, not for this proxy
-        if config.cluster not in state.clusters:
+        if config.http is None and config.cluster not in state.clusters:
             raise Where("Listener", item.name).fail(
                 f'tcp_proxy points at cluster "{q(config.cluster)}" that the sidecar does not have'
             )
@@ -219,11 +222,45 @@ def _apply_listeners(state: SidecarState, update: Update, _domain: str) -> Sidec
                 f'has the address {config.address}:{config.port} of listener "{q(other.name)}"'
             )
         listeners[key] = config
+    # A route configuration goes with the last listener that names it, as a
+    # cluster's load assignment goes with the cluster.
+    named = _route_names(listeners.values())
+    routes = {n: r for n, r in state.routes.items() if n in named}
+    rds_accepted = {n: r for n, r in state.accepted.get(types.ROUTE, {}).items() if n in named}
     return dataclasses.replace(
         state,
         listeners=listeners,
         outbound_listener=outbound,
-        accepted=_accepted(state, {types.LISTENER: accepted}),
+        routes=routes,
+        accepted=_accepted(state, {types.LISTENER: accepted, types.ROUTE: rds_accepted}),
+        type_versions=_versions(state, update),
+    )
+
+
+def _route_names(listeners: Iterable[ListenerConfig]) -> set[str]:
+    return {lis.http.route_config for lis in listeners if lis.http is not None}
+
+
+def _apply_routes(state: SidecarState, update: Update, _domain: str) -> SidecarState:
+    accepted, _ = _start(state, update, state.routes)
+    named = _route_names(state.listeners.values())
+    routes = {n: r for n, r in state.routes.items() if n not in update.removed}
+    for item in _decoded(update, route_pb2.RouteConfiguration, lambda r: r.name):
+        if item.name not in named:
+            continue  # a late answer for a listener that is gone
+        config = decode_route_configuration(item.name, item.message)
+        for i, rule in enumerate(config.routes):
+            if rule.cluster not in state.clusters:
+                raise Where("RouteConfiguration", item.name).fail(
+                    f'virtual_hosts[0].routes[{i}] points at cluster "{q(rule.cluster)}"'
+                    " that the sidecar does not have"
+                )
+        routes[item.name] = config
+        accepted[item.name] = item.accepted
+    return dataclasses.replace(
+        state,
+        routes=routes,
+        accepted=_accepted(state, {types.ROUTE: accepted}),
         type_versions=_versions(state, update),
     )
 
@@ -253,6 +290,7 @@ _APPLY: dict[str, Callable[[SidecarState, Update, str], SidecarState]] = {
     types.CLUSTER: _apply_clusters,
     types.ENDPOINT: _apply_endpoints,
     types.LISTENER: _apply_listeners,
+    types.ROUTE: _apply_routes,
     types.NAME_TABLE: _apply_name_table,
 }
 
