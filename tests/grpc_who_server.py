@@ -1,13 +1,21 @@
 """gRPC backends that answer with their own name, as a process (for network namespaces).
 
 Run as `python tests/grpc_who_server.py PORT ADDRESS=NAME...`: one server per
-address, all on PORT, each answering /meshlet.test.Who/Name with its NAME. It
-prints "ready" once all listen and serves until stdin closes.
+address, all on PORT, each answering with its NAME:
+
+- /meshlet.test.Who/Name (unary): the name (a backend named sick-... answers
+  UNAVAILABLE instead);
+- /meshlet.test.Who/Count (server streaming): the request is a number N as text,
+  the answer N messages, each the name and its index, padded to 1 KiB;
+- /meshlet.test.Who/Echo (bidi): each message back, prefixed with the name.
+
+It prints "ready" once all listen and serves until stdin closes.
 """
 
 from __future__ import annotations
 
 import sys
+from collections.abc import Iterator
 from concurrent import futures
 
 import grpc
@@ -16,12 +24,27 @@ SERVICE, METHOD = "meshlet.test.Who", "Name"
 
 
 def who_handler(name: str) -> grpc.GenericRpcHandler:
-    def who(_request: bytes, _context: grpc.ServicerContext) -> bytes:
+    def who(_request: bytes, context: grpc.ServicerContext) -> bytes:
+        if name.startswith("sick"):
+            context.abort(grpc.StatusCode.UNAVAILABLE, f"{name} is sick")
         return name.encode()
+
+    def count(request: bytes, _context: grpc.ServicerContext) -> Iterator[bytes]:
+        for i in range(int(request)):
+            yield f"{name} {i}".encode().ljust(1024, b".")
+
+    def echo(requests: Iterator[bytes], _context: grpc.ServicerContext) -> Iterator[bytes]:
+        for message in requests:
+            yield name.encode() + b" " + message
 
     # No (de)serializers: bytes in, bytes out.
     return grpc.method_handlers_generic_handler(
-        SERVICE, {METHOD: grpc.unary_unary_rpc_method_handler(who)}
+        SERVICE,
+        {
+            METHOD: grpc.unary_unary_rpc_method_handler(who),
+            "Count": grpc.unary_stream_rpc_method_handler(count),
+            "Echo": grpc.stream_stream_rpc_method_handler(echo),
+        },
     )
 
 

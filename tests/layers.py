@@ -63,7 +63,8 @@ MODULES: dict[str, str] = {
     "test_helm_chart": PEERS,  # the Go-built helm: lint, template
     "test_helm_install": KUBE,
     "test_image": IMAGES,
-    "test_http_envoy": NETNS,  # Envoy and gRPC peers behind capture rules in a namespace
+    "test_http_balancing": NETNS,  # the sidecar, Envoy and gRPC peers behind capture rules
+    "test_http_retry": UNIT,
     "test_inject": UNIT,
     "test_injected_pod": NETNS,  # devmesh pods, unbound as the cluster DNS
     "test_k8s_control_plane": KUBE,

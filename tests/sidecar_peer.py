@@ -37,6 +37,10 @@ class Sidecar:
         answers = [rr.to_text() for rrset in response.answer for rr in rrset]
         return dns.rcode.to_text(response.rcode()), sorted(answers)
 
+    def clusters(self) -> Any:
+        """The sidecar's /clusters: each cluster, its endpoints and what the proxy did."""
+        return self.admin("/clusters")
+
     def admin(self, path: str) -> Any:
         self.process.check_alive()
         return get_json(f"http://127.0.0.1:{self.admin_port}{path}")

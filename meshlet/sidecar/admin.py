@@ -46,6 +46,7 @@ def _endpoint(endpoint: Endpoint, host: Host | None, now: float) -> dict[str, ob
         until = host.outlier.ejected_until
         out |= {
             "active_connections": host.active,
+            "active_requests": host.requests,
             "connections": host.connections,
             "connect_failures": host.connect_failures,
             "ejected": host.outlier.is_ejected(now),
@@ -67,6 +68,11 @@ def _runtime(runtime: ClusterRuntime | None) -> dict[str, object]:
         "refused_circuit_breaker": runtime.counters.refused,
         "refused_no_endpoint": runtime.counters.no_endpoint,
         "max_connections": runtime.config.max_connections,
+        # HTTP: requests balanced one by one, their answers, the pooled connections.
+        "requests": runtime.counters.requests,
+        "responses": dict(runtime.counters.by_status_class or {}),
+        "grpc_statuses": dict(runtime.counters.by_grpc_status or {}),
+        "pool_connections": runtime.counters.pool_connections,
     }
 
 

@@ -35,6 +35,7 @@ class Host:
     name: str  # "ip:port", "[ip6]:port"
     address: tuple[str, int] = ("", 0)
     active: int = 0  # open connections
+    requests: int = 0  # open requests (HTTP)
     connections: int = 0  # connections made, ever
     connect_failures: int = 0
     outlier: OutlierRecord = field(default_factory=OutlierRecord)
@@ -46,6 +47,10 @@ HostLoad = Callable[[Host], int]
 
 def open_connections(host: Host) -> int:
     return host.active
+
+
+def open_requests(host: Host) -> int:
+    return host.requests
 
 
 def _anything(_index: int) -> bool:

@@ -27,6 +27,12 @@ class ClusterCounters:
     no_endpoint: int = 0  # nothing to connect to, or every try failed
     bytes_up: int = 0  # client -> endpoint, of closed connections
     bytes_down: int = 0
+    # HTTP: requests (each balanced on its own), answers by status class and by gRPC
+    # status, and the pooled upstream connections opened.
+    requests: int = 0
+    by_status_class: dict[str, int] | None = None  # "2xx" -> count
+    by_grpc_status: dict[str, int] | None = None  # "0" -> count
+    pool_connections: int = 0
     connect_times: Buckets | None = None  # upstream connects that succeeded
     durations: Buckets | None = None  # relayed connections, once closed
 
@@ -34,6 +40,20 @@ class ClusterCounters:
         if self.connect_times is None:
             self.connect_times = Buckets(LATENCY_BUCKETS)
         self.connect_times.add(seconds)
+
+    def count_status(self, status: int) -> None:
+        counts = self.by_status_class
+        if counts is None:
+            counts = self.by_status_class = {}
+        key = f"{status // 100}xx"
+        counts[key] = counts.get(key, 0) + 1
+
+    def count_grpc(self, status: bytes) -> None:
+        counts = self.by_grpc_status
+        if counts is None:
+            counts = self.by_grpc_status = {}
+        key = status.decode("latin-1")[:3] if status.isdigit() else "unknown"
+        counts[key] = counts.get(key, 0) + 1
 
     def closed(self, seconds: float, up: int, down: int) -> None:
         self.bytes_up += up

@@ -19,10 +19,15 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from meshlet.model import Endpoint, LbPolicy
-from meshlet.sidecar.proxy.balancer import ClusterBalancer, HostLoad, open_connections
+from meshlet.sidecar.proxy.balancer import (
+    ClusterBalancer,
+    HostLoad,
+    open_connections,
+    open_requests,
+)
 from meshlet.sidecar.proxy.counters import ClusterCounters
 from meshlet.sidecar.proxy.original_dst import destination_key
-from meshlet.sidecar.state import ClusterConfig, ListenerConfig, SidecarState
+from meshlet.sidecar.state import ClusterConfig, ListenerConfig, RouteConfig, SidecarState
 from meshlet.xds import contract, types
 
 
@@ -49,11 +54,15 @@ class ClusterRuntime:
             self.built is not None or counters.opened > 0 or self.active > 0 or counters.refused > 0
         )
 
+    def _host_load(self) -> HostLoad:
+        # An HTTP/2 cluster's requests are balanced one by one: compare open requests.
+        return open_requests if self.config.http2 else self.load
+
     def balancer(self) -> ClusterBalancer:
         built = self.built
         if built is None:
             built = self.built = ClusterBalancer(
-                self.config, self.endpoints, self.zone, rng=self.rng, load=self.load
+                self.config, self.endpoints, self.zone, rng=self.rng, load=self._host_load()
             )
         return built
 
@@ -63,8 +72,16 @@ class ClusterRuntime:
         self.config, self.endpoints = config, endpoints
         if self.built is not None:
             self.built = ClusterBalancer(
-                config, endpoints, self.zone, self.built, self.rng, self.load
+                config, endpoints, self.zone, self.built, self.rng, self._host_load()
             )
+
+
+@dataclass(frozen=True, slots=True)
+class HttpRoute:
+    """What the HTTP handler needs of a listener: its routes and its header limits."""
+
+    routes: RouteConfig
+    max_headers_count: int = contract.MAX_HEADERS_COUNT
 
 
 @dataclass(frozen=True, eq=False, slots=True)
@@ -76,6 +93,8 @@ class Route:
     passthrough: bool = False
     # A hashing policy without a source-IP hash: each connection hashes a random key.
     random_key: bool = False
+    # Requests balanced one by one (an HTTP/2 port); None: relayed at L4.
+    http: HttpRoute | None = None
 
 
 # Before the first config, and when none names one: connect where the client meant to.
@@ -139,10 +158,10 @@ class Router:
         self.clusters = clusters
         routes: dict[bytes, Route] = {}
         for (ip, port), listener in state.listeners.items():
-            target = _l4_target(listener, state)
+            target = _target(listener, state)
             runtime = clusters.get(target[0]) if target is not None else None
             if runtime is not None and target is not None:
-                routes[destination_key(ip, port)] = _route(runtime, listener, target[1])
+                routes[destination_key(ip, port)] = _route(runtime, listener, *target[1:])
         self.routes = routes
         outbound = state.outbound_listener
         fallback = clusters.get(outbound.cluster) if outbound is not None else None
@@ -163,30 +182,42 @@ def _endpoints_only(before: SidecarState, after: SidecarState) -> bool:
     )
 
 
-def _l4_target(listener: ListenerConfig, state: SidecarState) -> tuple[str, bool] | None:
-    """The cluster a listener's connections go to, and whether they hash the client's IP.
-
-    An HTTP listener is relayed at L4 to its routes' catch-all cluster (requests are
-    not balanced one by one yet); None while its routes have not come.
+def _target(
+    listener: ListenerConfig, state: SidecarState
+) -> tuple[str, bool, RouteConfig | None] | None:
+    """The cluster a listener's connections go to, whether they hash the client's IP,
+    and an HTTP listener's routes; None while those routes have not come.
     """
     if listener.http is None:
-        return listener.cluster, listener.hash_source_ip
+        return listener.cluster, listener.hash_source_ip, None
     routes = state.routes.get(listener.http.route_config)
     if routes is None:
         return None
-    return routes.default.cluster, routes.default.hash_source_ip
+    return routes.default.cluster, routes.default.hash_source_ip, routes
 
 
 _HASHING = frozenset({LbPolicy.RING_HASH, LbPolicy.MAGLEV})
 
 
-def _route(runtime: ClusterRuntime, listener: ListenerConfig, hash_client: bool) -> Route:
+def _route(
+    runtime: ClusterRuntime,
+    listener: ListenerConfig,
+    hash_client: bool,
+    routes: RouteConfig | None = None,
+) -> Route:
     config = runtime.config
     hash_source_ip = hash_client or config.client_ip_affinity
+    http = None
+    # HTTP/2 ports (gRPC) have their requests balanced one by one; an HTTP/1.1 port
+    # is still relayed at L4 until the sidecar speaks HTTP/1.1.
+    manager = listener.http
+    if routes is not None and manager is not None and config.http2 and manager.codec != "HTTP1":
+        http = HttpRoute(routes, manager.max_headers_count)
     return Route(
         runtime,
         hash_source_ip=hash_source_ip,
         idle_timeout=listener.idle_timeout_seconds,
         passthrough=config.original_destination,
         random_key=not hash_source_ip and config.lb_policy in _HASHING,
+        http=http,
     )

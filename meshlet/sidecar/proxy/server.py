@@ -24,6 +24,7 @@ import random
 from collections.abc import Sequence
 
 from meshlet.sidecar.proxy.counters import ListenerCounters, ThrottledLog
+from meshlet.sidecar.proxy.http2 import Http2Handler
 from meshlet.sidecar.proxy.listener import Listeners
 from meshlet.sidecar.proxy.reactor import Reactor
 from meshlet.sidecar.proxy.router import Router
@@ -47,6 +48,9 @@ class OutboundProxy:
             local_errors,
             self._released,
         )
+        self.http2 = Http2Handler(
+            self.loop, self.reactor, rng or random.Random(), local_errors, self._released
+        )
         self._sweeper: asyncio.Task[None] | None = None
         self._drained: asyncio.Event | None = None  # set when draining and nothing is open
         self._closed = False
@@ -57,8 +61,8 @@ class OutboundProxy:
 
     @property
     def active(self) -> int:
-        """Connections open or being connected."""
-        return self.tcp.active
+        """Connections open or being connected (client connections, for HTTP)."""
+        return self.tcp.active + self.http2.active
 
     def listen(self, addresses: Sequence[tuple[str, int]]) -> list[tuple[str, int]]:
         """Binds every address (port 0 picks one); returns where it listens."""
@@ -71,7 +75,11 @@ class OutboundProxy:
         self.listeners.close()
 
     def _dispatch(self, client: _socket.socket, peer: tuple[str, int], destination: bytes) -> None:
-        self.tcp.handle(client, peer, self.router.route(destination), destination)
+        route = self.router.route(destination)
+        if route.http is not None:
+            self.http2.handle(client, route)
+        else:
+            self.tcp.handle(client, peer, route, destination)
 
     def _released(self) -> None:
         if self._drained is not None and not self.active:
@@ -86,12 +94,26 @@ class OutboundProxy:
     async def _sweep(self, interval: float = 1.0) -> None:
         while True:
             await asyncio.sleep(interval)
-            self.tcp.sweep(self.loop.time())
+            now = self.loop.time()
+            self.tcp.sweep(now)
+            self.http2.sweep(now, self._hosts_of)
+
+    def _hosts_of(self, cluster: str) -> set[str]:
+        runtime = self.router.clusters.get(cluster)
+        if runtime is None or runtime.built is None:
+            return set()
+        return {h.name for h in runtime.balancer().hosts}
 
     async def drain(self, deadline: float) -> int:
         """Stop accepting and wait for open connections to end, up to `deadline` seconds;
         returns how many were still open then (they are closed)."""
         self.stop_accepting()
+        if self.http2.active:
+            # HTTP/2 clients move without a failed request: GOAWAY past every stream,
+            # then, a round trip later, at the last stream taken.
+            self.http2.goaway_all(final=False)
+            await asyncio.sleep(min(1.0, deadline / 2))
+            self.http2.goaway_all(final=True)
         if self.active:
             self._drained = asyncio.Event()
             with contextlib.suppress(TimeoutError):
@@ -111,4 +133,5 @@ class OutboundProxy:
                 await self._sweeper
             self._sweeper = None
         self.tcp.close()
+        self.http2.close()
         self.reactor.close()

@@ -1,0 +1,894 @@
+"""The HTTP/2 handler: every request of a client connection balanced on its own.
+
+A captured connection to an HTTP/2 port (gRPC, h2c with prior knowledge) is
+spoken to by an h2 state machine (python-hyper's `h2`, sans-IO: this module owns
+the sockets, h2 the frames). Each request picks its endpoint through the
+cluster's balancer, which compares open requests, and goes out as a stream on
+that endpoint's pool: few long-lived HTTP/2 connections, opened when first
+needed, each carrying up to the peer's MAX_CONCURRENT_STREAMS.
+
+Flow control is end to end: data read on one side is acknowledged to its sender
+(WINDOW_UPDATE) only once the other side's window took it, so a slow reader
+stops its stream's writer and memory stays bounded by the windows. A request the
+server never saw (connect failure, REFUSED_STREAM, a GOAWAY past its id) is tried
+again on another endpoint; an answer the route's policy names is retried the same
+way, with the body held up to 64 KiB, within the retry budget and the deadline.
+"""
+
+from __future__ import annotations
+
+import _socket
+import asyncio
+import contextlib
+import errno
+import logging
+import random
+import socket
+from collections import deque
+from collections.abc import Callable
+
+import h2.config
+import h2.connection
+import h2.errors
+import h2.events
+import h2.exceptions
+import h2.settings
+import hyperframe.frame
+
+from meshlet.sidecar.proxy.balancer import Host
+from meshlet.sidecar.proxy.counters import ThrottledLog
+from meshlet.sidecar.proxy.http_retry import (
+    Failure,
+    RetryBudget,
+    RetryState,
+    answer_failure,
+    grpc_timeout,
+    rule_for,
+)
+from meshlet.sidecar.proxy.listener import STREAM
+from meshlet.sidecar.proxy.reactor import Reactor
+from meshlet.sidecar.proxy.router import ClusterRuntime, Route
+from meshlet.sidecar.proxy.stream_socket import HIGH_WATER, StreamSocket
+from meshlet.xds import contract
+
+log = logging.getLogger(__name__)
+
+Headers = list[tuple[bytes, bytes]]
+
+# What the sidecar offers its clients (Envoy's defaults where it has one).
+MAX_CONCURRENT_STREAMS = 1024
+# A stream window larger than h2's 64 KiB default, so one stream is not held to
+# one round trip per 64 KiB; the connection's is raised to match.
+STREAM_WINDOW = 1024 * 1024
+CONNECTION_WINDOW = 16 * 1024 * 1024
+# Streams a client may reset in a second before its connection is closed: the
+# rapid-reset flood (CVE-2023-44487) opens and cancels streams as fast as it can.
+MAX_RESETS_PER_SECOND = 200
+UPSTREAM_IDLE_SECONDS = 300.0
+GOAWAY_LINGER_SECONDS = 1.0
+_NODELAY = (socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+_GRPC = b"application/grpc"
+
+
+def _config(client_side: bool) -> h2.config.H2Configuration:
+    return h2.config.H2Configuration(
+        client_side=client_side,
+        header_encoding=None,  # bytes through, never decoded and encoded again
+        validate_inbound_headers=True,
+        validate_outbound_headers=False,
+        normalize_outbound_headers=False,
+    )
+
+
+def _settings(max_header_bytes: int) -> dict[h2.settings.SettingCodes, int]:
+    return {
+        h2.settings.SettingCodes.MAX_CONCURRENT_STREAMS: MAX_CONCURRENT_STREAMS,
+        h2.settings.SettingCodes.INITIAL_WINDOW_SIZE: STREAM_WINDOW,
+        h2.settings.SettingCodes.MAX_HEADER_LIST_SIZE: max_header_bytes,
+        h2.settings.SettingCodes.ENABLE_PUSH: 0,
+    }
+
+
+def _header(headers: Headers, name: bytes) -> bytes:
+    for key, value in headers:
+        if key == name:
+            return value
+    return b""
+
+
+class _Side:
+    """One HTTP/2 connection (either side): its socket, its state machine, its streams."""
+
+    def __init__(self, handler: Http2Handler, sock: _socket.socket, client_side: bool) -> None:
+        self.handler = handler
+        self.h2 = h2.connection.H2Connection(_config(client_side))
+        # Set before initiate_connection, which sends them.
+        self.h2.local_settings = h2.settings.Settings(
+            client=client_side, initial_values=_settings(handler.max_header_bytes)
+        )
+        # An HPACK bomb: a header block that decodes to more than this is refused.
+        self.h2.decoder.max_header_list_size = handler.max_header_bytes
+        self.streams: dict[int, ProxiedStream] = {}
+        self.socket = StreamSocket(
+            handler.reactor,
+            sock,
+            self._received,
+            self._closed,
+            self._connected if client_side else None,
+        )
+        self.socket.on_drained(self._drained)
+        self.closed = False
+        self.discarding = False  # a GOAWAY for an error went out: read, drop, then close
+
+    def start(self) -> None:
+        self.h2.initiate_connection()
+        self.h2.increment_flow_control_window(CONNECTION_WINDOW - 65535)
+        self.flush()
+
+    def flush(self) -> None:
+        data = self.h2.data_to_send()
+        if data:
+            self.socket.write(data)
+
+    def _connected(self) -> None:
+        pass  # an upstream connection starts when its connect completes
+
+    def _drained(self) -> None:
+        pass
+
+    def _received(self, data: bytes) -> None:
+        if self.discarding:
+            return
+        try:
+            events = self.h2.receive_data(data)
+        except h2.exceptions.ProtocolError as exc:
+            self.protocol_error(exc)
+            return
+        try:
+            for event in events:
+                self.event(event)
+                if self.closed or self.discarding:
+                    return
+        except Exception:  # a bug: this connection ends, no stream of it hangs
+            log.exception("the HTTP/2 handler failed; closing the connection")
+            self.socket.close()
+            return
+        self.flush()
+
+    def protocol_error(self, exc: Exception) -> None:
+        self.handler.protocol_errors += 1
+        self.handler.errors.error(
+            self.handler.loop.time(), "HTTP/2 protocol error, connection closed: %s", exc
+        )
+        self.close_after_goaway()
+
+    def close_after_goaway(self) -> None:
+        """Sends what h2 queued (its GOAWAY), then closes a moment later: closing at
+        once, with the peer's bytes unread, would reset the connection and the
+        GOAWAY could be lost. What comes meanwhile is read and dropped."""
+        self.flush()
+        self.discarding = True
+        with contextlib.suppress(OSError):
+            self.socket.sock.shutdown(_socket.SHUT_WR)
+        self.handler.loop.call_later(GOAWAY_LINGER_SECONDS, self.socket.close)
+
+    def event(self, event: h2.events.Event) -> None:
+        raise NotImplementedError
+
+    def _closed(self, error: OSError | None) -> None:
+        self.closed = True
+        self.gone(error)
+
+    def gone(self, error: OSError | None) -> None:
+        raise NotImplementedError
+
+    def window(self, stream_id: int) -> int:
+        try:
+            return min(
+                self.h2.local_flow_control_window(stream_id), self.h2.max_outbound_frame_size
+            )
+        except (h2.exceptions.StreamClosedError, h2.exceptions.ProtocolError, KeyError):
+            return 0
+
+
+def _send_within_window(side: _Side, stream_id: int, pending: deque[tuple[bytes, int]]) -> int:
+    """Sends what the stream's window allows; returns the flow-controlled bytes of the
+    pieces sent whole, for the other side to acknowledge to its sender."""
+    acked = 0
+    while pending:
+        data, flow = pending[0]
+        window = side.window(stream_id)
+        if window <= 0:
+            break
+        chunk = data[:window]
+        side.h2.send_data(stream_id, chunk)
+        if len(chunk) == len(data):
+            pending.popleft()
+            acked += flow
+        else:
+            pending[0] = (data[len(chunk) :], flow)
+    return acked
+
+
+class ProxiedStream:
+    """One request: its downstream stream, and the upstream stream of its current try."""
+
+    __slots__ = (
+        "cluster",
+        "down",
+        "down_id",
+        "down_pending",
+        "down_pending_end",
+        "down_trailers",
+        "grpc",
+        "headers",
+        "host",
+        "request_ended",
+        "responded",
+        "retry",
+        "trailers",
+        "tried",
+        "up",
+        "up_id",
+        "up_pending",
+        "up_pending_end",
+    )
+
+    def __init__(
+        self,
+        down: Downstream,
+        down_id: int,
+        headers: Headers,
+        cluster: ClusterRuntime,
+        retry: RetryState,
+    ) -> None:
+        self.down = down
+        self.down_id = down_id
+        self.headers = headers
+        self.cluster = cluster
+        self.retry = retry
+        self.grpc = _header(headers, b"content-type").startswith(_GRPC)
+        self.host: Host | None = None
+        self.up: Upstream | None = None
+        self.up_id = 0
+        self.tried: list[Host] = []
+        self.request_ended = False
+        self.responded = False  # response headers went downstream: no retry from here
+        self.trailers: Headers | None = None  # the request's, for upstream
+        self.down_trailers: Headers | None = None  # the response's, for the client
+        # Data waiting for the other side's window: (bytes, flow-controlled length).
+        self.up_pending: deque[tuple[bytes, int]] = deque()
+        self.up_pending_end = False
+        self.down_pending: deque[tuple[bytes, int]] = deque()
+        self.down_pending_end = False
+
+
+class Downstream(_Side):
+    """A client's connection to the sidecar."""
+
+    def __init__(self, handler: Http2Handler, sock: _socket.socket, route: Route) -> None:
+        super().__init__(handler, sock, client_side=False)
+        self.route = route
+        self._resets: deque[float] = deque()
+        self.draining = False  # the last GOAWAY went out: close once its streams are done
+
+    def event(self, event: h2.events.Event) -> None:
+        handler = self.handler
+        if isinstance(event, h2.events.RequestReceived):
+            handler.request(self, event.stream_id, event.headers or [])
+        elif isinstance(event, h2.events.DataReceived):
+            stream = self.streams.get(event.stream_id)
+            if stream is None:
+                self.h2.acknowledge_received_data(event.flow_controlled_length, event.stream_id)
+                return
+            stream.retry.hold(event.data)
+            stream.up_pending.append((event.data, event.flow_controlled_length))
+            if event.stream_ended:
+                stream.up_pending_end = True
+            handler.pump_up(stream)
+        elif isinstance(event, h2.events.StreamEnded):
+            stream = self.streams.get(event.stream_id)
+            if stream is not None:
+                stream.up_pending_end = True
+                handler.pump_up(stream)
+        elif isinstance(event, h2.events.TrailersReceived):
+            stream = self.streams.get(event.stream_id)
+            if stream is not None:
+                stream.trailers = list(event.headers or [])
+                stream.up_pending_end = True
+                handler.pump_up(stream)
+        elif isinstance(event, h2.events.StreamReset):
+            stream = self.streams.pop(event.stream_id, None)
+            if stream is not None:
+                self._count_reset()
+                handler.cancel_upstream(stream, event.error_code or h2.errors.ErrorCodes.CANCEL)
+        elif isinstance(event, h2.events.WindowUpdated):
+            targets = (
+                self.streams.values()
+                if event.stream_id == 0
+                else [self.streams.get(event.stream_id)]
+            )
+            for stream in list(targets):
+                if stream is not None:
+                    handler.pump_down(stream)
+        elif isinstance(event, h2.events.ConnectionTerminated):
+            self.socket.close()
+
+    def _count_reset(self) -> None:
+        now = self.handler.loop.time()
+        resets = self._resets
+        resets.append(now)
+        while resets and resets[0] < now - 1.0:
+            resets.popleft()
+        if len(resets) > MAX_RESETS_PER_SECOND:
+            self.handler.reset_floods += 1
+            self.handler.errors.error(
+                now,
+                "a client reset over %d streams in a second: connection closed",
+                MAX_RESETS_PER_SECOND,
+            )
+            self.h2.close_connection(h2.errors.ErrorCodes.ENHANCE_YOUR_CALM)
+            self.close_after_goaway()
+
+    def _drained(self) -> None:
+        # The client reads again: the upstream sockets that were held back may go on.
+        for stream in list(self.streams.values()):
+            if stream.up is not None:
+                stream.up.socket.pause(False)
+
+    def gone(self, error: OSError | None) -> None:
+        streams, self.streams = self.streams, {}
+        for stream in streams.values():
+            self.handler.cancel_upstream(stream, h2.errors.ErrorCodes.CANCEL)
+        self.handler.downstream_closed(self)
+
+
+class Upstream(_Side):
+    """One of an endpoint's pooled connections."""
+
+    def __init__(self, handler: Http2Handler, sock: _socket.socket, pool: Pool) -> None:
+        self.pool = pool
+        self.ready = False
+        self.goaway = False  # no new streams: the server said GOAWAY, or it is being closed
+        self.waiting: deque[ProxiedStream] = deque()  # streams for when it is up
+        self.idle_since = handler.loop.time()
+        super().__init__(handler, sock, client_side=True)
+
+    def has_room(self) -> bool:
+        if self.goaway or self.closed:
+            return False
+        limit = (
+            self.h2.remote_settings.max_concurrent_streams if self.ready else MAX_CONCURRENT_STREAMS
+        )
+        return len(self.streams) + len(self.waiting) < min(limit, MAX_CONCURRENT_STREAMS)
+
+    def _connected(self) -> None:
+        self.socket.sock.setsockopt(*_NODELAY)
+        self.ready = True
+        self.start()
+        waiting, self.waiting = self.waiting, deque()
+        for stream in waiting:
+            self.handler.open_upstream(stream, self)
+        self.flush()
+
+    def event(self, event: h2.events.Event) -> None:
+        handler = self.handler
+        if isinstance(event, h2.events.ResponseReceived):
+            stream = self.streams.get(event.stream_id)
+            if stream is not None:
+                # A trailers-only answer (a gRPC error) ends with its headers.
+                ended = event.stream_ended is not None
+                handler.response(stream, list(event.headers or []), ended)
+        elif isinstance(event, h2.events.InformationalResponseReceived):
+            stream = self.streams.get(event.stream_id)
+            if stream is not None:  # 100-continue and the like pass through
+                stream.down.h2.send_headers(stream.down_id, list(event.headers or []))
+                stream.down.flush()
+        elif isinstance(event, h2.events.DataReceived):
+            stream = self.streams.get(event.stream_id)
+            if stream is None:
+                self.h2.acknowledge_received_data(event.flow_controlled_length, event.stream_id)
+                return
+            stream.down_pending.append((event.data, event.flow_controlled_length))
+            if event.stream_ended:
+                stream.down_pending_end = True
+            handler.pump_down(stream)
+        elif isinstance(event, h2.events.TrailersReceived):
+            stream = self.streams.get(event.stream_id)
+            if stream is not None:
+                handler.response_trailers(stream, list(event.headers or []))
+        elif isinstance(event, h2.events.StreamEnded):
+            stream = self.streams.get(event.stream_id)
+            if stream is not None:
+                stream.down_pending_end = True
+                handler.pump_down(stream)
+        elif isinstance(event, h2.events.StreamReset):
+            stream = self.streams.pop(event.stream_id, None)
+            if stream is not None:
+                refused = event.error_code == h2.errors.ErrorCodes.REFUSED_STREAM
+                handler.upstream_failed(
+                    stream, Failure.REFUSED if refused else None, event.error_code
+                )
+        elif isinstance(event, h2.events.WindowUpdated):
+            targets = (
+                self.streams.values()
+                if event.stream_id == 0
+                else [self.streams.get(event.stream_id)]
+            )
+            for stream in list(targets):
+                if stream is not None:
+                    handler.pump_up(stream)
+        elif isinstance(event, h2.events.ConnectionTerminated):
+            self.goaway = True
+            last = event.last_stream_id if event.last_stream_id is not None else 0
+            for stream_id in [s for s in self.streams if s > last]:
+                stream = self.streams.pop(stream_id)
+                handler.upstream_failed(
+                    stream, Failure.REFUSED, h2.errors.ErrorCodes.REFUSED_STREAM
+                )
+            if not self.streams:
+                self.socket.close()
+
+    def _drained(self) -> None:
+        for stream in list(self.streams.values()):
+            stream.down.socket.pause(False)
+
+    def gone(self, error: OSError | None) -> None:
+        self.pool.remove(self)
+        handler = self.handler
+        if not self.ready:
+            handler.cluster_of(self.pool).counters.connect_failures += 1
+            failure = Failure.CONNECT
+        else:
+            failure = None
+        streams = [*self.waiting, *self.streams.values()]
+        self.waiting.clear()
+        self.streams = {}
+        for stream in streams:
+            # A stream that never got bytes out was never seen by the server.
+            handler.upstream_failed(stream, failure, h2.errors.ErrorCodes.CONNECT_ERROR)
+
+    def stream_done(self, stream_id: int) -> None:
+        self.streams.pop(stream_id, None)
+        if not self.streams:
+            self.idle_since = self.handler.loop.time()
+            if self.goaway:
+                self.socket.close()
+
+
+class Pool:
+    """An endpoint's HTTP/2 connections."""
+
+    __slots__ = ("cluster", "conns", "host")
+
+    def __init__(self, cluster: str, host: Host) -> None:
+        self.cluster = cluster
+        self.host = host
+        self.conns: list[Upstream] = []
+
+    def remove(self, conn: Upstream) -> None:
+        if conn in self.conns:
+            self.conns.remove(conn)
+
+
+class Http2Handler:
+    def __init__(
+        self,
+        loop: asyncio.AbstractEventLoop,
+        reactor: Reactor,
+        rng: random.Random,
+        errors: ThrottledLog,
+        released: Callable[[], None],
+    ) -> None:
+        self.loop = loop
+        self.reactor = reactor
+        self.rng = rng
+        self.errors = errors
+        self._released = released
+        self.max_header_bytes = contract.MAX_REQUEST_HEADERS_KB * 1024
+        self.downstreams: set[Downstream] = set()
+        self.pools: dict[tuple[str, str], Pool] = {}
+        self.budgets: dict[str, RetryBudget] = {}
+        self.clusters: dict[str, ClusterRuntime] = {}
+        self.protocol_errors = 0
+        self.reset_floods = 0
+
+    @property
+    def active(self) -> int:
+        return len(self.downstreams)
+
+    # --- downstream ---------------------------------------------------------------
+
+    def handle(self, client: _socket.socket, route: Route) -> None:
+        try:
+            client.setsockopt(*_NODELAY)
+            down = Downstream(self, client, route)
+        except OSError as exc:
+            client.close()
+            self.errors.error(self.loop.time(), "cannot take an HTTP/2 connection: %s", exc)
+            return
+        self.downstreams.add(down)
+        route.cluster.active += 1
+        down.start()
+
+    def downstream_closed(self, down: Downstream) -> None:
+        if down in self.downstreams:
+            self.downstreams.discard(down)
+            down.route.cluster.active -= 1
+            self._released()
+
+    def request(self, down: Downstream, stream_id: int, headers: Headers) -> None:
+        route = down.route
+        http = route.http
+        if http is None or len(headers) > http.max_headers_count:
+            self.local_reply(down, stream_id, headers, 431, "too many request headers")
+            return
+        rule = rule_for(http.routes, _header(headers, b":method").decode("latin-1"))
+        cluster = (
+            route.cluster
+            if rule.cluster == route.cluster.name
+            else self.clusters.get(rule.cluster, route.cluster)
+        )
+        now = self.loop.time()
+        deadline = None
+        timeout = grpc_timeout(_header(headers, b"grpc-timeout").decode("latin-1"))
+        if timeout is not None:
+            deadline = now + timeout
+        stream = ProxiedStream(
+            down, stream_id, headers, cluster, RetryState(rule.retry, now, deadline)
+        )
+        down.streams[stream_id] = stream
+        cluster.counters.requests += 1
+        self._budget(cluster).request(now)
+        self.pick_and_send(stream)
+
+    def _budget(self, cluster: ClusterRuntime) -> RetryBudget:
+        budget = self.budgets.get(cluster.name)
+        if budget is None:
+            budget = self.budgets[cluster.name] = RetryBudget()
+        return budget
+
+    def pick_and_send(self, stream: ProxiedStream) -> None:
+        cluster = stream.cluster
+        now = self.loop.time()
+        balancer = cluster.balancer()
+        key = self.rng.getrandbits(64)
+        host = balancer.choose(key, stream.tried, now, self.rng)
+        if host is None:
+            cluster.counters.no_endpoint += 1
+            self.fail_downstream(stream, 503, "no healthy upstream")
+            return
+        stream.host = host
+        stream.tried.append(host)
+        host.requests += 1
+        pool = self.pools.get((cluster.name, host.name))
+        if pool is None:
+            pool = self.pools[(cluster.name, host.name)] = Pool(cluster.name, host)
+            self.clusters[cluster.name] = cluster
+        conn = next((c for c in pool.conns if c.has_room()), None)
+        if conn is None:
+            conn = self._connect(pool, cluster)
+            if conn is None:
+                self._release_host(stream)
+                self.retry_or_fail(stream, Failure.CONNECT, h2.errors.ErrorCodes.CONNECT_ERROR)
+                return
+        if conn.ready:
+            self.open_upstream(stream, conn)
+            conn.flush()
+        else:
+            stream.up = conn
+            conn.waiting.append(stream)
+
+    def cluster_of(self, pool: Pool) -> ClusterRuntime:
+        return self.clusters[pool.cluster]
+
+    def _connect(self, pool: Pool, cluster: ClusterRuntime) -> Upstream | None:
+        address = pool.host.address
+        try:
+            sock = _socket.socket(socket.AF_INET6 if ":" in address[0] else socket.AF_INET, STREAM)
+        except OSError as exc:
+            self.errors.error(self.loop.time(), "cannot open a socket: %s", exc)
+            return None
+        error = sock.connect_ex(address)
+        if error not in (0, errno.EINPROGRESS):
+            sock.close()
+            cluster.counters.connect_failures += 1
+            return None
+        conn = Upstream(self, sock, pool)
+        pool.conns.append(conn)
+        cluster.counters.pool_connections += 1
+        timeout = cluster.config.connect_timeout_seconds
+        self.loop.call_later(timeout, self._connect_timed_out, conn)
+        return conn
+
+    def _connect_timed_out(self, conn: Upstream) -> None:
+        if not conn.ready and not conn.closed:
+            conn.socket.close(OSError(errno.ETIMEDOUT, "connect timed out"))
+
+    def open_upstream(self, stream: ProxiedStream, conn: Upstream) -> None:
+        if stream.down.closed or stream.down_id not in stream.down.streams:
+            self._release_host(stream)
+            return
+        up_id = conn.h2.get_next_available_stream_id()
+        stream.up, stream.up_id = conn, up_id
+        conn.streams[up_id] = stream
+        replay = stream.retry.body if stream.retry.tries else None
+        if replay is not None:
+            # The held body goes again whole: what was waiting is in it, so the client
+            # may send on (its window is given back now).
+            unacked = sum(flow for _, flow in stream.up_pending)
+            if unacked and not stream.down.closed:
+                stream.down.h2.acknowledge_received_data(unacked, stream.down_id)
+            stream.up_pending = deque([(bytes(replay), 0)] if replay else ())
+        ended = stream.up_pending_end and not stream.up_pending and stream.trailers is None
+        conn.h2.send_headers(up_id, stream.headers, end_stream=ended)
+        if ended:
+            stream.request_ended = True
+        else:
+            self.pump_up(stream)
+
+    def pump_up(self, stream: ProxiedStream) -> None:
+        """Request data to the upstream stream, as far as its window goes."""
+        conn = stream.up
+        if conn is None or not conn.ready or stream.up_id not in conn.streams:
+            return
+        pending = stream.up_pending
+        down = stream.down
+        acked = _send_within_window(conn, stream.up_id, pending)
+        if acked and not down.closed and stream.down_id in down.streams:
+            down.h2.acknowledge_received_data(acked, stream.down_id)
+            down.flush()
+        if not pending and stream.up_pending_end and not stream.request_ended:
+            stream.request_ended = True
+            if stream.trailers is not None:
+                conn.h2.send_headers(stream.up_id, stream.trailers, end_stream=True)
+            else:
+                conn.h2.end_stream(stream.up_id)
+        conn.flush()
+        if conn.socket.backlog > HIGH_WATER:
+            down.socket.pause(True)
+
+    # --- upstream -----------------------------------------------------------------
+
+    def response(self, stream: ProxiedStream, headers: Headers, ended: bool) -> None:
+        status = int(_header(headers, b":status") or b"0")
+        grpc_status = _header(headers, b"grpc-status")
+        # Outlier detection takes gRPC UNAVAILABLE as the 503 it stands for.
+        outcome = 503 if grpc_status == b"14" else status
+        if not stream.responded:
+            failure = answer_failure(stream.retry.policy, status, grpc_status.decode("latin-1"))
+            if failure is not None and stream.request_ended:
+                conn = stream.up
+                if conn is not None and self._may_retry(stream, failure):
+                    if not ended:  # the answer is dropped: its stream need not go on
+                        with contextlib.suppress(h2.exceptions.StreamClosedError):
+                            conn.h2.reset_stream(stream.up_id, h2.errors.ErrorCodes.CANCEL)
+                    conn.flush()
+                    conn.stream_done(stream.up_id)
+                    self._release_host(stream)
+                    stream.request_ended = False
+                    self._count_outlier(stream, outcome)
+                    self.pick_and_send(stream)
+                    return
+        stream.responded = True
+        self._count_outlier(stream, outcome)
+        stream.cluster.counters.count_status(status)
+        if ended and grpc_status:
+            stream.cluster.counters.count_grpc(grpc_status)
+        down = stream.down
+        if down.closed or stream.down_id not in down.streams:
+            return
+        down.h2.send_headers(stream.down_id, headers, end_stream=ended)
+        if ended:
+            self.finish(stream)
+        down.flush()
+
+    def _may_retry(self, stream: ProxiedStream, failure: Failure) -> bool:
+        if stream.responded:
+            return False
+        allowed = stream.retry.may_retry(failure, self.loop.time(), self._budget(stream.cluster))
+        if allowed:
+            stream.cluster.counters.retries += 1
+        return allowed
+
+    def _count_outlier(self, stream: ProxiedStream, status: int) -> None:
+        host = stream.host
+        if host is None:
+            return
+        balancer = stream.cluster.balancer()
+        if status >= 500:
+            if balancer.connect_failed(host, self.loop.time()):
+                stream.cluster.counters.ejections += 1
+        else:
+            balancer.connect_succeeded(host)
+
+    def response_trailers(self, stream: ProxiedStream, trailers: Headers) -> None:
+        grpc_status = _header(trailers, b"grpc-status")
+        if grpc_status == b"14":
+            self._count_outlier(stream, 503)
+        stream.cluster.counters.count_grpc(grpc_status)
+        # They go after the data still waiting for the client's window.
+        stream.down_trailers = trailers
+        stream.down_pending_end = True
+        self.pump_down(stream)
+
+    def pump_down(self, stream: ProxiedStream) -> None:
+        """Response data to the client, as far as its window goes."""
+        down = stream.down
+        conn = stream.up
+        if down.closed or stream.down_id not in down.streams:
+            return
+        pending = stream.down_pending
+        acked = _send_within_window(down, stream.down_id, pending)
+        if acked and conn is not None and not conn.closed and stream.up_id in conn.streams:
+            conn.h2.acknowledge_received_data(acked, stream.up_id)
+            conn.flush()
+        if not pending and stream.down_pending_end:
+            if stream.down_trailers is not None:
+                down.h2.send_headers(stream.down_id, stream.down_trailers, end_stream=True)
+            else:
+                down.h2.end_stream(stream.down_id)
+            self.finish(stream)
+        down.flush()
+        if conn is not None and down.socket.backlog > HIGH_WATER:
+            conn.socket.pause(True)
+
+    def finish(self, stream: ProxiedStream) -> None:
+        down = stream.down
+        down.streams.pop(stream.down_id, None)
+        if down.draining and not down.streams:
+            down.flush()
+            down.socket.close()
+        conn = stream.up
+        if conn is not None:
+            conn.stream_done(stream.up_id)
+        self._release_host(stream)
+
+    def _release_host(self, stream: ProxiedStream) -> None:
+        host = stream.host
+        if host is not None:
+            host.requests -= 1
+            stream.host = None
+
+    def upstream_failed(self, stream: ProxiedStream, failure: Failure | None, code: int) -> None:
+        """The try's upstream stream ended without a whole answer."""
+        self._release_host(stream)
+        conn, stream.up = stream.up, None
+        if conn is not None:
+            conn.waiting = deque(s for s in conn.waiting if s is not stream)
+        if failure is Failure.CONNECT and stream.tried:
+            host = stream.tried[-1]
+            if stream.cluster.balancer().connect_failed(host, self.loop.time()):
+                stream.cluster.counters.ejections += 1
+        if failure is not None and not stream.responded:
+            self.retry_or_fail(stream, failure, code)
+            return
+        self._reset_downstream(stream, code)
+
+    def retry_or_fail(self, stream: ProxiedStream, failure: Failure, code: int) -> None:
+        if self._may_retry(stream, failure):
+            stream.request_ended = False
+            self.pick_and_send(stream)
+            return
+        if not stream.responded:
+            self.fail_downstream(stream, 503, f"upstream {failure.value}")
+        else:
+            self._reset_downstream(stream, code)
+
+    def _reset_downstream(self, stream: ProxiedStream, code: int) -> None:
+        down = stream.down
+        if down.streams.pop(stream.down_id, None) is None or down.closed:
+            return
+        if not stream.responded:
+            self.local_reply(
+                down, stream.down_id, stream.headers, 503, "upstream reset", known=False
+            )
+            return
+        with contextlib.suppress(h2.exceptions.StreamClosedError):
+            down.h2.reset_stream(
+                stream.down_id,
+                h2.errors.ErrorCodes.INTERNAL_ERROR
+                if code == h2.errors.ErrorCodes.CONNECT_ERROR
+                else code,
+            )
+        down.flush()
+
+    def fail_downstream(self, stream: ProxiedStream, status: int, reason: str) -> None:
+        down = stream.down
+        if down.streams.pop(stream.down_id, None) is None or down.closed:
+            return
+        stream.cluster.counters.count_status(status)
+        self.local_reply(down, stream.down_id, stream.headers, status, reason, known=False)
+
+    def local_reply(
+        self,
+        down: Downstream,
+        stream_id: int,
+        request: Headers,
+        status: int,
+        reason: str,
+        known: bool = True,
+    ) -> None:
+        """An answer of the sidecar's own: gRPC UNAVAILABLE for a gRPC request, as Envoy."""
+        down.streams.pop(stream_id, None)
+        grpc = _header(request, b"content-type").startswith(_GRPC)
+        try:
+            if grpc:
+                code = b"14" if status in (502, 503, 504) else b"13"
+                headers = [
+                    (b":status", b"200"),
+                    (b"content-type", b"application/grpc"),
+                    (b"grpc-status", code),
+                    (b"grpc-message", reason.encode()),
+                ]
+                down.h2.send_headers(stream_id, headers, end_stream=True)
+            else:
+                body = reason.encode() + b"\n"
+                headers = [
+                    (b":status", str(status).encode()),
+                    (b"content-type", b"text/plain"),
+                    (b"content-length", str(len(body)).encode()),
+                ]
+                down.h2.send_headers(stream_id, headers)
+                down.h2.send_data(stream_id, body, end_stream=True)
+        except (
+            h2.exceptions.StreamClosedError,
+            h2.exceptions.ProtocolError,
+            h2.exceptions.FlowControlError,
+        ):
+            pass
+        down.flush()
+
+    def cancel_upstream(self, stream: ProxiedStream, code: int) -> None:
+        conn = stream.up
+        self._release_host(stream)
+        if conn is None:
+            return
+        if stream in conn.waiting:
+            conn.waiting = deque(s for s in conn.waiting if s is not stream)
+            return
+        if stream.up_id in conn.streams and not conn.closed:
+            with contextlib.suppress(h2.exceptions.StreamClosedError):
+                conn.h2.reset_stream(stream.up_id, h2.errors.ErrorCodes.CANCEL)
+            conn.flush()
+            conn.stream_done(stream.up_id)
+
+    # --- idle pools, shutdown -------------------------------------------------------
+
+    def sweep(self, now: float, hosts_of: Callable[[str], set[str]]) -> None:
+        """Closes upstream connections idle too long, or to endpoints that left."""
+        for key, pool in list(self.pools.items()):
+            present = pool.host.name in hosts_of(pool.cluster)
+            for conn in list(pool.conns):
+                if (
+                    not conn.streams
+                    and not conn.waiting
+                    and (not present or now - conn.idle_since > UPSTREAM_IDLE_SECONDS)
+                ):
+                    conn.goaway = True
+                    conn.socket.close()
+            if not pool.conns and not present:
+                del self.pools[key]
+
+    def goaway_all(self, final: bool) -> None:
+        """Draining: tell every client to open its next streams elsewhere, in two phases
+        as Envoy: first past every stream id (nothing is refused yet, streams already
+        on the way are taken), then, a round trip later, the last id taken.
+
+        The frame is written next to h2, not through it: h2 refuses to send anything
+        more once it has sent a GOAWAY, and the open streams must still finish."""
+        for down in list(self.downstreams):
+            last = down.h2.highest_inbound_stream_id if final else 2**31 - 1
+            frame = hyperframe.frame.GoAwayFrame(stream_id=0, last_stream_id=last, error_code=0)
+            down.socket.write(frame.serialize())
+            down.draining = final
+            if final and not down.streams:
+                down.socket.close()
+
+    def close(self) -> None:
+        for down in list(self.downstreams):
+            down.socket.close()
+        for pool in list(self.pools.values()):
+            for conn in list(pool.conns):
+                conn.socket.close()
+        self.pools.clear()
