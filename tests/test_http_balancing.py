@@ -30,10 +30,12 @@ from tests.procs import (
     PYTHON,
     control_plane,
     endpoint_slice_manifest,
+    http_get,
     service_manifest,
     wait_until,
     write_manifests,
 )
+from tests.prom import sample
 from tests.sidecar_peer import Sidecar, sidecar
 
 HERE = Path(__file__).parent
@@ -169,6 +171,16 @@ def test_the_sidecar_spreads_one_grpc_connections_calls_over_every_backend(
         assert cluster["grpc_statuses"] == {"0": CALLS}
         assert cluster["pool_connections"] == len(BACKENDS), "one upstream connection each"
         assert cluster["active_connections"] == 1, "the client's one connection"
+        status, text = http_get(f"http://127.0.0.1:{car.admin_port}/metrics")
+        assert status == 200
+        assert sample(text, "meshlet_proxy_requests_total", cluster=CLUSTER) == CALLS
+        responses = "meshlet_proxy_responses_total"
+        assert sample(text, responses, cluster=CLUSTER, grpc_status="0") == CALLS
+        assert sample(text, responses, cluster=CLUSTER, status_class="2xx") == CALLS
+        durations = "meshlet_proxy_request_duration_seconds_count"
+        assert sample(text, durations, cluster=CLUSTER) == CALLS
+        pooled = "meshlet_proxy_pool_connections_total"
+        assert sample(text, pooled, cluster=CLUSTER) == len(BACKENDS)
 
 
 def test_streaming_calls_pass_through_the_sidecar_with_flow_control(tmp_path: Path) -> None:
@@ -287,13 +299,23 @@ def _until_closed(sock: socket.socket, conn: h2.connection.H2Connection) -> list
             return events
 
 
-def _request(stream_id: int) -> list[tuple[str, str]]:
+def _first_response(sock: socket.socket, conn: h2.connection.H2Connection) -> bytes:
+    while True:
+        data = sock.recv(65536)
+        assert data, "the connection closed before an answer"
+        for event in conn.receive_data(data):
+            if isinstance(event, h2.events.ResponseReceived):
+                return dict(event.headers or [])[b":status"]
+        sock.sendall(conn.data_to_send())
+
+
+def _request(stream_id: int, content_type: str = "application/grpc") -> list[tuple[str, str]]:
     return [
         (":method", "POST"),
         (":scheme", "http"),
         (":authority", f"{VIP}:{PORT}"),
         (":path", METHOD.decode()),
-        ("content-type", "application/grpc"),
+        ("content-type", content_type),
         ("te", "trailers"),
     ]
 
@@ -329,6 +351,25 @@ def test_bad_frames_and_a_rapid_reset_flood_close_that_connection_alone(tmp_path
                 if isinstance(e, h2.events.ConnectionTerminated)
             ]
             assert [e.error_code for e in terminated] == [h2.errors.ErrorCodes.ENHANCE_YOUR_CALM]
+        # Over Envoy's header count (100): that request is refused, the connection goes on.
+        sock, conn = _h2_client()
+        with sock:
+            many = [(f"x-{i}", "v") for i in range(120)]
+            conn.send_headers(1, _request(1, "text/plain") + many, end_stream=True)
+            sock.sendall(conn.data_to_send())
+            status = _first_response(sock, conn)
+            assert status == b"431"
+        # A header block that decodes to more than 60 KiB (an HPACK bomb is one): GOAWAY.
+        sock, conn = _h2_client()
+        with sock:
+            conn.send_headers(1, [*_request(1), ("x-big", "v" * 70_000)], end_stream=True)
+            sock.sendall(conn.data_to_send())
+            [goaway] = [
+                e
+                for e in _until_closed(sock, conn)
+                if isinstance(e, h2.events.ConnectionTerminated)
+            ]
+            assert goaway.error_code != h2.errors.ErrorCodes.NO_ERROR
         # Everyone else is served as before, on the connection they had.
         assert_even(client.calls(CALLS))
         assert car.clusters()[CLUSTER]["active_connections"] == 1

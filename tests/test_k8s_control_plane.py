@@ -238,18 +238,21 @@ def test_proxy_status_and_proxy_config_on_the_kubernetes_control_plane(
         ips = ready_ips(kube, namespace, "app=web", 3)
         planes.agree(web, healthy(ips, 8080), "start")
         address = f"--control-plane=127.0.0.1:{planes.plane.admin_port}"
-        # Envoy asks for no NameTables; the sidecar asks for every type.
+        # Envoy asks for no NameTables; the sidecar asks for every type (RDS too: the
+        # demo's web port is named http).
         expected = {
-            "envoy-grpc": ("SYNCED", "SYNCED", "SYNCED", "-"),
-            "envoy-delta_grpc": ("SYNCED", "SYNCED", "SYNCED", "-"),
-            "sidecar-1": ("SYNCED",) * 4,
+            "envoy-grpc": ("SYNCED", "SYNCED", "SYNCED", "SYNCED", "-"),
+            "envoy-delta_grpc": ("SYNCED", "SYNCED", "SYNCED", "SYNCED", "-"),
+            "sidecar-1": ("SYNCED",) * 5,
         }
 
         def states() -> dict[str, tuple[str, ...]]:
             shown = run_meshlet("proxy-status", address, "-o", "json")
             assert shown.returncode == 0, shown.stderr
             status = json.loads(shown.stdout)["status"]
-            return {s["node"]: tuple(s[t] for t in ("cds", "lds", "eds", "nds")) for s in status}
+            return {
+                s["node"]: tuple(s[t] for t in ("cds", "lds", "eds", "rds", "nds")) for s in status
+            }
 
         def table_states() -> dict[str, list[str]]:
             table = run_meshlet("proxy-status", address).stdout

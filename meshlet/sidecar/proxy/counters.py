@@ -35,11 +35,17 @@ class ClusterCounters:
     pool_connections: int = 0
     connect_times: Buckets | None = None  # upstream connects that succeeded
     durations: Buckets | None = None  # relayed connections, once closed
+    request_times: Buckets | None = None  # HTTP requests, once answered
 
     def connected(self, seconds: float) -> None:
         if self.connect_times is None:
             self.connect_times = Buckets(LATENCY_BUCKETS)
         self.connect_times.add(seconds)
+
+    def answered(self, seconds: float) -> None:
+        if self.request_times is None:
+            self.request_times = Buckets(LATENCY_BUCKETS)
+        self.request_times.add(seconds)
 
     def count_status(self, status: int) -> None:
         counts = self.by_status_class

@@ -68,6 +68,19 @@ UPSTREAM_IDLE_SECONDS = 300.0
 GOAWAY_LINGER_SECONDS = 1.0
 _NODELAY = (socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 _GRPC = b"application/grpc"
+# gRPC's own mapping of an HTTP status to a gRPC one (doc/http-grpc-status-mapping.md);
+# anything else is UNKNOWN (2).
+_GRPC_STATUS_OF_HTTP = {
+    400: b"13",
+    401: b"16",
+    403: b"7",
+    404: b"12",
+    429: b"14",
+    431: b"13",
+    502: b"14",
+    503: b"14",
+    504: b"14",
+}
 
 
 def _config(client_side: bool) -> h2.config.H2Configuration:
@@ -734,6 +747,7 @@ class Http2Handler:
             conn.socket.pause(True)
 
     def finish(self, stream: ProxiedStream) -> None:
+        stream.cluster.counters.answered(self.loop.time() - stream.retry.started)
         down = stream.down
         down.streams.pop(stream.down_id, None)
         if down.draining and not down.streams:
@@ -814,7 +828,7 @@ class Http2Handler:
         grpc = _header(request, b"content-type").startswith(_GRPC)
         try:
             if grpc:
-                code = b"14" if status in (502, 503, 504) else b"13"
+                code = _GRPC_STATUS_OF_HTTP.get(status, b"2")
                 headers = [
                     (b":status", b"200"),
                     (b"content-type", b"application/grpc"),

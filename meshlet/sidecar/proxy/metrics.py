@@ -31,13 +31,32 @@ _CLUSTER_COUNTERS: tuple[tuple[str, str, _Read], ...] = (
         "source port, ...), by cluster; no endpoint is blamed for them",
         lambda c: c.counters.local_failures,
     ),
-    ("retries", "Connects retried on another endpoint, by cluster", lambda c: c.counters.retries),
+    (
+        "retries",
+        "Connects and requests tried again on another endpoint, by cluster",
+        lambda c: c.counters.retries,
+    ),
+    (
+        "requests",
+        "HTTP requests balanced one by one (Envoy's upstream_rq_total), by cluster",
+        lambda c: c.counters.requests,
+    ),
+    (
+        "pool_connections",
+        "Pooled HTTP/2 connections opened to endpoints (Envoy's upstream_cx_http2_total), "
+        "by cluster",
+        lambda c: c.counters.pool_connections,
+    ),
     (
         "ejections",
         "Endpoints ejected by outlier detection, by cluster",
         lambda c: c.counters.ejections,
     ),
 )
+
+
+def _open_requests(cluster: ClusterRuntime) -> int:
+    return sum(h.requests for h in cluster.built.hosts) if cluster.built else 0
 
 
 class ProxyMetrics:
@@ -58,6 +77,12 @@ class ProxyMetrics:
                 "How long relayed connections stayed open (once closed), by cluster",
                 lambda c: c.counters.durations,
             ),
+            (
+                "meshlet_proxy_request_duration_seconds",
+                "HTTP requests from the first header in to the last byte out, retries "
+                "included (Envoy's upstream_rq_time), by cluster",
+                lambda c: c.counters.request_times,
+            ),
         ):
             telemetry.registry.register(
                 HistogramCollector(name, what, "cluster", self._buckets(read))
@@ -72,6 +97,17 @@ class ProxyMetrics:
             "meshlet.proxy.connections.active",
             callbacks=[self._per_cluster(lambda c: c.active)],
             description="Open connections (and connects in progress), by cluster",
+        )
+        meter.create_observable_gauge(
+            "meshlet.proxy.requests.active",
+            callbacks=[self._per_cluster(_open_requests)],
+            description="HTTP requests open now (Envoy's upstream_rq_active), by cluster",
+        )
+        meter.create_observable_counter(
+            "meshlet.proxy.responses",
+            callbacks=[self._responses],
+            description="HTTP answers by status class (Envoy's upstream_rq_2xx, ...) and, "
+            "for gRPC, by grpc-status, by cluster; the sidecar's own answers included",
         )
         meter.create_observable_gauge(
             "meshlet.proxy.endpoints.ejected",
@@ -126,6 +162,15 @@ class ProxyMetrics:
             return [Observation(read(c), {"cluster": c.name}) for c in self._clusters()]
 
         return observe
+
+    def _responses(self, _options: CallbackOptions) -> Iterable[Observation]:
+        out = []
+        for c in self._clusters():
+            for status_class, count in (c.counters.by_status_class or {}).items():
+                out.append(Observation(count, {"cluster": c.name, "status_class": status_class}))
+            for grpc_status, count in (c.counters.by_grpc_status or {}).items():
+                out.append(Observation(count, {"cluster": c.name, "grpc_status": grpc_status}))
+        return out
 
     def _ejected(self, _options: CallbackOptions) -> Iterable[Observation]:
         proxy = self._proxy()
