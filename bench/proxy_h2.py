@@ -39,7 +39,7 @@ from pathlib import Path
 sys.path[0] = str(Path(__file__).resolve().parent.parent)
 
 from bench.percentiles import percentile  # noqa: E402
-from bench.proxy import cpu_seconds, start_node_services  # noqa: E402
+from bench.proxy import cpu_seconds, profiled, start_node_services  # noqa: E402
 from bench.proxy_load import CLIENT_UID, LOAD_CPU, PERCENTILES  # noqa: E402
 from bench.proxy_node import node  # noqa: E402
 from bench.proxy_peers import DIRECT, ENVOY, MESHLET, Peer, client_pod  # noqa: E402
@@ -215,6 +215,11 @@ def main() -> int:
     parser.add_argument(
         "--fixed-rate", type=int, default=0, help="requests/s (0: half of Envoy's saturation)"
     )
+    parser.add_argument(
+        "--profile",
+        metavar="DIR",
+        help="record the meshlet sidecar with py-spy at saturation; the stacks are kept in DIR",
+    )
     args = parser.parse_args()
     if os.geteuid() != 0:
         sys.exit("bench/proxy_h2.py needs root (network namespaces, nftables)")
@@ -253,7 +258,9 @@ def main() -> int:
                 ):
                     wait_h2(client, url, peer.name)
                     before = cpu_seconds(pid) if pid else 0.0
-                    load = h2load(client, url, args)
+                    python = pid if peer is MESHLET else None
+                    with profiled(args, python, f"h2-{number}"):
+                        load = h2load(client, url, args)
                     cpu = (cpu_seconds(pid) - before) / max(load.requests, 1) * 1e6 if pid else 0.0
                     kib = memory_per_connection(client, host, port, pid, work) if pid else 0.0
                     runs[peer.name].append(Round(load, cpu, kib))
@@ -279,7 +286,10 @@ def main() -> int:
                     client, url, args, rate, work / f"h2load-{peer.name.replace(' ', '-')}.log"
                 )
             tail = "/".join(f"{v:.2f}" for v in fixed[peer.name].latency_ms.values())
-            print(f"    p50/90/99/99.9 {tail} ms, {fixed[peer.name].failed} failed", flush=True)
+            done = fixed[peer.name]
+            print(
+                f"    {done.rps:.0f}/s, p50/90/99/99.9 {tail} ms, {done.failed} failed", flush=True
+            )
         report(runs, fixed, rate, args)
     return 0
 
@@ -328,7 +338,10 @@ def report(
             f"{f'  p{p:g} (ms)':34}{values[0]:12.2f}{values[1]:12.2f}{values[2]:12.2f}{ratio:>16}"
         )
     failed = {n: f.failed for n, f in fixed.items()}
-    print(f"failed requests at the fixed rate: {failed}")
+    achieved = {n: round(f.rps) for n, f in fixed.items()}
+    # h2load waits for each answer before the next request on a stream: a peer that
+    # cannot keep up sends less, and its percentiles are then not at the rate.
+    print(f"requests/s achieved: {achieved}; failed: {failed}")
 
 
 if __name__ == "__main__":

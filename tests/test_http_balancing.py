@@ -13,10 +13,11 @@ from __future__ import annotations
 
 import contextlib
 import json
+import signal
 import socket
 import subprocess
 from collections import Counter
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 import h2.config
@@ -270,6 +271,73 @@ def test_grpc_unavailable_is_retried_only_where_the_service_says_it_is_idempoten
         assert retried["errors"] == [], "each UNAVAILABLE was tried again elsewhere"
         assert set(retried["names"]) == {"backend-11", "backend-12"}
         assert car.clusters()[CLUSTER]["retries"] > 0
+
+
+def test_a_draining_sidecar_lets_a_streaming_call_in_flight_finish(tmp_path: Path) -> None:
+    with (
+        inside_capture_lab(),
+        who_servers(),
+        meshlet_node(tmp_path, greeter(tmp_path)) as car,
+    ):
+        argv = [PYTHON, str(HERE / "grpc_stream_client.py"), f"{VIP}:{PORT}", "count", "4000"]
+        # Ten pauses of 0.15 s: the call is open well past the drain's start.
+        call = subprocess.Popen([*argv, "--pause=0.15"], stdout=subprocess.PIPE, text=True)
+        # And a raw client whose request is half sent when the drain starts.
+        sock, conn = _h2_client()
+        try:
+            conn.send_headers(1, _request(1))
+            sock.sendall(conn.data_to_send())
+            wait_until(
+                lambda active: active == 2,
+                CONVERGE,
+                "both calls to be open",
+                observe=lambda: car.clusters()[CLUSTER]["active_connections"],
+            )
+            car.process.popen.send_signal(signal.SIGTERM)
+            # GOAWAY in two phases: past every stream, then at the last one taken.
+            frames = _frames_until(sock, lambda seen: len(_goaways(seen)) == 2)
+            assert _goaways(frames) == [2**31 - 1, 1]
+            # The stream taken still finishes: the rest of its request goes, its answer comes.
+            conn.send_data(1, b"\x00\x00\x00\x00\x00", end_stream=True)
+            sock.sendall(conn.data_to_send())
+            frames = _frames_until(sock, lambda seen: any(f[0] == 1 and f[1] & 1 for f in seen))
+            assert any(f[0] == 0 and b"backend-" in f[2] for f in frames), "the answer's DATA"
+            out, _ = call.communicate(timeout=60)
+        finally:
+            sock.close()
+            if call.poll() is None:
+                call.kill()
+                call.wait()
+        result = json.loads(out)
+        assert (result["error"], result["messages"]) == ("", 4000), "GOAWAY, not a cut"
+        # Their last streams done, the client connections close and the sidecar exits
+        # before its drain deadline (5 s).
+        assert car.process.popen.wait(timeout=10) == 0
+        assert "draining 2 connections" in car.process.log_text()
+
+
+Frame = tuple[int, int, bytes]  # type, flags, payload
+
+
+def _frames_until(sock: socket.socket, done: Callable[[list[Frame]], bool]) -> list[Frame]:
+    """Raw HTTP/2 frames as they come (h2 would stop at the first GOAWAY)."""
+    frames: list[Frame] = []
+    buffer = b""
+    while not done(frames):
+        data = sock.recv(65536)
+        assert data, f"the connection closed; frames so far: {[f[0] for f in frames]}"
+        buffer += data
+        while len(buffer) >= 9:
+            length = int.from_bytes(buffer[:3], "big")
+            if len(buffer) < 9 + length:
+                break
+            frames.append((buffer[3], buffer[4], buffer[9 : 9 + length]))
+            buffer = buffer[9 + length :]
+    return frames
+
+
+def _goaways(frames: list[Frame]) -> list[int]:
+    return [int.from_bytes(p[:4], "big") & 0x7FFFFFFF for kind, _, p in frames if kind == 7]
 
 
 # --- bad input, frame by frame ----------------------------------------------------

@@ -87,7 +87,9 @@ def _config(client_side: bool) -> h2.config.H2Configuration:
     return h2.config.H2Configuration(
         client_side=client_side,
         header_encoding=None,  # bytes through, never decoded and encoded again
-        validate_inbound_headers=True,
+        # A client's request headers are checked (what a server must refuse); an
+        # endpoint's answers are passed on as they are, and its client checks them.
+        validate_inbound_headers=not client_side,
         validate_outbound_headers=False,
         normalize_outbound_headers=False,
     )
@@ -139,6 +141,15 @@ class _Side:
         self.flush()
 
     def flush(self) -> None:
+        """Sends what h2 has queued: at the end of the read being handled, so the frames
+        one read causes go out in one write per socket, or now outside of one."""
+        handler = self.handler
+        if handler.batching:
+            handler.dirty.add(self)
+        else:
+            self.write_now()
+
+    def write_now(self) -> None:
         data = self.h2.data_to_send()
         if data:
             self.socket.write(data)
@@ -152,6 +163,17 @@ class _Side:
     def _received(self, data: bytes) -> None:
         if self.discarding:
             return
+        handler = self.handler
+        outermost = not handler.batching
+        handler.batching = True
+        try:
+            self._handle(data)
+        finally:
+            if outermost:
+                handler.batching = False
+                handler.write_dirty()
+
+    def _handle(self, data: bytes) -> None:
         try:
             events = self.h2.receive_data(data)
         except h2.exceptions.ProtocolError as exc:
@@ -179,7 +201,7 @@ class _Side:
         """Sends what h2 queued (its GOAWAY), then closes a moment later: closing at
         once, with the peer's bytes unread, would reset the connection and the
         GOAWAY could be lost. What comes meanwhile is read and dropped."""
-        self.flush()
+        self.write_now()
         self.discarding = True
         with contextlib.suppress(OSError):
             self.socket.sock.shutdown(_socket.SHUT_WR)
@@ -505,6 +527,15 @@ class Http2Handler:
         self.clusters: dict[str, ClusterRuntime] = {}
         self.protocol_errors = 0
         self.reset_floods = 0
+        # While a read is handled, the connections with frames to send (see _Side.flush).
+        self.batching = False
+        self.dirty: set[_Side] = set()
+
+    def write_dirty(self) -> None:
+        while self.dirty:
+            side = self.dirty.pop()
+            if not side.closed:
+                side.write_now()
 
     @property
     def active(self) -> int:
@@ -751,7 +782,7 @@ class Http2Handler:
         down = stream.down
         down.streams.pop(stream.down_id, None)
         if down.draining and not down.streams:
-            down.flush()
+            down.write_now()  # not deferred: the socket closes right after
             down.socket.close()
         conn = stream.up
         if conn is not None:
@@ -894,6 +925,7 @@ class Http2Handler:
         for down in list(self.downstreams):
             last = down.h2.highest_inbound_stream_id if final else 2**31 - 1
             frame = hyperframe.frame.GoAwayFrame(stream_id=0, last_stream_id=last, error_code=0)
+            down.write_now()  # what h2 has queued goes first
             down.socket.write(frame.serialize())
             down.draining = final
             if final and not down.streams:
