@@ -73,6 +73,9 @@ class Service:
     ports: tuple[ServicePort, ...] = ()
     external_name: str = ""
     lb_policy: LbPolicy = LbPolicy.ROUND_ROBIN
+    # True when the Service chose no policy (no meshlet.io/lb-policy annotation): its
+    # HTTP ports balance by least request (Istio's default), its TCP ports by lb_policy.
+    lb_policy_default: bool = False
     # sessionAffinity: ClientIP; the balancer hashes the client's source IP.
     client_ip_affinity: bool = False
     # trafficDistribution: PreferClose; sidecars prefer endpoints in their own zone.

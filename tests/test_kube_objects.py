@@ -253,6 +253,7 @@ def test_lb_policy(
     spec = {} if affinity is None else {"sessionAffinity": affinity}
     parsed = parse_service(service(annotations=annotations, **spec))
     assert (parsed.lb_policy, parsed.client_ip_affinity) == (policy, client_ip)
+    assert parsed.lb_policy_default is (annotation is None)
 
 
 @pytest.mark.parametrize(
@@ -656,6 +657,8 @@ def test_simple_join() -> None:
         kind=ServiceKind.CLUSTER_IP,
         cluster_ips=("10.96.0.20",),
         ports=(ServicePort("http", 80, "TCP", (Endpoint("10.1.0.1", 8080),)),),
+        # No meshlet.io/lb-policy: the http port will balance by least request.
+        lb_policy_default=True,
         pod_addresses=(Endpoint("10.1.0.1", 0),),
     )
 

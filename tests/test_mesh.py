@@ -24,7 +24,9 @@ from tests.procs import wait_until
 ROOT = Path(__file__).resolve().parent.parent
 WEB_IP = "10.96.0.20"
 LEGACY_IP = "10.96.200.200"  # in the service CIDR, but no service of the mesh
-WEB = ServiceSpec("web", WEB_IP, 80, ("web-0", "web-1", "web-2"))
+# Round robin chosen: an http port's default, least request, spreads a client's one
+# connection at a time at random when none is open, and the tests count the spread.
+WEB = ServiceSpec("web", WEB_IP, 80, ("web-0", "web-1", "web-2"), lb_policy="round-robin")
 WEB_CLUSTER = "outbound|80||web.default.svc.cluster.local"
 
 

@@ -341,7 +341,7 @@ def _states(raw: dict[str, Any]) -> dict[str, dict[str, str]]:
 
 
 def test_proxy_config_shows_what_the_sidecar_holds(mesh: Mesh) -> None:
-    api_endpoint = ["shop/api", "round-robin", "1"]
+    api_endpoint = ["shop/api", "least-request", "1"]  # HTTP ports: least request
     wait_until(
         lambda rows: [API, *api_endpoint] in rows,
         CONVERGE,
@@ -351,7 +351,7 @@ def test_proxy_config_shows_what_the_sidecar_holds(mesh: Mesh) -> None:
     assert mesh.rows("clusters") == [
         ["PassthroughCluster", "-", "round-robin", "0"],
         [API, *api_endpoint],
-        [WEB, "default/web", "round-robin", "3"],
+        [WEB, "default/web", "least-request", "3"],
     ]
     assert mesh.rows("endpoints") == [
         [API, "10.2.0.1:9090", "HEALTHY", "-", "no"],

@@ -304,6 +304,25 @@ def test_route_policy_from_the_service() -> None:
     assert not route.route.HasField("retry_policy")
 
 
+@pytest.mark.parametrize(
+    ("port", "by_default", "expected"),
+    [
+        (ServicePort("grpc", 80), True, "least_request.v3.LeastRequest"),
+        (ServicePort("http", 80), True, "least_request.v3.LeastRequest"),
+        (ServicePort("redis", 80), True, "round_robin.v3.RoundRobin"),
+        (ServicePort("grpc", 80), False, "round_robin.v3.RoundRobin"),
+    ],
+)
+def test_an_http_port_without_a_chosen_policy_balances_by_least_request(
+    port: ServicePort, by_default: bool, expected: str
+) -> None:
+    svc = service(ports=(port,), lb_policy_default=by_default)
+    cluster = by_name(translate(Mesh((svc,)), DOMAIN), types.CLUSTER)[WEB_CLUSTER]
+    assert isinstance(cluster, Cluster)
+    first = cluster.load_balancing_policy.policies[0].typed_extension_config.typed_config
+    assert first.type_url.endswith(expected)
+
+
 def test_headless_has_cluster_but_no_vip_listener() -> None:
     svc = service(kind=ServiceKind.HEADLESS, cluster_ips=())
     generated = translate(Mesh((svc,)), DOMAIN)

@@ -65,6 +65,15 @@ def _load_balancing_policy(policy: LbPolicy) -> cluster_pb2.LoadBalancingPolicy:
     return cluster_pb2.LoadBalancingPolicy(policies=policies)
 
 
+def port_lb_policy(service: Service, protocol: PortProtocol) -> LbPolicy:
+    """The Service's policy; where it chose none, least request for an HTTP port (power
+    of two choices on open requests: Istio's default, Envoy's LEAST_REQUEST with
+    choice_count 2) and round robin (or ClientIP's ring hash) for a TCP one."""
+    if protocol.is_http and service.lb_policy_default and not service.client_ip_affinity:
+        return LbPolicy.LEAST_REQUEST
+    return service.lb_policy
+
+
 def build_cluster(
     service: Service, name: str, protocol: PortProtocol = PortProtocol.TCP
 ) -> cluster_pb2.Cluster:
@@ -72,7 +81,7 @@ def build_cluster(
         name=name,
         type=cluster_pb2.Cluster.EDS,
         connect_timeout=_CONNECT_TIMEOUT,
-        load_balancing_policy=_load_balancing_policy(service.lb_policy),
+        load_balancing_policy=_load_balancing_policy(port_lb_policy(service, protocol)),
         # Written out even where they equal Envoy's defaults: every peer reads the same.
         outlier_detection=outlier_detection_pb2.OutlierDetection(
             consecutive_5xx=wrappers_pb2.UInt32Value(value=contract.OUTLIER_CONSECUTIVE_5XX),

@@ -94,6 +94,7 @@ class ServiceSpec:
     ports: tuple[PortSpec, ...] = ()
     external_name: str = ""
     lb_policy: LbPolicy = LbPolicy.ROUND_ROBIN
+    lb_policy_default: bool = False
     client_ip_affinity: bool = False
     prefer_same_zone: bool = False
     publish_not_ready: bool = False
@@ -187,6 +188,7 @@ def parse_service(obj: Mapping[str, object]) -> ServiceSpec:
         raise _not_one_of("spec.sessionAffinity", affinity, _SESSION_AFFINITIES)
     client_ip = affinity == "ClientIP"
     lb_policy = _lb_policy(meta)
+    by_default = lb_policy is None
     if lb_policy is None:
         # ClientIP affinity means "same client, same endpoint": a hash of the source IP.
         lb_policy = LbPolicy.RING_HASH if client_ip else LbPolicy.ROUND_ROBIN
@@ -206,6 +208,7 @@ def parse_service(obj: Mapping[str, object]) -> ServiceSpec:
         ports=ports,
         external_name=external_name.removesuffix("."),
         lb_policy=lb_policy,
+        lb_policy_default=by_default,
         client_ip_affinity=client_ip,
         # Unknown values (newer Kubernetes) mean no preference rather than an error.
         prefer_same_zone=distribution in _PREFER_SAME_ZONE,
@@ -437,6 +440,7 @@ def join_service(svc: ServiceSpec, slices: Iterable[SliceSpec]) -> Service:
         ports=ports,
         external_name=svc.external_name,
         lb_policy=svc.lb_policy,
+        lb_policy_default=svc.lb_policy_default,
         client_ip_affinity=svc.client_ip_affinity,
         prefer_same_zone=svc.prefer_same_zone,
         route_policy=svc.route_policy,
