@@ -47,7 +47,9 @@ CLUSTER = f"outbound|{PORT}||greeter.default.svc.cluster.local"
 ROUTES = f"greeter.default.svc.cluster.local:{PORT}"
 CAPTURE_PORT = 15001  # where the lab's rules send service traffic
 CAPTURE_ADDRESS = f"--outbound-address=127.0.0.1:{CAPTURE_PORT}"
-CALLS = 300
+# Enough calls that a fair share is fair within 10%: least request (the default) picks
+# between two endpoints drawn at random, so a spread is even only over many calls.
+CALLS = 1500
 CONVERGE = 30.0
 METHOD = b"/meshlet.test.Who/Name"
 
@@ -224,7 +226,7 @@ def test_scaled_up_backends_get_requests_on_the_same_client_connection(tmp_path:
         meshlet_node(tmp_path, greeter(tmp_path, ("127.0.0.11", "127.0.0.12"))) as car,
         one_channel() as client,
     ):
-        assert_even(client.calls(100), ("backend-11", "backend-12"))
+        assert_even(client.calls(300), ("backend-11", "backend-12"))
         greeter(tmp_path, tuple(four))
         wait_until(
             lambda endpoints: len(endpoints) == 4,
@@ -232,7 +234,7 @@ def test_scaled_up_backends_get_requests_on_the_same_client_connection(tmp_path:
             "the sidecar to have the four endpoints",
             observe=lambda: car.clusters()[CLUSTER]["endpoints"],
         )
-        assert_even(client.calls(400), tuple(four.values()))
+        assert_even(client.calls(2000), tuple(four.values()))
         assert car.clusters()[CLUSTER]["active_connections"] == 1, "the same client connection"
 
 
@@ -270,7 +272,11 @@ def test_grpc_unavailable_is_retried_only_where_the_service_says_it_is_idempoten
         retried = client.calls(CALLS)
         assert retried["errors"] == [], "each UNAVAILABLE was tried again elsewhere"
         assert set(retried["names"]) == {"backend-11", "backend-12"}
-        assert car.clusters()[CLUSTER]["retries"] > 0
+        cluster = car.clusters()[CLUSTER]
+        assert cluster["retries"] > 0
+        # The retried failures count too: the sick one is ejected after its five.
+        assert cluster["ejections"] == 1
+        assert cluster["retries"] <= 5 + 1
 
 
 def test_a_draining_sidecar_lets_a_streaming_call_in_flight_finish(tmp_path: Path) -> None:
@@ -395,7 +401,7 @@ def test_bad_frames_and_a_rapid_reset_flood_close_that_connection_alone(tmp_path
         meshlet_node(tmp_path, greeter(tmp_path)) as car,
         one_channel() as client,
     ):
-        assert_even(client.calls(30))
+        assert client.calls(30)["errors"] == []
         # A frame the protocol forbids: DATA on stream 0.
         sock, conn = _h2_client()
         with sock:

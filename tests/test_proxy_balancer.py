@@ -7,7 +7,7 @@ import random
 from collections import Counter
 
 from meshlet.model import Endpoint, Health, LbPolicy
-from meshlet.sidecar.proxy.balancer import ClusterBalancer, Host
+from meshlet.sidecar.proxy.balancer import ClusterBalancer, Host, open_requests
 from meshlet.sidecar.proxy.outlier import MAX_EJECTION_SECONDS, OutlierRecord, record_failure
 from meshlet.sidecar.proxy.policies import MAX_RING, Maglev, RingHash, RoundRobin, stable_hash
 from meshlet.sidecar.state import ClusterConfig, OutlierConfig
@@ -86,6 +86,23 @@ def test_least_request_compares_the_load_it_is_given() -> None:
     counts = picks(lb, 300)
     assert "10.1.0.2" not in counts
     assert counts["10.1.0.1"] > 100 and counts["10.1.0.3"] > 100
+
+
+def test_open_requests_break_ties_by_the_endpoint_picked_longest_ago() -> None:
+    """Calls one at a time (none open) take turns rather than land at random, and an
+    endpoint that joins takes its turn without catching up on the others' share."""
+    cluster = ClusterConfig("c", lb_policy=LbPolicy.LEAST_REQUEST, outlier=OUTLIER)
+    lb = ClusterBalancer(cluster, endpoints(3), load=open_requests)
+    rng = random.Random(3)
+    counts: Counter[str] = Counter()
+    for turn in range(1, 3001):
+        host = lb.choose(0, (), 0.0, rng)
+        assert host is not None
+        host.picked = turn
+        counts[host.endpoint.address] += 1
+    assert all(abs(c - 1000) <= 50 for c in counts.values()), counts
+    lb.hosts[0].requests = 1  # one open request outweighs any turn
+    assert Counter(lb.choose(0, (), 0.0, rng).endpoint.address for _ in range(50))["10.1.0.1"] == 0  # type: ignore[union-attr]
 
 
 def test_least_request_weighs_load_by_weight() -> None:

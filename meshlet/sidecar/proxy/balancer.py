@@ -36,6 +36,7 @@ class Host:
     address: tuple[str, int] = ("", 0)
     active: int = 0  # open connections
     requests: int = 0  # open requests (HTTP)
+    picked: int = 0  # when a request last went to it, as a count of picks (HTTP)
     connections: int = 0  # connections made, ever
     connect_failures: int = 0
     outlier: OutlierRecord = field(default_factory=OutlierRecord)
@@ -49,8 +50,14 @@ def open_connections(host: Host) -> int:
     return host.active
 
 
+# Open requests count first; between equals, the one picked longest ago wins, so calls
+# made one at a time (none open) take turns rather than land at random, and a new
+# endpoint joins the turns instead of catching up on what the others had.
+_TIE_BREAK = 1 << 48
+
+
 def open_requests(host: Host) -> int:
-    return host.requests
+    return host.requests * _TIE_BREAK + host.picked
 
 
 def _anything(_index: int) -> bool:

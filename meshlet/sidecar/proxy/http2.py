@@ -527,6 +527,7 @@ class Http2Handler:
         self.clusters: dict[str, ClusterRuntime] = {}
         self.protocol_errors = 0
         self.reset_floods = 0
+        self.picks = 0  # requests picked an endpoint for (see balancer.open_requests)
         # While a read is handled, the connections with frames to send (see _Side.flush).
         self.batching = False
         self.dirty: set[_Side] = set()
@@ -605,6 +606,8 @@ class Http2Handler:
         stream.host = host
         stream.tried.append(host)
         host.requests += 1
+        self.picks += 1
+        host.picked = self.picks
         pool = self.pools.get((cluster.name, host.name))
         if pool is None:
             pool = self.pools[(cluster.name, host.name)] = Pool(cluster.name, host)
@@ -709,9 +712,9 @@ class Http2Handler:
                             conn.h2.reset_stream(stream.up_id, h2.errors.ErrorCodes.CANCEL)
                     conn.flush()
                     conn.stream_done(stream.up_id)
+                    self._count_outlier(stream, outcome)  # while stream.host is the one tried
                     self._release_host(stream)
                     stream.request_ended = False
-                    self._count_outlier(stream, outcome)
                     self.pick_and_send(stream)
                     return
         stream.responded = True

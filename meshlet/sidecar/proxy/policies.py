@@ -121,8 +121,8 @@ class RoundRobin(Policy):
 
 
 class LeastRequest(Policy):
-    """Power of two choices (Envoy's default choice_count 2): the one with fewer open
-    connections per unit of weight."""
+    """Power of two choices (Envoy's default choice_count 2): the one with less load
+    (open connections, or for HTTP open requests) per unit of weight."""
 
     def pick(self, usable: Usable, key: int, active: Load, rng: random.Random) -> int | None:
         candidates = [(i, w) for i, w in self.pool if usable(i)]
