@@ -9,7 +9,8 @@ address, all on PORT, each answering with its NAME:
   the answer N messages, each the name and its index, padded to 1 KiB;
 - /meshlet.test.Who/Echo (bidi): each message back, prefixed with the name.
 
-It prints "ready" once all listen and serves until stdin closes.
+It prints "ready" once all listen and serves until stdin closes, then stops as a
+terminating pod does: GOAWAY, and the calls under way may finish.
 """
 
 from __future__ import annotations
@@ -60,8 +61,9 @@ def main() -> int:
         servers.append(server)
     print("ready", flush=True)
     sys.stdin.read()  # until the test closes it
+    # A graceful stop, as a pod's: GOAWAY, and the calls under way get 10 s to end.
     for server in servers:
-        server.stop(None).wait()
+        server.stop(10).wait()
     return 0
 
 

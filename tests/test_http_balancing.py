@@ -346,6 +346,36 @@ def _goaways(frames: list[Frame]) -> list[int]:
     return [int.from_bytes(p[:4], "big") & 0x7FFFFFFF for kind, _, p in frames if kind == 7]
 
 
+def test_a_backend_that_stops_gracefully_lets_its_streaming_call_finish(
+    tmp_path: Path,
+) -> None:
+    only = {"127.0.0.11": "backend-11"}
+    with (
+        inside_capture_lab(),
+        who_servers(only) as servers,
+        meshlet_node(tmp_path, greeter(tmp_path, tuple(only))) as car,
+    ):
+        argv = [PYTHON, str(HERE / "grpc_stream_client.py"), f"{VIP}:{PORT}", "count", "4000"]
+        call = subprocess.Popen([*argv, "--pause=0.15"], stdout=subprocess.PIPE, text=True)
+        try:
+            wait_until(
+                lambda active: active == 1,
+                CONVERGE,
+                "the call to be open",
+                observe=lambda: car.clusters()[CLUSTER]["active_connections"],
+            )
+            stdin = servers["backend-11"].stdin
+            assert stdin is not None
+            stdin.close()  # the backend stops: GOAWAY to the sidecar, its call goes on
+            out, _ = call.communicate(timeout=60)
+        finally:
+            if call.poll() is None:
+                call.kill()
+                call.wait()
+        result = json.loads(out)
+        assert (result["error"], result["messages"]) == ("", 4000)
+
+
 # --- bad input, frame by frame ----------------------------------------------------
 
 

@@ -62,6 +62,13 @@ def test_what_the_server_never_saw_is_retried_within_the_tries_allowed() -> None
     assert not RetryState(None, 0.0).may_retry(Failure.CONNECT, 1.0, budget)
 
 
+def test_an_answer_a_policy_names_is_retried_whatever_condition_named_it() -> None:
+    policy = RetryPolicy(frozenset({"5xx"}), 1)
+    failure = answer_failure(policy, 503, "")
+    assert failure is Failure.STATUS
+    assert RetryState(policy, 0.0).may_retry(failure, 1.0, RetryBudget())
+
+
 def test_a_body_over_the_limit_is_not_retried() -> None:
     state = RetryState(SAFE, started=0.0)
     state.hold(b"x" * MAX_RETRY_BODY)

@@ -111,12 +111,29 @@ def _header(headers: Headers, name: bytes) -> bytes:
     return b""
 
 
+class _GoawayTolerant(h2.connection.H2ConnectionStateMachine):
+    """An endpoint's graceful GOAWAY ends new streams, not the ones it took: h2 would
+    close the connection's state at once and refuse every later frame of theirs (the
+    PING and DATA a stopping gRPC server still sends), so a GOAWAY received leaves it
+    open, and the handler stops opening streams there."""
+
+    def process_input(self, input_: h2.connection.ConnectionInputs) -> list[h2.events.Event]:
+        if (
+            input_ is h2.connection.ConnectionInputs.RECV_GOAWAY
+            and self.state is h2.connection.ConnectionState.CLIENT_OPEN
+        ):
+            return []
+        return super().process_input(input_)
+
+
 class _Side:
     """One HTTP/2 connection (either side): its socket, its state machine, its streams."""
 
     def __init__(self, handler: Http2Handler, sock: _socket.socket, client_side: bool) -> None:
         self.handler = handler
         self.h2 = h2.connection.H2Connection(_config(client_side))
+        if client_side:
+            self.h2.state_machine = _GoawayTolerant()
         # Set before initiate_connection, which sends them.
         self.h2.local_settings = h2.settings.Settings(
             client=client_side, initial_values=_settings(handler.max_header_bytes)
@@ -134,6 +151,8 @@ class _Side:
         self.socket.on_drained(self._drained)
         self.closed = False
         self.discarding = False  # a GOAWAY for an error went out: read, drop, then close
+        # The other side's sockets paused while this one's backlog was high.
+        self.paused_peers: set[StreamSocket] = set()
 
     def start(self) -> None:
         self.h2.initiate_connection()
@@ -203,15 +222,27 @@ class _Side:
         GOAWAY could be lost. What comes meanwhile is read and dropped."""
         self.write_now()
         self.discarding = True
-        with contextlib.suppress(OSError):
-            self.socket.sock.shutdown(_socket.SHUT_WR)
+        # h2 sends nothing more now: its streams end here, not when the socket does.
+        self.abandon(None)
+        self.socket.shutdown_when_sent()
         self.handler.loop.call_later(GOAWAY_LINGER_SECONDS, self.socket.close)
+
+    def abandon(self, error: OSError | None) -> None:
+        """Ends every stream of the connection on the other side."""
+        raise NotImplementedError
+
+    def resume_peers(self) -> None:
+        """Lets the sockets this one's backlog held back read again."""
+        paused, self.paused_peers = self.paused_peers, set()
+        for sock in paused:
+            sock.pause(False)
 
     def event(self, event: h2.events.Event) -> None:
         raise NotImplementedError
 
     def _closed(self, error: OSError | None) -> None:
         self.closed = True
+        self.resume_peers()
         self.gone(error)
 
     def gone(self, error: OSError | None) -> None:
@@ -367,14 +398,15 @@ class Downstream(_Side):
 
     def _drained(self) -> None:
         # The client reads again: the upstream sockets that were held back may go on.
-        for stream in list(self.streams.values()):
-            if stream.up is not None:
-                stream.up.socket.pause(False)
+        self.resume_peers()
 
-    def gone(self, error: OSError | None) -> None:
+    def abandon(self, error: OSError | None) -> None:
         streams, self.streams = self.streams, {}
         for stream in streams.values():
             self.handler.cancel_upstream(stream, h2.errors.ErrorCodes.CANCEL)
+
+    def gone(self, error: OSError | None) -> None:
+        self.abandon(error)
         self.handler.downstream_closed(self)
 
 
@@ -454,34 +486,37 @@ class Upstream(_Side):
                 if stream is not None:
                     handler.pump_up(stream)
         elif isinstance(event, h2.events.ConnectionTerminated):
-            self.goaway = True
+            self.goaway = True  # no new streams here
             last = event.last_stream_id if event.last_stream_id is not None else 0
             for stream_id in [s for s in self.streams if s > last]:
                 stream = self.streams.pop(stream_id)
                 handler.upstream_failed(
                     stream, Failure.REFUSED, h2.errors.ErrorCodes.REFUSED_STREAM
                 )
+            # A graceful GOAWAY: the streams it took still finish (_GoawayTolerant).
+            if event.error_code != h2.errors.ErrorCodes.NO_ERROR and self.streams:
+                self.abandon(None)
             if not self.streams:
                 self.socket.close()
 
     def _drained(self) -> None:
-        for stream in list(self.streams.values()):
-            stream.down.socket.pause(False)
+        self.resume_peers()
 
-    def gone(self, error: OSError | None) -> None:
+    def abandon(self, error: OSError | None) -> None:
+        self.goaway = True
         self.pool.remove(self)
-        handler = self.handler
-        if not self.ready:
-            handler.cluster_of(self.pool).counters.connect_failures += 1
-            failure = Failure.CONNECT
-        else:
-            failure = None
+        # A stream of a connection that never came up was never seen by the server.
+        failure = Failure.CONNECT if not self.ready else None
         streams = [*self.waiting, *self.streams.values()]
         self.waiting.clear()
         self.streams = {}
         for stream in streams:
-            # A stream that never got bytes out was never seen by the server.
-            handler.upstream_failed(stream, failure, h2.errors.ErrorCodes.CONNECT_ERROR)
+            self.handler.upstream_failed(stream, failure, h2.errors.ErrorCodes.CONNECT_ERROR)
+
+    def gone(self, error: OSError | None) -> None:
+        if not self.ready:
+            self.handler.cluster_of(self.pool).counters.connect_failures += 1
+        self.abandon(error)
 
     def stream_done(self, stream_id: int) -> None:
         self.streams.pop(stream_id, None)
@@ -694,6 +729,7 @@ class Http2Handler:
         conn.flush()
         if conn.socket.backlog > HIGH_WATER:
             down.socket.pause(True)
+            conn.paused_peers.add(down.socket)
 
     # --- upstream -----------------------------------------------------------------
 
@@ -779,18 +815,51 @@ class Http2Handler:
         down.flush()
         if conn is not None and down.socket.backlog > HIGH_WATER:
             conn.socket.pause(True)
+            down.paused_peers.add(conn.socket)
 
     def finish(self, stream: ProxiedStream) -> None:
         stream.cluster.counters.answered(self.loop.time() - stream.retry.started)
         down = stream.down
         down.streams.pop(stream.down_id, None)
         if down.draining and not down.streams:
-            down.write_now()  # not deferred: the socket closes right after
-            down.socket.close()
+            down.write_now()  # not deferred: the socket closes once it is sent
+            down.socket.close_when_sent()
         conn = stream.up
         if conn is not None:
+            if not stream.request_ended and stream.up_id in conn.streams and not conn.closed:
+                # Answered before the whole request went: the rest is not wanted.
+                self._drop_pending(stream)
+                with contextlib.suppress(h2.exceptions.H2Error):
+                    conn.h2.reset_stream(stream.up_id, h2.errors.ErrorCodes.NO_ERROR)
+                conn.flush()
             conn.stream_done(stream.up_id)
         self._release_host(stream)
+
+    def _drop_pending_down(self, stream: ProxiedStream) -> None:
+        conn = stream.up
+        if conn is not None and not conn.closed:
+            acked = sum(flow for _, flow in stream.down_pending)
+            with contextlib.suppress(h2.exceptions.H2Error):
+                conn.h2.acknowledge_received_data(acked, stream.up_id)
+            conn.flush()
+        stream.down_pending.clear()
+
+    def _drop_pending(self, stream: ProxiedStream) -> None:
+        """Data that will not be forwarded is acknowledged to its sender anyway: windows
+        are per connection too, and would otherwise shrink for good."""
+        down, conn = stream.down, stream.up
+        if stream.up_pending and not down.closed:
+            acked = sum(flow for _, flow in stream.up_pending)
+            with contextlib.suppress(h2.exceptions.H2Error):
+                down.h2.acknowledge_received_data(acked, stream.down_id)
+            down.flush()
+        if stream.down_pending and conn is not None and not conn.closed:
+            acked = sum(flow for _, flow in stream.down_pending)
+            with contextlib.suppress(h2.exceptions.H2Error):
+                conn.h2.acknowledge_received_data(acked, stream.up_id)
+            conn.flush()
+        stream.up_pending.clear()
+        stream.down_pending.clear()
 
     def _release_host(self, stream: ProxiedStream) -> None:
         host = stream.host
@@ -801,6 +870,8 @@ class Http2Handler:
     def upstream_failed(self, stream: ProxiedStream, failure: Failure | None, code: int) -> None:
         """The try's upstream stream ended without a whole answer."""
         self._release_host(stream)
+        if stream.down_pending:  # an answer cut short: what came of it is not sent
+            self._drop_pending_down(stream)
         conn, stream.up = stream.up, None
         if conn is not None:
             conn.waiting = deque(s for s in conn.waiting if s is not stream)
@@ -825,6 +896,7 @@ class Http2Handler:
 
     def _reset_downstream(self, stream: ProxiedStream, code: int) -> None:
         down = stream.down
+        self._drop_pending(stream)
         if down.streams.pop(stream.down_id, None) is None or down.closed:
             return
         if not stream.responded:
@@ -832,7 +904,7 @@ class Http2Handler:
                 down, stream.down_id, stream.headers, 503, "upstream reset", known=False
             )
             return
-        with contextlib.suppress(h2.exceptions.StreamClosedError):
+        with contextlib.suppress(h2.exceptions.H2Error):
             down.h2.reset_stream(
                 stream.down_id,
                 h2.errors.ErrorCodes.INTERNAL_ERROR
@@ -843,6 +915,7 @@ class Http2Handler:
 
     def fail_downstream(self, stream: ProxiedStream, status: int, reason: str) -> None:
         down = stream.down
+        self._drop_pending(stream)
         if down.streams.pop(stream.down_id, None) is None or down.closed:
             return
         stream.cluster.counters.count_status(status)
@@ -890,13 +963,14 @@ class Http2Handler:
     def cancel_upstream(self, stream: ProxiedStream, code: int) -> None:
         conn = stream.up
         self._release_host(stream)
+        self._drop_pending(stream)
         if conn is None:
             return
         if stream in conn.waiting:
             conn.waiting = deque(s for s in conn.waiting if s is not stream)
             return
         if stream.up_id in conn.streams and not conn.closed:
-            with contextlib.suppress(h2.exceptions.StreamClosedError):
+            with contextlib.suppress(h2.exceptions.H2Error):
                 conn.h2.reset_stream(stream.up_id, h2.errors.ErrorCodes.CANCEL)
             conn.flush()
             conn.stream_done(stream.up_id)
@@ -932,7 +1006,7 @@ class Http2Handler:
             down.socket.write(frame.serialize())
             down.draining = final
             if final and not down.streams:
-                down.socket.close()
+                down.socket.close_when_sent()
 
     def close(self) -> None:
         for down in list(self.downstreams):

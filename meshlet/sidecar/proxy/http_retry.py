@@ -44,6 +44,8 @@ def retries_on(policy: RetryPolicy | None, failure: Failure) -> bool:
     if policy is None:
         return False
     conditions = policy.retry_on
+    if failure is Failure.STATUS:  # what answer_failure found under one of these
+        return bool(conditions & {"retriable-status-codes", "5xx", "gateway-error"})
     if failure.value in conditions:
         return True
     # 5xx and gateway-error cover the connect failures and refusals too, as in Envoy.

@@ -11,6 +11,7 @@ read; writing never blocks.
 from __future__ import annotations
 
 import _socket
+import contextlib
 import errno
 from collections.abc import Callable
 
@@ -23,6 +24,7 @@ HIGH_WATER = 1024 * 1024
 
 class StreamSocket:
     __slots__ = (
+        "_close_when_sent",
         "_connecting",
         "_interest",
         "_on_closed",
@@ -31,6 +33,7 @@ class StreamSocket:
         "_on_drained",
         "_out",
         "_reactor",
+        "_shutdown_when_sent",
         "closed",
         "fd",
         "paused",
@@ -54,6 +57,8 @@ class StreamSocket:
         self._on_drained: Callable[[], None] | None = None
         self._out = bytearray()
         self._connecting = on_connected is not None
+        self._close_when_sent = False
+        self._shutdown_when_sent = False
         self.closed = False
         self.paused = False
         self._interest = WRITE if self._connecting else READ
@@ -96,7 +101,9 @@ class StreamSocket:
             return
         if events & WRITE:
             self._flush()
-        if self.closed or not events & (READ | FAILED) or self.paused:
+        # A failed socket is read even when paused: level-triggered, it would be
+        # reported again and again, and the read ends it.
+        if self.closed or not events & (READ | FAILED) or (self.paused and not events & FAILED):
             return
         try:
             data = self.sock.recv(_READ_SIZE)
@@ -138,9 +145,34 @@ class StreamSocket:
                 self.close(exc)
                 return
             del out[:sent]
+        if not out:
+            if self._close_when_sent:
+                self.close()
+                return
+            if self._shutdown_when_sent:
+                self._shutdown_when_sent = False
+                self._shutdown()
         self._set_interest()
         if len(out) < HIGH_WATER and self._on_drained is not None:
             self._on_drained()
+
+    def close_when_sent(self) -> None:
+        """Closes once what is waiting to be sent has gone (at once when nothing is)."""
+        if not self._out:
+            self.close()
+        else:
+            self._close_when_sent = True
+
+    def shutdown_when_sent(self) -> None:
+        """Ends the sending side once what is waiting has gone; reading goes on."""
+        if not self._out:
+            self._shutdown()
+        else:
+            self._shutdown_when_sent = True
+
+    def _shutdown(self) -> None:
+        with contextlib.suppress(OSError):
+            self.sock.shutdown(_socket.SHUT_WR)
 
     def close(self, error: OSError | None = None) -> None:
         if self.closed:
