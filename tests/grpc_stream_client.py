@@ -1,8 +1,9 @@
 """Streaming calls on one gRPC channel, as a process (for network namespaces).
 
-Run as `python tests/grpc_stream_client.py TARGET count N [--pause SECONDS]` for a
-server-streaming call of N messages (read with a pause after each of the first
-ten, so the proxy's flow control holds the sender back), or `... echo N` for a
+Run as `python tests/grpc_stream_client.py TARGET count N [--pause SECONDS]
+[--server-pause SECONDS]` for a server-streaming call of N messages (read with a
+pause after each of the first ten, so the proxy's flow control holds the sender
+back; sent with a pause after each, so the call lasts), or `... echo N` for a
 bidi call of N messages, each read back before the next is sent. Prints one JSON
 line: {"names": [the backend of each answer], "messages": how many, "error": ""}.
 """
@@ -23,6 +24,9 @@ def main() -> int:
     parser.add_argument("mode", choices=("count", "echo"))
     parser.add_argument("n", type=int)
     parser.add_argument("--pause", type=float, default=0.0)
+    parser.add_argument(
+        "--server-pause", type=float, default=0.0, help="the server's pause after each message"
+    )
     args = parser.parse_args()
     names: list[str] = []
     error = ""
@@ -30,7 +34,8 @@ def main() -> int:
         try:
             if args.mode == "count":
                 call = channel.unary_stream("/meshlet.test.Who/Count")
-                for i, message in enumerate(call(str(args.n).encode(), timeout=60)):
+                request = f"{args.n} {args.server_pause}" if args.server_pause else str(args.n)
+                for i, message in enumerate(call(request.encode(), timeout=60)):
                     names.append(message.split(b" ", 1)[0].decode())
                     if i < 10:
                         time.sleep(args.pause)

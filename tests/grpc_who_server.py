@@ -5,8 +5,9 @@ address, all on PORT, each answering with its NAME:
 
 - /meshlet.test.Who/Name (unary): the name (a backend named sick-... answers
   UNAVAILABLE instead);
-- /meshlet.test.Who/Count (server streaming): the request is a number N as text,
-  the answer N messages, each the name and its index, padded to 1 KiB;
+- /meshlet.test.Who/Count (server streaming): the request is a number N as text
+  (and optionally a pause in seconds after each message), the answer N messages,
+  each the name and its index, padded to 1 KiB;
 - /meshlet.test.Who/Echo (bidi): each message back, prefixed with the name.
 
 It prints "ready" once all listen and serves until stdin closes, then stops as a
@@ -16,6 +17,7 @@ terminating pod does: GOAWAY, and the calls under way may finish.
 from __future__ import annotations
 
 import sys
+import time
 from collections.abc import Iterator
 from concurrent import futures
 
@@ -31,8 +33,11 @@ def who_handler(name: str) -> grpc.GenericRpcHandler:
         return name.encode()
 
     def count(request: bytes, _context: grpc.ServicerContext) -> Iterator[bytes]:
-        for i in range(int(request)):
+        count, _, pause = request.decode().partition(" ")
+        for i in range(int(count)):
             yield f"{name} {i}".encode().ljust(1024, b".")
+            if pause:
+                time.sleep(float(pause))
 
     def echo(requests: Iterator[bytes], _context: grpc.ServicerContext) -> Iterator[bytes]:
         for message in requests:

@@ -19,6 +19,7 @@ import subprocess
 from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
+from typing import cast
 
 import h2.config
 import h2.connection
@@ -118,9 +119,12 @@ def one_channel() -> Iterator[OneChannel]:
         _end(client.process)
 
 
-def stream_call(mode: str, count: int, pause: float = 0.0) -> dict[str, object]:
+def stream_call(
+    mode: str, count: int, pause: float = 0.0, server_pause: float = 0.0
+) -> dict[str, object]:
     argv = [PYTHON, str(HERE / "grpc_stream_client.py"), f"{VIP}:{PORT}", mode, str(count)]
-    done = subprocess.run([*argv, f"--pause={pause}"], capture_output=True, text=True, timeout=120)
+    argv += [f"--pause={pause}", f"--server-pause={server_pause}"]
+    done = subprocess.run(argv, capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
     result: dict[str, object] = json.loads(done.stdout)
     return result
@@ -374,6 +378,25 @@ def test_a_backend_that_stops_gracefully_lets_its_streaming_call_finish(
                 call.wait()
         result = json.loads(out)
         assert (result["error"], result["messages"]) == ("", 4000)
+
+
+def test_a_route_timeout_cuts_a_call_that_outlives_it(tmp_path: Path) -> None:
+    manifests = tmp_path / "manifests"
+    manifests.mkdir()
+    write_manifests(
+        manifests / "greeter.yaml",
+        service_manifest(
+            "greeter", "default", VIP, [("grpc", PORT, "grpc")], {"meshlet.io/timeout": "500ms"}
+        ),
+        endpoint_slice_manifest("greeter", "default", [("grpc", BACKEND_PORT)], list(BACKENDS)),
+    )
+    with inside_capture_lab(), who_servers(), meshlet_node(tmp_path, manifests) as car:
+        # 20 messages 0.1 s apart: the call lasts past its route's 500 ms.
+        cut = stream_call("count", 20, server_pause=0.1)
+        assert cut["error"] and 0 < cast(int, cut["messages"]) < 20
+        with one_channel() as client:
+            assert client.calls(30)["errors"] == [], "quick calls are not cut"
+        assert car.clusters()[CLUSTER]["timeouts"] == 1
 
 
 # --- bad input, frame by frame ----------------------------------------------------

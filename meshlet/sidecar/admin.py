@@ -73,6 +73,7 @@ def _runtime(runtime: ClusterRuntime | None) -> dict[str, object]:
         "responses": dict(runtime.counters.by_status_class or {}),
         "grpc_statuses": dict(runtime.counters.by_grpc_status or {}),
         "pool_connections": runtime.counters.pool_connections,
+        "timeouts": runtime.counters.timeouts,
     }
 
 

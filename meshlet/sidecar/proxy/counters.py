@@ -33,6 +33,7 @@ class ClusterCounters:
     by_status_class: dict[str, int] | None = None  # "2xx" -> count
     by_grpc_status: dict[str, int] | None = None  # "0" -> count
     pool_connections: int = 0
+    timeouts: int = 0  # requests cut by the route's timeout
     connect_times: Buckets | None = None  # upstream connects that succeeded
     durations: Buckets | None = None  # relayed connections, once closed
     request_times: Buckets | None = None  # HTTP requests, once answered

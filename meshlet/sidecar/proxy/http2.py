@@ -292,6 +292,7 @@ class ProxiedStream:
         "request_ended",
         "responded",
         "retry",
+        "timer",
         "trailers",
         "tried",
         "up",
@@ -320,6 +321,7 @@ class ProxiedStream:
         self.tried: list[Host] = []
         self.request_ended = False
         self.responded = False  # response headers went downstream: no retry from here
+        self.timer: asyncio.TimerHandle | None = None  # the route's timeout
         self.trailers: Headers | None = None  # the request's, for upstream
         self.down_trailers: Headers | None = None  # the response's, for the client
         # Data waiting for the other side's window: (bytes, flow-controlled length).
@@ -620,7 +622,24 @@ class Http2Handler:
         down.streams[stream_id] = stream
         cluster.counters.requests += 1
         self._budget(cluster).request(now)
+        if rule.timeout_seconds > 0:
+            stream.timer = self.loop.call_later(rule.timeout_seconds, self._timed_out, stream)
         self.pick_and_send(stream)
+
+    def _timed_out(self, stream: ProxiedStream) -> None:
+        """The route's timeout passed before the whole answer: as Envoy, a 504 if nothing
+        was answered yet (gRPC: UNAVAILABLE, by gRPC's mapping), else the stream is reset."""
+        stream.timer = None
+        down = stream.down
+        if down.closed or stream.down_id not in down.streams:
+            return
+        stream.cluster.counters.timeouts += 1
+        self.cancel_upstream(stream, h2.errors.ErrorCodes.CANCEL)
+        if not stream.responded:
+            self.fail_downstream(stream, 504, "upstream request timeout")
+        else:
+            self._reset_downstream(stream, h2.errors.ErrorCodes.CANCEL)
+        self.write_dirty()
 
     def _budget(self, cluster: ClusterRuntime) -> RetryBudget:
         budget = self.budgets.get(cluster.name)
@@ -862,6 +881,9 @@ class Http2Handler:
         stream.down_pending.clear()
 
     def _release_host(self, stream: ProxiedStream) -> None:
+        if stream.timer is not None and stream.down_id not in stream.down.streams:
+            stream.timer.cancel()  # the request is over, whichever way
+            stream.timer = None
         host = stream.host
         if host is not None:
             host.requests -= 1

@@ -42,6 +42,11 @@ _CLUSTER_COUNTERS: tuple[tuple[str, str, _Read], ...] = (
         lambda c: c.counters.requests,
     ),
     (
+        "timeouts",
+        "HTTP requests cut by their route's timeout (Envoy's upstream_rq_timeout), by cluster",
+        lambda c: c.counters.timeouts,
+    ),
+    (
         "pool_connections",
         "Pooled HTTP/2 connections opened to endpoints (Envoy's upstream_cx_http2_total), "
         "by cluster",
