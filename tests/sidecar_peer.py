@@ -59,6 +59,11 @@ def sidecar(
 ) -> Iterator[Sidecar]:
     """`meshlet sidecar` on loopback ports of its own, ready when yielded."""
     dns_port, admin_port = free_port(), free_port()
+    # Ports are only reserved by being bound: the kernel may hand out one twice, and an
+    # upstream on the sidecar's own DNS port is refused as a loop.
+    upstream_port = free_port()
+    while upstream_port in (dns_port, admin_port):
+        upstream_port = free_port()
     argv = [
         PYTHON,
         "-m",
@@ -70,7 +75,7 @@ def sidecar(
         f"--dns-address=127.0.0.1:{dns_port}",
         f"--admin-address=127.0.0.1:{admin_port}",
         # Nothing listens there: these tests ask only for mesh names.
-        f"--upstream-dns=127.0.0.1:{free_port()}",
+        f"--upstream-dns=127.0.0.1:{upstream_port}",
         f"--xds-protocol={protocol}",
         *extra_args,
     ]

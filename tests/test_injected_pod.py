@@ -37,7 +37,9 @@ from tests.procs import http_get, wait_until
 CLUSTER_DNS = "10.96.0.10"  # what kubelets put in a pod's resolv.conf: the DNS Service's IP
 SYSTEM = defaults.SYSTEM_NAMESPACE
 CONTROL_PLANE_NAME = f"{defaults.CONTROL_PLANE_SERVICE}.{SYSTEM}.svc"
-WEB = ServiceSpec("web", "10.96.0.20", 80, ("web-0", "web-1", "web-2"))
+# Round robin chosen: the test counts an exact spread, and an http port's default,
+# least request, spreads one connection at a time at random when none is open.
+WEB = ServiceSpec("web", "10.96.0.20", 80, ("web-0", "web-1", "web-2"), lb_policy="round-robin")
 SETTINGS = InjectorSettings(
     control_plane=f"{CONTROL_PLANE_NAME}:{defaults.XDS_PORT}", drain_seconds=2
 )
