@@ -79,7 +79,18 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def nginx_config(work: Path, ip: str) -> Path:
+def nginx_config(work: Path, ip: str, h2c_port: int = 0) -> Path:
+    """The backend: HTTP/1.1 on 8080, and with `h2c_port` HTTP/2 with prior knowledge there."""
+    h2c = (
+        f"""    http2_max_concurrent_streams 1024;
+    server {{
+        listen {ip}:{h2c_port} http2 backlog=4096;
+        location / {{ return 200 "hello from the backend\\n"; }}
+    }}
+"""
+        if h2c_port
+        else ""
+    )
     path = work / "nginx.conf"
     path.write_text(
         f"""worker_processes 1;
@@ -97,7 +108,7 @@ http {{
         listen {ip}:8080 backlog=4096 reuseport;
         location / {{ return 200 "hello from the backend\\n"; }}
     }}
-}}
+{h2c}}}
 """
     )
     return path

@@ -39,7 +39,7 @@ from pathlib import Path
 sys.path[0] = str(Path(__file__).resolve().parent.parent)
 
 from bench.percentiles import percentile  # noqa: E402
-from bench.proxy import cpu_seconds, profiled, start_node_services  # noqa: E402
+from bench.proxy import cpu_seconds, nginx_config, profiled, start_node_services  # noqa: E402
 from bench.proxy_load import CLIENT_UID, LOAD_CPU, PERCENTILES  # noqa: E402
 from bench.proxy_node import node  # noqa: E402
 from bench.proxy_peers import DIRECT, ENVOY, MESHLET, Peer, client_pod  # noqa: E402
@@ -65,35 +65,6 @@ for _ in range(int(sys.argv[3])):
 print("held", flush=True)
 time.sleep(float(sys.argv[4]))
 """
-
-
-def nginx_config(work: Path, ip: str) -> Path:
-    path = work / "nginx-h2.conf"
-    path.write_text(
-        f"""worker_processes 1;
-daemon off;
-pid {work}/nginx.pid;
-error_log {work}/nginx-error.log warn;
-worker_rlimit_nofile 40000;
-events {{ worker_connections 30000; }}
-http {{
-    access_log off;
-    keepalive_requests 100000000;
-    keepalive_timeout 3600s;
-    http2_max_concurrent_streams 1024;
-    client_body_temp_path {work}/body;
-    server {{
-        listen {ip}:8080 backlog=4096;
-        location / {{ return 200 "hello from the backend\\n"; }}
-    }}
-    server {{
-        listen {ip}:{H2_PORT} http2 backlog=4096;
-        location / {{ return 200 "hello from the backend\\n"; }}
-    }}
-}}
-"""
-    )
-    return path
 
 
 @dataclass
@@ -240,7 +211,14 @@ def main() -> int:
         backend = the_node.mesh.add_pod("backend")
         (work / "body").mkdir()
         backend.spawn(
-            ["taskset", "-c", LOAD_CPU, "nginx", "-c", str(nginx_config(work, backend.ip))],
+            [
+                "taskset",
+                "-c",
+                LOAD_CPU,
+                "nginx",
+                "-c",
+                str(nginx_config(work, backend.ip, H2_PORT)),
+            ],
             work / "nginx.log",
         )
         services = start_node_services(the_node, work, backend)

@@ -248,6 +248,13 @@ class _Side:
     def gone(self, error: OSError | None) -> None:
         raise NotImplementedError
 
+    def window_opened(self, stream_id: int) -> list[ProxiedStream]:
+        """The streams a WINDOW_UPDATE lets send again (stream 0: every stream)."""
+        if stream_id == 0:
+            return list(self.streams.values())
+        stream = self.streams.get(stream_id)
+        return [stream] if stream is not None else []
+
     def window(self, stream_id: int) -> int:
         try:
             return min(
@@ -286,7 +293,6 @@ class ProxiedStream:
         "down_pending",
         "down_pending_end",
         "down_trailers",
-        "grpc",
         "headers",
         "host",
         "request_ended",
@@ -314,7 +320,6 @@ class ProxiedStream:
         self.headers = headers
         self.cluster = cluster
         self.retry = retry
-        self.grpc = _header(headers, b"content-type").startswith(_GRPC)
         self.host: Host | None = None
         self.up: Upstream | None = None
         self.up_id = 0
@@ -371,14 +376,8 @@ class Downstream(_Side):
                 self._count_reset()
                 handler.cancel_upstream(stream, event.error_code or h2.errors.ErrorCodes.CANCEL)
         elif isinstance(event, h2.events.WindowUpdated):
-            targets = (
-                self.streams.values()
-                if event.stream_id == 0
-                else [self.streams.get(event.stream_id)]
-            )
-            for stream in list(targets):
-                if stream is not None:
-                    handler.pump_down(stream)
+            for stream in self.window_opened(event.stream_id):
+                handler.pump_down(stream)
         elif isinstance(event, h2.events.ConnectionTerminated):
             self.socket.close()
 
@@ -479,14 +478,8 @@ class Upstream(_Side):
                     stream, Failure.REFUSED if refused else None, event.error_code
                 )
         elif isinstance(event, h2.events.WindowUpdated):
-            targets = (
-                self.streams.values()
-                if event.stream_id == 0
-                else [self.streams.get(event.stream_id)]
-            )
-            for stream in list(targets):
-                if stream is not None:
-                    handler.pump_up(stream)
+            for stream in self.window_opened(event.stream_id):
+                handler.pump_up(stream)
         elif isinstance(event, h2.events.ConnectionTerminated):
             self.goaway = True  # no new streams here
             last = event.last_stream_id if event.last_stream_id is not None else 0
@@ -922,9 +915,7 @@ class Http2Handler:
         if down.streams.pop(stream.down_id, None) is None or down.closed:
             return
         if not stream.responded:
-            self.local_reply(
-                down, stream.down_id, stream.headers, 503, "upstream reset", known=False
-            )
+            self.local_reply(down, stream.down_id, stream.headers, 503, "upstream reset")
             return
         with contextlib.suppress(h2.exceptions.H2Error):
             down.h2.reset_stream(
@@ -941,7 +932,7 @@ class Http2Handler:
         if down.streams.pop(stream.down_id, None) is None or down.closed:
             return
         stream.cluster.counters.count_status(status)
-        self.local_reply(down, stream.down_id, stream.headers, status, reason, known=False)
+        self.local_reply(down, stream.down_id, stream.headers, status, reason)
 
     def local_reply(
         self,
@@ -950,7 +941,6 @@ class Http2Handler:
         request: Headers,
         status: int,
         reason: str,
-        known: bool = True,
     ) -> None:
         """An answer of the sidecar's own: gRPC UNAVAILABLE for a gRPC request, as Envoy."""
         down.streams.pop(stream_id, None)
