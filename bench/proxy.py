@@ -59,6 +59,7 @@ from bench.proxy_peers import (  # noqa: E402
     XDS_PORT,
     Peer,
     client_pod,
+    wait_through,
 )
 from bench.proxy_report import (  # noqa: E402
     Result,
@@ -207,22 +208,38 @@ def profiled(args: argparse.Namespace, pid: int | None, phase: str) -> Iterator[
 
 
 def run_fixed_rate(
-    node: Node, backend: Pod, peers: list[Peer], rate: int, args: argparse.Namespace
+    node: Node,
+    backend: Pod,
+    peers: list[Peer],
+    rate: int,
+    args: argparse.Namespace,
+    vip_url: str = WEB_URL,
+    connections: int = 0,
 ) -> dict[str, Http]:
+    """vegeta at `rate` through each peer to `vip_url` (the no-proxy peer: the backend's
+    nginx), over `connections` (default: --connections) keep-alive connections."""
     vegeta = go_build.build("vegeta", "vegeta", "github.com/tsenart/vegeta/v12")
     out: dict[str, Http] = {}
     for peer in peers:
         print(f"fixed rate {rate}/s: {peer.name} ...", flush=True)
         tag = peer.name.replace(" ", "-")
-        web = WEB_URL if peer.to_vip else f"http://{backend.ip}:8080/"
+        web = vip_url if peer.to_vip else f"http://{backend.ip}:8080/"
         with (
             client_pod(node.mesh, f"client-{tag}-fixed", peer.capture) as client,
             peer.start(node.mesh, client, node.ip, args.work) as pid,
-            profiled(args, pid if peer is MESHLET else None, f"{tag}-fixed-rate"),
         ):
-            out[peer.name] = fixed_rate(
-                client, vegeta, web, rate, args.duration, args.connections, args.work, tag
-            )
+            wait_through(client, web, peer.name, None)
+            with profiled(args, pid if peer is MESHLET else None, f"{tag}-fixed-rate"):
+                out[peer.name] = fixed_rate(
+                    client,
+                    vegeta,
+                    web,
+                    rate,
+                    args.duration,
+                    connections or args.connections,
+                    args.work,
+                    tag,
+                )
         load = out[peer.name]
         tail = "/".join(f"{v:.2f}" for v in load.latency_ms.values())
         print(f"    p50/90/99/99.9 {tail} ms, {load.failed} failed", flush=True)

@@ -33,6 +33,7 @@ import statistics
 import sys
 import tempfile
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -40,7 +41,7 @@ sys.path[0] = str(Path(__file__).resolve().parent.parent)
 
 from bench.percentiles import percentile  # noqa: E402
 from bench.proxy import cpu_seconds, nginx_config, profiled, start_node_services  # noqa: E402
-from bench.proxy_load import CLIENT_UID, LOAD_CPU, PERCENTILES  # noqa: E402
+from bench.proxy_load import CLIENT_UID, LOAD_CPU, PERCENTILES, Http  # noqa: E402
 from bench.proxy_node import node  # noqa: E402
 from bench.proxy_peers import DIRECT, ENVOY, MESHLET, Peer, client_pod  # noqa: E402
 from meshlet.devmesh.mesh import Pod  # noqa: E402
@@ -138,7 +139,7 @@ def memory_per_connection(client: Pod, host: str, port: int, pid: int, work: Pat
 
 @dataclass
 class Round:
-    saturation: Load
+    saturation: Load | Http  # h2load's here, wrk's in bench/proxy_http1.py
     cpu_us: float
     kib_per_connection: float
 
@@ -268,7 +269,14 @@ def main() -> int:
             print(
                 f"    {done.rps:.0f}/s, p50/90/99/99.9 {tail} ms, {done.failed} failed", flush=True
             )
-        report(runs, fixed, rate, args)
+        report(
+            runs,
+            fixed,
+            f"HTTP/2 (h2c) through each peer: {args.clients} connections x {args.streams}"
+            f" streams, {args.duration} s, median of {args.rounds} rounds",
+            f"fixed rate {rate}/s over {args.clients} connections, one stream each,"
+            f" {args.duration} s",
+        )
     return 0
 
 
@@ -277,14 +285,15 @@ def _median(rounds: list[Round], read: object) -> float:
 
 
 def report(
-    runs: dict[str, list[Round]], fixed: dict[str, Load], rate: int, args: argparse.Namespace
+    runs: dict[str, list[Round]],
+    fixed: Mapping[str, Load | Http],
+    saturation_title: str,
+    fixed_title: str,
 ) -> None:
+    """The saturation table, then the fixed rate's, each under its title (what was run)."""
     meshlet, envoy = runs["meshlet"], runs["envoy"]
     print()
-    print(
-        f"HTTP/2 (h2c) through each peer: {args.clients} connections x {args.streams} streams,"
-        f" {args.duration} s, median of {args.rounds} rounds"
-    )
+    print(saturation_title)
     print(f"{'':34}{'meshlet':>12}{'envoy':>12}{'no proxy':>12}{'meshlet/envoy':>16}")
     rows = [
         ("requests/s at saturation", lambda r: r.saturation.rps),
@@ -302,9 +311,7 @@ def report(
             f" ({e_cpu / m_cpu:.2f}x Envoy's; goal 1.0x)"
         )
     print()
-    print(
-        f"fixed rate {rate}/s over {args.clients} connections, one stream each, {args.duration} s"
-    )
+    print(fixed_title)
     print(f"{'':34}{'meshlet':>12}{'envoy':>12}{'no proxy':>12}{'meshlet/envoy':>16}")
     for p in PERCENTILES:
         values = [
@@ -317,8 +324,9 @@ def report(
         )
     failed = {n: f.failed for n, f in fixed.items()}
     achieved = {n: round(f.rps) for n, f in fixed.items()}
-    # h2load waits for each answer before the next request on a stream: a peer that
-    # cannot keep up sends less, and its percentiles are then not at the rate.
+    # h2load waits for each answer before the next request on a stream (vegeta has a
+    # bounded number of workers): a peer that cannot keep up sends less, and its
+    # percentiles are then not at the rate.
     print(f"requests/s achieved: {achieved}; failed: {failed}")
 
 

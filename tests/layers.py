@@ -64,7 +64,9 @@ MODULES: dict[str, str] = {
     "test_helm_install": KUBE,
     "test_image": IMAGES,
     "test_http_balancing": NETNS,  # the sidecar, Envoy and gRPC peers behind capture rules
+    "test_http1_balancing": NETNS,  # the sidecar and HTTP/1.1 peers behind capture rules
     "test_http_retry": UNIT,
+    "test_http1_framing": UNIT,
     "test_inject": UNIT,
     "test_injected_pod": NETNS,  # devmesh pods, unbound as the cluster DNS
     "test_k8s_control_plane": KUBE,

@@ -71,7 +71,7 @@ async def serve(vip: str, port: int, backend_port: int, backends: list[str]) -> 
         "web",
         "default",
         cluster_ips=(vip,),
-        ports=(ServicePort("http", port, endpoints=endpoints),),
+        ports=(ServicePort("web", port, endpoints=endpoints),),
     )
     router = Router()
     router.update(sidecar_state(Mesh((web,))))

@@ -26,7 +26,8 @@ from tests.procs import control_plane, wait_until
 
 DASHBOARD = CHART / "files" / "grafana-dashboard.json"
 ALERTS = CHART / "files" / "alerts.yaml"
-WEB = ServiceSpec("web", "10.96.0.20", 80, ("web-0", "web-1"))
+# The dashboard's connection panels read L4 metrics: the port is not an HTTP one.
+WEB = ServiceSpec("web", "10.96.0.20", 80, ("web-0", "web-1"), port_name="web")
 WEB_CLUSTER = "outbound|80||web.default.svc.cluster.local"
 
 

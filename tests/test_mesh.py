@@ -24,9 +24,12 @@ from tests.procs import wait_until
 ROOT = Path(__file__).resolve().parent.parent
 WEB_IP = "10.96.0.20"
 LEGACY_IP = "10.96.200.200"  # in the service CIDR, but no service of the mesh
-# Round robin chosen: an http port's default, least request, spreads a client's one
-# connection at a time at random when none is open, and the tests count the spread.
-WEB = ServiceSpec("web", WEB_IP, 80, ("web-0", "web-1", "web-2"), lb_policy="round-robin")
+# What these tests show is balancing at L4, connection by connection: the port is named
+# so that it is not HTTP (tests/test_http1_balancing.py balances requests). Round robin
+# is chosen because the tests count the spread.
+WEB = ServiceSpec(
+    "web", WEB_IP, 80, ("web-0", "web-1", "web-2"), lb_policy="round-robin", port_name="web"
+)
 WEB_CLUSTER = "outbound|80||web.default.svc.cluster.local"
 
 
@@ -83,7 +86,9 @@ def wait_for_policy(stack: LocalMesh, policy: str) -> None:
 def test_every_policy_spreads_new_connections_and_survives_a_dead_backend(
     stack: LocalMesh, policy: str
 ) -> None:
-    stack.write_services([ServiceSpec("web", WEB_IP, 80, WEB.backends, lb_policy=policy)])
+    stack.write_services(
+        [ServiceSpec("web", WEB_IP, 80, WEB.backends, port_name="web", lb_policy=policy)]
+    )
     wait_for_policy(stack, policy)
     web = requests(stack, 60)
     assert web["errors"] == 0, web["last_error"]
@@ -99,8 +104,14 @@ def test_every_policy_spreads_new_connections_and_survives_a_dead_backend(
 @pytest.mark.parametrize(
     ("spec", "policy"),
     [
-        (ServiceSpec("web", WEB_IP, 80, WEB.backends, client_ip_affinity=True), "ring-hash"),
-        (ServiceSpec("web", WEB_IP, 80, WEB.backends, lb_policy="maglev"), "maglev"),
+        (
+            ServiceSpec("web", WEB_IP, 80, WEB.backends, port_name="web", client_ip_affinity=True),
+            "ring-hash",
+        ),
+        (
+            ServiceSpec("web", WEB_IP, 80, WEB.backends, port_name="web", lb_policy="maglev"),
+            "maglev",
+        ),
     ],
     ids=["sessionAffinity-ClientIP", "maglev"],
 )
@@ -125,7 +136,7 @@ def test_a_removed_endpoint_keeps_its_open_connection(stack: LocalMesh) -> None:
     with held_connection(stack) as (first, again):
         assert first in WEB.backends, first
         remaining = tuple(b for b in WEB.backends if b != first)
-        stack.write_services([ServiceSpec("web", WEB_IP, 80, remaining)])
+        stack.write_services([ServiceSpec("web", WEB_IP, 80, remaining, port_name="web")])
         gone = stack.backends[first].pod.ip + ":"
         wait_until(
             lambda held: len(held) == 2 and not any(e.startswith(gone) for e in held),

@@ -114,7 +114,7 @@ def web(
         "web",
         "default",
         cluster_ips=ips,
-        ports=(ServicePort("http", PORT, endpoints=endpoints),),
+        ports=(ServicePort("web", PORT, endpoints=endpoints),),
         lb_policy=policy,
         client_ip_affinity=affinity,
     )
@@ -608,7 +608,7 @@ async def test_connect_times_and_durations_are_histograms_of_the_clusters_used(
     lab: Lab,
 ) -> None:
     telemetry = Telemetry("test-proxy")
-    api_port = ServicePort("http", PORT, endpoints=(Endpoint(BACKENDS[0], BACKEND_PORT),))
+    api_port = ServicePort("web", PORT, endpoints=(Endpoint(BACKENDS[0], BACKEND_PORT),))
     unused = Service("api", "default", cluster_ips=("10.96.0.11",), ports=(api_port,))
     try:
         async with backends(), proxy_for(sidecar_state(Mesh((web(), unused)))) as proxy:

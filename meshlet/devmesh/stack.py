@@ -59,6 +59,7 @@ class ServiceSpec:
     namespace: str = "default"
     client_ip_affinity: bool = False  # sessionAffinity: ClientIP
     lb_policy: str = ""  # the meshlet.io/lb-policy annotation; empty: none
+    port_name: str = "http"  # HTTP: each request balanced; another name: each connection
 
 
 def service_objects(
@@ -68,14 +69,14 @@ def service_objects(
     objects: list[dict[str, Any]] = []
     for s in services:
         annotations = {"meshlet.io/lb-policy": s.lb_policy} if s.lb_policy else None
-        ports = [("http", s.port, "http")]
+        ports = [(s.port_name, s.port, "http")]
         service = service_manifest(s.name, s.namespace, s.cluster_ip, ports, annotations)
         if s.client_ip_affinity:
             service["spec"]["sessionAffinity"] = "ClientIP"
         objects.append(service)
         addresses = [ip_of(b) for b in s.backends]
         objects.append(
-            endpoint_slice_manifest(s.name, s.namespace, [("http", BACKEND_PORT)], addresses)
+            endpoint_slice_manifest(s.name, s.namespace, [(s.port_name, BACKEND_PORT)], addresses)
         )
     return objects
 

@@ -20,10 +20,7 @@ from __future__ import annotations
 import _socket
 import asyncio
 import contextlib
-import errno
 import logging
-import random
-import socket
 from collections import deque
 from collections.abc import Callable
 
@@ -37,16 +34,16 @@ import hyperframe.frame
 
 from meshlet.sidecar.proxy.balancer import Host
 from meshlet.sidecar.proxy.counters import ThrottledLog
+from meshlet.sidecar.proxy.http_handler import NODELAY, HttpHandler
 from meshlet.sidecar.proxy.http_retry import (
     Failure,
-    RetryBudget,
     RetryState,
     answer_failure,
     grpc_timeout,
     rule_for,
 )
-from meshlet.sidecar.proxy.listener import STREAM
 from meshlet.sidecar.proxy.reactor import Reactor
+from meshlet.sidecar.proxy.request_picks import RequestPicks
 from meshlet.sidecar.proxy.router import ClusterRuntime, Route
 from meshlet.sidecar.proxy.stream_socket import HIGH_WATER, StreamSocket
 from meshlet.xds import contract
@@ -66,7 +63,6 @@ CONNECTION_WINDOW = 16 * 1024 * 1024
 MAX_RESETS_PER_SECOND = 200
 UPSTREAM_IDLE_SECONDS = 300.0
 GOAWAY_LINGER_SECONDS = 1.0
-_NODELAY = (socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 _GRPC = b"application/grpc"
 # gRPC's own mapping of an HTTP status to a gRPC one (doc/http-grpc-status-mapping.md);
 # anything else is UNKNOWN (2).
@@ -339,9 +335,12 @@ class ProxiedStream:
 class Downstream(_Side):
     """A client's connection to the sidecar."""
 
-    def __init__(self, handler: Http2Handler, sock: _socket.socket, route: Route) -> None:
+    def __init__(
+        self, handler: Http2Handler, sock: _socket.socket, route: Route, key: int | None
+    ) -> None:
         super().__init__(handler, sock, client_side=False)
         self.route = route
+        self.key = key  # what a hashing policy hashes for its requests
         self._resets: deque[float] = deque()
         self.draining = False  # the last GOAWAY went out: close once its streams are done
 
@@ -431,7 +430,7 @@ class Upstream(_Side):
         return len(self.streams) + len(self.waiting) < min(limit, MAX_CONCURRENT_STREAMS)
 
     def _connected(self) -> None:
-        self.socket.sock.setsockopt(*_NODELAY)
+        self.socket.sock.setsockopt(*NODELAY)
         self.ready = True
         self.start()
         waiting, self.waiting = self.waiting, deque()
@@ -536,28 +535,19 @@ class Pool:
             self.conns.remove(conn)
 
 
-class Http2Handler:
+class Http2Handler(HttpHandler["Downstream", "Pool"]):
     def __init__(
         self,
         loop: asyncio.AbstractEventLoop,
         reactor: Reactor,
-        rng: random.Random,
+        picks: RequestPicks,
         errors: ThrottledLog,
         released: Callable[[], None],
     ) -> None:
-        self.loop = loop
-        self.reactor = reactor
-        self.rng = rng
-        self.errors = errors
-        self._released = released
+        super().__init__(loop, reactor, picks, errors, released)
         self.max_header_bytes = contract.MAX_REQUEST_HEADERS_KB * 1024
-        self.downstreams: set[Downstream] = set()
-        self.pools: dict[tuple[str, str], Pool] = {}
-        self.budgets: dict[str, RetryBudget] = {}
-        self.clusters: dict[str, ClusterRuntime] = {}
-        self.protocol_errors = 0
+        self.clusters: dict[str, ClusterRuntime] = {}  # of the pools
         self.reset_floods = 0
-        self.picks = 0  # requests picked an endpoint for (see balancer.open_requests)
         # While a read is handled, the connections with frames to send (see _Side.flush).
         self.batching = False
         self.dirty: set[_Side] = set()
@@ -568,23 +558,12 @@ class Http2Handler:
             if not side.closed:
                 side.write_now()
 
-    @property
-    def active(self) -> int:
-        return len(self.downstreams)
-
     # --- downstream ---------------------------------------------------------------
 
-    def handle(self, client: _socket.socket, route: Route) -> None:
-        try:
-            client.setsockopt(*_NODELAY)
-            down = Downstream(self, client, route)
-        except OSError as exc:
-            client.close()
-            self.errors.error(self.loop.time(), "cannot take an HTTP/2 connection: %s", exc)
-            return
-        self.downstreams.add(down)
-        route.cluster.active += 1
-        down.start()
+    def handle(self, client: _socket.socket, peer: tuple[str, int], route: Route) -> None:
+        down = self.take(client, peer, route, lambda sock, key: Downstream(self, sock, route, key))
+        if down is not None:
+            down.start()
 
     def downstream_closed(self, down: Downstream) -> None:
         if down in self.downstreams:
@@ -599,11 +578,9 @@ class Http2Handler:
             self.local_reply(down, stream_id, headers, 431, "too many request headers")
             return
         rule = rule_for(http.routes, _header(headers, b":method").decode("latin-1"))
-        cluster = (
-            route.cluster
-            if rule.cluster == route.cluster.name
-            else self.clusters.get(rule.cluster, route.cluster)
-        )
+        cluster = route.cluster
+        if rule.cluster != cluster.name:
+            cluster = self.picks.cluster_named(rule.cluster) or cluster
         now = self.loop.time()
         deadline = None
         timeout = grpc_timeout(_header(headers, b"grpc-timeout").decode("latin-1"))
@@ -613,8 +590,7 @@ class Http2Handler:
             down, stream_id, headers, cluster, RetryState(rule.retry, now, deadline)
         )
         down.streams[stream_id] = stream
-        cluster.counters.requests += 1
-        self._budget(cluster).request(now)
+        self.picks.requested(cluster, now)
         if rule.timeout_seconds > 0:
             stream.timer = self.loop.call_later(rule.timeout_seconds, self._timed_out, stream)
         self.pick_and_send(stream)
@@ -634,27 +610,13 @@ class Http2Handler:
             self._reset_downstream(stream, h2.errors.ErrorCodes.CANCEL)
         self.write_dirty()
 
-    def _budget(self, cluster: ClusterRuntime) -> RetryBudget:
-        budget = self.budgets.get(cluster.name)
-        if budget is None:
-            budget = self.budgets[cluster.name] = RetryBudget()
-        return budget
-
     def pick_and_send(self, stream: ProxiedStream) -> None:
         cluster = stream.cluster
-        now = self.loop.time()
-        balancer = cluster.balancer()
-        key = self.rng.getrandbits(64)
-        host = balancer.choose(key, stream.tried, now, self.rng)
+        host = self.picks.pick(cluster, stream.tried, self.loop.time(), stream.down.key)
         if host is None:
-            cluster.counters.no_endpoint += 1
             self.fail_downstream(stream, 503, "no healthy upstream")
             return
         stream.host = host
-        stream.tried.append(host)
-        host.requests += 1
-        self.picks += 1
-        host.picked = self.picks
         pool = self.pools.get((cluster.name, host.name))
         if pool is None:
             pool = self.pools[(cluster.name, host.name)] = Pool(cluster.name, host)
@@ -677,27 +639,10 @@ class Http2Handler:
         return self.clusters[pool.cluster]
 
     def _connect(self, pool: Pool, cluster: ClusterRuntime) -> Upstream | None:
-        address = pool.host.address
-        try:
-            sock = _socket.socket(socket.AF_INET6 if ":" in address[0] else socket.AF_INET, STREAM)
-        except OSError as exc:
-            self.errors.error(self.loop.time(), "cannot open a socket: %s", exc)
-            return None
-        error = sock.connect_ex(address)
-        if error not in (0, errno.EINPROGRESS):
-            sock.close()
-            cluster.counters.connect_failures += 1
-            return None
-        conn = Upstream(self, sock, pool)
-        pool.conns.append(conn)
-        cluster.counters.pool_connections += 1
-        timeout = cluster.config.connect_timeout_seconds
-        self.loop.call_later(timeout, self._connect_timed_out, conn)
+        conn = self.connect(pool.host.address, cluster, lambda sock: Upstream(self, sock, pool))
+        if conn is not None:
+            pool.conns.append(conn)
         return conn
-
-    def _connect_timed_out(self, conn: Upstream) -> None:
-        if not conn.ready and not conn.closed:
-            conn.socket.close(OSError(errno.ETIMEDOUT, "connect timed out"))
 
     def open_upstream(self, stream: ProxiedStream, conn: Upstream) -> None:
         if stream.down.closed or stream.down_id not in stream.down.streams:
@@ -781,21 +726,10 @@ class Http2Handler:
     def _may_retry(self, stream: ProxiedStream, failure: Failure) -> bool:
         if stream.responded:
             return False
-        allowed = stream.retry.may_retry(failure, self.loop.time(), self._budget(stream.cluster))
-        if allowed:
-            stream.cluster.counters.retries += 1
-        return allowed
+        return self.picks.may_retry(stream.cluster, stream.retry, failure, self.loop.time())
 
     def _count_outlier(self, stream: ProxiedStream, status: int) -> None:
-        host = stream.host
-        if host is None:
-            return
-        balancer = stream.cluster.balancer()
-        if status >= 500:
-            if balancer.connect_failed(host, self.loop.time()):
-                stream.cluster.counters.ejections += 1
-        else:
-            balancer.connect_succeeded(host)
+        self.picks.outcome(stream.cluster, stream.host, status, self.loop.time())
 
     def response_trailers(self, stream: ProxiedStream, trailers: Headers) -> None:
         grpc_status = _header(trailers, b"grpc-status")
@@ -879,7 +813,7 @@ class Http2Handler:
             stream.timer = None
         host = stream.host
         if host is not None:
-            host.requests -= 1
+            self.picks.release(host)
             stream.host = None
 
     def upstream_failed(self, stream: ProxiedStream, failure: Failure | None, code: int) -> None:
@@ -1021,9 +955,6 @@ class Http2Handler:
                 down.socket.close_when_sent()
 
     def close(self) -> None:
-        for down in list(self.downstreams):
-            down.socket.close()
-        for pool in list(self.pools.values()):
-            for conn in list(pool.conns):
-                conn.socket.close()
+        upstreams = [conn for pool in self.pools.values() for conn in pool.conns]
+        self.close_all(self.downstreams, upstreams)
         self.pools.clear()

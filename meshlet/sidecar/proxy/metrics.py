@@ -48,8 +48,8 @@ _CLUSTER_COUNTERS: tuple[tuple[str, str, _Read], ...] = (
     ),
     (
         "pool_connections",
-        "Pooled HTTP/2 connections opened to endpoints (Envoy's upstream_cx_http2_total), "
-        "by cluster",
+        "Pooled HTTP connections opened to endpoints (Envoy's upstream_cx_http2_total and "
+        "upstream_cx_http1_total), by cluster",
         lambda c: c.counters.pool_connections,
     ),
     (

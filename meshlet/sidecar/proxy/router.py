@@ -41,6 +41,8 @@ class ClusterRuntime:
     zone: str = ""
     rng: random.Random | None = None
     load: HostLoad = open_connections  # what least request compares
+    # Its requests are balanced one by one (an HTTP port's route points at it).
+    http: bool = False
     # None until a connection needs it (see balancer()).
     built: ClusterBalancer | None = None
     active: int = 0  # open connections and connects in progress (the circuit breaker's count)
@@ -55,8 +57,8 @@ class ClusterRuntime:
         )
 
     def _host_load(self) -> HostLoad:
-        # An HTTP/2 cluster's requests are balanced one by one: compare open requests.
-        return open_requests if self.config.http2 else self.load
+        # An HTTP cluster's requests are balanced one by one: compare open requests.
+        return open_requests if self.http or self.config.http2 else self.load
 
     def balancer(self) -> ClusterBalancer:
         built = self.built
@@ -65,6 +67,16 @@ class ClusterRuntime:
                 self.config, self.endpoints, self.zone, rng=self.rng, load=self._host_load()
             )
         return built
+
+    def balance_requests(self) -> None:
+        """From now on least request compares open requests (an HTTP route uses it)."""
+        if self.http:
+            return
+        self.http = True
+        if self.built is not None:
+            self.built = ClusterBalancer(
+                self.config, self.endpoints, self.zone, self.built, self.rng, open_requests
+            )
 
     def change(self, config: ClusterConfig, endpoints: tuple[Endpoint, ...]) -> None:
         if config == self.config and endpoints is self.endpoints:
@@ -82,6 +94,8 @@ class HttpRoute:
 
     routes: RouteConfig
     max_headers_count: int = contract.MAX_HEADERS_COUNT
+    upstream_http2: bool = False  # requests go upstream as HTTP/2 (else HTTP/1.1)
+    codec: str = "AUTO"  # what clients may speak: AUTO (either), HTTP1 or HTTP2
 
 
 @dataclass(frozen=True, eq=False, slots=True)
@@ -93,7 +107,7 @@ class Route:
     passthrough: bool = False
     # A hashing policy without a source-IP hash: each connection hashes a random key.
     random_key: bool = False
-    # Requests balanced one by one (an HTTP/2 port); None: relayed at L4.
+    # Requests balanced one by one (an HTTP port); None: relayed at L4.
     http: HttpRoute | None = None
 
 
@@ -208,11 +222,10 @@ def _route(
     config = runtime.config
     hash_source_ip = hash_client or config.client_ip_affinity
     http = None
-    # HTTP/2 ports (gRPC) have their requests balanced one by one; an HTTP/1.1 port
-    # is still relayed at L4 until the sidecar speaks HTTP/1.1.
     manager = listener.http
-    if routes is not None and manager is not None and config.http2 and manager.codec != "HTTP1":
-        http = HttpRoute(routes, manager.max_headers_count)
+    if routes is not None and manager is not None:
+        http = HttpRoute(routes, manager.max_headers_count, config.http2, manager.codec)
+        runtime.balance_requests()
     return Route(
         runtime,
         hash_source_ip=hash_source_ip,

@@ -4,8 +4,11 @@ The layers, each in its own module:
 
 - listener.py accepts captured connections and refuses the ones that would loop;
 - the router (router.py) maps the original destination to a route, one dict lookup;
-- the route's protocol handler takes the connection: today the L4 relay (tcp.py),
-  one upstream connection per client connection;
+- the route's protocol handler takes the connection: the L4 relay (tcp.py), one
+  upstream connection per client connection; or, on an HTTP port, the HTTP/2
+  (http2.py) or HTTP/1.1 (http1.py) handler, whichever the client speaks
+  (sniff.py), each request balanced on its own. A client whose HTTP is not the
+  one the port's endpoints are spoken to in is relayed at L4, as before;
 - the handler picks an endpoint through the cluster's balancer (balancer.py, with
   the load it compares given as a callable) and connects by the sans-IO connect
   plan (connect_plan.py).
@@ -24,10 +27,13 @@ import random
 from collections.abc import Sequence
 
 from meshlet.sidecar.proxy.counters import ListenerCounters, ThrottledLog
+from meshlet.sidecar.proxy.http1 import Http1Handler
 from meshlet.sidecar.proxy.http2 import Http2Handler
 from meshlet.sidecar.proxy.listener import Listeners
 from meshlet.sidecar.proxy.reactor import Reactor
-from meshlet.sidecar.proxy.router import Router
+from meshlet.sidecar.proxy.request_picks import RequestPicks
+from meshlet.sidecar.proxy.router import ClusterRuntime, Route, Router
+from meshlet.sidecar.proxy.sniff import Client, Sniffer
 from meshlet.sidecar.proxy.tcp import TcpHandler
 
 log = logging.getLogger(__name__)
@@ -48,9 +54,10 @@ class OutboundProxy:
             local_errors,
             self._released,
         )
-        self.http2 = Http2Handler(
-            self.loop, self.reactor, rng or random.Random(), local_errors, self._released
-        )
+        picks = RequestPicks(rng or random.Random(), self._cluster_named)
+        self.http2 = Http2Handler(self.loop, self.reactor, picks, local_errors, self._released)
+        self.http1 = Http1Handler(self.loop, self.reactor, picks, local_errors, self._released)
+        self.sniffer = Sniffer(self.reactor)
         self._sweeper: asyncio.Task[None] | None = None
         self._drained: asyncio.Event | None = None  # set when draining and nothing is open
         self._closed = False
@@ -62,7 +69,7 @@ class OutboundProxy:
     @property
     def active(self) -> int:
         """Connections open or being connected (client connections, for HTTP)."""
-        return self.tcp.active + self.http2.active
+        return self.tcp.active + self.http2.active + self.http1.active
 
     def listen(self, addresses: Sequence[tuple[str, int]]) -> list[tuple[str, int]]:
         """Binds every address (port 0 picks one); returns where it listens."""
@@ -76,10 +83,34 @@ class OutboundProxy:
 
     def _dispatch(self, client: _socket.socket, peer: tuple[str, int], destination: bytes) -> None:
         route = self.router.route(destination)
-        if route.http is not None:
-            self.http2.handle(client, route)
-        else:
+        if route.http is None:
             self.tcp.handle(client, peer, route, destination)
+            return
+
+        def known(client: _socket.socket, speaks: Client) -> None:
+            self._handle_http(client, peer, route, destination, speaks)
+
+        self.sniffer.watch(client, known)
+
+    def _handle_http(
+        self,
+        client: _socket.socket,
+        peer: tuple[str, int],
+        route: Route,
+        destination: bytes,
+        speaks: Client,
+    ) -> None:
+        http = route.http
+        assert http is not None
+        if speaks is Client.HTTP2 and http.upstream_http2 and http.codec != "HTTP1":
+            self.http2.handle(client, peer, route)
+        elif speaks is Client.HTTP1 and not http.upstream_http2 and http.codec != "HTTP2":
+            self.http1.handle(client, peer, route)
+        else:  # no translation between the two: the connection is relayed as before
+            self.tcp.handle(client, peer, route, destination)
+
+    def _cluster_named(self, name: str) -> ClusterRuntime | None:
+        return self.router.clusters.get(name)
 
     def _released(self) -> None:
         if self._drained is not None and not self.active:
@@ -97,6 +128,7 @@ class OutboundProxy:
             now = self.loop.time()
             self.tcp.sweep(now)
             self.http2.sweep(now, self._hosts_of)
+            self.http1.sweep(now, self._hosts_of)
 
     def _hosts_of(self, cluster: str) -> set[str]:
         runtime = self.router.clusters.get(cluster)
@@ -108,12 +140,15 @@ class OutboundProxy:
         """Stop accepting and wait for open connections to end, up to `deadline` seconds;
         returns how many were still open then (they are closed)."""
         self.stop_accepting()
-        if self.http2.active:
-            # HTTP/2 clients move without a failed request: GOAWAY past every stream,
-            # then, a round trip later, at the last stream taken.
+        if self.http2.active or self.http1.active:
+            # HTTP clients move without a failed request. HTTP/2: GOAWAY past every
+            # stream, then, a round trip later, at the last stream taken. HTTP/1.1:
+            # every answer says Connection: close, then idle connections are closed.
             self.http2.goaway_all(final=False)
+            self.http1.drain(final=False)
             await asyncio.sleep(min(1.0, deadline / 2))
             self.http2.goaway_all(final=True)
+            self.http1.drain(final=True)
         if self.active:
             self._drained = asyncio.Event()
             with contextlib.suppress(TimeoutError):
@@ -134,4 +169,6 @@ class OutboundProxy:
             self._sweeper = None
         self.tcp.close()
         self.http2.close()
+        self.http1.close()
+        self.sniffer.close()
         self.reactor.close()
