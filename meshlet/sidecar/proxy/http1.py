@@ -42,7 +42,7 @@ from meshlet.sidecar.proxy.http1_framing import (
     rebuild,
     skip_blank_lines,
 )
-from meshlet.sidecar.proxy.http_handler import NODELAY, HttpHandler
+from meshlet.sidecar.proxy.http_handler import LINGER_SECONDS, NODELAY, HttpHandler
 from meshlet.sidecar.proxy.http_retry import Failure, RetryState, answer_failure, rule_for
 from meshlet.sidecar.proxy.router import ClusterRuntime, Route
 from meshlet.sidecar.proxy.stream_socket import HIGH_WATER, StreamSocket
@@ -154,6 +154,7 @@ class Downstream(_Conn):
         self.tunnel: Upstream | None = None
         self.blocked = False  # the request body waits for its upstream to take more
         self.parsing = False  # in parse(): it goes on by itself after an answer
+        self.lingering = False  # ending: what comes is read and dropped (see end())
         self.socket = StreamSocket(handler.reactor, sock, self._received, self._closed)
         self.socket.on_drained(self._drained)
 
@@ -222,7 +223,21 @@ class Downstream(_Conn):
             and self.tunnel is None
             and len(self.buffer) > _PIPELINED_BYTES
         )
+        if self.lingering:
+            self.socket.pause(False)
+            return
         self.socket.pause(self.closing or waiting or self.blocked or self.held_by_peer())
+
+    def end(self) -> None:
+        """Closes once what is waiting is sent: the sending side first, then, a moment
+        later, the socket. Closing with the client's bytes unread would reset the
+        connection, and the last answer could be lost; what comes meanwhile is dropped."""
+        if self.lingering:
+            return
+        self.closing = self.lingering = True
+        self.socket.shutdown_when_sent()
+        self.reading()
+        self.handler.loop.call_later(LINGER_SECONDS, self.socket.close)
 
     def held_by_peer(self) -> bool:
         exchange = self.exchange
@@ -410,10 +425,9 @@ class Http1Handler(HttpHandler["Downstream", Pool]):
         if exchange is not None:
             self._abandon(exchange)
             if exchange.responded:  # an answer is under way: it cannot be followed
-                down.closing = True
-                down.socket.close_when_sent()
+                down.end()
                 return
-        down.closing = True
+        down.closing = True  # the reply says Connection: close
         self.local_reply(down, exc.status, exc.reason)
 
     # --- picking and sending ----------------------------------------------------------
@@ -560,8 +574,7 @@ class Http1Handler(HttpHandler["Downstream", Pool]):
             down.exchange = None
         if not exchange.keep_down or down.body is not None or down.closing:
             # Not all of the request was read (answered early), or the connection ends.
-            down.closing = True
-            down.socket.close_when_sent()
+            down.end()
             return
         down.resume()
 
@@ -582,7 +595,7 @@ class Http1Handler(HttpHandler["Downstream", Pool]):
         conn.socket.close()
         if exchange.responded:
             self._abandon(exchange)
-            exchange.down.socket.close_when_sent()
+            exchange.down.end()
             return
         self.picks.outcome(exchange.cluster, exchange.host, 502, self.loop.time())
         self._fail(exchange, 502, "upstream sent a malformed answer")
@@ -600,7 +613,7 @@ class Http1Handler(HttpHandler["Downstream", Pool]):
             return
         if exchange.responded:  # cut short: the client sees its connection end too
             self._abandon(exchange)
-            exchange.down.socket.close_when_sent()
+            exchange.down.end()
             return
         failure: Failure | None = None
         if not conn.ready:
@@ -648,8 +661,7 @@ class Http1Handler(HttpHandler["Downstream", Pool]):
             head.append(b"connection: close\r\n")
         down.socket.write(b"".join([*head, b"\r\n", body]))
         if close:
-            down.closing = True
-            down.socket.close_when_sent()
+            down.end()
         else:
             down.resume()
 
@@ -711,8 +723,7 @@ class Http1Handler(HttpHandler["Downstream", Pool]):
         for down in list(self.downstreams):
             down.draining = True
             if final and down.exchange is None and down.body is None and down.tunnel is None:
-                down.closing = True
-                down.socket.close_when_sent()
+                down.end()
 
     def close(self) -> None:
         upstreams = [conn for pool in self.pools.values() for conn in pool.conns]

@@ -34,7 +34,7 @@ import hyperframe.frame
 
 from meshlet.sidecar.proxy.balancer import Host
 from meshlet.sidecar.proxy.counters import ThrottledLog
-from meshlet.sidecar.proxy.http_handler import NODELAY, HttpHandler
+from meshlet.sidecar.proxy.http_handler import LINGER_SECONDS, NODELAY, HttpHandler
 from meshlet.sidecar.proxy.http_retry import (
     Failure,
     RetryState,
@@ -62,7 +62,6 @@ CONNECTION_WINDOW = 16 * 1024 * 1024
 # rapid-reset flood (CVE-2023-44487) opens and cancels streams as fast as it can.
 MAX_RESETS_PER_SECOND = 200
 UPSTREAM_IDLE_SECONDS = 300.0
-GOAWAY_LINGER_SECONDS = 1.0
 _GRPC = b"application/grpc"
 # gRPC's own mapping of an HTTP status to a gRPC one (doc/http-grpc-status-mapping.md);
 # anything else is UNKNOWN (2).
@@ -221,7 +220,7 @@ class _Side:
         # h2 sends nothing more now: its streams end here, not when the socket does.
         self.abandon(None)
         self.socket.shutdown_when_sent()
-        self.handler.loop.call_later(GOAWAY_LINGER_SECONDS, self.socket.close)
+        self.handler.loop.call_later(LINGER_SECONDS, self.socket.close)
 
     def abandon(self, error: OSError | None) -> None:
         """Ends every stream of the connection on the other side."""

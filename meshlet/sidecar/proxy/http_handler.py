@@ -19,6 +19,9 @@ from meshlet.sidecar.proxy.router import ClusterRuntime, Route
 from meshlet.sidecar.proxy.stream_socket import StreamSocket
 
 NODELAY = (socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+# How long a client connection ended for an error is still read (and dropped) before it
+# is closed, so that the last words sent reach the client rather than a reset.
+LINGER_SECONDS = 1.0
 
 
 class _Pooled(Protocol):
