@@ -274,13 +274,17 @@ def run_failures(
     return failures
 
 
-def check_tools() -> None:
-    missing = [t for t in ("wrk", "iperf3", "nginx", "curl", "taskset") if not shutil.which(t)]
+def check_tools(
+    script: str = "bench/proxy.py",
+    tools: tuple[str, ...] = ("wrk", "iperf3"),
+    packages: str = "wrk iperf3 nginx-light curl",
+) -> None:
+    """Exits saying what is missing: root, or `tools` (with nginx, curl and taskset)."""
+    missing = [t for t in (*tools, "nginx", "curl", "taskset") if not shutil.which(t)]
     if os.geteuid() != 0:
-        sys.exit("bench/proxy.py needs root (network namespaces, nftables)")
+        sys.exit(f"{script} needs root (network namespaces, nftables)")
     if missing:
-        wanted = ", ".join(missing)
-        sys.exit(f"bench/proxy.py needs {wanted} (apt-get install wrk iperf3 nginx-light curl)")
+        sys.exit(f"{script} needs {', '.join(missing)} (apt-get install {packages})")
 
 
 def main() -> int:

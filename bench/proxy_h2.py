@@ -28,7 +28,6 @@ from __future__ import annotations
 import argparse
 import os
 import re
-import shutil
 import statistics
 import sys
 import tempfile
@@ -40,7 +39,13 @@ from pathlib import Path
 sys.path[0] = str(Path(__file__).resolve().parent.parent)
 
 from bench.percentiles import percentile  # noqa: E402
-from bench.proxy import cpu_seconds, nginx_config, profiled, start_node_services  # noqa: E402
+from bench.proxy import (  # noqa: E402
+    check_tools,
+    cpu_seconds,
+    nginx_config,
+    profiled,
+    start_node_services,
+)
 from bench.proxy_load import CLIENT_UID, LOAD_CPU, PERCENTILES, Http  # noqa: E402
 from bench.proxy_node import node  # noqa: E402
 from bench.proxy_peers import DIRECT, ENVOY, MESHLET, Peer, client_pod  # noqa: E402
@@ -193,14 +198,7 @@ def main() -> int:
         help="record the meshlet sidecar with py-spy at saturation; the stacks are kept in DIR",
     )
     args = parser.parse_args()
-    if os.geteuid() != 0:
-        sys.exit("bench/proxy_h2.py needs root (network namespaces, nftables)")
-    missing = [t for t in ("h2load", "nginx", "curl", "taskset") if not shutil.which(t)]
-    if missing:
-        sys.exit(
-            f"bench/proxy_h2.py needs {', '.join(missing)}"
-            " (apt-get install nghttp2-client nginx-light curl)"
-        )
+    check_tools("bench/proxy_h2.py", ("h2load",), "nghttp2-client nginx-light curl")
     envoy_binary()
     peers = [MESHLET, ENVOY, DIRECT]
     with (

@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import shutil
 import statistics
 import sys
 import tempfile
@@ -38,6 +37,7 @@ from pathlib import Path
 sys.path[0] = str(Path(__file__).resolve().parent.parent)
 
 from bench.proxy import (  # noqa: E402
+    check_tools,
     cpu_seconds,
     nginx_config,
     profiled,
@@ -91,14 +91,7 @@ def main() -> int:
         " the stacks are kept in DIR",
     )
     args = parser.parse_args()
-    if os.geteuid() != 0:
-        sys.exit("bench/proxy_http1.py needs root (network namespaces, nftables)")
-    missing = [t for t in ("wrk", "nginx", "curl", "taskset") if not shutil.which(t)]
-    if missing:
-        sys.exit(
-            f"bench/proxy_http1.py needs {', '.join(missing)}"
-            " (apt-get install wrk nginx-light curl)"
-        )
+    check_tools("bench/proxy_http1.py", ("wrk",), "wrk nginx-light curl")
     envoy_binary()
     peers = [MESHLET, ENVOY, DIRECT]
     with (

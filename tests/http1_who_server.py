@@ -5,7 +5,8 @@
 Prints "ready" once listening, ends when its stdin closes. Keep-alive on (HTTP/1.1).
 What it answers:
 
-- GET /who: its name (Content-Length);
+- GET /who: its name (Content-Length); every answer names it in `x-who` and repeats
+  the request's `traceparent` in `x-seen-traceparent`;
 - GET /chunked: its name in chunks, with a trailer `x-who: NAME`;
 - POST /echo: the request body back, with `x-who` (`Expect: 100-continue` answered
   by the standard library's server with a 100 first);
@@ -39,6 +40,8 @@ class Who(http.server.BaseHTTPRequestHandler):
         self.send_response(status)
         self.send_header("content-length", str(len(body)))
         self.send_header("x-who", self.name)
+        if "traceparent" in self.headers:  # what came, for the test to compare
+            self.send_header("x-seen-traceparent", self.headers["traceparent"])
         for key, value in (headers or {}).items():
             self.send_header(key, value)
         self.end_headers()

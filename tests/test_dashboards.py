@@ -26,8 +26,10 @@ from tests.procs import control_plane, wait_until
 
 DASHBOARD = CHART / "files" / "grafana-dashboard.json"
 ALERTS = CHART / "files" / "alerts.yaml"
-# The dashboard's connection panels read L4 metrics: the port is not an HTTP one.
+# The dashboard's connection panels read L4 metrics: the port is not an HTTP one. Its
+# request panels read those of an HTTP port, API's, on the same backends.
 WEB = ServiceSpec("web", "10.96.0.20", 80, ("web-0", "web-1"), port_name="web")
+API = ServiceSpec("api", "10.96.0.21", 80, ("web-0", "web-1"))
 WEB_CLUSTER = "outbound|80||web.default.svc.cluster.local"
 
 
@@ -168,13 +170,21 @@ def test_every_metric_they_read_is_exported(
     report = stack.load(["web=http://web/"], "--count=20")
     assert report["targets"]["web"]["errors"] == 0
     assert log.read_text() == logged  # nothing per connection at info, nor per query
+    stack.write_services([WEB, API])
+    wait_until(
+        lambda eps: len(eps) == 2,
+        30,
+        "the HTTP service to reach the sidecar",
+        observe=lambda: stack.cluster_endpoints("api", 80),
+    )
+    assert stack.load(["api=http://api/"], "--count=20")["targets"]["api"]["errors"] == 0
     stack.kill_backend("web-1")
     assert stack.load(["web=http://web/"], "--count=40")["targets"]["web"]["errors"] == 0
     endpoints = stack.sidecar_json("/clusters")[WEB_CLUSTER]["endpoints"]
     assert any(e["ejected"] for e in endpoints), endpoints
     # The control plane pushes a change (its push latency), as it would when the
     # EndpointSlice drops the dead pod.
-    stack.write_services([dataclasses.replace(WEB, backends=("web-0",))])
+    stack.write_services([dataclasses.replace(WEB, backends=("web-0",)), API])
     wait_until(
         lambda eps: len(eps) == 1,
         30,

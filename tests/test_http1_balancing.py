@@ -21,17 +21,21 @@ from collections import Counter
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
+import pytest
+
 from tests.netlab import inside_capture_lab
+from tests.otlp_receiver import otlp_env, receiving
 from tests.procs import (
-    PYTHON,
     endpoint_slice_manifest,
     http_get,
     service_manifest,
+    wait_until,
     write_manifests,
 )
 from tests.prom import sample
 from tests.test_http_balancing import BACKENDS, CAPTURE_ADDRESS, meshlet_node
 from tests.test_http_balancing import _end as end_process
+from tests.test_http_balancing import who_servers as who_servers_running
 
 HERE = Path(__file__).parent
 BACKEND_PORT = 7080
@@ -45,19 +49,8 @@ assert CAPTURE_ADDRESS  # the lab's capture port is the one meshlet_node listens
 def who_servers(
     backends: dict[str, str] = BACKENDS,
 ) -> Iterator[dict[str, subprocess.Popen[bytes]]]:
-    servers: dict[str, subprocess.Popen[bytes]] = {}
-    try:
-        for address, name in backends.items():
-            argv = [PYTHON, str(HERE / "http1_who_server.py"), str(BACKEND_PORT)]
-            servers[name] = subprocess.Popen(
-                [*argv, f"{address}={name}"], stdin=subprocess.PIPE, stdout=subprocess.PIPE
-            )
-        for server in servers.values():
-            assert server.stdout is not None and server.stdout.readline() == b"ready\n"
+    with who_servers_running(backends, "http1_who_server.py", BACKEND_PORT) as servers:
         yield servers
-    finally:
-        for server in servers.values():
-            end_process(server)
 
 
 def web(
@@ -334,3 +327,74 @@ def test_bad_requests_get_their_status_and_the_sidecar_serves_on(tmp_path: Path)
         names, failed = names_of(30)
         assert failed == 0 and sum(names.values()) == 30
         assert car.clusters()[CLUSTER]["requests"] == 30, "nothing refused went upstream"
+
+
+@pytest.mark.parametrize("annotation", ["meshlet.io/timeout", "meshlet.io/per-try-timeout"])
+def test_a_request_that_outlives_its_timeout_gets_a_504(tmp_path: Path, annotation: str) -> None:
+    manifests = web(tmp_path, annotations={annotation: "500ms"})
+    with inside_capture_lab(), who_servers(), meshlet_node(tmp_path, manifests) as car:
+        conn = http.client.HTTPConnection(VIP, PORT, timeout=10)
+        try:
+            conn.request("GET", "/slow?seconds=3")
+            response = conn.getresponse()
+            assert response.status == 504
+            assert response.read().startswith(b"upstream "), "the sidecar's own answer"
+        finally:
+            conn.close()
+        names, failed = names_of(30)
+        assert (failed, sum(names.values())) == (0, 30), "quick requests are not cut"
+        cluster = car.clusters()[CLUSTER]
+        assert cluster["timeouts"] == 1
+        assert cluster["responses"] == {"2xx": 30, "5xx": 1}
+
+
+def test_traceparent_passes_through_unchanged(tmp_path: Path) -> None:
+    parent = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
+    with inside_capture_lab(), who_servers(), meshlet_node(tmp_path, web(tmp_path)):
+        conn = http.client.HTTPConnection(VIP, PORT, timeout=10)
+        try:
+            for _ in range(3):
+                conn.request("GET", "/who", headers={"traceparent": parent})
+                response = conn.getresponse()
+                response.read()
+                assert response.getheader("x-seen-traceparent") == parent
+        finally:
+            conn.close()
+
+
+def test_with_traces_on_each_request_gets_a_span_that_becomes_the_parent(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    trace_id, parent_id = "4bf92f3577b34da6a3ce929d0e0e4736", "00f067aa0ba902b7"
+    with inside_capture_lab(), who_servers(), receiving() as (collector, port):
+        for name, value in otlp_env(port).items():
+            monkeypatch.setenv(name, value)
+        with meshlet_node(tmp_path, web(tmp_path)):
+            conn = http.client.HTTPConnection(VIP, PORT, timeout=10)
+            try:
+                incoming = {"traceparent": f"00-{trace_id}-{parent_id}-01"}
+                conn.request("GET", "/who", headers=incoming)
+                response = conn.getresponse()
+                response.read()
+                seen = response.getheader("x-seen-traceparent") or ""
+                conn.request("GET", "/status/503")  # no traceparent: a new trace
+                conn.getresponse().read()
+            finally:
+                conn.close()
+            spans = wait_until(
+                lambda found: len(found) >= 1,
+                20,
+                "the sidecar to export its span",
+                observe=collector.traces.spans,
+            )
+    version, seen_trace, seen_parent, flags = seen.split("-")
+    assert (version, seen_trace, flags) == ("00", trace_id, "01")
+    assert seen_parent != parent_id, "the proxy's span is the endpoint's parent"
+    ours = [s for s in spans if s.trace_id.hex() == trace_id]
+    assert len(ours) == 1, spans
+    span = ours[0]
+    assert span.parent_span_id.hex() == parent_id and span.span_id.hex() == seen_parent
+    attributes = {a.key: a.value for a in span.attributes}
+    assert attributes["http.request.method"].string_value == "GET"
+    assert attributes["http.response.status_code"].int_value == 200
+    assert attributes["meshlet.cluster"].string_value == CLUSTER

@@ -25,9 +25,11 @@ import h2.config
 import h2.connection
 import h2.errors
 import h2.events
+import pytest
 
 from tests.envoy_peer import envoy
 from tests.netlab import inside_capture_lab
+from tests.otlp_receiver import otlp_env, receiving
 from tests.procs import (
     PYTHON,
     control_plane,
@@ -61,12 +63,15 @@ METHOD = b"/meshlet.test.Who/Name"
 @contextlib.contextmanager
 def who_servers(
     backends: dict[str, str] = BACKENDS,
+    script: str = "grpc_who_server.py",
+    port: int = BACKEND_PORT,
 ) -> Iterator[dict[str, subprocess.Popen[bytes]]]:
-    """One gRPC server process per backend (so one can be killed), by name."""
+    """One server process per backend (so one can be killed), by name: gRPC, or the
+    script given."""
     servers: dict[str, subprocess.Popen[bytes]] = {}
     try:
         for address, name in backends.items():
-            argv = [PYTHON, str(HERE / "grpc_who_server.py"), str(BACKEND_PORT)]
+            argv = [PYTHON, str(HERE / script), str(port)]
             servers[name] = subprocess.Popen(
                 [*argv, f"{address}={name}"], stdin=subprocess.PIPE, stdout=subprocess.PIPE
             )
@@ -384,13 +389,14 @@ def test_a_backend_that_stops_gracefully_lets_its_streaming_call_finish(
         assert (result["error"], result["messages"]) == ("", 4000)
 
 
-def test_a_route_timeout_cuts_a_call_that_outlives_it(tmp_path: Path) -> None:
+@pytest.mark.parametrize("annotation", ["meshlet.io/timeout", "meshlet.io/per-try-timeout"])
+def test_a_route_timeout_cuts_a_call_that_outlives_it(tmp_path: Path, annotation: str) -> None:
     manifests = tmp_path / "manifests"
     manifests.mkdir()
     write_manifests(
         manifests / "greeter.yaml",
         service_manifest(
-            "greeter", "default", VIP, [("grpc", PORT, "grpc")], {"meshlet.io/timeout": "500ms"}
+            "greeter", "default", VIP, [("grpc", PORT, "grpc")], {annotation: "500ms"}
         ),
         endpoint_slice_manifest("greeter", "default", [("grpc", BACKEND_PORT)], list(BACKENDS)),
     )
@@ -541,3 +547,35 @@ def test_envoy_spreads_one_grpc_connections_calls_over_every_backend(tmp_path: P
         assert proxy.counter(f"listener.{VIP}_{PORT}.downstream_cx_total") == 1
         assert proxy.counter(f"cluster.{CLUSTER}.upstream_rq_total") == CALLS
         assert proxy.counter(f"cluster.{CLUSTER}.upstream_cx_http2_total") == len(BACKENDS)
+
+
+def test_with_traces_on_a_grpc_call_gets_a_span_child_of_its_traceparent(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    trace_id, parent_id = "0af7651916cd43dd8448eb211c80319c", "b7ad6b7169203331"
+    with inside_capture_lab(), who_servers(), receiving() as (collector, port):
+        for name, value in otlp_env(port).items():
+            monkeypatch.setenv(name, value)
+        with meshlet_node(tmp_path, greeter(tmp_path)):
+            sock, conn = _h2_client()
+            try:
+                traced = [*_request(1), ("traceparent", f"00-{trace_id}-{parent_id}-01")]
+                conn.send_headers(1, traced)
+                conn.send_data(1, b"\x00\x00\x00\x00\x00", end_stream=True)
+                sock.sendall(conn.data_to_send())
+                frames = _frames_until(sock, lambda seen: any(f[0] == 1 and f[1] & 1 for f in seen))
+                assert any(b"backend-" in f[2] for f in frames), "the call was answered"
+            finally:
+                sock.close()
+            spans = wait_until(
+                lambda found: any(s.trace_id.hex() == trace_id for s in found),
+                20,
+                "the sidecar to export the call's span",
+                observe=collector.traces.spans,
+            )
+    (span,) = [s for s in spans if s.trace_id.hex() == trace_id]
+    assert span.parent_span_id.hex() == parent_id
+    attributes = {a.key: a.value for a in span.attributes}
+    assert attributes["http.request.method"].string_value == "POST"
+    assert attributes["url.path"].string_value == METHOD.decode()
+    assert attributes["meshlet.cluster"].string_value == CLUSTER

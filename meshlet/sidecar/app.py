@@ -26,6 +26,7 @@ from meshlet.sidecar.metrics import SidecarMetrics
 from meshlet.sidecar.proxy.metrics import ProxyMetrics
 from meshlet.sidecar.proxy.router import Router
 from meshlet.sidecar.proxy.server import OutboundProxy
+from meshlet.sidecar.proxy.tracing import tracer_from_env
 from meshlet.sidecar.state import SidecarState
 from meshlet.sidecar.state_file import StateFile
 from meshlet.sidecar.xds_client import XdsClient, XdsProtocol
@@ -166,7 +167,7 @@ async def serve(config: SidecarConfig, stop: asyncio.Event) -> int:
     _raise_open_files_limit()
     telemetry = Telemetry("meshlet-sidecar")
     metrics = SidecarMetrics(telemetry, client.status)
-    proxy = OutboundProxy(router)
+    proxy = OutboundProxy(router, tracer=tracer_from_env("meshlet-sidecar"))
     ProxyMetrics(telemetry, router, lambda: proxy)
     forwarder = Forwarder(upstreams, on_attempt=metrics.forward_attempt)
     metrics.observe_forwarder(forwarder)

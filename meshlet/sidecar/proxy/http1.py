@@ -30,6 +30,8 @@ import asyncio
 import logging
 from collections.abc import Callable
 
+from opentelemetry.trace import Span
+
 from meshlet.sidecar.proxy.balancer import Host
 from meshlet.sidecar.proxy.http1_framing import (
     BadMessage,
@@ -46,6 +48,7 @@ from meshlet.sidecar.proxy.http_handler import LINGER_SECONDS, NODELAY, HttpHand
 from meshlet.sidecar.proxy.http_retry import Failure, RetryState, answer_failure, rule_for
 from meshlet.sidecar.proxy.router import ClusterRuntime, Route
 from meshlet.sidecar.proxy.stream_socket import HIGH_WATER, StreamSocket
+from meshlet.sidecar.proxy.tracing import TRACEPARENT
 
 log = logging.getLogger(__name__)
 
@@ -85,8 +88,10 @@ class Exchange:
         "responded",
         "retry",
         "sent",
+        "span",
         "timer",
         "tried",
+        "try_timer",
         "tunnel",
         "up",
     )
@@ -112,7 +117,9 @@ class Exchange:
         self.request_ended = False
         self.responded = False  # an answer went to the client: no retry from here
         self.keep_down = True  # the client connection stays open after the answer
-        self.timer: asyncio.TimerHandle | None = None
+        self.timer: asyncio.TimerHandle | None = None  # the route's timeout
+        self.try_timer: asyncio.TimerHandle | None = None  # the retry policy's per try
+        self.span: Span | None = None  # when traces are on
 
 
 class _Conn:
@@ -146,6 +153,7 @@ class Downstream(_Conn):
         self.handler = handler
         self.route = route
         self.key = key  # what a hashing policy hashes for its requests
+        self.opened_at = 0.0
         self.buffer = b""  # read, not handled yet: the rest of a head, a pipelined request
         self.exchange: Exchange | None = None
         self.body: BodyScanner | None = None  # the request body being read
@@ -268,6 +276,7 @@ class Upstream(_Conn):
         self.handler = handler
         self.pool = pool
         self.ready = False
+        self.connect_started = 0.0
         self.reused = False  # it answered a request before
         self.exchange: Exchange | None = None
         self.idle_since = handler.loop.time()
@@ -284,9 +293,9 @@ class Upstream(_Conn):
     def _connected(self) -> None:
         self.ready = True
         self.socket.sock.setsockopt(*NODELAY)
+        self.handler.connected(self.pool.cluster, self.pool.host, self)
         exchange = self.exchange
         if exchange is not None:
-            self.handler.cluster_connected(exchange)
             self.handler.send_request(exchange, self)
 
     def _received(self, data: bytes) -> None:
@@ -349,7 +358,7 @@ class Pool:
 
     __slots__ = ("cluster", "conns", "host", "idle")
 
-    def __init__(self, cluster: str, host: Host) -> None:
+    def __init__(self, cluster: ClusterRuntime, host: Host) -> None:
         self.cluster = cluster
         self.host = host
         self.conns: set[Upstream] = set()
@@ -376,10 +385,8 @@ class Http1Handler(HttpHandler["Downstream", Pool]):
         self.take(client, peer, route, lambda sock, key: Downstream(self, sock, route, key))
 
     def downstream_closed(self, down: Downstream) -> None:
-        if down not in self.downstreams:
+        if not self.forget(down):
             return
-        self.downstreams.discard(down)
-        down.route.cluster.active -= 1
         exchange, down.exchange = down.exchange, None
         if exchange is not None:
             self._abandon(exchange)
@@ -401,6 +408,17 @@ class Http1Handler(HttpHandler["Downstream", Pool]):
         self.picks.requested(cluster, now)
         if rule.timeout_seconds > 0:
             exchange.timer = self.loop.call_later(rule.timeout_seconds, self._timed_out, exchange)
+        tracer = self.tracer
+        if tracer is not None:
+            span = exchange.span = tracer.start(
+                head.method, head.header(b"host"), head.target, head.header(TRACEPARENT)
+            )
+            exchange.out_head = rebuild(
+                head,
+                ((b"traceparent", tracer.traceparent(span)),),
+                keep_upgrade=exchange.tunnel,
+                drop=frozenset({TRACEPARENT}),
+            )
         self.pick_and_send(exchange)
 
     def request_data(self, exchange: Exchange, data: bytes) -> None:
@@ -442,7 +460,7 @@ class Http1Handler(HttpHandler["Downstream", Pool]):
         key = (cluster.name, host.name)
         pool = self.pools.get(key)
         if pool is None:
-            pool = self.pools[key] = Pool(cluster.name, host)
+            pool = self.pools[key] = Pool(cluster, host)
         conn = None if exchange.tunnel else pool.take()
         if conn is None:
             conn = self._connect(pool, cluster)
@@ -454,6 +472,11 @@ class Http1Handler(HttpHandler["Downstream", Pool]):
         conn.answered = False
         exchange.up = conn
         exchange.sent = False
+        policy = exchange.retry.policy
+        if policy is not None and policy.per_try_timeout_seconds > 0:
+            exchange.try_timer = self.loop.call_later(
+                policy.per_try_timeout_seconds, self._try_timed_out, exchange
+            )
         if conn.ready:
             self.send_request(exchange, conn)
 
@@ -462,11 +485,6 @@ class Http1Handler(HttpHandler["Downstream", Pool]):
         if conn is not None:
             pool.conns.add(conn)
         return conn
-
-    def cluster_connected(self, exchange: Exchange) -> None:
-        host = exchange.host
-        if host is not None:
-            exchange.cluster.balancer().connect_succeeded(host)
 
     def send_request(self, exchange: Exchange, conn: Upstream) -> None:
         """The head, and the body read so far (all of it again, on a retry)."""
@@ -578,7 +596,14 @@ class Http1Handler(HttpHandler["Downstream", Pool]):
             return
         down.resume()
 
+    def _end_span(self, exchange: Exchange, status: int) -> None:
+        span, exchange.span = exchange.span, None
+        if span is not None and self.tracer is not None:
+            endpoint = exchange.tried[-1].name if exchange.tried else ""
+            self.tracer.end(span, status, exchange.cluster.name, endpoint)
+
     def _finish_request(self, exchange: Exchange, status: int) -> None:
+        self._end_span(exchange, status)
         cluster = exchange.cluster
         now = self.loop.time()
         cluster.counters.answered(now - exchange.retry.started)
@@ -642,6 +667,7 @@ class Http1Handler(HttpHandler["Downstream", Pool]):
             exchange.timer.cancel()
             exchange.timer = None
         exchange.cluster.counters.count_status(status)
+        self._end_span(exchange, status)
         if down.exchange is exchange:
             down.exchange = None
         self.local_reply(down, status, reason)
@@ -682,6 +708,33 @@ class Http1Handler(HttpHandler["Downstream", Pool]):
         else:
             self._fail(exchange, 504, "upstream request timeout")
 
+    def _try_timed_out(self, exchange: Exchange) -> None:
+        """A try outlived the policy's per-try timeout: as a 504 from that endpoint,
+        tried again where the policy retries a 504, else answered with one."""
+        exchange.try_timer = None
+        cluster = exchange.cluster
+        cluster.counters.timeouts += 1
+        conn = exchange.up
+        if conn is not None:
+            self._detach(exchange, conn)
+            conn.socket.close()
+        now = self.loop.time()
+        self.picks.outcome(cluster, exchange.host, 504, now)
+        self._release(exchange)
+        if exchange.responded:
+            exchange.down.end()
+            return
+        retry = exchange.retry
+        failure = answer_failure(retry.policy, 504, "")
+        if (
+            failure is not None
+            and exchange.request_ended
+            and self.picks.may_retry(cluster, retry, failure, now)
+        ):
+            self.pick_and_send(exchange)
+            return
+        self._fail(exchange, 504, "upstream per-try timeout")
+
     def _detach(self, exchange: Exchange, conn: Upstream) -> None:
         conn.exchange = None
         conn.head = None
@@ -691,6 +744,10 @@ class Http1Handler(HttpHandler["Downstream", Pool]):
             exchange.up = None
 
     def _release(self, exchange: Exchange) -> None:
+        """The try is over, whichever way."""
+        if exchange.try_timer is not None:
+            exchange.try_timer.cancel()
+            exchange.try_timer = None
         host = exchange.host
         if host is not None:
             self.picks.release(host)
@@ -698,6 +755,7 @@ class Http1Handler(HttpHandler["Downstream", Pool]):
 
     def _abandon(self, exchange: Exchange) -> None:
         """The client went (or its request was refused): the try in progress ends."""
+        self._end_span(exchange, 0)
         if exchange.timer is not None:
             exchange.timer.cancel()
             exchange.timer = None
@@ -710,7 +768,7 @@ class Http1Handler(HttpHandler["Downstream", Pool]):
     def sweep(self, now: float, hosts_of: Callable[[str], set[str]]) -> None:
         """Closes idle upstream connections kept too long, or to endpoints that left."""
         for key, pool in list(self.pools.items()):
-            present = pool.host.name in hosts_of(pool.cluster)
+            present = pool.host.name in hosts_of(pool.cluster.name)
             for conn in list(pool.idle):
                 if not present or now - conn.idle_since > UPSTREAM_IDLE_SECONDS:
                     conn.socket.close()

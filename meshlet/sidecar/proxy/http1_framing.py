@@ -242,11 +242,14 @@ def _frame_response(head: Head, request_method: bytes) -> None:
 
 
 def rebuild(
-    head: Head, extra: tuple[tuple[bytes, bytes], ...] = (), keep_upgrade: bool = False
+    head: Head,
+    extra: tuple[tuple[bytes, bytes], ...] = (),
+    keep_upgrade: bool = False,
+    drop: frozenset[bytes] = frozenset(),
 ) -> bytes:
-    """The head without its hop-by-hop headers (and those its Connection names), with
-    `extra` added; an upgrade keeps its Connection and Upgrade."""
-    dropped = HOP_BY_HOP | (head.connection - {b"content-length", b"transfer-encoding"})
+    """The head without its hop-by-hop headers (and those its Connection names, and
+    `drop`), with `extra` added; an upgrade keeps its Connection and Upgrade."""
+    dropped = HOP_BY_HOP | drop | (head.connection - {b"content-length", b"transfer-encoding"})
     first = head.raw[: head.raw.find(b"\r\n")]
     out = [first, b"\r\n"]
     for name, value in head.headers:

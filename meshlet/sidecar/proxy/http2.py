@@ -31,6 +31,7 @@ import h2.events
 import h2.exceptions
 import h2.settings
 import hyperframe.frame
+from opentelemetry.trace import Span
 
 from meshlet.sidecar.proxy.balancer import Host
 from meshlet.sidecar.proxy.counters import ThrottledLog
@@ -46,6 +47,7 @@ from meshlet.sidecar.proxy.reactor import Reactor
 from meshlet.sidecar.proxy.request_picks import RequestPicks
 from meshlet.sidecar.proxy.router import ClusterRuntime, Route
 from meshlet.sidecar.proxy.stream_socket import HIGH_WATER, StreamSocket
+from meshlet.sidecar.proxy.tracing import TRACEPARENT
 from meshlet.xds import contract
 
 log = logging.getLogger(__name__)
@@ -293,9 +295,12 @@ class ProxiedStream:
         "request_ended",
         "responded",
         "retry",
+        "span",
+        "status",
         "timer",
         "trailers",
         "tried",
+        "try_timer",
         "up",
         "up_id",
         "up_pending",
@@ -322,6 +327,9 @@ class ProxiedStream:
         self.request_ended = False
         self.responded = False  # response headers went downstream: no retry from here
         self.timer: asyncio.TimerHandle | None = None  # the route's timeout
+        self.try_timer: asyncio.TimerHandle | None = None  # the retry policy's per try
+        self.span: Span | None = None  # when traces are on
+        self.status = 0  # the answer's, once it came
         self.trailers: Headers | None = None  # the request's, for upstream
         self.down_trailers: Headers | None = None  # the response's, for the client
         # Data waiting for the other side's window: (bytes, flow-controlled length).
@@ -340,6 +348,7 @@ class Downstream(_Side):
         super().__init__(handler, sock, client_side=False)
         self.route = route
         self.key = key  # what a hashing policy hashes for its requests
+        self.opened_at = 0.0
         self._resets: deque[float] = deque()
         self.draining = False  # the last GOAWAY went out: close once its streams are done
 
@@ -372,6 +381,7 @@ class Downstream(_Side):
             stream = self.streams.pop(event.stream_id, None)
             if stream is not None:
                 self._count_reset()
+                handler.end_span(stream, 0)
                 handler.cancel_upstream(stream, event.error_code or h2.errors.ErrorCodes.CANCEL)
         elif isinstance(event, h2.events.WindowUpdated):
             for stream in self.window_opened(event.stream_id):
@@ -402,6 +412,7 @@ class Downstream(_Side):
     def abandon(self, error: OSError | None) -> None:
         streams, self.streams = self.streams, {}
         for stream in streams.values():
+            self.handler.end_span(stream, 0)
             self.handler.cancel_upstream(stream, h2.errors.ErrorCodes.CANCEL)
 
     def gone(self, error: OSError | None) -> None:
@@ -415,6 +426,7 @@ class Upstream(_Side):
     def __init__(self, handler: Http2Handler, sock: _socket.socket, pool: Pool) -> None:
         self.pool = pool
         self.ready = False
+        self.connect_started = 0.0
         self.goaway = False  # no new streams: the server said GOAWAY, or it is being closed
         self.waiting: deque[ProxiedStream] = deque()  # streams for when it is up
         self.idle_since = handler.loop.time()
@@ -431,6 +443,7 @@ class Upstream(_Side):
     def _connected(self) -> None:
         self.socket.sock.setsockopt(*NODELAY)
         self.ready = True
+        self.handler.connected(self.pool.cluster, self.pool.host, self)
         self.start()
         waiting, self.waiting = self.waiting, deque()
         for stream in waiting:
@@ -508,7 +521,7 @@ class Upstream(_Side):
 
     def gone(self, error: OSError | None) -> None:
         if not self.ready:
-            self.handler.cluster_of(self.pool).counters.connect_failures += 1
+            self.pool.cluster.counters.connect_failures += 1
         self.abandon(error)
 
     def stream_done(self, stream_id: int) -> None:
@@ -524,7 +537,7 @@ class Pool:
 
     __slots__ = ("cluster", "conns", "host")
 
-    def __init__(self, cluster: str, host: Host) -> None:
+    def __init__(self, cluster: ClusterRuntime, host: Host) -> None:
         self.cluster = cluster
         self.host = host
         self.conns: list[Upstream] = []
@@ -545,7 +558,6 @@ class Http2Handler(HttpHandler["Downstream", "Pool"]):
     ) -> None:
         super().__init__(loop, reactor, picks, errors, released)
         self.max_header_bytes = contract.MAX_REQUEST_HEADERS_KB * 1024
-        self.clusters: dict[str, ClusterRuntime] = {}  # of the pools
         self.reset_floods = 0
         # While a read is handled, the connections with frames to send (see _Side.flush).
         self.batching = False
@@ -565,9 +577,7 @@ class Http2Handler(HttpHandler["Downstream", "Pool"]):
             down.start()
 
     def downstream_closed(self, down: Downstream) -> None:
-        if down in self.downstreams:
-            self.downstreams.discard(down)
-            down.route.cluster.active -= 1
+        if self.forget(down):
             self._released()
 
     def request(self, down: Downstream, stream_id: int, headers: Headers) -> None:
@@ -590,6 +600,16 @@ class Http2Handler(HttpHandler["Downstream", "Pool"]):
         )
         down.streams[stream_id] = stream
         self.picks.requested(cluster, now)
+        tracer = self.tracer
+        if tracer is not None:
+            span = stream.span = tracer.start(
+                _header(headers, b":method"),
+                _header(headers, b":authority"),
+                _header(headers, b":path"),
+                _header(headers, TRACEPARENT),
+            )
+            kept = [(k, v) for k, v in headers if k != TRACEPARENT]
+            stream.headers = [*kept, (TRACEPARENT, tracer.traceparent(span))]
         if rule.timeout_seconds > 0:
             stream.timer = self.loop.call_later(rule.timeout_seconds, self._timed_out, stream)
         self.pick_and_send(stream)
@@ -609,6 +629,28 @@ class Http2Handler(HttpHandler["Downstream", "Pool"]):
             self._reset_downstream(stream, h2.errors.ErrorCodes.CANCEL)
         self.write_dirty()
 
+    def _try_timed_out(self, stream: ProxiedStream) -> None:
+        """A try outlived the policy's per-try timeout: as a 504 from that endpoint,
+        tried again where the policy retries a 504, else answered with one."""
+        stream.try_timer = None
+        down = stream.down
+        if down.closed or stream.down_id not in down.streams:
+            return
+        cluster = stream.cluster
+        cluster.counters.timeouts += 1
+        self._count_outlier(stream, 504)
+        self.cancel_upstream(stream, h2.errors.ErrorCodes.CANCEL)
+        if stream.responded:
+            self._reset_downstream(stream, h2.errors.ErrorCodes.CANCEL)
+        else:
+            failure = answer_failure(stream.retry.policy, 504, "")
+            if failure is not None and stream.request_ended and self._may_retry(stream, failure):
+                stream.request_ended = False
+                self.pick_and_send(stream)
+            else:
+                self.fail_downstream(stream, 504, "upstream per-try timeout")
+        self.write_dirty()
+
     def pick_and_send(self, stream: ProxiedStream) -> None:
         cluster = stream.cluster
         host = self.picks.pick(cluster, stream.tried, self.loop.time(), stream.down.key)
@@ -616,10 +658,14 @@ class Http2Handler(HttpHandler["Downstream", "Pool"]):
             self.fail_downstream(stream, 503, "no healthy upstream")
             return
         stream.host = host
+        policy = stream.retry.policy
+        if policy is not None and policy.per_try_timeout_seconds > 0:
+            stream.try_timer = self.loop.call_later(
+                policy.per_try_timeout_seconds, self._try_timed_out, stream
+            )
         pool = self.pools.get((cluster.name, host.name))
         if pool is None:
-            pool = self.pools[(cluster.name, host.name)] = Pool(cluster.name, host)
-            self.clusters[cluster.name] = cluster
+            pool = self.pools[(cluster.name, host.name)] = Pool(cluster, host)
         conn = next((c for c in pool.conns if c.has_room()), None)
         if conn is None:
             conn = self._connect(pool, cluster)
@@ -633,9 +679,6 @@ class Http2Handler(HttpHandler["Downstream", "Pool"]):
         else:
             stream.up = conn
             conn.waiting.append(stream)
-
-    def cluster_of(self, pool: Pool) -> ClusterRuntime:
-        return self.clusters[pool.cluster]
 
     def _connect(self, pool: Pool, cluster: ClusterRuntime) -> Upstream | None:
         conn = self.connect(pool.host.address, cluster, lambda sock: Upstream(self, sock, pool))
@@ -710,6 +753,7 @@ class Http2Handler(HttpHandler["Downstream", "Pool"]):
                     self.pick_and_send(stream)
                     return
         stream.responded = True
+        stream.status = status
         self._count_outlier(stream, outcome)
         stream.cluster.counters.count_status(status)
         if ended and grpc_status:
@@ -762,7 +806,14 @@ class Http2Handler(HttpHandler["Downstream", "Pool"]):
             conn.socket.pause(True)
             down.paused_peers.add(conn.socket)
 
+    def end_span(self, stream: ProxiedStream, status: int) -> None:
+        span, stream.span = stream.span, None
+        if span is not None and self.tracer is not None:
+            endpoint = stream.tried[-1].name if stream.tried else ""
+            self.tracer.end(span, status, stream.cluster.name, endpoint)
+
     def finish(self, stream: ProxiedStream) -> None:
+        self.end_span(stream, stream.status)
         stream.cluster.counters.answered(self.loop.time() - stream.retry.started)
         down = stream.down
         down.streams.pop(stream.down_id, None)
@@ -807,6 +858,11 @@ class Http2Handler(HttpHandler["Downstream", "Pool"]):
         stream.down_pending.clear()
 
     def _release_host(self, stream: ProxiedStream) -> None:
+        """The try is over, whichever way (and the request too, once it left its
+        downstream connection's streams)."""
+        if stream.try_timer is not None:
+            stream.try_timer.cancel()
+            stream.try_timer = None
         if stream.timer is not None and stream.down_id not in stream.down.streams:
             stream.timer.cancel()  # the request is over, whichever way
             stream.timer = None
@@ -847,6 +903,7 @@ class Http2Handler(HttpHandler["Downstream", "Pool"]):
         self._drop_pending(stream)
         if down.streams.pop(stream.down_id, None) is None or down.closed:
             return
+        self.end_span(stream, stream.status or 503)
         if not stream.responded:
             self.local_reply(down, stream.down_id, stream.headers, 503, "upstream reset")
             return
@@ -865,6 +922,7 @@ class Http2Handler(HttpHandler["Downstream", "Pool"]):
         if down.streams.pop(stream.down_id, None) is None or down.closed:
             return
         stream.cluster.counters.count_status(status)
+        self.end_span(stream, status)
         self.local_reply(down, stream.down_id, stream.headers, status, reason)
 
     def local_reply(
@@ -925,7 +983,7 @@ class Http2Handler(HttpHandler["Downstream", "Pool"]):
     def sweep(self, now: float, hosts_of: Callable[[str], set[str]]) -> None:
         """Closes upstream connections idle too long, or to endpoints that left."""
         for key, pool in list(self.pools.items()):
-            present = pool.host.name in hosts_of(pool.cluster)
+            present = pool.host.name in hosts_of(pool.cluster.name)
             for conn in list(pool.conns):
                 if (
                     not conn.streams

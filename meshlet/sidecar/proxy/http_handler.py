@@ -11,12 +11,14 @@ import socket
 from collections.abc import Callable, Iterable
 from typing import Generic, Protocol, TypeVar
 
+from meshlet.sidecar.proxy.balancer import Host
 from meshlet.sidecar.proxy.counters import ThrottledLog
 from meshlet.sidecar.proxy.listener import STREAM
 from meshlet.sidecar.proxy.reactor import Reactor
 from meshlet.sidecar.proxy.request_picks import RequestPicks
 from meshlet.sidecar.proxy.router import ClusterRuntime, Route
 from meshlet.sidecar.proxy.stream_socket import StreamSocket
+from meshlet.sidecar.proxy.tracing import RequestTracer
 
 NODELAY = (socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 # How long a client connection ended for an error is still read (and dropped) before it
@@ -26,14 +28,20 @@ LINGER_SECONDS = 1.0
 
 class _Pooled(Protocol):
     ready: bool
+    connect_started: float
 
     @property
     def socket(self) -> StreamSocket: ...
 
 
 class _Downstream(Protocol):
+    opened_at: float
+
     @property
     def socket(self) -> StreamSocket: ...
+
+    @property
+    def route(self) -> Route: ...
 
     def __hash__(self) -> int: ...
 
@@ -58,6 +66,7 @@ class HttpHandler(Generic[Down, PoolT]):
         self.errors = errors
         self._released = released
         self.protocol_errors = 0
+        self.tracer: RequestTracer | None = None  # spans per request, when traces are on
         self.downstreams: set[Down] = set()
         self.pools: dict[tuple[str, str], PoolT] = {}  # by (cluster, endpoint)
 
@@ -82,8 +91,27 @@ class HttpHandler(Generic[Down, PoolT]):
             self.errors.error(self.loop.time(), "cannot take an HTTP connection: %s", exc)
             return None
         self.downstreams.add(down)
+        down.opened_at = self.loop.time()
+        # Counted as the L4 relay counts its connections: a client's, to this service.
         route.cluster.active += 1
+        route.cluster.counters.opened += 1
         return down
+
+    def forget(self, down: Down) -> bool:
+        """A client connection closed: False when it was already forgotten."""
+        if down not in self.downstreams:
+            return False
+        self.downstreams.discard(down)
+        cluster = down.route.cluster
+        cluster.active -= 1
+        cluster.counters.closed(self.loop.time() - down.opened_at, 0, 0)
+        return True
+
+    def connected(self, cluster: ClusterRuntime, host: Host, conn: _Pooled) -> None:
+        """A pooled connection's connect succeeded: its time, the endpoint's count."""
+        cluster.counters.connected(self.loop.time() - conn.connect_started)
+        host.connections += 1
+        cluster.balancer().connect_succeeded(host)
 
     def connect(
         self,
@@ -104,6 +132,7 @@ class HttpHandler(Generic[Down, PoolT]):
             cluster.counters.connect_failures += 1
             return None
         conn = make(sock)
+        conn.connect_started = self.loop.time()
         cluster.counters.pool_connections += 1
         self.loop.call_later(cluster.config.connect_timeout_seconds, _timed_out, conn)
         return conn

@@ -35,12 +35,18 @@ from meshlet.sidecar.proxy.request_picks import RequestPicks
 from meshlet.sidecar.proxy.router import ClusterRuntime, Route, Router
 from meshlet.sidecar.proxy.sniff import Client, Sniffer
 from meshlet.sidecar.proxy.tcp import TcpHandler
+from meshlet.sidecar.proxy.tracing import RequestTracer
 
 log = logging.getLogger(__name__)
 
 
 class OutboundProxy:
-    def __init__(self, router: Router, rng: random.Random | None = None) -> None:
+    def __init__(
+        self,
+        router: Router,
+        rng: random.Random | None = None,
+        tracer: RequestTracer | None = None,
+    ) -> None:
         self.router = router
         self.loop = asyncio.get_running_loop()
         self.reactor = Reactor(self.loop)
@@ -58,6 +64,7 @@ class OutboundProxy:
         self.http2 = Http2Handler(self.loop, self.reactor, picks, local_errors, self._released)
         self.http1 = Http1Handler(self.loop, self.reactor, picks, local_errors, self._released)
         self.sniffer = Sniffer(self.reactor)
+        self.tracer = self.http1.tracer = self.http2.tracer = tracer
         self._sweeper: asyncio.Task[None] | None = None
         self._drained: asyncio.Event | None = None  # set when draining and nothing is open
         self._closed = False
@@ -172,3 +179,5 @@ class OutboundProxy:
         self.http1.close()
         self.sniffer.close()
         self.reactor.close()
+        if self.tracer is not None:
+            self.tracer.shutdown()  # the spans still held are sent
