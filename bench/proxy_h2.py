@@ -17,7 +17,7 @@ upstream as HTTP/2. The loads (h2load, Debian's nghttp2-client, pinned to CPU 0)
   median saturation over the same clients, one stream each; p50/p90/p99/p99.9 from
   h2load's per-request log;
 - memory: the proxy's RSS before and after 200 idle client connections, each with
-  its HTTP/2 preface and settings exchanged: KiB per connection.
+  its HTTP/2 preface and settings exchanged, before the load: KiB per connection.
 
 This is a benchmark: it asserts nothing. Every process is ended by its PID and the
 namespaces are removed, also on failure.
@@ -234,12 +234,13 @@ def main() -> int:
                     peer.start(the_node.mesh, client, the_node.ip, work) as pid,
                 ):
                     wait_h2(client, url, peer.name)
+                    # Before the load, which would leave the heap grown for them.
+                    kib = memory_per_connection(client, host, port, pid, work) if pid else 0.0
                     before = cpu_seconds(pid) if pid else 0.0
                     python = pid if peer is MESHLET else None
                     with profiled(args, python, f"h2-{number}"):
                         load = h2load(client, url, args)
                     cpu = (cpu_seconds(pid) - before) / max(load.requests, 1) * 1e6 if pid else 0.0
-                    kib = memory_per_connection(client, host, port, pid, work) if pid else 0.0
                     runs[peer.name].append(Round(load, cpu, kib))
                 print(
                     f"    {load.rps:.0f} req/s, {load.failed} failed, {cpu:.1f} us CPU/request,"

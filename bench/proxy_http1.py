@@ -18,7 +18,8 @@ The loads (pinned to CPU 0, with nginx):
   Envoy's median saturation over CLIENTS keep-alive connections: p50/p90/p99/p99.9
   of requests sent on schedule;
 - memory: the proxy's RSS before and after 200 idle keep-alive client connections,
-  each having done one request (bench/proxy_idle.py): KiB per connection.
+  each having done one request (bench/proxy_idle.py), before the load: KiB per
+  connection.
 
 This is a benchmark: it asserts nothing. Every process is ended by its PID and the
 namespaces are removed, also on failure.
@@ -121,12 +122,13 @@ def main() -> int:
                     peer.start(the_node.mesh, client, the_node.ip, work) as pid,
                 ):
                     wait_through(client, url, peer.name, None)
+                    # Before the load, which would leave the heap grown for them.
+                    kib = memory_per_connection(client, host, port, pid) if pid else 0.0
                     before = cpu_seconds(pid) if pid else 0.0
                     python = pid if peer is MESHLET else None
                     with profiled(args, python, f"http1-{number}"):
                         load = wrk(client, url, args.duration, args.clients, False, script)
                     cpu = (cpu_seconds(pid) - before) / max(load.requests, 1) * 1e6 if pid else 0.0
-                    kib = memory_per_connection(client, host, port, pid) if pid else 0.0
                     runs[peer.name].append(Round(load, cpu, kib))
                 tail = "/".join(f"{v:.2f}" for v in load.latency_ms.values())
                 print(

@@ -327,6 +327,10 @@ def test_bad_requests_get_their_status_and_the_sidecar_serves_on(tmp_path: Path)
         names, failed = names_of(30)
         assert failed == 0 and sum(names.values()) == 30
         assert car.clusters()[CLUSTER]["requests"] == 30, "nothing refused went upstream"
+        status, text = http_get(f"http://127.0.0.1:{car.admin_port}/metrics")
+        assert status == 200
+        errors = "meshlet_proxy_protocol_errors_total"
+        assert sample(text, errors, protocol="http1", reason="malformed") == len(bad)
 
 
 @pytest.mark.parametrize("annotation", ["meshlet.io/timeout", "meshlet.io/per-try-timeout"])

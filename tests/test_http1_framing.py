@@ -237,3 +237,10 @@ def test_a_clients_first_bytes_say_which_http_it_speaks(
     first: bytes, client: Client | None
 ) -> None:
     assert client_protocol(first) is client
+
+
+def test_an_http10_answer_can_go_on_as_http11() -> None:
+    head = parse_response(request("HTTP/1.0 200 OK", "Content-Length: 3"), b"GET")
+    assert not head.keep_alive
+    assert rebuild(head, as_http11=True) == request("HTTP/1.1 200 OK", "Content-Length: 3")
+    assert rebuild(head) == head.raw

@@ -510,6 +510,11 @@ def test_bad_frames_and_a_rapid_reset_flood_close_that_connection_alone(tmp_path
         # Everyone else is served as before, on the connection they had.
         assert_even(client.calls(CALLS))
         assert car.clusters()[CLUSTER]["active_connections"] == 1
+        status, text = http_get(f"http://127.0.0.1:{car.admin_port}/metrics")
+        assert status == 200
+        errors = "meshlet_proxy_protocol_errors_total"
+        assert sample(text, errors, protocol="http2", reason="rapid_reset") == 1
+        assert sample(text, errors, protocol="http2", reason="malformed") >= 1
 
 
 # --- Envoy from the same control plane --------------------------------------------

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime
+import json
 import os
 import re
 import shutil
@@ -177,6 +178,51 @@ def test_requests_spread_over_every_replica(node: Node, mesh: str) -> None:
     assert final["failed"] == 0, final
     assert set(final["by_pod"]) == web_pods(node), final
     assert min(final["by_pod"].values()) >= final["ok"] / 10, final
+
+
+def test_one_keep_alive_connections_requests_reach_every_replica_and_a_scaled_up_one(
+    node: Node, mesh: str
+) -> None:
+    """web's port is HTTP: the sidecar balances each request, so the requests of one
+    client connection spread over the replicas, and reach a new one once it is in the
+    load assignment (counted, never timed)."""
+    app = ["python3", "/app/app.py", "calls", "http://web/"]
+    argv = node.cluster.kubectl_argv("exec", "-i", "-n", mesh, "client", "-c", "app", "--", *app)
+    with subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True) as run:
+        assert run.stdin is not None and run.stdout is not None
+        into, out = run.stdin, run.stdout
+
+        def batch(count: int) -> dict[str, Any]:
+            into.write(f"{count}\n")
+            into.flush()
+            line = out.readline()
+            assert line, "the client's calls ended"
+            result: dict[str, Any] = json.loads(line)
+            assert result["failed"] == 0, result
+            return result
+
+        try:
+            first = batch(60)
+            assert set(first["by_pod"]) == web_pods(node), first
+            node.kubectl("scale", "-n", mesh, "deployment/web", "--replicas=4")
+            node.wait_ready(mesh, "app=web", 4)
+            wait_until(
+                lambda seen: set(seen) == web_pods(node),
+                60,
+                "the new replica to answer requests of the same client connection",
+                observe=lambda: batch(40)["by_pod"],
+            )
+            assert batch(1)["connections"] == 1, "one client connection all along"
+        finally:
+            into.close()
+            run.wait(timeout=30)
+            node.kubectl("scale", "-n", mesh, "deployment/web", "--replicas=3")
+
+    def left() -> int:
+        return len(pods.every_pod(node, mesh, "app=web"))
+
+    wait_until(lambda n: n == 3, 90, "three web pods again", observe=left, interval=0.5)
+    node.wait_ready(mesh, "app=web", 3)
 
 
 def test_a_sidecar_in_a_pod_exports_its_metrics_over_otlp_from_the_shipped_image(

@@ -555,8 +555,10 @@ class Http1Handler(HttpHandler["Downstream", Pool]):
             out = rebuild(head, _CLOSE)
         elif request.version == b"HTTP/1.0":
             out = rebuild(head, _KEEP_ALIVE)
-        elif head.hop:
-            out = rebuild(head)
+        elif head.hop or head.version == b"HTTP/1.0":
+            # An HTTP/1.0 server's answer (framed by length, or keep would be False)
+            # goes to an HTTP/1.1 client as HTTP/1.1: it keeps its connection.
+            out = rebuild(head, as_http11=True)
         else:
             out = head.raw
         down.socket.write(out)

@@ -246,11 +246,16 @@ def rebuild(
     extra: tuple[tuple[bytes, bytes], ...] = (),
     keep_upgrade: bool = False,
     drop: frozenset[bytes] = frozenset(),
+    as_http11: bool = False,
 ) -> bytes:
     """The head without its hop-by-hop headers (and those its Connection names, and
-    `drop`), with `extra` added; an upgrade keeps its Connection and Upgrade."""
+    `drop`), with `extra` added; an upgrade keeps its Connection and Upgrade.
+    `as_http11`: an HTTP/1.0 answer goes on as HTTP/1.1, whose client keeps its
+    connection (its body is framed by length: nothing else changes)."""
     dropped = HOP_BY_HOP | drop | (head.connection - {b"content-length", b"transfer-encoding"})
     first = head.raw[: head.raw.find(b"\r\n")]
+    if as_http11 and head.version == b"HTTP/1.0":
+        first = b"HTTP/1.1" + first[8:]
     out = [first, b"\r\n"]
     for name, value in head.headers:
         if name.lower() not in dropped:

@@ -140,6 +140,14 @@ class ProxyMetrics:
             "redirect (not_redirected), and accept() failures (accept_failed)",
         )
         meter.create_observable_counter(
+            "meshlet.proxy.protocol_errors",
+            callbacks=[self._protocol_errors],
+            description="HTTP client connections ended for what the protocol forbids, by "
+            "protocol (http1: a request refused with 400, 431, 501 or 505, or an endpoint's "
+            "malformed answer; http2: a frame the protocol forbids) and the HTTP/2 "
+            "rapid-reset floods (reason rapid_reset)",
+        )
+        meter.create_observable_counter(
             "meshlet.proxy.endpoint.connections",
             callbacks=[self._per_endpoint],
             description="Connections made to each endpoint, by cluster and endpoint",
@@ -223,6 +231,16 @@ class ProxyMetrics:
             Observation(counters.looped, {"reason": "looped"}),
             Observation(counters.not_redirected, {"reason": "not_redirected"}),
             Observation(counters.accept_failures, {"reason": "accept_failed"}),
+        ]
+
+    def _protocol_errors(self, _options: CallbackOptions) -> Iterable[Observation]:
+        proxy = self._proxy()
+        if proxy is None:
+            return []
+        return [
+            Observation(proxy.http1.protocol_errors, {"protocol": "http1", "reason": "malformed"}),
+            Observation(proxy.http2.protocol_errors, {"protocol": "http2", "reason": "malformed"}),
+            Observation(proxy.http2.reset_floods, {"protocol": "http2", "reason": "rapid_reset"}),
         ]
 
     def _per_endpoint(self, _options: CallbackOptions) -> Iterable[Observation]:

@@ -8,12 +8,16 @@ app.py get URL [--tries N]         one GET (the first try is the app's very firs
 app.py load URL [--rate R]         a new connection per request, R a second, until
                                    SIGTERM; one JSON line per second of counts, and
                                    the answers of the last second by pod
+app.py calls URL                   one keep-alive connection for its life: for each
+                                   count read from stdin, that many GETs; one JSON line
+                                   each, the answers by pod and the connections opened
 """
 
 from __future__ import annotations
 
 import argparse
 import collections
+import http.client
 import http.server
 import json
 import os
@@ -22,6 +26,7 @@ import socketserver
 import sys
 import threading
 import time
+import urllib.parse
 import urllib.request
 
 POD = os.environ.get("POD_NAME", os.uname().nodename)
@@ -135,6 +140,36 @@ def load(url: str, rate: float, duration: float, until_eof: bool) -> int:
     return 0
 
 
+class _Counted(http.client.HTTPConnection):
+    """Counts its connects: http.client opens a new one when the last was closed."""
+
+    connects = 0
+
+    def connect(self) -> None:
+        _Counted.connects += 1
+        super().connect()
+
+
+def calls(url: str) -> int:
+    parts = urllib.parse.urlsplit(url)
+    conn = _Counted(parts.hostname or "", parts.port or 80, timeout=5)
+    for line in sys.stdin:
+        by_pod: collections.Counter[str] = collections.Counter()
+        failed = 0
+        for _ in range(int(line)):
+            try:
+                conn.request("GET", parts.path or "/")
+                response = conn.getresponse()
+                by_pod[response.read().decode().strip()] += 1
+            except OSError:
+                failed += 1
+                conn.close()
+        counts = {"by_pod": dict(by_pod), "failed": failed, "connections": _Counted.connects}
+        print(json.dumps(counts), flush=True)
+    conn.close()
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser()
     commands = parser.add_subparsers(dest="command", required=True)
@@ -148,11 +183,15 @@ def main(argv: list[str] | None = None) -> int:
     loading.add_argument("--rate", type=float, default=20)
     loading.add_argument("--duration", type=float, default=3600)
     loading.add_argument("--until-eof", action="store_true", help="also stop when stdin ends")
+    calling = commands.add_parser("calls")
+    calling.add_argument("url")
     args = parser.parse_args(argv)
     if args.command == "serve":
         return serve(args.port)
     if args.command == "get":
         return get(args.url, args.tries)
+    if args.command == "calls":
+        return calls(args.url)
     return load(args.url, args.rate, args.duration, args.until_eof)
 
 
